@@ -1,0 +1,114 @@
+//! The one codec of the engine: bincode (standard configuration) behind a leading
+//! format-version byte. Values are encoded only when a ledger or a process boundary needs them;
+//! in process they travel typed.
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+/// Format version written as the first byte of every encoded value.
+pub const FORMAT_VERSION: u8 = 1;
+
+/// Encoding or decoding failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CodecError {
+    /// The value could not be encoded.
+    #[error("cannot encode {type_name}: {message}")]
+    Encode {
+        /// Rust type being encoded.
+        type_name: &'static str,
+        /// Encoder message.
+        message: String,
+    },
+    /// The bytes could not be decoded as the requested type.
+    #[error("cannot decode {type_name}: {message}")]
+    Decode {
+        /// Rust type requested.
+        type_name: &'static str,
+        /// Decoder message.
+        message: String,
+    },
+    /// The bytes were written by another format version.
+    #[error("unsupported format version {found} (this build reads version {FORMAT_VERSION})")]
+    Version {
+        /// Version byte found.
+        found: u8,
+    },
+    /// No bytes at all.
+    #[error("empty input: no format-version byte")]
+    Empty,
+}
+
+/// Encodes a value: the version byte followed by bincode.
+pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, CodecError> {
+    let mut out = Vec::with_capacity(64);
+    out.push(FORMAT_VERSION);
+    bincode::serde::encode_into_std_write(value, &mut out, bincode::config::standard()).map_err(
+        |e| CodecError::Encode {
+            type_name: std::any::type_name::<T>(),
+            message: e.to_string(),
+        },
+    )?;
+    Ok(out)
+}
+
+/// Decodes bytes written by [`encode`]. Trailing bytes are an error.
+pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
+    let (&version, body) = bytes.split_first().ok_or(CodecError::Empty)?;
+    if version != FORMAT_VERSION {
+        return Err(CodecError::Version { found: version });
+    }
+    let (value, used) = bincode::serde::decode_from_slice(body, bincode::config::standard())
+        .map_err(|e| CodecError::Decode {
+            type_name: std::any::type_name::<T>(),
+            message: e.to_string(),
+        })?;
+    if used != body.len() {
+        return Err(CodecError::Decode {
+            type_name: std::any::type_name::<T>(),
+            message: format!("{} trailing bytes", body.len() - used),
+        });
+    }
+    Ok(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+    struct Quote {
+        bid: f64,
+        ask: f64,
+        venue: String,
+    }
+
+    #[test]
+    fn round_trip() {
+        let q = Quote {
+            bid: 100.0,
+            ask: 100.1,
+            venue: "x".into(),
+        };
+        let bytes = encode(&q).expect("encode");
+        assert_eq!(bytes[0], FORMAT_VERSION);
+        assert_eq!(decode::<Quote>(&bytes).expect("decode"), q);
+    }
+
+    #[test]
+    fn wrong_version_and_garbage_are_errors() {
+        let mut bytes = encode(&7u32).expect("encode");
+        bytes[0] = 99;
+        assert!(matches!(
+            decode::<u32>(&bytes),
+            Err(CodecError::Version { found: 99 })
+        ));
+        assert!(matches!(decode::<u32>(&[]), Err(CodecError::Empty)));
+        let bytes = encode(&"hello").expect("encode");
+        let err = decode::<Quote>(&bytes).expect_err("wrong type");
+        assert!(err.to_string().contains("Quote"), "{err}");
+        let mut bytes = encode(&1u8).expect("encode");
+        bytes.push(0);
+        assert!(decode::<u8>(&bytes).is_err());
+    }
+}
