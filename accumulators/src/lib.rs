@@ -1,1 +1,51 @@
-//! placeholder
+//! # cloacina-accumulators
+//!
+//! Accumulators turn events into typed boundaries for one named source and push them into a
+//! reactor's bounded inbound queue.
+//!
+//! Flow: events -> **accumulator** -> boundary -> cache -> firing -> result.
+//!
+//! - [`Accumulator`] is the one trait: a long-running task given an [`AccumulatorContext`]
+//!   (typed sender, shutdown signal, the reactor's after-fire signal, health reporter and
+//!   counters). A stream source (Kafka) fits it unchanged: connect, loop on records, emit,
+//!   report health, stop on shutdown.
+//! - [`Passthrough`]: no task of its own; the typed, cloneable [`BoundarySender`] sends
+//!   straight into the reactor's queue. A full queue makes `send().await` wait and
+//!   `try_send` hand the value back: nothing is dropped.
+//! - [`Polling`]: calls an async function every interval; `None` emits nothing.
+//! - [`Batch`]: buffers events and emits them as one `Vec<T>` boundary on size, on interval,
+//!   on the reactor's after-fire signal and on shutdown (nothing buffered is lost).
+//!
+//! ```
+//! use std::time::Duration;
+//! use cloacina_accumulators::{inbound_channel, Accumulator, AccumulatorContext, HealthBoard, Polling};
+//! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+//! let (inbound, mut rx) = inbound_channel(16);
+//! let (stop, stop_rx) = tokio::sync::watch::channel(false);
+//! let ctx = AccumulatorContext::new(
+//!     inbound.typed::<u64>(0, "ticks".into()), stop_rx, None, HealthBoard::new().register("ticks".into()));
+//! let mut n = 0;
+//! let poll = Polling::new(Duration::from_millis(5), move || { n += 1; async move { Some(n) } });
+//! let task = tokio::spawn(poll.run(ctx));
+//! let first = rx.recv().await.unwrap();
+//! assert_eq!(first.value.downcast_ref::<u64>(), Some(&1));
+//! stop.send(true).unwrap();
+//! task.await.unwrap().unwrap();
+//! # });
+//! ```
+
+mod batch;
+mod context;
+mod health;
+mod inbound;
+mod polling;
+
+pub use batch::{Batch, BatchConfig, BatchSender};
+pub use context::{
+    Accumulator, AccumulatorContext, AccumulatorError, AccumulatorMetrics, Passthrough,
+};
+pub use health::{AccumulatorHealth, HealthBoard, HealthReporter};
+pub use inbound::{
+    inbound_channel, BoundarySender, Inbound, InboundSender, SendError, TrySendError,
+};
+pub use polling::Polling;

@@ -2,7 +2,7 @@
 //! the topology and compiles it.
 
 use std::any::TypeId;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::marker::PhantomData;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -462,13 +462,38 @@ impl GraphBuilder {
                     .into_iter()
                     .find(|c| c.len() > 1 || graph.contains_edge(c[0], c[0]))
                     .unwrap_or_default();
-                let mut cycle: Vec<String> = scc
-                    .iter()
-                    .map(|&ix| nodes[graph[ix]].name.clone())
-                    .collect();
-                cycle.sort_by_key(|n| index.get(n.as_str()).copied());
-                if let Some(first) = cycle.first().cloned() {
-                    cycle.push(first);
+                // Report a real cycle: from the component's earliest-declared node, follow
+                // edges (breadth-first, inside the component) back to it.
+                let mut cycle: Vec<String> = Vec::new();
+                if let Some(start) = scc.iter().copied().min_by_key(|&ix| graph[ix]) {
+                    let mut parent: HashMap<NodeIndex, NodeIndex> = HashMap::new();
+                    let mut queue = VecDeque::from([start]);
+                    let mut last = None;
+                    'search: while let Some(u) = queue.pop_front() {
+                        for w in graph.neighbors(u) {
+                            if w == start {
+                                last = Some(u);
+                                break 'search;
+                            }
+                            if scc.contains(&w) && !parent.contains_key(&w) {
+                                parent.insert(w, u);
+                                queue.push_back(w);
+                            }
+                        }
+                    }
+                    let mut at = last;
+                    while let Some(ix) = at {
+                        cycle.push(nodes[graph[ix]].name.clone());
+                        at = if ix == start {
+                            None
+                        } else {
+                            parent.get(&ix).copied()
+                        };
+                    }
+                    cycle.reverse();
+                    if let Some(first) = cycle.first().cloned() {
+                        cycle.push(first);
+                    }
                 }
                 return Err(BuildError::Cycle { nodes: cycle });
             }

@@ -31,6 +31,9 @@ pub struct SourceDecl {
     pub codec: Option<SourceCodec>,
 }
 
+/// Makes an empty output slot of one node's type.
+pub(crate) type MakeSlot = fn() -> Box<dyn ErasedSlot>;
+
 pub(crate) struct CompiledNode {
     pub(crate) name: Arc<str>,
     pub(crate) run: Box<dyn ErasedNode>,
@@ -46,7 +49,7 @@ pub struct CompiledGraph {
     nodes: Box<[CompiledNode]>,
     sources: Box<[SourceDecl]>,
     source_names: Box<[SourceName]>,
-    make_slots: Box<[fn() -> Box<dyn ErasedSlot>]>,
+    make_slots: Box<[MakeSlot]>,
 }
 
 impl fmt::Debug for CompiledGraph {
@@ -65,7 +68,7 @@ impl CompiledGraph {
         name: String,
         nodes: Vec<CompiledNode>,
         sources: Vec<SourceDecl>,
-        make_slots: Vec<fn() -> Box<dyn ErasedSlot>>,
+        make_slots: Vec<MakeSlot>,
     ) -> Self {
         let source_names = sources.iter().map(|s| s.name.clone()).collect();
         Self {

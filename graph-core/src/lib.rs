@@ -68,6 +68,6 @@ pub use builder::{BuildError, GraphBuilder, Route};
 pub use cache::{CacheTypeError, InputCache};
 pub use codec::CodecError;
 pub use compiled::{Collect, CompiledGraph, Executor, SourceDecl};
-pub use node::{source, upstream, Source, Upstream};
+pub use node::{catch_panic, source, upstream, Source, Upstream};
 pub use result::{GraphError, GraphResult, TerminalOutput, TerminalOutputs};
 pub use source::SourceName;

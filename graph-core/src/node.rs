@@ -484,3 +484,13 @@ where
         }))
     }
 }
+
+/// Runs `fut`, turning a panic in any of its polls into `Err(message)`.
+pub async fn catch_panic<F: Future>(fut: F) -> Result<F::Output, String> {
+    catch_unwind_future(fut)
+        .await
+        .map_err(|failure| match failure {
+            NodeFailure::Panicked(message) => message,
+            other => format!("{other:?}"),
+        })
+}

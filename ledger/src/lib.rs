@@ -1,1 +1,256 @@
-//! placeholder
+//! # cloacina-ledger
+//!
+//! The engine's memory: an append-only record of what reactors did (firings, their inputs'
+//! sequence numbers and their results or failures), behind one [`Ledger`] trait.
+//!
+//! Flow: boundary -> cache -> firing -> result -> **ledger**. Reactors never wait on a ledger
+//! in their firing loop: they hand records to a [`LedgerWriter`], a background task that
+//! appends them in batches (group commit) through a bounded queue, so a slow store
+//! back-pressures the reactor instead of losing records. A reactor with no ledger configured
+//! builds no records at all.
+//!
+//! The ledger knows nothing of graphs: records carry names, sequence numbers and encoded bytes.
+//! This issue ships the in-memory backend ([`MemoryLedger`]); persistent backends (sled,
+//! PostgreSQL, SQLite) implement the same trait.
+//!
+//! ```
+//! use cloacina_ledger::{FiringOutcome, FiringRecord, Ledger, MemoryLedger, Record};
+//! # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+//! let ledger = MemoryLedger::new();
+//! ledger.append(&[Record::Firing(FiringRecord {
+//!     reactor: "pricing".into(), firing_id: 1, manual: false, inputs: vec![("quotes".into(), 1)],
+//!     fired_at_unix_us: 0, duration_ns: 1_000,
+//!     outcome: FiringOutcome::Completed { outputs: vec![("report".into(), vec![1, 2])] },
+//! })]).await?;
+//! assert_eq!(ledger.firings("pricing").await?.len(), 1);
+//! # Ok::<(), cloacina_ledger::LedgerError>(()) }).unwrap();
+//! ```
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+
+/// A boxed, sendable future (the ledger trait is object-safe so backends are chosen at run
+/// time).
+pub type LedgerFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, LedgerError>> + Send + 'a>>;
+
+/// A ledger operation failed. Says which backend and what.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LedgerError {
+    /// The backend failed.
+    #[error("{backend} ledger: {message}")]
+    Backend {
+        /// Backend name.
+        backend: &'static str,
+        /// What failed.
+        message: String,
+    },
+    /// The writer task is gone (ledger closed or its task failed).
+    #[error("ledger writer closed; {pending} record(s) not handed over")]
+    Closed {
+        /// Records that could not be handed to the writer.
+        pending: usize,
+    },
+}
+
+/// How a firing ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FiringOutcome {
+    /// Completed; terminal outputs as `(node, encoded value)`.
+    Completed {
+        /// Encoded terminal outputs.
+        outputs: Vec<(String, Vec<u8>)>,
+    },
+    /// Failed at `node`.
+    Failed {
+        /// The failing node.
+        node: String,
+        /// The error message.
+        error: String,
+    },
+}
+
+/// One firing of a reactor.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FiringRecord {
+    /// Reactor name.
+    pub reactor: String,
+    /// Firing id, increasing per reactor.
+    pub firing_id: u64,
+    /// Whether the firing was manual (`force_fire`, `fire_with`).
+    pub manual: bool,
+    /// `(source, sequence number)` of every input the firing saw.
+    pub inputs: Vec<(String, u64)>,
+    /// Wall-clock start, microseconds since the Unix epoch.
+    pub fired_at_unix_us: i64,
+    /// How long the graph ran.
+    pub duration_ns: u64,
+    /// Result or failure.
+    pub outcome: FiringOutcome,
+}
+
+/// A record a reactor appends.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum Record {
+    /// A firing and its result.
+    Firing(FiringRecord),
+}
+
+/// An append-only store of engine records.
+pub trait Ledger: Send + Sync + 'static {
+    /// Backend name, for messages.
+    fn backend(&self) -> &'static str;
+    /// Appends records atomically, in order.
+    fn append<'a>(&'a self, records: &'a [Record]) -> LedgerFuture<'a, ()>;
+    /// Firings of `reactor`, oldest first.
+    fn firings<'a>(&'a self, reactor: &'a str) -> LedgerFuture<'a, Vec<FiringRecord>>;
+}
+
+/// Keeps records in process memory: lost when the process ends. For tests and for reactors
+/// whose history need not survive a restart.
+#[derive(Debug, Default)]
+pub struct MemoryLedger {
+    firings: Mutex<HashMap<String, Vec<FiringRecord>>>,
+}
+
+impl MemoryLedger {
+    /// An empty ledger.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(
+        &self,
+    ) -> Result<std::sync::MutexGuard<'_, HashMap<String, Vec<FiringRecord>>>, LedgerError> {
+        self.firings.lock().map_err(|_| LedgerError::Backend {
+            backend: "memory",
+            message: "lock poisoned by a panicking writer".into(),
+        })
+    }
+}
+
+impl Ledger for MemoryLedger {
+    fn backend(&self) -> &'static str {
+        "memory"
+    }
+
+    fn append<'a>(&'a self, records: &'a [Record]) -> LedgerFuture<'a, ()> {
+        Box::pin(async move {
+            let mut map = self.lock()?;
+            for record in records {
+                match record {
+                    Record::Firing(f) => map.entry(f.reactor.clone()).or_default().push(f.clone()),
+                }
+            }
+            Ok(())
+        })
+    }
+
+    fn firings<'a>(&'a self, reactor: &'a str) -> LedgerFuture<'a, Vec<FiringRecord>> {
+        Box::pin(async move { Ok(self.lock()?.get(reactor).cloned().unwrap_or_default()) })
+    }
+}
+
+/// Hands records to a background task that appends them in batches (group commit).
+///
+/// [`LedgerWriter::write`] waits only when the bounded queue is full: a slow store slows the
+/// reactor down, it never loses records. [`LedgerWriter::close`] waits until every record
+/// handed over has been appended and reports the first append error, if any.
+#[derive(Debug)]
+pub struct LedgerWriter {
+    tx: mpsc::Sender<Record>,
+    task: tokio::task::JoinHandle<Result<u64, LedgerError>>,
+}
+
+/// Records appended per batch at most.
+const MAX_BATCH: usize = 1024;
+
+impl LedgerWriter {
+    /// Starts the writer task on the current tokio runtime.
+    pub fn spawn(ledger: Arc<dyn Ledger>, capacity: usize) -> Self {
+        let (tx, mut rx) = mpsc::channel::<Record>(capacity.max(1));
+        let task = tokio::spawn(async move {
+            let mut batch = Vec::with_capacity(MAX_BATCH);
+            let mut written = 0u64;
+            let mut first_error = None;
+            while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
+                if let Err(e) = ledger.append(&batch).await {
+                    tracing::error!(backend = ledger.backend(), records = batch.len(), error = %e, "ledger append failed");
+                    first_error.get_or_insert(e);
+                } else {
+                    written += batch.len() as u64;
+                }
+                batch.clear();
+            }
+            match first_error {
+                Some(e) => Err(e),
+                None => Ok(written),
+            }
+        });
+        Self { tx, task }
+    }
+
+    /// Queues one record, waiting while the queue is full.
+    pub async fn write(&self, record: Record) -> Result<(), LedgerError> {
+        self.tx
+            .send(record)
+            .await
+            .map_err(|_| LedgerError::Closed { pending: 1 })
+    }
+
+    /// Waits until everything queued is appended; returns how many records were written.
+    pub async fn close(self) -> Result<u64, LedgerError> {
+        drop(self.tx);
+        match self.task.await {
+            Ok(result) => result,
+            Err(e) => Err(LedgerError::Backend {
+                backend: "writer",
+                message: format!("writer task failed: {e}"),
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn firing(reactor: &str, id: u64) -> Record {
+        Record::Firing(FiringRecord {
+            reactor: reactor.into(),
+            firing_id: id,
+            manual: false,
+            inputs: vec![("a".into(), id)],
+            fired_at_unix_us: 0,
+            duration_ns: 0,
+            outcome: FiringOutcome::Completed { outputs: vec![] },
+        })
+    }
+
+    #[tokio::test]
+    async fn writer_appends_everything_in_order_before_close_returns() {
+        let ledger = Arc::new(MemoryLedger::new());
+        let writer = LedgerWriter::spawn(ledger.clone(), 4);
+        for id in 1..=1000 {
+            writer.write(firing("r", id)).await.expect("write");
+        }
+        writer.write(firing("other", 1)).await.expect("write");
+        assert_eq!(writer.close().await.expect("close"), 1001);
+        let ids: Vec<u64> = ledger
+            .firings("r")
+            .await
+            .expect("read")
+            .iter()
+            .map(|f| f.firing_id)
+            .collect();
+        assert_eq!(ids, (1..=1000).collect::<Vec<_>>());
+        assert_eq!(ledger.firings("other").await.expect("read").len(), 1);
+        assert!(ledger.firings("nobody").await.expect("read").is_empty());
+    }
+}

@@ -1,1 +1,57 @@
-//! placeholder
+//! # cloacina-reactor
+//!
+//! A reactor owns one compiled graph's [`InputCache`](cloacina_graph_core::InputCache), decides
+//! when to fire it, fires it, and hands each result to subscribers and to the ledger.
+//!
+//! Flow: boundary -> **cache -> firing -> result** -> subscribers, ledger.
+//!
+//! - **Criteria** ([`ReactionCriteria`]): `when_any` fires when any watched source has a new
+//!   boundary since the last firing; `when_all` when every watched source has one. Dirty flags
+//!   are cleared *before* the graph runs, so a failed firing consumes its inputs (it is not
+//!   retried on its own; the error is reported and counted).
+//! - **Strategies** ([`InputStrategy`]): `Latest` keeps the newest boundary per source and
+//!   coalesces what arrives during a firing; `Sequential` queues every boundary and fires once
+//!   per boundary, in arrival order.
+//! - **Manual control** through [`ReactorHandle`]: `force_fire`, `fire_with`, `pause`,
+//!   `resume`, `state`, `health`, `stats`, `shutdown`.
+//! - **Backpressure**: the inbound queue is bounded; a full queue makes senders wait. Each
+//!   subscriber has its own bounded queue; see [`Overflow`] for what a slow one costs.
+//! - **Health** ([`ReactorHealth`]): `Starting` -> `Warming` (no firing until every accumulator
+//!   is live) -> `Live` <-> `Degraded` -> `Stopped`.
+//!
+//! One task runs the loop. A firing runs inline in it: plain nodes are called directly, async
+//! nodes awaited; there is no task hop between a boundary arriving and its firing.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use cloacina_graph_core::{source, GraphBuilder};
+//! use cloacina_reactor::{InputStrategy, ReactorHandle};
+//!
+//! fn double(x: Option<&u64>) -> u64 { x.copied().unwrap_or(0) * 2 }
+//!
+//! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+//! let graph = Arc::new(GraphBuilder::new("doubler").node("double", (source::<u64>("n"),), double).build()?);
+//! let reactor = ReactorHandle::builder(graph).strategy(InputStrategy::Sequential).spawn()?;
+//! let mut results = reactor.subscribe();
+//! let n = reactor.sender::<u64>("n")?;
+//! n.send(21).await.unwrap();
+//! let firing = results.recv().await.unwrap().unwrap();
+//! assert_eq!(firing.result.output::<u64>("double"), Some(&42));
+//! reactor.shutdown().await?;
+//! # Ok::<(), Box<dyn std::error::Error>>(()) }).unwrap();
+//! ```
+
+mod config;
+mod core;
+mod firing;
+mod handle;
+mod health;
+mod stats;
+mod subscription;
+
+pub use config::{InputStrategy, Overflow, ReactionCriteria, SubscribeOptions};
+pub use firing::{Firing, FiringInput};
+pub use handle::{ReactorBuilder, ReactorError, ReactorHandle, ReactorState, ShutdownReport};
+pub use health::ReactorHealth;
+pub use stats::{ReactorStats, StatsSnapshot};
+pub use subscription::{Lagged, Subscription};

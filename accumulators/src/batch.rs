@@ -1,0 +1,178 @@
+//! [`Batch`]: buffers events and emits them together.
+
+use std::fmt;
+use std::marker::PhantomData;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::time::MissedTickBehavior;
+
+use crate::context::{Accumulator, AccumulatorContext, AccumulatorError};
+use crate::health::AccumulatorHealth;
+use crate::inbound::{SendError, TrySendError};
+
+/// When a [`Batch`] flushes.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchConfig {
+    /// Flush as soon as this many events are buffered.
+    pub max_size: usize,
+    /// Flush whatever is buffered this often (`None`: no timer).
+    pub flush_interval: Option<Duration>,
+    /// Room in the batch's own input queue; a full queue makes senders wait.
+    pub capacity: usize,
+}
+
+impl Default for BatchConfig {
+    fn default() -> Self {
+        Self {
+            max_size: 1024,
+            flush_interval: Some(Duration::from_secs(1)),
+            capacity: 1024,
+        }
+    }
+}
+
+/// Buffers events of type `T` and emits them as one `Vec<T>` boundary when the buffer reaches
+/// `max_size`, when the interval elapses, when the reactor signals after a successful firing,
+/// and at shutdown, when it first drains its input queue so nothing accepted is lost.
+pub struct Batch<T> {
+    config: BatchConfig,
+    rx: mpsc::Receiver<T>,
+}
+
+impl<T> fmt::Debug for Batch<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Batch")
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+/// Typed, cloneable sender of events into a [`Batch`].
+pub struct BatchSender<T> {
+    tx: mpsc::Sender<T>,
+    _t: PhantomData<fn(T)>,
+}
+
+impl<T> Clone for BatchSender<T> {
+    fn clone(&self) -> Self {
+        Self {
+            tx: self.tx.clone(),
+            _t: PhantomData,
+        }
+    }
+}
+
+impl<T> fmt::Debug for BatchSender<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("BatchSender")
+    }
+}
+
+impl<T: Send + 'static> BatchSender<T> {
+    /// Sends an event, waiting while the batch's queue is full.
+    pub async fn send(&self, value: T) -> Result<(), SendError<T>> {
+        self.tx.send(value).await.map_err(|e| SendError {
+            source_name: "batch".into(),
+            value: e.0,
+        })
+    }
+
+    /// Sends an event if there is room now; otherwise hands it back.
+    pub fn try_send(&self, value: T) -> Result<(), TrySendError<T>> {
+        self.tx.try_send(value).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(v) => TrySendError::Full(v),
+            mpsc::error::TrySendError::Closed(v) => TrySendError::Closed(v),
+        })
+    }
+}
+
+impl<T: Send + Sync + 'static> Batch<T> {
+    /// A batch accumulator and the sender that feeds it.
+    pub fn new(config: BatchConfig) -> (Self, BatchSender<T>) {
+        let config = BatchConfig {
+            max_size: config.max_size.max(1),
+            capacity: config.capacity.max(1),
+            ..config
+        };
+        let (tx, rx) = mpsc::channel(config.capacity);
+        (
+            Self { config, rx },
+            BatchSender {
+                tx,
+                _t: PhantomData,
+            },
+        )
+    }
+}
+
+async fn flush<T: Send + Sync + 'static>(
+    ctx: &AccumulatorContext<Vec<T>>,
+    buffer: &mut Vec<T>,
+    max_size: usize,
+) -> Result<(), AccumulatorError> {
+    if buffer.is_empty() {
+        return Ok(());
+    }
+    let batch = std::mem::replace(buffer, Vec::with_capacity(max_size));
+    let n = batch.len();
+    ctx.emit(batch).await.map_err(|e| match e {
+        AccumulatorError::ReactorClosed { source_name, .. } => AccumulatorError::ReactorClosed {
+            source_name,
+            pending: n,
+        },
+        other => other,
+    })
+}
+
+impl<T: Send + Sync + 'static> Accumulator for Batch<T> {
+    type Output = Vec<T>;
+
+    fn wants_after_fire(&self) -> bool {
+        true
+    }
+
+    async fn run(mut self, ctx: AccumulatorContext<Vec<T>>) -> Result<(), AccumulatorError> {
+        let max = self.config.max_size;
+        let mut buffer: Vec<T> = Vec::with_capacity(max);
+        let mut ticks = self.config.flush_interval.map(|every| {
+            let mut t = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+            t.set_missed_tick_behavior(MissedTickBehavior::Delay);
+            t
+        });
+        ctx.set_health(AccumulatorHealth::Live);
+        let mut input_open = true;
+        loop {
+            tokio::select! {
+                biased;
+                () = ctx.shutdown_requested() => break,
+                event = self.rx.recv(), if input_open => match event {
+                    Some(event) => {
+                        ctx.metrics().record_events(1);
+                        buffer.push(event);
+                        if buffer.len() >= max {
+                            flush(&ctx, &mut buffer, max).await?;
+                        }
+                    }
+                    None => input_open = false,
+                },
+                _ = async { match ticks.as_mut() { Some(t) => { t.tick().await; } None => std::future::pending().await } } => {
+                    flush(&ctx, &mut buffer, max).await?;
+                }
+                () = ctx.after_fire() => flush(&ctx, &mut buffer, max).await?,
+            }
+        }
+        // Shutdown: refuse new events, take everything already queued, emit it all.
+        self.rx.close();
+        while let Some(event) = self.rx.recv().await {
+            ctx.metrics().record_events(1);
+            buffer.push(event);
+            if buffer.len() >= max {
+                flush(&ctx, &mut buffer, max).await?;
+            }
+        }
+        flush(&ctx, &mut buffer, max).await?;
+        ctx.set_health(AccumulatorHealth::Stopped);
+        Ok(())
+    }
+}

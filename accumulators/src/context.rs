@@ -1,0 +1,218 @@
+//! The [`Accumulator`] trait, its [`AccumulatorContext`], and [`Passthrough`].
+
+use std::future::Future;
+use std::marker::PhantomData;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use cloacina_graph_core::SourceName;
+use tokio::sync::{watch, Notify};
+
+use crate::health::{AccumulatorHealth, HealthReporter};
+use crate::inbound::BoundarySender;
+
+/// An accumulator stopped with an error.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AccumulatorError {
+    /// The reactor stopped accepting boundaries; `pending` values were not delivered.
+    #[error("reactor closed: {pending} boundary value(s) of source `{source_name}` not delivered")]
+    ReactorClosed {
+        /// The source.
+        source_name: SourceName,
+        /// Values not delivered.
+        pending: usize,
+    },
+    /// The accumulator's own source failed.
+    #[error("accumulator `{source_name}` failed: {message}")]
+    Failed {
+        /// The source.
+        source_name: SourceName,
+        /// What failed.
+        message: String,
+    },
+}
+
+/// Counters an operator reads: events taken in, boundaries emitted, last event time.
+#[derive(Debug, Default)]
+pub struct AccumulatorMetrics {
+    events: AtomicU64,
+    boundaries: AtomicU64,
+    last_event_unix_us: AtomicI64,
+    failures: AtomicU64,
+}
+
+impl AccumulatorMetrics {
+    /// Counts `n` events taken in, now.
+    pub fn record_events(&self, n: u64) {
+        self.events.fetch_add(n, Ordering::Relaxed);
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as i64);
+        self.last_event_unix_us.store(now, Ordering::Relaxed);
+    }
+
+    /// Counts a failure of the accumulator's own source (e.g. a panicking poll function).
+    pub fn record_failure(&self) {
+        self.failures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Events taken in.
+    pub fn events(&self) -> u64 {
+        self.events.load(Ordering::Relaxed)
+    }
+
+    /// Boundaries emitted.
+    pub fn boundaries(&self) -> u64 {
+        self.boundaries.load(Ordering::Relaxed)
+    }
+
+    /// Failures of the source.
+    pub fn failures(&self) -> u64 {
+        self.failures.load(Ordering::Relaxed)
+    }
+
+    /// Time of the last event, microseconds since the Unix epoch (0: none yet).
+    pub fn last_event_unix_us(&self) -> i64 {
+        self.last_event_unix_us.load(Ordering::Relaxed)
+    }
+}
+
+/// What a running accumulator is given.
+#[derive(Debug)]
+pub struct AccumulatorContext<T> {
+    sender: BoundarySender<T>,
+    shutdown: watch::Receiver<bool>,
+    after_fire: Option<Arc<Notify>>,
+    health: HealthReporter,
+    metrics: Arc<AccumulatorMetrics>,
+}
+
+impl<T: Send + Sync + 'static> AccumulatorContext<T> {
+    /// Assembles a context. `after_fire` is notified by the reactor after each successful
+    /// firing, if the accumulator asked for it.
+    pub fn new(
+        sender: BoundarySender<T>,
+        shutdown: watch::Receiver<bool>,
+        after_fire: Option<Arc<Notify>>,
+        health: HealthReporter,
+    ) -> Self {
+        Self {
+            sender,
+            shutdown,
+            after_fire,
+            health,
+            metrics: Arc::default(),
+        }
+    }
+
+    /// Shares `metrics` instead of a private counter set.
+    pub fn with_metrics(mut self, metrics: Arc<AccumulatorMetrics>) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    /// The source this accumulator feeds.
+    pub fn source(&self) -> &SourceName {
+        self.sender.source()
+    }
+
+    /// The typed sender into the reactor.
+    pub fn sender(&self) -> &BoundarySender<T> {
+        &self.sender
+    }
+
+    /// The counters.
+    pub fn metrics(&self) -> &Arc<AccumulatorMetrics> {
+        &self.metrics
+    }
+
+    /// Emits one boundary, waiting while the reactor's queue is full.
+    pub async fn emit(&self, value: T) -> Result<(), AccumulatorError> {
+        self.sender
+            .send(value)
+            .await
+            .map_err(|e| AccumulatorError::ReactorClosed {
+                source_name: e.source_name,
+                pending: 1,
+            })?;
+        self.metrics.boundaries.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Reports health.
+    pub fn set_health(&self, health: AccumulatorHealth) {
+        self.health.set(health);
+    }
+
+    /// Whether shutdown was requested.
+    pub fn is_shutdown(&self) -> bool {
+        *self.shutdown.borrow()
+    }
+
+    /// Completes once shutdown is requested (or the engine is gone).
+    pub async fn shutdown_requested(&self) {
+        let mut shutdown = self.shutdown.clone();
+        // An error means the sender is gone, which is a shutdown too.
+        let _ = shutdown.wait_for(|stop| *stop).await;
+    }
+
+    /// Completes on the reactor's next after-fire signal; never, if none was wired.
+    pub async fn after_fire(&self) {
+        match &self.after_fire {
+            Some(notify) => notify.notified().await,
+            None => std::future::pending().await,
+        }
+    }
+}
+
+/// A long-running producer of boundaries for one source.
+///
+/// `run` is spawned once by the engine; it emits through the context, reports health, and
+/// returns when [`AccumulatorContext::shutdown_requested`] completes, after delivering
+/// everything it has accepted.
+pub trait Accumulator: Send + 'static {
+    /// Type of the boundaries it emits.
+    type Output: Send + Sync + 'static;
+
+    /// Whether it wants the reactor's after-fire signal.
+    fn wants_after_fire(&self) -> bool {
+        false
+    }
+
+    /// Runs until shutdown.
+    fn run(
+        self,
+        ctx: AccumulatorContext<Self::Output>,
+    ) -> impl Future<Output = Result<(), AccumulatorError>> + Send;
+}
+
+/// Events pushed in process become boundaries one for one, with no task hop: the engine hands
+/// out the context's [`BoundarySender`]. Health is `SocketOnly` at once.
+#[derive(Debug)]
+pub struct Passthrough<T>(PhantomData<fn(T)>);
+
+impl<T> Passthrough<T> {
+    /// A passthrough accumulator for `T`.
+    pub fn new() -> Self {
+        Self(PhantomData)
+    }
+}
+
+impl<T> Default for Passthrough<T> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<T: Send + Sync + 'static> Accumulator for Passthrough<T> {
+    type Output = T;
+
+    async fn run(self, ctx: AccumulatorContext<T>) -> Result<(), AccumulatorError> {
+        ctx.set_health(AccumulatorHealth::SocketOnly);
+        ctx.shutdown_requested().await;
+        ctx.set_health(AccumulatorHealth::Stopped);
+        Ok(())
+    }
+}

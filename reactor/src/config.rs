@@ -1,0 +1,97 @@
+//! Reaction criteria, input strategies and reactor settings.
+
+use std::time::Duration;
+
+use cloacina_graph_core::SourceName;
+
+/// When a reactor fires.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReactionCriteria {
+    /// Fire when any listed source has a new boundary since the last firing
+    /// (`None`: every source of the graph).
+    WhenAny(Option<Vec<SourceName>>),
+    /// Fire when every listed source has a new boundary since the last firing
+    /// (`None`: every source of the graph).
+    WhenAll(Option<Vec<SourceName>>),
+}
+
+impl ReactionCriteria {
+    /// Any source of the graph.
+    pub fn when_any() -> Self {
+        ReactionCriteria::WhenAny(None)
+    }
+
+    /// Any of `sources`.
+    pub fn when_any_of<S: Into<SourceName>>(sources: impl IntoIterator<Item = S>) -> Self {
+        ReactionCriteria::WhenAny(Some(sources.into_iter().map(Into::into).collect()))
+    }
+
+    /// Every source of the graph.
+    pub fn when_all() -> Self {
+        ReactionCriteria::WhenAll(None)
+    }
+
+    /// Every one of `sources`.
+    pub fn when_all_of<S: Into<SourceName>>(sources: impl IntoIterator<Item = S>) -> Self {
+        ReactionCriteria::WhenAll(Some(sources.into_iter().map(Into::into).collect()))
+    }
+}
+
+impl Default for ReactionCriteria {
+    fn default() -> Self {
+        Self::when_any()
+    }
+}
+
+/// How boundaries that arrive while the reactor is busy are treated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum InputStrategy {
+    /// One slot per source, newest wins: boundaries arriving during a firing are coalesced and
+    /// the next firing sees only the newest.
+    #[default]
+    Latest,
+    /// Every boundary is queued and applied in arrival order, one firing per boundary (under
+    /// `WhenAll`, each application is evaluated in turn).
+    Sequential,
+}
+
+/// What a subscriber's full queue does to the reactor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Overflow {
+    /// Wait for room up to `max_wait`; a subscriber still full then is detached (its stream
+    /// reports [`crate::Lagged`] and ends). The default: no loss while the subscriber keeps up
+    /// within the bound, and one slow subscriber cannot stall the others for longer.
+    Block {
+        /// Longest the reactor waits for this subscriber.
+        max_wait: Duration,
+    },
+    /// Never wait: a firing that finds the queue full is not delivered to this subscriber;
+    /// every such miss is counted and reported on its stream as [`crate::Lagged`].
+    DropNewest,
+}
+
+impl Default for Overflow {
+    fn default() -> Self {
+        Overflow::Block {
+            max_wait: Duration::from_secs(5),
+        }
+    }
+}
+
+/// A subscriber's queue size and overflow policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SubscribeOptions {
+    /// Firings the subscriber's queue holds.
+    pub capacity: usize,
+    /// What happens when it is full.
+    pub overflow: Overflow,
+}
+
+impl Default for SubscribeOptions {
+    fn default() -> Self {
+        Self {
+            capacity: 1024,
+            overflow: Overflow::default(),
+        }
+    }
+}

@@ -1,0 +1,440 @@
+//! [`ReactorBuilder`] and [`ReactorHandle`]: configure, spawn and drive a reactor.
+
+use std::any::TypeId;
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use cloacina_accumulators::{inbound_channel, BoundarySender, HealthBoard, InboundSender};
+use cloacina_graph_core::{Boundary, CompiledGraph, Executor, InputCache, SourceName};
+use cloacina_ledger::{Ledger, LedgerWriter};
+use tokio::sync::{mpsc, oneshot, watch, Notify};
+
+use crate::config::{InputStrategy, ReactionCriteria, SubscribeOptions};
+use crate::core::{Command, Core};
+use crate::firing::Firing;
+use crate::health::ReactorHealth;
+use crate::stats::{ReactorStats, StatsSnapshot};
+use crate::subscription::{Subscriber, Subscription};
+
+/// A reactor could not be built or driven.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReactorError {
+    /// A criteria or sender names a source the graph does not read.
+    #[error("reactor `{reactor}`: graph has no source `{source_name}`")]
+    UnknownSource {
+        /// Reactor.
+        reactor: String,
+        /// The source.
+        source_name: SourceName,
+    },
+    /// A sender was asked for with another type than the graph reads.
+    #[error("reactor `{reactor}`: source `{source_name}` carries {expected}, not {requested}")]
+    SourceType {
+        /// Reactor.
+        reactor: String,
+        /// The source.
+        source_name: SourceName,
+        /// Type the graph reads.
+        expected: &'static str,
+        /// Type asked for.
+        requested: &'static str,
+    },
+    /// The criteria list no source.
+    #[error("reactor `{reactor}`: criteria list no source")]
+    EmptyCriteria {
+        /// Reactor.
+        reactor: String,
+    },
+    /// The reactor has stopped.
+    #[error("reactor `{reactor}` has stopped")]
+    Stopped {
+        /// Reactor.
+        reactor: String,
+    },
+    /// No tokio runtime to spawn on.
+    #[error("reactor `{reactor}`: no tokio runtime (spawn from within a runtime)")]
+    NoRuntime {
+        /// Reactor.
+        reactor: String,
+    },
+}
+
+/// A reactor's state, read through [`ReactorHandle::state`].
+#[derive(Debug, Clone)]
+pub struct ReactorState {
+    /// Reactor name.
+    pub reactor: String,
+    /// The cache (an isolated snapshot).
+    pub cache: InputCache,
+    /// Dirty flag per source: new boundary since the last firing.
+    pub dirty: Vec<(SourceName, bool)>,
+    /// Boundaries queued and not yet applied (Sequential), oldest first.
+    pub queued: Vec<(SourceName, Boundary)>,
+    /// Whether firing is paused.
+    pub paused: bool,
+    /// Health.
+    pub health: ReactorHealth,
+    /// Firings so far.
+    pub fires: u64,
+}
+
+/// What a reactor did before it stopped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShutdownReport {
+    /// Firings in its lifetime.
+    pub fires: u64,
+    /// Boundaries received in its lifetime.
+    pub boundaries: u64,
+    /// Sequential boundaries never fired because the reactor was paused at shutdown.
+    pub unfired_queued: usize,
+    /// Ledger records written.
+    pub ledger_records: u64,
+    /// First ledger error, if any.
+    pub ledger_error: Option<String>,
+}
+
+/// Configures a reactor for one compiled graph.
+pub struct ReactorBuilder {
+    graph: Arc<CompiledGraph>,
+    name: String,
+    criteria: ReactionCriteria,
+    strategy: InputStrategy,
+    inbound_capacity: usize,
+    queue_limit: usize,
+    firing_timeout: Option<Duration>,
+    ledger: Option<(Arc<dyn Ledger>, usize)>,
+    board: Option<Arc<HealthBoard>>,
+    after_fire: Vec<Arc<Notify>>,
+}
+
+impl std::fmt::Debug for ReactorBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReactorBuilder")
+            .field("name", &self.name)
+            .field("criteria", &self.criteria)
+            .field("strategy", &self.strategy)
+            .finish()
+    }
+}
+
+impl ReactorBuilder {
+    /// A reactor for `graph`, named after it, firing `when_any` with `Latest`.
+    pub fn new(graph: Arc<CompiledGraph>) -> Self {
+        Self {
+            name: graph.name().to_owned(),
+            graph,
+            criteria: ReactionCriteria::default(),
+            strategy: InputStrategy::default(),
+            inbound_capacity: 1024,
+            queue_limit: 65_536,
+            firing_timeout: Some(Duration::from_secs(30)),
+            ledger: None,
+            board: None,
+            after_fire: Vec::new(),
+        }
+    }
+
+    /// Names the reactor (default: the graph's name).
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// When to fire (default `when_any()`).
+    pub fn criteria(mut self, criteria: ReactionCriteria) -> Self {
+        self.criteria = criteria;
+        self
+    }
+
+    /// Latest or Sequential (default Latest).
+    pub fn strategy(mut self, strategy: InputStrategy) -> Self {
+        self.strategy = strategy;
+        self
+    }
+
+    /// Room in the inbound queue (default 1024); a full queue makes senders wait.
+    pub fn inbound_capacity(mut self, capacity: usize) -> Self {
+        self.inbound_capacity = capacity.max(1);
+        self
+    }
+
+    /// Sequential boundaries held while paused or warming (default 65,536); beyond it the
+    /// reactor stops taking from the inbound queue, so senders wait. Nothing is dropped.
+    pub fn queue_limit(mut self, limit: usize) -> Self {
+        self.queue_limit = limit.max(1);
+        self
+    }
+
+    /// Per-firing timeout (default 30 s; `None`: unlimited).
+    pub fn firing_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.firing_timeout = timeout;
+        self
+    }
+
+    /// Records every firing and its result in `ledger`, through a background writer with a
+    /// bounded queue of `queue` records.
+    pub fn ledger(mut self, ledger: Arc<dyn Ledger>, queue: usize) -> Self {
+        self.ledger = Some((ledger, queue));
+        self
+    }
+
+    /// Gates firing on these accumulators' health (Warming until all are live).
+    pub fn accumulator_health(mut self, board: Arc<HealthBoard>) -> Self {
+        self.board = Some(board);
+        self
+    }
+
+    /// Notified after every successful firing (batch accumulators flush on it).
+    pub fn after_fire(mut self, notify: Arc<Notify>) -> Self {
+        self.after_fire.push(notify);
+        self
+    }
+
+    fn source_indices(&self, listed: &Option<Vec<SourceName>>) -> Result<Vec<bool>, ReactorError> {
+        let n = self.graph.sources().len();
+        match listed {
+            None => Ok(vec![true; n]),
+            Some(list) => {
+                let mut watched = vec![false; n];
+                for s in list {
+                    let i = self.graph.source_index(s.as_str()).ok_or_else(|| {
+                        ReactorError::UnknownSource {
+                            reactor: self.name.clone(),
+                            source_name: s.clone(),
+                        }
+                    })?;
+                    watched[i] = true;
+                }
+                Ok(watched)
+            }
+        }
+    }
+
+    /// Spawns the reactor on the current tokio runtime.
+    pub fn spawn(self) -> Result<ReactorHandle, ReactorError> {
+        let runtime =
+            tokio::runtime::Handle::try_current().map_err(|_| ReactorError::NoRuntime {
+                reactor: self.name.clone(),
+            })?;
+        let (when_all, listed) = match &self.criteria {
+            ReactionCriteria::WhenAny(l) => (false, l),
+            ReactionCriteria::WhenAll(l) => (true, l),
+        };
+        let watched = self.source_indices(listed)?;
+        let n_watched = watched.iter().filter(|w| **w).count();
+        if n_watched == 0 {
+            return Err(ReactorError::EmptyCriteria {
+                reactor: self.name.clone(),
+            });
+        }
+        let name: Arc<str> = Arc::from(self.name.as_str());
+        let sources: Arc<[SourceName]> = self
+            .graph
+            .sources()
+            .iter()
+            .map(|s| s.name.clone())
+            .collect();
+        let (inbound, inbound_rx) = inbound_channel(self.inbound_capacity);
+        let (control, control_rx) = mpsc::unbounded_channel();
+        let (health_tx, health_rx) = watch::channel(ReactorHealth::Starting);
+        let stats = Arc::new(ReactorStats::default());
+        let _guard = runtime.enter();
+        let core = Core {
+            name: Arc::clone(&name),
+            executor: Executor::new(Arc::clone(&self.graph)).with_timeout(self.firing_timeout),
+            cache: self.graph.new_cache(),
+            seqs: vec![0; sources.len()],
+            dirty: vec![false; sources.len()],
+            watched,
+            dirty_watched: 0,
+            n_watched,
+            when_all,
+            strategy: self.strategy,
+            queue: VecDeque::new(),
+            queue_limit: self.queue_limit,
+            paused: false,
+            warmed: false,
+            subscribers: Vec::new(),
+            ledger: self
+                .ledger
+                .map(|(ledger, queue)| LedgerWriter::spawn(ledger, queue)),
+            ledger_failed: false,
+            after_fire: self.after_fire,
+            board: self.board,
+            health: health_tx,
+            stats: Arc::clone(&stats),
+            next_id: 1,
+            sources: Arc::clone(&sources),
+            graph: Arc::clone(&self.graph),
+        };
+        let task = runtime.spawn(core.run(inbound_rx, control_rx));
+        Ok(ReactorHandle {
+            inner: Arc::new(HandleInner {
+                name,
+                graph: self.graph,
+                inbound,
+                control,
+                health: health_rx,
+                stats,
+                task: Mutex::new(Some(task)),
+            }),
+        })
+    }
+}
+
+struct HandleInner {
+    name: Arc<str>,
+    graph: Arc<CompiledGraph>,
+    inbound: InboundSender,
+    control: mpsc::UnboundedSender<Command>,
+    health: watch::Receiver<ReactorHealth>,
+    stats: Arc<ReactorStats>,
+    task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+/// Drives a running reactor. Cheap to clone.
+#[derive(Clone)]
+pub struct ReactorHandle {
+    inner: Arc<HandleInner>,
+}
+
+impl std::fmt::Debug for ReactorHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReactorHandle")
+            .field("name", &self.inner.name)
+            .finish()
+    }
+}
+
+impl ReactorHandle {
+    /// Starts configuring a reactor for `graph`.
+    pub fn builder(graph: Arc<CompiledGraph>) -> ReactorBuilder {
+        ReactorBuilder::new(graph)
+    }
+
+    /// The reactor's name.
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// The graph it fires.
+    pub fn graph(&self) -> &Arc<CompiledGraph> {
+        &self.inner.graph
+    }
+
+    fn stopped(&self) -> ReactorError {
+        ReactorError::Stopped {
+            reactor: self.inner.name.to_string(),
+        }
+    }
+
+    /// A typed sender for `source`; fails if the graph has no such source or reads another
+    /// type from it.
+    pub fn sender<T: Send + Sync + 'static>(
+        &self,
+        source: &str,
+    ) -> Result<BoundarySender<T>, ReactorError> {
+        let graph = &self.inner.graph;
+        let index = graph
+            .source_index(source)
+            .ok_or_else(|| ReactorError::UnknownSource {
+                reactor: self.inner.name.to_string(),
+                source_name: source.into(),
+            })?;
+        let decl = &graph.sources()[index];
+        if decl.type_id != TypeId::of::<T>() {
+            return Err(ReactorError::SourceType {
+                reactor: self.inner.name.to_string(),
+                source_name: decl.name.clone(),
+                expected: decl.type_name,
+                requested: std::any::type_name::<T>(),
+            });
+        }
+        let index = u32::try_from(index).map_err(|_| self.stopped())?;
+        Ok(self.inner.inbound.typed(index, decl.name.clone()))
+    }
+
+    fn send(&self, cmd: Command) -> Result<(), ReactorError> {
+        self.inner.control.send(cmd).map_err(|_| self.stopped())
+    }
+
+    async fn ask<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> Command,
+    ) -> Result<T, ReactorError> {
+        let (tx, rx) = oneshot::channel();
+        self.send(make(tx))?;
+        rx.await.map_err(|_| self.stopped())
+    }
+
+    /// Subscribes to firings with the default queue (1024) and overflow policy.
+    pub fn subscribe(&self) -> Subscription {
+        self.subscribe_with(SubscribeOptions::default())
+    }
+
+    /// Subscribes with explicit options. Firings after this call are delivered; if the reactor
+    /// has stopped the stream ends at once.
+    pub fn subscribe_with(&self, options: SubscribeOptions) -> Subscription {
+        let (subscriber, subscription) = Subscriber::new(options);
+        let _ = self.send(Command::Subscribe(subscriber));
+        subscription
+    }
+
+    /// Fires now on the current cache, ignoring criteria, pause and warm-up.
+    pub async fn force_fire(&self) -> Result<Arc<Firing>, ReactorError> {
+        self.ask(Command::ForceFire).await
+    }
+
+    /// Replaces the whole cache with `cache` (no merge) and fires.
+    pub async fn fire_with(&self, cache: InputCache) -> Result<Arc<Firing>, ReactorError> {
+        self.ask(|tx| Command::FireWith(cache, tx)).await?
+    }
+
+    /// Stops firing; boundaries are still taken in (Latest: cache updated; Sequential: queued).
+    pub async fn pause(&self) -> Result<(), ReactorError> {
+        self.ask(Command::Pause).await
+    }
+
+    /// Resumes firing. Sequential fires what was queued; Latest fires on the next boundary.
+    pub async fn resume(&self) -> Result<(), ReactorError> {
+        self.ask(Command::Resume).await
+    }
+
+    /// Cache, dirty flags, queue, pause and health, read consistently.
+    pub async fn state(&self) -> Result<ReactorState, ReactorError> {
+        self.ask(Command::State).await
+    }
+
+    /// Current health.
+    pub fn health(&self) -> ReactorHealth {
+        self.inner.health.borrow().clone()
+    }
+
+    /// A receiver that sees every health change.
+    pub fn health_watch(&self) -> watch::Receiver<ReactorHealth> {
+        self.inner.health.clone()
+    }
+
+    /// Current counters.
+    pub fn stats(&self) -> StatsSnapshot {
+        self.inner.stats.snapshot()
+    }
+
+    /// Stops the reactor: stops taking boundaries, fires for everything already queued
+    /// (Sequential) or what is pending (Latest), finishes the ledger, ends subscriptions.
+    pub async fn shutdown(&self) -> Result<ShutdownReport, ReactorError> {
+        let report = self.ask(Command::Shutdown).await?;
+        let task = self
+            .inner
+            .task
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(task) = task {
+            let _ = task.await;
+        }
+        Ok(report)
+    }
+}
