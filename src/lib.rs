@@ -1,1 +1,481 @@
-//! placeholder
+//! # cloacina
+//!
+//! An embedded Rust engine for event-driven computation graphs (DAG workflows on top come in
+//! later releases). This facade crate re-exports the public API of the member crates and wires
+//! them together:
+//!
+//! | crate | role in the flow boundary -> cache -> firing -> result -> ledger |
+//! |---|---|
+//! | [`graph`] (`cloacina-graph-core`) | boundaries, InputCache, graph builder, compiled executor |
+//! | [`accumulators`] | turn events into boundaries: passthrough, polling, batch |
+//! | [`reactor`] | decides when to fire, fires, fans results out |
+//! | [`ledger`] | records firings and results |
+//!
+//! [`EmbeddedGraph`] wires one graph, its reactor and its accumulators, checking that every
+//! source the graph reads is fed by exactly one accumulator of the right type:
+//!
+//! ```
+//! use std::time::Duration;
+//! use cloacina::prelude::*;
+//!
+//! fn spread(bid: Option<&f64>, ask: Option<&f64>) -> f64 {
+//!     ask.copied().unwrap_or(f64::NAN) - bid.copied().unwrap_or(f64::NAN)
+//! }
+//!
+//! # tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap().block_on(async {
+//! let graph = GraphBuilder::new("spread")
+//!     .node("spread", (source::<f64>("bid"), source::<f64>("ask")), spread)
+//!     .build()?;
+//! let engine = EmbeddedGraph::builder(graph)
+//!     .strategy(InputStrategy::Sequential)
+//!     .passthrough::<f64>("bid")
+//!     .polling("ask", Duration::from_millis(10), || async { Some(100.25_f64) })
+//!     .start()?;
+//! let mut results = engine.subscribe();
+//! let bid = engine.sender::<f64>("bid")?;
+//! bid.send(100.0).await.expect("reactor running");
+//! while let Some(Ok(firing)) = results.recv().await {
+//!     if let Some(s) = firing.result.output::<f64>("spread").filter(|s| !s.is_nan()) {
+//!         assert_eq!(*s, 0.25);
+//!         break;
+//!     }
+//! }
+//! engine.shutdown().await?;
+//! # Ok::<(), cloacina::Error>(()) }).unwrap();
+//! ```
+
+use std::any::{Any, TypeId};
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{watch, Notify};
+use tokio::task::JoinHandle;
+
+pub use cloacina_accumulators as accumulators;
+pub use cloacina_graph_core as graph;
+pub use cloacina_ledger as ledger;
+pub use cloacina_reactor as reactor;
+
+use accumulators::{
+    Accumulator, AccumulatorContext, AccumulatorError, AccumulatorHealth, AccumulatorMetrics,
+    Batch, BatchConfig, BatchSender, BoundarySender, HealthBoard, HealthReporter, Passthrough,
+    Polling,
+};
+use graph::{catch_panic, BuildError, CompiledGraph, SourceName};
+use ledger::Ledger;
+use reactor::{
+    InputStrategy, ReactionCriteria, ReactorBuilder, ReactorError, ReactorHandle, ShutdownReport,
+    SubscribeOptions, Subscription,
+};
+
+/// Everything a typical program needs.
+pub mod prelude {
+    pub use crate::accumulators::{
+        Accumulator, AccumulatorContext, AccumulatorHealth, BatchConfig, BatchSender,
+        BoundarySender, SendError, TrySendError,
+    };
+    pub use crate::graph::{
+        source, upstream, CompiledGraph, GraphBuilder, GraphError, GraphResult, InputCache, Route,
+        SourceName,
+    };
+    pub use crate::ledger::{Ledger, MemoryLedger};
+    pub use crate::reactor::{
+        Firing, InputStrategy, Lagged, Overflow, ReactionCriteria, ReactorHandle, ReactorHealth,
+        SubscribeOptions, Subscription,
+    };
+    pub use crate::{EmbeddedGraph, EngineReport, Error};
+}
+
+/// Anything the facade can fail with.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The graph declaration is invalid.
+    #[error(transparent)]
+    Build(#[from] BuildError),
+    /// The reactor refused a configuration or has stopped.
+    #[error(transparent)]
+    Reactor(#[from] ReactorError),
+    /// An accumulator feeds a source the graph does not read.
+    #[error(
+        "accumulator for `{source_name}`: graph `{graph}` reads no such source (it reads: {known})"
+    )]
+    UnknownSource {
+        /// Graph.
+        graph: String,
+        /// The accumulator's source.
+        source_name: SourceName,
+        /// Sources the graph reads.
+        known: String,
+    },
+    /// An accumulator emits another type than the graph reads from its source.
+    #[error(
+        "accumulator for `{source_name}` emits {emits}, but graph `{graph}` reads {reads} from it"
+    )]
+    SourceType {
+        /// Graph.
+        graph: String,
+        /// The source.
+        source_name: SourceName,
+        /// Type emitted.
+        emits: &'static str,
+        /// Type read.
+        reads: &'static str,
+    },
+    /// Two accumulators feed one source.
+    #[error("source `{source_name}` has two accumulators")]
+    DuplicateAccumulator {
+        /// The source.
+        source_name: SourceName,
+    },
+    /// A source the graph reads has no accumulator.
+    #[error("graph `{graph}` reads source `{source_name}`, but no accumulator feeds it")]
+    UnfedSource {
+        /// Graph.
+        graph: String,
+        /// The source.
+        source_name: SourceName,
+    },
+    /// No batch accumulator of this type feeds the source.
+    #[error("no batch accumulator of {requested} items feeds `{source_name}`")]
+    NoBatch {
+        /// The source.
+        source_name: SourceName,
+        /// Item type asked for.
+        requested: &'static str,
+    },
+}
+
+struct Wiring<'a> {
+    reactor: &'a ReactorHandle,
+    shutdown: watch::Receiver<bool>,
+    after_fire: Option<Arc<Notify>>,
+    health: HealthReporter,
+    metrics: Arc<AccumulatorMetrics>,
+}
+
+type SpawnFn =
+    Box<dyn FnOnce(Wiring<'_>) -> Result<JoinHandle<Result<(), AccumulatorError>>, Error> + Send>;
+
+struct Pending {
+    source: SourceName,
+    output: (TypeId, &'static str),
+    after_fire: bool,
+    spawn: SpawnFn,
+}
+
+/// Configures an [`EmbeddedGraph`].
+pub struct EmbeddedGraphBuilder {
+    graph: Arc<CompiledGraph>,
+    reactor: ReactorBuilder,
+    pending: Vec<Pending>,
+    batch_senders: HashMap<SourceName, Box<dyn Any + Send + Sync>>,
+}
+
+impl std::fmt::Debug for EmbeddedGraphBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmbeddedGraphBuilder")
+            .field("graph", &self.graph.name())
+            .field("reactor", &self.reactor)
+            .finish()
+    }
+}
+
+impl EmbeddedGraphBuilder {
+    /// When the reactor fires (default `when_any()`).
+    pub fn criteria(mut self, criteria: ReactionCriteria) -> Self {
+        self.reactor = self.reactor.criteria(criteria);
+        self
+    }
+
+    /// Latest or Sequential (default Latest).
+    pub fn strategy(mut self, strategy: InputStrategy) -> Self {
+        self.reactor = self.reactor.strategy(strategy);
+        self
+    }
+
+    /// Per-firing timeout (default 30 s).
+    pub fn firing_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.reactor = self.reactor.firing_timeout(timeout);
+        self
+    }
+
+    /// Room in the reactor's inbound queue (default 1024).
+    pub fn inbound_capacity(mut self, capacity: usize) -> Self {
+        self.reactor = self.reactor.inbound_capacity(capacity);
+        self
+    }
+
+    /// Records firings and results in `ledger` (group commit through a queue of 4096 records).
+    pub fn ledger(mut self, ledger: Arc<dyn Ledger>) -> Self {
+        self.reactor = self.reactor.ledger(ledger, 4096);
+        self
+    }
+
+    /// Names the reactor (default: the graph's name).
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.reactor = self.reactor.name(name);
+        self
+    }
+
+    /// Feeds `source` with any [`Accumulator`].
+    pub fn accumulator<A: Accumulator>(mut self, source: impl Into<SourceName>, acc: A) -> Self {
+        let source = source.into();
+        let after_fire = acc.wants_after_fire();
+        let name = source.clone();
+        let spawn: SpawnFn = Box::new(move |w: Wiring<'_>| {
+            let sender = w.reactor.sender::<A::Output>(name.as_str())?;
+            let reporter = w.health.clone();
+            let ctx = AccumulatorContext::new(sender, w.shutdown, w.after_fire, w.health)
+                .with_metrics(w.metrics);
+            Ok(tokio::spawn(async move {
+                match catch_panic(acc.run(ctx)).await {
+                    Ok(result) => result,
+                    Err(message) => {
+                        reporter.set(AccumulatorHealth::Disconnected);
+                        tracing::error!(source = %name, %message, "accumulator panicked");
+                        Err(AccumulatorError::Failed {
+                            source_name: name,
+                            message: format!("panicked: {message}"),
+                        })
+                    }
+                }
+            }))
+        });
+        self.pending.push(Pending {
+            source,
+            output: (
+                TypeId::of::<A::Output>(),
+                std::any::type_name::<A::Output>(),
+            ),
+            after_fire,
+            spawn,
+        });
+        self
+    }
+
+    /// Feeds `source` from in-process pushes: get the sender with [`EmbeddedGraph::sender`].
+    pub fn passthrough<T: Send + Sync + 'static>(self, source: impl Into<SourceName>) -> Self {
+        self.accumulator(source, Passthrough::<T>::new())
+    }
+
+    /// Feeds `source` by calling `poll` every `interval`; `None` emits nothing.
+    pub fn polling<T, F, Fut>(
+        self,
+        source: impl Into<SourceName>,
+        interval: Duration,
+        poll: F,
+    ) -> Self
+    where
+        T: Send + Sync + 'static,
+        F: FnMut() -> Fut + Send + 'static,
+        Fut: Future<Output = Option<T>> + Send,
+    {
+        self.accumulator(source, Polling::new(interval, poll))
+    }
+
+    /// Feeds `source` with batches of `T` (the graph reads `Vec<T>`); get the sender with
+    /// [`EmbeddedGraph::batch_sender`].
+    pub fn batch<T: Send + Sync + 'static>(
+        mut self,
+        source: impl Into<SourceName>,
+        config: BatchConfig,
+    ) -> Self {
+        let source = source.into();
+        let (batch, sender) = Batch::<T>::new(config);
+        self.batch_senders.insert(source.clone(), Box::new(sender));
+        self.accumulator(source, batch)
+    }
+
+    fn check(&self) -> Result<(), Error> {
+        let graph = &self.graph;
+        let known = || {
+            graph
+                .sources()
+                .iter()
+                .map(|s| s.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        for (i, p) in self.pending.iter().enumerate() {
+            if self.pending[..i].iter().any(|o| o.source == p.source) {
+                return Err(Error::DuplicateAccumulator {
+                    source_name: p.source.clone(),
+                });
+            }
+            let Some(decl) = graph.sources().iter().find(|s| s.name == p.source) else {
+                return Err(Error::UnknownSource {
+                    graph: graph.name().to_owned(),
+                    source_name: p.source.clone(),
+                    known: known(),
+                });
+            };
+            if decl.type_id != p.output.0 {
+                return Err(Error::SourceType {
+                    graph: graph.name().to_owned(),
+                    source_name: p.source.clone(),
+                    emits: p.output.1,
+                    reads: decl.type_name,
+                });
+            }
+        }
+        if let Some(unfed) = graph
+            .sources()
+            .iter()
+            .find(|s| !self.pending.iter().any(|p| p.source == s.name))
+        {
+            return Err(Error::UnfedSource {
+                graph: graph.name().to_owned(),
+                source_name: unfed.name.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Checks the wiring, then spawns the reactor and the accumulators on the current tokio
+    /// runtime.
+    pub fn start(self) -> Result<EmbeddedGraph, Error> {
+        self.check()?;
+        let board = HealthBoard::new();
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let mut reactor = self.reactor.accumulator_health(Arc::clone(&board));
+        let mut wired = Vec::with_capacity(self.pending.len());
+        for p in self.pending {
+            let reporter = board.register(p.source.clone());
+            let notify = p.after_fire.then(|| Arc::new(Notify::new()));
+            if let Some(n) = &notify {
+                reactor = reactor.after_fire(Arc::clone(n));
+            }
+            wired.push((p, reporter, notify));
+        }
+        let handle = reactor.spawn()?;
+        let mut tasks = Vec::with_capacity(wired.len());
+        let mut metrics = Vec::with_capacity(wired.len());
+        for (p, reporter, notify) in wired {
+            let m = Arc::new(AccumulatorMetrics::default());
+            let task = (p.spawn)(Wiring {
+                reactor: &handle,
+                shutdown: shutdown_rx.clone(),
+                after_fire: notify,
+                health: reporter,
+                metrics: Arc::clone(&m),
+            })?;
+            metrics.push((p.source.clone(), m));
+            tasks.push((p.source, task));
+        }
+        Ok(EmbeddedGraph {
+            reactor: handle,
+            shutdown: shutdown_tx,
+            tasks,
+            metrics,
+            board,
+            batch_senders: self.batch_senders,
+        })
+    }
+}
+
+/// What [`EmbeddedGraph::shutdown`] observed.
+#[derive(Debug)]
+pub struct EngineReport {
+    /// The reactor's report.
+    pub reactor: ShutdownReport,
+    /// Accumulators that ended with an error (source, message).
+    pub accumulator_errors: Vec<(SourceName, String)>,
+}
+
+/// A running graph: its reactor and accumulators.
+pub struct EmbeddedGraph {
+    reactor: ReactorHandle,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<(SourceName, JoinHandle<Result<(), AccumulatorError>>)>,
+    metrics: Vec<(SourceName, Arc<AccumulatorMetrics>)>,
+    board: Arc<HealthBoard>,
+    batch_senders: HashMap<SourceName, Box<dyn Any + Send + Sync>>,
+}
+
+impl std::fmt::Debug for EmbeddedGraph {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmbeddedGraph")
+            .field("reactor", &self.reactor)
+            .finish()
+    }
+}
+
+impl EmbeddedGraph {
+    /// Starts wiring `graph`.
+    pub fn builder(graph: impl Into<Arc<CompiledGraph>>) -> EmbeddedGraphBuilder {
+        let graph = graph.into();
+        EmbeddedGraphBuilder {
+            reactor: ReactorBuilder::new(Arc::clone(&graph)),
+            graph,
+            pending: Vec::new(),
+            batch_senders: HashMap::new(),
+        }
+    }
+
+    /// The reactor (pause, resume, force_fire, fire_with, state, stats, health).
+    pub fn reactor(&self) -> &ReactorHandle {
+        &self.reactor
+    }
+
+    /// A typed sender into `source` (for passthrough sources).
+    pub fn sender<T: Send + Sync + 'static>(
+        &self,
+        source: &str,
+    ) -> Result<BoundarySender<T>, Error> {
+        Ok(self.reactor.sender::<T>(source)?)
+    }
+
+    /// The sender feeding the batch accumulator of `source`.
+    pub fn batch_sender<T: Send + 'static>(&self, source: &str) -> Result<BatchSender<T>, Error> {
+        self.batch_senders
+            .get(source)
+            .and_then(|s| s.downcast_ref::<BatchSender<T>>())
+            .cloned()
+            .ok_or_else(|| Error::NoBatch {
+                source_name: source.into(),
+                requested: std::any::type_name::<T>(),
+            })
+    }
+
+    /// Subscribes to firings.
+    pub fn subscribe(&self) -> Subscription {
+        self.reactor.subscribe()
+    }
+
+    /// Subscribes with an explicit queue size and overflow policy.
+    pub fn subscribe_with(&self, options: SubscribeOptions) -> Subscription {
+        self.reactor.subscribe_with(options)
+    }
+
+    /// Every accumulator's health.
+    pub fn accumulator_health(&self) -> Vec<(SourceName, AccumulatorHealth)> {
+        self.board.states()
+    }
+
+    /// Every accumulator's counters.
+    pub fn accumulator_metrics(&self) -> &[(SourceName, Arc<AccumulatorMetrics>)] {
+        &self.metrics
+    }
+
+    /// Graceful stop: accumulators stop and deliver what they hold (batches flush), then the
+    /// reactor fires for everything already received and stops.
+    pub async fn shutdown(self) -> Result<EngineReport, Error> {
+        let _ = self.shutdown.send(true);
+        let mut accumulator_errors = Vec::new();
+        for (source, task) in self.tasks {
+            match task.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => accumulator_errors.push((source, e.to_string())),
+                Err(e) => accumulator_errors.push((source, format!("task failed: {e}"))),
+            }
+        }
+        let reactor = self.reactor.shutdown().await?;
+        Ok(EngineReport {
+            reactor,
+            accumulator_errors,
+        })
+    }
+}

@@ -1,0 +1,378 @@
+//! Benchmark harness for the bare engine (no ledger): one passthrough source feeding a 2-node
+//! graph through a reactor.
+//!
+//! ```text
+//! cargo run --release --example cg_bench -- --duration-secs 5
+//! ```
+//!
+//! Phases (each `--duration-secs` long):
+//! - **latency**: `Sequential`, 1,000 events/s; every event carries its send instant and its
+//!   latency is measured to the completion of the firing that consumed it (no sampling).
+//! - **sequential**: `Sequential`, pushed as fast as `send().await` allows; the graph checks
+//!   that event ids arrive consecutively, and the harness that fires == events.
+//! - **latest**: `Latest`, pushed as fast as possible; reports pushes/s and fires.
+//! - **soak**: RSS growth between the end of the first and of the last second of the
+//!   sequential phase.
+//!
+//! Human-readable lines go to stderr; the last stdout line is one JSON object.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use cloacina::prelude::*;
+use serde::{Deserialize, Serialize};
+
+/// One benchmark event: its id and send time (ns since the process's base instant).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+struct Event {
+    id: u64,
+    sent_ns: u64,
+}
+
+/// What the terminal node emits.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+struct Done {
+    id: u64,
+    sent_ns: u64,
+    checksum: u64,
+}
+
+static BASE: OnceLock<Instant> = OnceLock::new();
+
+fn base() -> Instant {
+    *BASE.get_or_init(Instant::now)
+}
+
+fn now_ns() -> u64 {
+    u64::try_from(base().elapsed().as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// Order checker used by the sequential phase: ids must arrive 0, 1, 2, ...
+static NEXT_ID: AtomicU64 = AtomicU64::new(0);
+static ORDER_VIOLATIONS: AtomicU64 = AtomicU64::new(0);
+
+fn ingest(event: Option<&Event>) -> Event {
+    match event {
+        Some(e) => *e,
+        None => Event {
+            id: u64::MAX,
+            sent_ns: 0,
+        },
+    }
+}
+
+fn finish(event: &Event) -> Done {
+    Done {
+        id: event.id,
+        sent_ns: event.sent_ns,
+        checksum: event.id.wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(17),
+    }
+}
+
+fn finish_checked(event: &Event) -> Done {
+    let expected = NEXT_ID.load(Ordering::Relaxed);
+    if event.id != expected {
+        ORDER_VIOLATIONS.fetch_add(1, Ordering::Relaxed);
+    }
+    NEXT_ID.store(event.id.wrapping_add(1), Ordering::Relaxed);
+    finish(event)
+}
+
+fn graph(checked: bool) -> Result<CompiledGraph, cloacina::graph::BuildError> {
+    let b = GraphBuilder::new("cg_bench").node("ingest", (source::<Event>("events"),), ingest);
+    if checked {
+        b.node("finish", (upstream::<Event>("ingest"),), finish_checked)
+    } else {
+        b.node("finish", (upstream::<Event>("ingest"),), finish)
+    }
+    .build()
+}
+
+fn rss_bytes() -> u64 {
+    let page = 4096;
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| {
+            s.split_whitespace()
+                .nth(1)
+                .and_then(|v| v.parse::<u64>().ok())
+        })
+        .map_or(0, |pages| pages * page)
+}
+
+fn percentile(sorted: &[u64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = ((p / 100.0) * (sorted.len() as f64 - 1.0)).round() as usize;
+    sorted[rank.min(sorted.len() - 1)] as f64 / 1000.0
+}
+
+struct LatencyResult {
+    sorted_ns: Vec<u64>,
+    sent: u64,
+    missing: u64,
+}
+
+async fn latency_phase(duration: Duration) -> Result<LatencyResult, Box<dyn std::error::Error>> {
+    let engine = EmbeddedGraph::builder(graph(false)?)
+        .strategy(InputStrategy::Sequential)
+        .passthrough::<Event>("events")
+        .start()?;
+    let sender = engine.sender::<Event>("events")?;
+    let mut results = engine.subscribe_with(SubscribeOptions {
+        capacity: 65_536,
+        overflow: Overflow::Block {
+            max_wait: Duration::from_secs(60),
+        },
+    });
+    let producer = tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(Duration::from_millis(1));
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let end = Instant::now() + duration;
+        let mut id = 0u64;
+        while Instant::now() < end {
+            ticks.tick().await;
+            let event = Event {
+                id,
+                sent_ns: now_ns(),
+            };
+            if sender.send(event).await.is_err() {
+                break;
+            }
+            id += 1;
+        }
+        id
+    });
+    let mut latencies = Vec::with_capacity(duration.as_secs() as usize * 1000 + 16);
+    let mut seen = vec![false; duration.as_secs() as usize * 1000 + 1024];
+    let sent = loop {
+        tokio::select! {
+            item = results.recv() => match item {
+                Some(Ok(firing)) => record(&firing, &mut latencies, &mut seen),
+                Some(Err(lag)) => return Err(format!("latency subscriber lagged: {lag}").into()),
+                None => return Err("reactor stopped early".into()),
+            },
+        }
+        if producer.is_finished() {
+            break producer.await?;
+        }
+    };
+    while (latencies.len() as u64) < sent {
+        match tokio::time::timeout(Duration::from_secs(10), results.recv()).await {
+            Ok(Some(Ok(firing))) => record(&firing, &mut latencies, &mut seen),
+            _ => break,
+        }
+    }
+    engine.shutdown().await?;
+    let missing = (0..sent as usize)
+        .filter(|&i| !seen.get(i).copied().unwrap_or(false))
+        .count() as u64;
+    latencies.sort_unstable();
+    Ok(LatencyResult {
+        sorted_ns: latencies,
+        sent,
+        missing,
+    })
+}
+
+fn record(firing: &Firing, latencies: &mut Vec<u64>, seen: &mut Vec<bool>) {
+    if let Some(done) = firing.result.output::<Done>("finish") {
+        let completed_ns =
+            u64::try_from(firing.completed.duration_since(base()).as_nanos()).unwrap_or(u64::MAX);
+        latencies.push(completed_ns.saturating_sub(done.sent_ns));
+        let i = done.id as usize;
+        if i >= seen.len() {
+            seen.resize(i + 1, false);
+        }
+        seen[i] = true;
+    }
+}
+
+struct SeqResult {
+    events: u64,
+    fires: u64,
+    elapsed: Duration,
+    violations: u64,
+    rss_growth_bytes: i64,
+}
+
+async fn sequential_phase(duration: Duration) -> Result<SeqResult, Box<dyn std::error::Error>> {
+    NEXT_ID.store(0, Ordering::Relaxed);
+    ORDER_VIOLATIONS.store(0, Ordering::Relaxed);
+    let engine = EmbeddedGraph::builder(graph(true)?)
+        .strategy(InputStrategy::Sequential)
+        .passthrough::<Event>("events")
+        .start()?;
+    let sender = engine.sender::<Event>("events")?;
+    let reactor = engine.reactor().clone();
+    let fires_before = reactor.stats().fires;
+    let rss_marks = Arc::new(std::sync::Mutex::new(Vec::<(u64, u64)>::new()));
+    let marks = Arc::clone(&rss_marks);
+    let start = Instant::now();
+    let producer = tokio::spawn(async move {
+        let end = start + duration;
+        let mut id = 0u64;
+        let mut next_mark = start + Duration::from_secs(1);
+        loop {
+            // Check the clock every 1024 events, not every event.
+            for _ in 0..1024 {
+                if sender.send(Event { id, sent_ns: 0 }).await.is_err() {
+                    return id;
+                }
+                id += 1;
+            }
+            let now = Instant::now();
+            if now >= next_mark {
+                if let Ok(mut m) = marks.lock() {
+                    m.push((id, rss_bytes()));
+                }
+                next_mark += Duration::from_secs(1);
+            }
+            if now >= end {
+                return id;
+            }
+        }
+    });
+    let events = producer.await?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while reactor.stats().fires - fires_before < events && Instant::now() < deadline {
+        tokio::task::yield_now().await;
+    }
+    let elapsed = start.elapsed();
+    let fires = reactor.stats().fires - fires_before;
+    engine.shutdown().await?;
+    let marks = rss_marks.lock().map(|m| m.clone()).unwrap_or_default();
+    let rss_growth_bytes = match (marks.first(), marks.last()) {
+        (Some(first), Some(last)) => last.1 as i64 - first.1 as i64,
+        _ => 0,
+    };
+    Ok(SeqResult {
+        events,
+        fires,
+        elapsed,
+        violations: ORDER_VIOLATIONS.load(Ordering::Relaxed)
+            + u64::from(NEXT_ID.load(Ordering::Relaxed) != events),
+        rss_growth_bytes,
+    })
+}
+
+struct LatestResult {
+    pushes: u64,
+    fires: u64,
+    elapsed: Duration,
+}
+
+async fn latest_phase(duration: Duration) -> Result<LatestResult, Box<dyn std::error::Error>> {
+    let engine = EmbeddedGraph::builder(graph(false)?)
+        .strategy(InputStrategy::Latest)
+        .passthrough::<Event>("events")
+        .start()?;
+    let sender = engine.sender::<Event>("events")?;
+    let reactor = engine.reactor().clone();
+    let start = Instant::now();
+    let producer = tokio::spawn(async move {
+        let end = start + duration;
+        let mut id = 0u64;
+        loop {
+            for _ in 0..1024 {
+                if sender.send(Event { id, sent_ns: 0 }).await.is_err() {
+                    return id;
+                }
+                id += 1;
+            }
+            if Instant::now() >= end {
+                return id;
+            }
+        }
+    });
+    let pushes = producer.await?;
+    let elapsed = start.elapsed();
+    let report = engine.shutdown().await?;
+    let fires = report.reactor.fires;
+    let _ = reactor;
+    Ok(LatestResult {
+        pushes,
+        fires,
+        elapsed,
+    })
+}
+
+fn parse_args() -> Result<u64, String> {
+    let mut args = std::env::args().skip(1);
+    let mut secs = 5;
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--duration-secs" => {
+                secs = args
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .filter(|v| *v > 0)
+                    .ok_or("--duration-secs takes a whole number of seconds > 0")?;
+            }
+            "-h" | "--help" => {
+                return Err("usage: cg_bench [--duration-secs N]".into());
+            }
+            other => {
+                return Err(format!(
+                    "unknown argument `{other}` (usage: cg_bench [--duration-secs N])"
+                ))
+            }
+        }
+    }
+    Ok(secs)
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let secs = match parse_args() {
+        Ok(s) => s,
+        Err(message) => {
+            eprintln!("{message}");
+            std::process::exit(2);
+        }
+    };
+    base();
+    let duration = Duration::from_secs(secs);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let lat = latency_phase(duration).await?;
+        let l = &lat.sorted_ns;
+        let mean = if l.is_empty() { 0.0 } else { l.iter().sum::<u64>() as f64 / l.len() as f64 / 1000.0 };
+        let (p50, p95, p99) = (percentile(l, 50.0), percentile(l, 95.0), percentile(l, 99.0));
+        let max = l.last().map_or(0.0, |v| *v as f64 / 1000.0);
+        eprintln!(
+            "Latency p50/p95/p99: {p50:.1}/{p95:.1}/{p99:.1} us (mean {mean:.1}, max {max:.1}) over {} of {} events, {} missing",
+            l.len(), lat.sent, lat.missing
+        );
+
+        let seq = sequential_phase(duration).await?;
+        let seq_rate = seq.events as f64 / seq.elapsed.as_secs_f64();
+        let exactly_once = seq.fires == seq.events && seq.violations == 0;
+        eprintln!(
+            "Max throughput (Sequential): {seq_rate:.0} events/s; {} events, {} fires, order violations {}, exactly once: {exactly_once}",
+            seq.events, seq.fires, seq.violations
+        );
+        let rss_mb = seq.rss_growth_bytes as f64 / (1024.0 * 1024.0);
+        eprintln!("Soak RSS growth (sequential phase, s1 -> last s): {rss_mb:.2} MB");
+
+        let latest = latest_phase(duration).await?;
+        let latest_rate = latest.pushes as f64 / latest.elapsed.as_secs_f64();
+        eprintln!(
+            "Latest: {latest_rate:.0} pushes/s; {} pushes coalesced into {} fires",
+            latest.pushes, latest.fires
+        );
+
+        println!(
+            "{{\"duration_secs\":{secs},\"p50_us\":{p50:.2},\"p95_us\":{p95:.2},\"p99_us\":{p99:.2},\"max_us\":{max:.2},\"mean_us\":{mean:.2},\"latency_events\":{},\"latency_sent\":{},\"latency_missing\":{},\"seq_events_per_s\":{seq_rate:.0},\"seq_events\":{},\"seq_fires\":{},\"seq_order_violations\":{},\"seq_exactly_once\":{exactly_once},\"latest_pushes_per_s\":{latest_rate:.0},\"latest_pushes\":{},\"latest_fires\":{},\"soak_rss_growth_mb\":{rss_mb:.3}}}",
+            l.len(), lat.sent, lat.missing, seq.events, seq.fires, seq.violations, latest.pushes, latest.fires
+        );
+        if !exactly_once || lat.missing > 0 {
+            return Err("an event was not fired exactly once".into());
+        }
+        Ok(())
+    })
+}
