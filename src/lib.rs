@@ -70,6 +70,11 @@ use reactor::{
     SubscribeOptions, Subscription,
 };
 
+/// The README's code blocks, compiled and run as doctests so they cannot drift.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
+
 /// Everything a typical program needs.
 pub mod prelude {
     pub use crate::accumulators::{
