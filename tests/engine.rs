@@ -1,0 +1,273 @@
+//! Integration tests of the `cloacina` facade: wiring checks, health with real accumulators,
+//! batch flushing on the after-fire signal, and graceful shutdown.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use cloacina::prelude::*;
+use cloacina::Error;
+
+fn sum(batch: Option<&Vec<u64>>) -> u64 {
+    batch.map_or(0, |b| b.iter().sum())
+}
+
+fn echo(v: Option<&u64>) -> u64 {
+    v.copied().unwrap_or(0)
+}
+
+fn two_sources() -> CompiledGraph {
+    GraphBuilder::new("two")
+        .node(
+            "both",
+            (source::<u64>("a"), source::<String>("b")),
+            |a: Option<&u64>, b: Option<&String>| format!("{a:?}/{b:?}"),
+        )
+        .build()
+        .expect("valid graph")
+}
+
+async fn next_ok(sub: &mut Subscription) -> Arc<Firing> {
+    tokio::time::timeout(Duration::from_secs(5), sub.recv())
+        .await
+        .expect("a firing within 5 s")
+        .expect("stream open")
+        .expect("not lagged")
+}
+
+// CG-A-03: every wiring mistake is rejected before anything runs, naming the source.
+#[tokio::test]
+async fn wiring_mistakes_are_rejected_by_name() {
+    let err = EmbeddedGraph::builder(two_sources())
+        .passthrough::<u64>("a")
+        .start()
+        .expect_err("b is not fed");
+    assert!(matches!(&err, Error::UnfedSource { source_name, .. } if source_name.as_str() == "b"));
+    assert!(err.to_string().contains("`b`"), "{err}");
+
+    let err = EmbeddedGraph::builder(two_sources())
+        .passthrough::<u64>("a")
+        .passthrough::<String>("b")
+        .passthrough::<u64>("c")
+        .start()
+        .expect_err("c is not read");
+    assert!(
+        matches!(&err, Error::UnknownSource { source_name, .. } if source_name.as_str() == "c")
+    );
+    assert!(
+        err.to_string().contains("a, b"),
+        "lists known sources: {err}"
+    );
+
+    let err = EmbeddedGraph::builder(two_sources())
+        .passthrough::<u64>("a")
+        .passthrough::<u32>("b")
+        .start()
+        .expect_err("b has the wrong type");
+    assert!(matches!(&err, Error::SourceType { source_name, .. } if source_name.as_str() == "b"));
+    assert!(
+        err.to_string().contains("u32") && err.to_string().contains("String"),
+        "{err}"
+    );
+
+    let err = EmbeddedGraph::builder(two_sources())
+        .passthrough::<u64>("a")
+        .passthrough::<u64>("a")
+        .passthrough::<String>("b")
+        .start()
+        .expect_err("a is fed twice");
+    assert!(
+        matches!(&err, Error::DuplicateAccumulator { source_name } if source_name.as_str() == "a")
+    );
+
+    let engine = EmbeddedGraph::builder(two_sources())
+        .passthrough::<u64>("a")
+        .passthrough::<String>("b")
+        .start()
+        .expect("valid wiring");
+    assert!(
+        engine.sender::<String>("a").is_err(),
+        "typed sender checks the type"
+    );
+    assert!(
+        engine.batch_sender::<u64>("a").is_err(),
+        "a is not a batch source"
+    );
+    engine.shutdown().await.expect("shutdown");
+}
+
+// CG-R-12 with real accumulators: passthrough (SocketOnly) + polling (Live) => reactor Live.
+#[tokio::test]
+async fn reactor_goes_live_when_accumulators_are_ready() {
+    let engine = EmbeddedGraph::builder(two_sources())
+        .passthrough::<u64>("a")
+        .polling("b", Duration::from_millis(10), || async {
+            Some("x".to_string())
+        })
+        .start()
+        .expect("start");
+    let mut health = engine.reactor().health_watch();
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        health.wait_for(|h| *h == ReactorHealth::Live),
+    )
+    .await
+    .expect("live within 5 s")
+    .expect("watch open");
+    let states = engine.accumulator_health();
+    assert_eq!(states.len(), 2);
+    assert!(states.iter().all(|(_, h)| h.is_ready()), "{states:?}");
+    let reactor = engine.reactor().clone();
+    engine.shutdown().await.expect("shutdown");
+    assert_eq!(reactor.health(), ReactorHealth::Stopped);
+    assert!(
+        reactor.force_fire().await.is_err(),
+        "a stopped reactor refuses commands"
+    );
+}
+
+// CG-R-13 / CG-A-08 through the facade: a batch with no timer flushes after each successful
+// firing of the reactor; the batch's boundary is one Vec.
+#[tokio::test]
+async fn batch_flushes_after_each_firing() {
+    let graph = GraphBuilder::new("batched")
+        .node("sum", (source::<Vec<u64>>("items"),), sum)
+        .node("tick", (source::<u64>("trigger"),), echo)
+        .build()
+        .expect("graph");
+    let engine = EmbeddedGraph::builder(graph)
+        .strategy(InputStrategy::Sequential)
+        .passthrough::<u64>("trigger")
+        .batch::<u64>(
+            "items",
+            BatchConfig {
+                max_size: 1000,
+                flush_interval: None,
+                capacity: 64,
+            },
+        )
+        .start()
+        .expect("start");
+    let mut results = engine.subscribe();
+    let items = engine.batch_sender::<u64>("items").expect("batch sender");
+    let trigger = engine.sender::<u64>("trigger").expect("sender");
+    for i in 1..=5 {
+        items.send(i).await.expect("send");
+    }
+    // Wait until the batch has taken the five events in, then fire.
+    let batch_events = || {
+        engine
+            .accumulator_metrics()
+            .iter()
+            .find(|(s, _)| s.as_str() == "items")
+            .map_or(0, |(_, m)| m.events())
+    };
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while batch_events() < 5 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    })
+    .await
+    .expect("batch took the events in");
+    trigger.send(1).await.expect("send");
+    let first = next_ok(&mut results).await;
+    assert_eq!(first.result.output::<u64>("tick"), Some(&1));
+    // The firing's after-fire signal flushed the batch: the next firing sees the sum.
+    let second = next_ok(&mut results).await;
+    assert_eq!(second.result.output::<u64>("sum"), Some(&15));
+    assert_eq!(
+        second.input_seq("items"),
+        Some(1),
+        "one boundary for five events"
+    );
+    engine.shutdown().await.expect("shutdown");
+}
+
+// Graceful shutdown: what the batch still holds is flushed and fired before shutdown returns.
+#[tokio::test]
+async fn shutdown_drains_accumulators_and_fires_what_they_held() {
+    static TOTAL: AtomicU64 = AtomicU64::new(0);
+    fn add(batch: Option<&Vec<u64>>) -> u64 {
+        let s: u64 = batch.map_or(0, |b| b.iter().sum());
+        TOTAL.fetch_add(s, Ordering::SeqCst);
+        s
+    }
+    let graph = GraphBuilder::new("drain")
+        .node("add", (source::<Vec<u64>>("items"),), add)
+        .build()
+        .expect("graph");
+    let engine = EmbeddedGraph::builder(graph)
+        .strategy(InputStrategy::Sequential)
+        .batch::<u64>(
+            "items",
+            BatchConfig {
+                max_size: 7,
+                flush_interval: None,
+                capacity: 4096,
+            },
+        )
+        .start()
+        .expect("start");
+    let items = engine.batch_sender::<u64>("items").expect("batch sender");
+    for i in 1..=1000 {
+        items.send(i).await.expect("send");
+    }
+    let report = engine.shutdown().await.expect("shutdown");
+    assert!(
+        report.accumulator_errors.is_empty(),
+        "{:?}",
+        report.accumulator_errors
+    );
+    assert_eq!(
+        TOTAL.load(Ordering::SeqCst),
+        500_500,
+        "every accepted event was fired"
+    );
+    assert!(report.reactor.fires >= 1000 / 7);
+    assert_eq!(report.reactor.unfired_queued, 0);
+    let err = items.send(1).await.expect_err("closed after shutdown");
+    assert_eq!(err.value, 1, "the value is handed back");
+}
+
+// A panicking accumulator is reported, not fatal: the reactor keeps serving the others.
+#[tokio::test]
+async fn panicking_poll_function_does_not_stop_the_engine() {
+    let calls = Arc::new(AtomicU64::new(0));
+    let c = Arc::clone(&calls);
+    let engine = EmbeddedGraph::builder(two_sources())
+        .passthrough::<u64>("a")
+        .polling("b", Duration::from_millis(5), move || {
+            let n = c.fetch_add(1, Ordering::SeqCst);
+            async move {
+                if n == 0 {
+                    panic!("pricing model exploded");
+                }
+                Some(format!("p{n}"))
+            }
+        })
+        .start()
+        .expect("start");
+    let mut results = engine.subscribe();
+    let a = engine.sender::<u64>("a").expect("sender");
+    a.send(7).await.expect("send");
+    let mut saw_b = false;
+    for _ in 0..50 {
+        let f = next_ok(&mut results).await;
+        if f.result
+            .output::<String>("both")
+            .is_some_and(|s| s.contains("Some(\"p"))
+        {
+            saw_b = true;
+            break;
+        }
+    }
+    assert!(saw_b, "polling continued after the panic");
+    let failures: u64 = engine
+        .accumulator_metrics()
+        .iter()
+        .map(|(_, m)| m.failures())
+        .sum();
+    assert_eq!(failures, 1);
+    let report = engine.shutdown().await.expect("shutdown");
+    assert!(report.accumulator_errors.is_empty());
+}
