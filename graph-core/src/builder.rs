@@ -245,15 +245,13 @@ impl GraphBuilder {
         O: Serialize + Send + Sync + 'static,
         F: NodeFn<I, O>,
     {
-        let make: MakeNode = Box::new(move |locs, slot| {
-            Box::new(SyncNode::<I, O, F> {
-                f,
-                locs,
-                slot,
-                _p: PhantomData,
-            })
-        });
-        self.push::<I, O>(name.into(), inputs, make, None, Some(encode_any::<O>))
+        self.push::<I, O>(
+            name.into(),
+            inputs,
+            plain::<I, O, F>(f),
+            None,
+            Some(encode_any::<O>),
+        )
     }
 
     /// Adds an async node; its future may borrow its arguments.
@@ -263,15 +261,13 @@ impl GraphBuilder {
         O: Serialize + Send + Sync + 'static,
         F: for<'a> AsyncNodeFn<'a, I, O>,
     {
-        let make: MakeNode = Box::new(move |locs, slot| {
-            Box::new(AsyncNode::<I, O, F> {
-                f,
-                locs,
-                slot,
-                _p: PhantomData,
-            })
-        });
-        self.push::<I, O>(name.into(), inputs, make, None, Some(encode_any::<O>))
+        self.push::<I, O>(
+            name.into(),
+            inputs,
+            awaited::<I, O, F>(f),
+            None,
+            Some(encode_any::<O>),
+        )
     }
 
     /// Adds a plain routing node: it returns an enum `E`, and only the route matching the
@@ -288,15 +284,13 @@ impl GraphBuilder {
         E: Send + Sync + 'static,
         F: NodeFn<I, E>,
     {
-        let make: MakeNode = Box::new(move |locs, slot| {
-            Box::new(SyncNode::<I, E, F> {
-                f,
-                locs,
-                slot,
-                _p: PhantomData,
-            })
-        });
-        self.push::<I, E>(name.into(), inputs, make, Some(route_decls(routes)), None)
+        self.push::<I, E>(
+            name.into(),
+            inputs,
+            plain::<I, E, F>(f),
+            Some(route_decls(routes)),
+            None,
+        )
     }
 
     /// Adds an async routing node.
@@ -312,15 +306,13 @@ impl GraphBuilder {
         E: Send + Sync + 'static,
         F: for<'a> AsyncNodeFn<'a, I, E>,
     {
-        let make: MakeNode = Box::new(move |locs, slot| {
-            Box::new(AsyncNode::<I, E, F> {
-                f,
-                locs,
-                slot,
-                _p: PhantomData,
-            })
-        });
-        self.push::<I, E>(name.into(), inputs, make, Some(route_decls(routes)), None)
+        self.push::<I, E>(
+            name.into(),
+            inputs,
+            awaited::<I, E, F>(f),
+            Some(route_decls(routes)),
+            None,
+        )
     }
 
     /// Validates the declaration and compiles it.
@@ -571,6 +563,40 @@ impl GraphBuilder {
             make_slots,
         ))
     }
+}
+
+/// Compiles a plain node once its argument locations and slot are known.
+fn plain<I, O, F>(f: F) -> MakeNode
+where
+    I: Inputs,
+    O: Send + Sync + 'static,
+    F: NodeFn<I, O>,
+{
+    Box::new(move |locs, slot| {
+        Box::new(SyncNode::<I, O, F> {
+            f,
+            locs,
+            slot,
+            _p: PhantomData,
+        })
+    })
+}
+
+/// Compiles an async node once its argument locations and slot are known.
+fn awaited<I, O, F>(f: F) -> MakeNode
+where
+    I: Inputs,
+    O: Send + Sync + 'static,
+    F: for<'a> AsyncNodeFn<'a, I, O>,
+{
+    Box::new(move |locs, slot| {
+        Box::new(AsyncNode::<I, O, F> {
+            f,
+            locs,
+            slot,
+            _p: PhantomData,
+        })
+    })
 }
 
 fn route_decls<E>(routes: impl IntoIterator<Item = Route<E>>) -> Vec<RouteDecl> {
