@@ -54,7 +54,9 @@ where
                 () = ctx.shutdown_requested() => break,
                 _ = ticks.tick() => {}
             }
-            match catch_panic((self.poll)()).await {
+            // The call itself runs inside the guarded future, so a poll function that panics
+            // before returning its future is caught like one whose future panics.
+            match catch_panic(async { (self.poll)().await }).await {
                 Ok(Some(value)) => {
                     ctx.metrics().record_events(1);
                     ctx.set_health(AccumulatorHealth::Live);
