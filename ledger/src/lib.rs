@@ -29,7 +29,9 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
@@ -160,31 +162,77 @@ impl Ledger for MemoryLedger {
 /// Hands records to a background task that appends them in batches (group commit).
 ///
 /// [`LedgerWriter::write`] waits only when the bounded queue is full: a slow store slows the
-/// reactor down, it never loses records. [`LedgerWriter::close`] waits until every record
-/// handed over has been appended and reports the first append error, if any.
+/// reactor down, it never loses records. A failed append is retried ([`APPEND_ATTEMPTS`] tries
+/// with growing pauses); a batch that still fails is counted in [`WriterStatus::lost_records`]
+/// and logged, and [`WriterStatus::failing`] stays true until an append succeeds again, so the
+/// owner can report itself degraded. [`LedgerWriter::close`] waits until every record handed
+/// over has been appended and reports the first error, if any.
 #[derive(Debug)]
 pub struct LedgerWriter {
     tx: mpsc::Sender<Record>,
     task: tokio::task::JoinHandle<Result<u64, LedgerError>>,
+    status: Arc<StatusCells>,
 }
 
 /// Records appended per batch at most.
 const MAX_BATCH: usize = 1024;
 
+/// Tries per batch before its records are counted as lost.
+pub const APPEND_ATTEMPTS: u32 = 3;
+
+#[derive(Debug, Default)]
+struct StatusCells {
+    failing: AtomicBool,
+    failed_appends: AtomicU64,
+    lost_records: AtomicU64,
+}
+
+/// How a [`LedgerWriter`] is doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct WriterStatus {
+    /// The last append failed (cleared by the next success).
+    pub failing: bool,
+    /// Append attempts that failed.
+    pub failed_appends: u64,
+    /// Records given up on after every attempt failed.
+    pub lost_records: u64,
+}
+
 impl LedgerWriter {
     /// Starts the writer task on the current tokio runtime.
     pub fn spawn(ledger: Arc<dyn Ledger>, capacity: usize) -> Self {
         let (tx, mut rx) = mpsc::channel::<Record>(capacity.max(1));
+        let status = Arc::new(StatusCells::default());
+        let cells = Arc::clone(&status);
         let task = tokio::spawn(async move {
             let mut batch = Vec::with_capacity(MAX_BATCH);
             let mut written = 0u64;
             let mut first_error = None;
             while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
-                if let Err(e) = ledger.append(&batch).await {
-                    tracing::error!(backend = ledger.backend(), records = batch.len(), error = %e, "ledger append failed");
-                    first_error.get_or_insert(e);
-                } else {
-                    written += batch.len() as u64;
+                let mut attempt = 0;
+                loop {
+                    attempt += 1;
+                    match ledger.append(&batch).await {
+                        Ok(()) => {
+                            written += batch.len() as u64;
+                            cells.failing.store(false, Ordering::Release);
+                            break;
+                        }
+                        Err(e) => {
+                            cells.failing.store(true, Ordering::Release);
+                            cells.failed_appends.fetch_add(1, Ordering::Relaxed);
+                            tracing::error!(backend = ledger.backend(), records = batch.len(), attempt, error = %e, "ledger append failed");
+                            if attempt >= APPEND_ATTEMPTS {
+                                cells
+                                    .lost_records
+                                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                                first_error.get_or_insert(e);
+                                break;
+                            }
+                            tokio::time::sleep(Duration::from_millis(10 * 10u64.pow(attempt - 1)))
+                                .await;
+                        }
+                    }
                 }
                 batch.clear();
             }
@@ -193,7 +241,7 @@ impl LedgerWriter {
                 None => Ok(written),
             }
         });
-        Self { tx, task }
+        Self { tx, task, status }
     }
 
     /// Queues one record, waiting while the queue is full.
@@ -202,6 +250,15 @@ impl LedgerWriter {
             .send(record)
             .await
             .map_err(|_| LedgerError::Closed { pending: 1 })
+    }
+
+    /// How appends are going.
+    pub fn status(&self) -> WriterStatus {
+        WriterStatus {
+            failing: self.status.failing.load(Ordering::Acquire),
+            failed_appends: self.status.failed_appends.load(Ordering::Relaxed),
+            lost_records: self.status.lost_records.load(Ordering::Relaxed),
+        }
     }
 
     /// Waits until everything queued is appended; returns how many records were written.
@@ -252,5 +309,60 @@ mod tests {
         assert_eq!(ids, (1..=1000).collect::<Vec<_>>());
         assert_eq!(ledger.firings("other").await.expect("read").len(), 1);
         assert!(ledger.firings("nobody").await.expect("read").is_empty());
+    }
+
+    /// Fails the first `fail` appends, then delegates to a memory ledger.
+    struct Flaky {
+        fail: AtomicU64,
+        inner: MemoryLedger,
+    }
+
+    impl Ledger for Flaky {
+        fn backend(&self) -> &'static str {
+            "flaky"
+        }
+        fn append<'a>(&'a self, records: &'a [Record]) -> LedgerFuture<'a, ()> {
+            if self
+                .fail
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok()
+            {
+                return Box::pin(async {
+                    Err(LedgerError::Backend {
+                        backend: "flaky",
+                        message: "transient".into(),
+                    })
+                });
+            }
+            self.inner.append(records)
+        }
+        fn firings<'a>(&'a self, reactor: &'a str) -> LedgerFuture<'a, Vec<FiringRecord>> {
+            self.inner.firings(reactor)
+        }
+    }
+
+    #[tokio::test]
+    async fn transient_append_failures_are_retried_without_loss() {
+        let ledger = Arc::new(Flaky {
+            fail: AtomicU64::new(APPEND_ATTEMPTS as u64 - 1),
+            inner: MemoryLedger::new(),
+        });
+        let writer = LedgerWriter::spawn(ledger.clone(), 8);
+        for id in 1..=5 {
+            writer.write(firing("r", id)).await.expect("write");
+        }
+        // Let the writer work through its retries before reading its status.
+        for _ in 0..200 {
+            if ledger.firings("r").await.expect("read").len() == 5 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let status = writer.status();
+        assert_eq!(status.failed_appends, u64::from(APPEND_ATTEMPTS) - 1);
+        assert_eq!(status.lost_records, 0);
+        assert!(!status.failing, "a success clears the failing flag");
+        assert_eq!(writer.close().await.expect("close"), 5);
+        assert_eq!(ledger.firings("r").await.expect("read").len(), 5);
     }
 }

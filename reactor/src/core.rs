@@ -291,13 +291,22 @@ impl Core {
             duration_ns: u64::try_from(firing.duration().as_nanos()).unwrap_or(u64::MAX),
             outcome,
         });
-        if let Err(e) = writer.write(record).await {
-            self.stats.ledger_errors.fetch_add(1, Ordering::Relaxed);
+        let handed_over = writer.write(record).await;
+        let status = writer.status();
+        if let Err(e) = handed_over {
+            self.stats.ledger_lost.fetch_add(1, Ordering::Relaxed);
             tracing::error!(reactor = %self.name, error = %e, "ledger write failed");
-            if !self.ledger_failed {
-                self.ledger_failed = true;
-                self.refresh_health();
-            }
+        }
+        self.stats
+            .ledger_errors
+            .store(status.failed_appends, Ordering::Relaxed);
+        self.stats
+            .ledger_lost
+            .fetch_max(status.lost_records, Ordering::Relaxed);
+        let failing = status.failing || handed_over_failed(&self.stats);
+        if failing != self.ledger_failed {
+            self.ledger_failed = failing;
+            self.refresh_health();
         }
     }
 
@@ -479,6 +488,11 @@ impl Core {
             ledger_error,
         }
     }
+}
+
+/// Whether records were lost before reaching the writer (the writer task is gone).
+fn handed_over_failed(stats: &ReactorStats) -> bool {
+    stats.ledger_lost.load(Ordering::Relaxed) > 0
 }
 
 fn encode_outputs(reactor: &str, outputs: &TerminalOutputs) -> Vec<(String, Vec<u8>)> {

@@ -12,6 +12,7 @@ pub struct ReactorStats {
     pub(crate) subscriber_missed: AtomicU64,
     pub(crate) subscribers_detached: AtomicU64,
     pub(crate) ledger_errors: AtomicU64,
+    pub(crate) ledger_lost: AtomicU64,
 }
 
 /// A reading of [`ReactorStats`].
@@ -29,8 +30,11 @@ pub struct StatsSnapshot {
     pub subscriber_missed: u64,
     /// Subscribers cut off for being too slow.
     pub subscribers_detached: u64,
-    /// Ledger writes that failed.
+    /// Ledger append attempts that failed (each is retried).
     pub ledger_errors: u64,
+    /// Firing records that never reached the ledger (every attempt failed); the reactor is
+    /// `Degraded` while appends fail.
+    pub ledger_lost: u64,
 }
 
 impl ReactorStats {
@@ -45,6 +49,7 @@ impl ReactorStats {
             subscriber_missed: r(&self.subscriber_missed),
             subscribers_detached: r(&self.subscribers_detached),
             ledger_errors: r(&self.ledger_errors),
+            ledger_lost: r(&self.ledger_lost),
         }
     }
 }

@@ -1246,8 +1246,32 @@ async fn failing_ledger_does_not_stop_firing_and_is_reported_at_shutdown() {
     for v in 1..=10u64 {
         assert_eq!(output::<u64>(&next_firing(&mut sub).await, "echo"), v);
     }
+    // While appends keep failing the reactor reports itself Degraded, with counters, and keeps
+    // firing (the writer notices after its retries; the reactor on its next record).
+    let mut fires = 10u64;
+    let degraded = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            fires += 1;
+            x.send(fires).await.expect("send");
+            assert_eq!(output::<u64>(&next_firing(&mut sub).await, "echo"), fires);
+            let stats = reactor.stats();
+            if let ReactorHealth::Degraded { reasons } = reactor.health() {
+                if stats.ledger_lost > 0 {
+                    assert!(stats.ledger_errors >= 3, "{stats:?}");
+                    break reasons;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("degraded within 10 s");
+    assert!(
+        degraded.iter().any(|r| r.contains("ledger")),
+        "{degraded:?}"
+    );
     let report = reactor.shutdown().await.expect("shutdown");
-    assert_eq!(report.fires, 10);
+    assert_eq!(report.fires, fires);
     assert_eq!(report.ledger_records, 0);
     let error = report.ledger_error.expect("the ledger error is reported");
     assert!(error.contains("disk on fire"), "{error}");
