@@ -310,7 +310,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     let pushed = feed.await?;
+    let reactor = engine.reactor().clone();
     let report = engine.shutdown().await?;
+    let runs = reactor.stats().firing_duration;
+    let bound = |q: f64| runs.quantile(q).map_or(0.0, |d| d.as_secs_f64() * 1e6);
+    println!(
+        "graph run time (reactor histogram, bucket upper bounds): p50 <= {:.1}us, p99 <= {:.1}us over {} firings",
+        bound(0.5),
+        bound(0.99),
+        runs.count()
+    );
     let (p50, p99, max) = percentiles(all_latencies);
     println!(
         "summary: book updates {pushed}, fires {} (one per book or pricing update, coalesced when busy), trades {trades}, no_action {holds}, errors {errors}, book->result p50 {p50:.1}us p99 {p99:.1}us max {max:.1}us",

@@ -222,6 +222,9 @@ impl Core {
         let started = Instant::now();
         let outcome = self.executor.execute(&self.cache, collect).await;
         let completed = Instant::now();
+        self.stats
+            .firing_duration
+            .record(completed.saturating_duration_since(started));
         let id = self.next_id;
         self.next_id += 1;
         self.stats.fires.fetch_add(1, Ordering::Relaxed);

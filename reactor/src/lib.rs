@@ -53,5 +53,5 @@ pub use config::{InputStrategy, Overflow, ReactionCriteria, SubscribeOptions};
 pub use firing::{Firing, FiringInput};
 pub use handle::{ReactorBuilder, ReactorError, ReactorHandle, ReactorState, ShutdownReport};
 pub use health::ReactorHealth;
-pub use stats::{ReactorStats, StatsSnapshot};
+pub use stats::{DurationHistogram, HistogramSnapshot, ReactorStats, StatsSnapshot};
 pub use subscription::{Lagged, Subscription};

@@ -370,6 +370,9 @@ async fn sequential_ten_thousand_events_fire_once_each_in_order() {
     }
     wait_until("every event fired", || reactor.stats().fires >= N).await;
     assert_eq!(logged(&log), (0..N).collect::<Vec<_>>());
+    let stats = reactor.stats();
+    assert_eq!(stats.firing_duration.count(), N, "every firing is timed");
+    assert!(stats.firing_duration.quantile(0.5).is_some());
     let report = reactor.shutdown().await.expect("shutdown");
     assert_eq!(report.fires, N);
     assert_eq!(report.boundaries, N);
