@@ -126,6 +126,10 @@ impl Subscription {
             }
             Poll::Ready(None) => {
                 self.finished = true;
+                // The reactor marks a subscriber detached before dropping its sender, so a
+                // fresh read here cannot miss it.
+                let detached = self.shared.detached.load(Ordering::Acquire);
+                let missed = missed + self.shared.missed.swap(0, Ordering::AcqRel);
                 if detached {
                     Poll::Ready(Some(Err(Lagged {
                         missed,
