@@ -13,6 +13,9 @@
 //! - **latest**: `Latest`, pushed as fast as possible; reports pushes/s and fires.
 //! - **soak**: RSS growth between the end of the first and of the last second of the
 //!   sequential phase.
+//! - **baseline**, measured in the same run for ratios: a bare one-hop tokio mpsc relay (no
+//!   engine), paced at 1,000 msgs/s for latency (send instant to receipt), then flat out for
+//!   throughput.
 //!
 //! Human-readable lines go to stderr; the last stdout line is one JSON object.
 
@@ -299,6 +302,78 @@ async fn latest_phase(duration: Duration) -> Result<LatestResult, Box<dyn std::e
     })
 }
 
+struct Baseline {
+    p50_us: f64,
+    p99_us: f64,
+    msgs_per_s: f64,
+}
+
+/// The floor the engine is compared with: one tokio mpsc hop between two tasks, same pacing.
+async fn baseline_phase(duration: Duration) -> Result<Baseline, Box<dyn std::error::Error>> {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<u64>(1024);
+    let consumer = tokio::spawn(async move {
+        let mut latencies = Vec::with_capacity(duration.as_secs() as usize * 1000 + 16);
+        while let Some(sent_ns) = rx.recv().await {
+            latencies.push(now_ns().saturating_sub(sent_ns));
+        }
+        latencies
+    });
+    // The producer is a spawned task, as in the engine phases.
+    let producer = tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(Duration::from_millis(1));
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let end = Instant::now() + duration;
+        while Instant::now() < end {
+            ticks.tick().await;
+            if tx.send(now_ns()).await.is_err() {
+                break;
+            }
+        }
+    });
+    producer.await?;
+    let mut latencies = consumer.await?;
+    latencies.sort_unstable();
+
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<u64>(1024);
+    let counter = tokio::spawn(async move {
+        let mut buf = Vec::with_capacity(256);
+        let mut n = 0u64;
+        loop {
+            let got = rx.recv_many(&mut buf, 256).await;
+            if got == 0 {
+                return n;
+            }
+            n += got as u64;
+            buf.clear();
+        }
+    });
+    let start = Instant::now();
+    let producer = tokio::spawn(async move {
+        let end = start + duration;
+        let mut sent = 0u64;
+        while Instant::now() < end {
+            for _ in 0..1024 {
+                if tx.send(sent).await.is_err() {
+                    return sent;
+                }
+                sent += 1;
+            }
+        }
+        sent
+    });
+    let sent = producer.await?;
+    let received = counter.await?;
+    let elapsed = start.elapsed();
+    if received != sent {
+        return Err(format!("baseline lost messages: {sent} sent, {received} received").into());
+    }
+    Ok(Baseline {
+        p50_us: percentile(&latencies, 50.0),
+        p99_us: percentile(&latencies, 99.0),
+        msgs_per_s: received as f64 / elapsed.as_secs_f64(),
+    })
+}
+
 fn parse_args() -> Result<u64, String> {
     let mut args = std::env::args().skip(1);
     let mut secs = 5;
@@ -366,9 +441,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             latest.pushes, latest.fires
         );
 
+        let baseline = baseline_phase(duration).await?;
+        eprintln!(
+            "Baseline (bare one-hop tokio mpsc, same run): p50 {:.1} us, p99 {:.1} us, {:.0} msgs/s; engine/baseline: p50 x{:.2}, p99 x{:.2}, throughput x{:.2}",
+            baseline.p50_us, baseline.p99_us, baseline.msgs_per_s,
+            p50 / baseline.p50_us, p99 / baseline.p99_us, seq_rate / baseline.msgs_per_s
+        );
+
         println!(
-            "{{\"duration_secs\":{secs},\"p50_us\":{p50:.2},\"p95_us\":{p95:.2},\"p99_us\":{p99:.2},\"max_us\":{max:.2},\"mean_us\":{mean:.2},\"latency_events\":{},\"latency_sent\":{},\"latency_missing\":{},\"seq_events_per_s\":{seq_rate:.0},\"seq_events\":{},\"seq_fires\":{},\"seq_order_violations\":{},\"seq_exactly_once\":{exactly_once},\"latest_pushes_per_s\":{latest_rate:.0},\"latest_pushes\":{},\"latest_fires\":{},\"soak_rss_growth_mb\":{rss_mb:.3}}}",
-            l.len(), lat.sent, lat.missing, seq.events, seq.fires, seq.violations, latest.pushes, latest.fires
+            "{{\"duration_secs\":{secs},\"p50_us\":{p50:.2},\"p95_us\":{p95:.2},\"p99_us\":{p99:.2},\"max_us\":{max:.2},\"mean_us\":{mean:.2},\"latency_events\":{},\"latency_sent\":{},\"latency_missing\":{},\"seq_events_per_s\":{seq_rate:.0},\"seq_events\":{},\"seq_fires\":{},\"seq_order_violations\":{},\"seq_exactly_once\":{exactly_once},\"latest_pushes_per_s\":{latest_rate:.0},\"latest_pushes\":{},\"latest_fires\":{},\"soak_rss_growth_mb\":{rss_mb:.3},\"baseline_p50_us\":{:.2},\"baseline_p99_us\":{:.2},\"baseline_msgs_per_s\":{:.0}}}",
+            l.len(), lat.sent, lat.missing, seq.events, seq.fires, seq.violations, latest.pushes, latest.fires,
+            baseline.p50_us, baseline.p99_us, baseline.msgs_per_s
         );
         if !exactly_once || lat.missing > 0 {
             return Err("an event was not fired exactly once".into());
