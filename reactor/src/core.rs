@@ -4,11 +4,11 @@
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use cloacina_accumulators::{HealthBoard, Inbound};
 use cloacina_graph_core::{
-    Boundary, Collect, CompiledGraph, Executor, GraphResult, InputCache, SourceName,
+    Boundary, Collect, CompiledGraph, Execution, Executor, GraphResult, InputCache, SourceName,
     TerminalOutputs,
 };
 use cloacina_ledger::{FiringOutcome, FiringRecord, LedgerWriter, Record};
@@ -110,8 +110,9 @@ impl Core {
                     while let Ok(cmd) = control.try_recv() {
                         match cmd {
                             Command::Shutdown(reply) => {
+                                let now = SystemTime::now();
                                 for inb in buf.drain(..) {
-                                    self.accept(inb);
+                                    self.accept(inb, now);
                                 }
                                 let report = self.shutdown(&mut inbound, &mut buf).await;
                                 let _ = reply.send(report);
@@ -120,8 +121,10 @@ impl Core {
                             cmd => self.command(cmd).await,
                         }
                     }
+                    // One receive time per batch: all of it was taken from the queue at once.
+                    let now = SystemTime::now();
                     for inb in buf.drain(..) {
-                        self.accept(inb);
+                        self.accept(inb, now);
                     }
                     self.evaluate().await;
                 }
@@ -130,14 +133,14 @@ impl Core {
     }
 
     /// Stamps a boundary and puts it in the cache (Latest) or the queue (Sequential).
-    fn accept(&mut self, inb: Inbound) {
+    fn accept(&mut self, inb: Inbound, received_at: SystemTime) {
         let index = inb.source as usize;
         let Some(seq) = self.seqs.get_mut(index) else {
             tracing::error!(reactor = %self.name, source = index, "boundary for an unknown source index");
             return;
         };
         *seq += 1;
-        let boundary = Boundary::from_erased(*seq, SystemTime::now(), inb.value, inb.type_name);
+        let boundary = Boundary::from_erased(*seq, received_at, inb.value, inb.type_name);
         self.stats.boundaries.fetch_add(1, Ordering::Relaxed);
         match self.strategy {
             InputStrategy::Latest => {
@@ -219,9 +222,11 @@ impl Core {
             Collect::Nothing
         };
         let fired_at = wanted.then(SystemTime::now);
-        let started = Instant::now();
-        let outcome = self.executor.execute(&self.cache, collect).await;
-        let completed = Instant::now();
+        let Execution {
+            outcome,
+            started,
+            completed,
+        } = self.executor.execute_timed(&self.cache, collect).await;
         self.stats
             .firing_duration
             .record(completed.saturating_duration_since(started));
@@ -453,8 +458,9 @@ impl Core {
         inbound.close();
         // Latest coalesces whatever is waiting; Sequential fires for all of it.
         while inbound.recv_many(buf, BATCH).await > 0 {
+            let now = SystemTime::now();
             for inb in buf.drain(..) {
-                self.accept(inb);
+                self.accept(inb, now);
             }
             if self.strategy == InputStrategy::Sequential && !self.paused {
                 self.drain(true).await;
