@@ -126,6 +126,9 @@ pub struct Executor {
     graph: Arc<CompiledGraph>,
     slots: Box<[Box<dyn ErasedSlot>]>,
     timeout: Option<Duration>,
+    /// A firing started and has not cleaned up yet (its future was dropped mid-way):
+    /// the next firing empties every slot first.
+    in_flight: bool,
 }
 
 impl fmt::Debug for Executor {
@@ -154,6 +157,7 @@ impl Executor {
             graph,
             slots,
             timeout: None,
+            in_flight: false,
         }
     }
 
@@ -191,6 +195,12 @@ impl Executor {
     /// The instants are the ones the deadline checks read anyway, so timing a firing this way
     /// costs no extra clock reads.
     pub async fn execute_timed(&mut self, cache: &InputCache, collect: Collect) -> Execution {
+        if self.in_flight {
+            for slot in self.slots.iter_mut() {
+                slot.clear();
+            }
+        }
+        self.in_flight = true;
         let (outcome, started, completed) = self.run_nodes(cache).await;
         let graph = &self.graph;
         let mut outputs = match (&outcome, collect) {
@@ -213,6 +223,7 @@ impl Executor {
                 slot.clear();
             }
         }
+        self.in_flight = false;
         Execution {
             outcome: outcome.map(|()| outputs),
             started,
@@ -230,7 +241,10 @@ impl Executor {
             slots: &self.slots,
         };
         let started = Instant::now();
-        let deadline = self.timeout.map(|t| (t, started + t));
+        // A timeout too large to add to the clock means no deadline.
+        let deadline = self
+            .timeout
+            .and_then(|t| started.checked_add(t).map(|at| (t, at)));
         // The last clock reading, if no node was looked at since it was taken.
         let mut fresh: Option<Instant> = None;
         for node in graph.nodes.iter() {

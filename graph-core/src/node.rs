@@ -428,13 +428,16 @@ where
     F: NodeFn<I, O>,
 {
     fn run<'a>(&'a self, ctx: &'a FireCtx<'a>) -> NodeRun<'a> {
-        let args = match I::fetch(&self.locs, ctx) {
-            Ok(Some(args)) => args,
-            Ok(None) => return NodeRun::Skipped,
-            Err(FetchError(e)) => return NodeRun::Done(Err(e)),
-        };
-        match catch_unwind(AssertUnwindSafe(|| self.f.call(args))) {
-            Ok(out) => NodeRun::Done(ctx.store(self.slot, out)),
+        // Fetching runs user code too (route extractors), so it is guarded with the call.
+        let attempt = catch_unwind(AssertUnwindSafe(|| match I::fetch(&self.locs, ctx) {
+            Ok(Some(args)) => Ok(Some(self.f.call(args))),
+            Ok(None) => Ok(None),
+            Err(FetchError(e)) => Err(e),
+        }));
+        match attempt {
+            Ok(Ok(Some(out))) => NodeRun::Done(ctx.store(self.slot, out)),
+            Ok(Ok(None)) => NodeRun::Skipped,
+            Ok(Err(e)) => NodeRun::Done(Err(e)),
             Err(payload) => NodeRun::Done(Err(NodeFailure::Panicked(panic_message(payload)))),
         }
     }
@@ -466,13 +469,16 @@ where
     F: for<'a> AsyncNodeFn<'a, I, O>,
 {
     fn run<'a>(&'a self, ctx: &'a FireCtx<'a>) -> NodeRun<'a> {
-        let args = match I::fetch(&self.locs, ctx) {
-            Ok(Some(args)) => args,
-            Ok(None) => return NodeRun::Skipped,
-            Err(FetchError(e)) => return NodeRun::Done(Err(e)),
-        };
-        let fut = match catch_unwind(AssertUnwindSafe(|| self.f.call(args))) {
-            Ok(fut) => fut,
+        // Fetching runs user code too (route extractors), so it is guarded with the call.
+        let attempt = catch_unwind(AssertUnwindSafe(|| match I::fetch(&self.locs, ctx) {
+            Ok(Some(args)) => Ok(Some(self.f.call(args))),
+            Ok(None) => Ok(None),
+            Err(FetchError(e)) => Err(e),
+        }));
+        let fut = match attempt {
+            Ok(Ok(Some(fut))) => fut,
+            Ok(Ok(None)) => return NodeRun::Skipped,
+            Ok(Err(e)) => return NodeRun::Done(Err(e)),
             Err(payload) => {
                 return NodeRun::Done(Err(NodeFailure::Panicked(panic_message(payload))))
             }

@@ -110,7 +110,19 @@ impl TerminalOutput {
     /// Encodes the value with the engine codec.
     pub fn encode(&self) -> Result<Vec<u8>, CodecError> {
         match self.encode {
-            Some(encode) => encode(&*self.value),
+            // A user `Serialize` impl may panic: that is an encoding error, not a crash.
+            Some(encode) => {
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| encode(&*self.value)))
+                    .unwrap_or_else(|payload| {
+                        Err(CodecError::Encode {
+                            type_name: self.type_name,
+                            message: format!(
+                                "serializer panicked: {}",
+                                crate::node::panic_message(payload)
+                            ),
+                        })
+                    })
+            }
             None => Err(CodecError::Encode {
                 type_name: self.type_name,
                 message: "type has no codec".into(),

@@ -1199,3 +1199,132 @@ fn build_error_node_name_is_also_a_source() {
     );
     assert_mentions(&err.to_string(), &["price", "both a node and a source"]);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Review regressions: user code in extractors and serializers, huge timeouts, cancellation.
+// ---------------------------------------------------------------------------------------------
+
+enum Pick {
+    Left(u64),
+    Right(u64),
+}
+
+fn pick(x: Option<&u64>) -> Pick {
+    match x.copied().unwrap_or(0) {
+        v if v % 2 == 0 => Pick::Left(v),
+        v => Pick::Right(v),
+    }
+}
+
+// A route extractor is user code: its panic fails the firing, naming a node; nothing unwinds
+// out of the executor, and the executor keeps working.
+#[tokio::test]
+async fn panicking_route_extractor_is_a_graph_error() {
+    let graph = Arc::new(
+        GraphBuilder::new("extractor")
+            .router(
+                "pick",
+                (source::<u64>("x"),),
+                pick,
+                [
+                    Route::new("Left", "left", |p: &Pick| match p {
+                        Pick::Left(v) => Some(v),
+                        Pick::Right(_) => panic!("extractor exploded"),
+                    }),
+                    Route::new("Right", "right", |p: &Pick| match p {
+                        Pick::Right(v) => Some(v),
+                        Pick::Left(_) => None,
+                    }),
+                ],
+            )
+            .node("left", (upstream::<u64>("pick"),), plus_one)
+            .node("right", (upstream::<u64>("pick"),), plus_one)
+            .build()
+            .expect("valid"),
+    );
+    let mut executor = Executor::new(Arc::clone(&graph));
+    let mut cache = graph.new_cache();
+    cache.update("x", 3u64);
+    match executor.fire(&cache).await {
+        GraphResult::Error(GraphError::NodePanicked { node, message }) => {
+            assert_eq!(&*node, "left");
+            assert!(message.contains("extractor exploded"), "{message}");
+        }
+        other => panic!("expected NodePanicked, got {other:?}"),
+    }
+    cache.update("x", 4u64);
+    assert_eq!(executor.fire(&cache).await.output::<u64>("left"), Some(&5));
+}
+
+/// Serializes by panicking.
+struct BadSer;
+
+impl serde::Serialize for BadSer {
+    fn serialize<S: serde::Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+        panic!("serializer exploded")
+    }
+}
+
+#[tokio::test]
+async fn panicking_serializer_is_an_encode_error() {
+    let graph = Arc::new(
+        GraphBuilder::new("badser")
+            .node("make", (source::<u64>("x"),), |_: Option<&u64>| BadSer)
+            .build()
+            .expect("valid"),
+    );
+    let mut cache = graph.new_cache();
+    cache.update("x", 1u64);
+    let result = graph.fire(&cache).await;
+    let out = result
+        .outputs()
+        .expect("completed")
+        .iter()
+        .next()
+        .expect("one output");
+    let err = out.encode().expect_err("serializer panics");
+    assert!(err.to_string().contains("serializer exploded"), "{err}");
+}
+
+#[tokio::test]
+async fn huge_timeout_means_no_deadline() {
+    let graph = Arc::new(
+        GraphBuilder::new("huge")
+            .node("inc", (source::<u64>("x"),), |x: Option<&u64>| {
+                x.copied().unwrap_or(0) + 1
+            })
+            .build()
+            .expect("valid"),
+    );
+    let mut executor = Executor::new(Arc::clone(&graph)).with_timeout(Some(Duration::MAX));
+    let mut cache = graph.new_cache();
+    cache.update("x", 41u64);
+    assert_eq!(executor.fire(&cache).await.output::<u64>("inc"), Some(&42));
+}
+
+async fn slow_double(x: &u64) -> u64 {
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    x * 2
+}
+
+// Dropping a firing mid-way (e.g. a caller's own timeout) leaves no stale slot behind.
+#[tokio::test]
+async fn executor_recovers_after_a_cancelled_firing() {
+    let graph = Arc::new(
+        GraphBuilder::new("cancel")
+            .node("entry", (source::<u64>("x"),), |x: Option<&u64>| {
+                x.copied().unwrap_or(0)
+            })
+            .async_node("slow", (upstream::<u64>("entry"),), slow_double)
+            .build()
+            .expect("valid"),
+    );
+    let mut executor = Executor::new(Arc::clone(&graph));
+    let mut cache = graph.new_cache();
+    cache.update("x", 1u64);
+    let cancelled = tokio::time::timeout(Duration::from_millis(20), executor.fire(&cache)).await;
+    assert!(cancelled.is_err(), "the caller gave up");
+    cache.update("x", 21u64);
+    let result = executor.fire(&cache).await;
+    assert_eq!(result.output::<u64>("slow"), Some(&42), "{result:?}");
+}
