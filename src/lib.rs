@@ -207,6 +207,13 @@ impl EmbeddedGraphBuilder {
         self
     }
 
+    /// Sequential boundaries held while paused or warming (default 65,536); at the limit
+    /// senders wait.
+    pub fn queue_limit(mut self, limit: usize) -> Self {
+        self.reactor = self.reactor.queue_limit(limit);
+        self
+    }
+
     /// Room in the reactor's inbound queue (default 1024).
     pub fn inbound_capacity(mut self, capacity: usize) -> Self {
         self.reactor = self.reactor.inbound_capacity(capacity);
@@ -466,8 +473,11 @@ impl EmbeddedGraph {
     }
 
     /// Graceful stop: accumulators stop and deliver what they hold (batches flush), then the
-    /// reactor fires for everything already received and stops.
+    /// reactor fires for everything already received and stops. The reactor takes everything
+    /// in during this (even paused, past its queue limit), so no accumulator is left waiting.
     pub async fn shutdown(self) -> Result<EngineReport, Error> {
+        // If the reactor is already gone, the accumulators' sends fail and report it below.
+        let _ = self.reactor.prepare_shutdown().await;
         let _ = self.shutdown.send(true);
         let mut accumulator_errors = Vec::new();
         for (source, task) in self.tasks {
@@ -477,10 +487,17 @@ impl EmbeddedGraph {
                 Err(e) => accumulator_errors.push((source, format!("task failed: {e}"))),
             }
         }
-        let reactor = self.reactor.shutdown().await?;
-        Ok(EngineReport {
-            reactor,
-            accumulator_errors,
-        })
+        match self.reactor.shutdown().await {
+            Ok(reactor) => Ok(EngineReport {
+                reactor,
+                accumulator_errors,
+            }),
+            Err(e) => {
+                for (source, error) in &accumulator_errors {
+                    tracing::error!(%source, %error, "accumulator error at shutdown");
+                }
+                Err(e.into())
+            }
+        }
     }
 }

@@ -271,3 +271,42 @@ async fn panicking_poll_function_does_not_stop_the_engine() {
     let report = engine.shutdown().await.expect("shutdown");
     assert!(report.accumulator_errors.is_empty());
 }
+
+// Shutdown of a paused Sequential engine whose queue is at its limit must not hang: the
+// reactor takes in what the accumulators still hold, and reports it as never fired.
+#[tokio::test]
+async fn shutdown_of_a_paused_full_engine_completes_and_reports() {
+    let graph = GraphBuilder::new("paused_full")
+        .node("sum", (source::<Vec<u64>>("items"),), sum)
+        .build()
+        .expect("graph");
+    let engine = EmbeddedGraph::builder(graph)
+        .strategy(InputStrategy::Sequential)
+        .queue_limit(4)
+        .inbound_capacity(1)
+        .batch::<u64>(
+            "items",
+            BatchConfig {
+                max_size: 1,
+                flush_interval: None,
+                capacity: 8,
+            },
+        )
+        .start()
+        .expect("start");
+    engine.reactor().pause().await.expect("pause");
+    let items = engine.batch_sender::<u64>("items").expect("batch sender");
+    // 4 queued + 1 inbound + 1 held by the blocked batch task + 8 in its queue.
+    for i in 0..14u64 {
+        items.send(i).await.expect("send");
+    }
+    let report = tokio::time::timeout(Duration::from_secs(10), engine.shutdown())
+        .await
+        .expect("shutdown completes")
+        .expect("shutdown ok");
+    assert_eq!(report.reactor.fires, 0, "paused: nothing fired");
+    assert_eq!(
+        report.reactor.unfired_queued, 14,
+        "every accepted event is accounted for: {report:?}"
+    );
+}

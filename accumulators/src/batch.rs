@@ -92,8 +92,10 @@ impl<T: Send + Sync + 'static> Batch<T> {
     pub fn new(config: BatchConfig) -> (Self, BatchSender<T>) {
         let config = BatchConfig {
             max_size: config.max_size.max(1),
-            capacity: config.capacity.max(1),
-            ..config
+            capacity: crate::clamp_capacity(config.capacity),
+            flush_interval: config
+                .flush_interval
+                .map(|every| every.max(Duration::from_millis(1))),
         };
         let (tx, rx) = mpsc::channel(config.capacity);
         (
@@ -106,15 +108,17 @@ impl<T: Send + Sync + 'static> Batch<T> {
     }
 }
 
+/// Emits the buffer as one boundary. On failure the values are gone with the boundary; the
+/// error counts them (plus whatever the caller still holds, see [`Batch::run`]).
 async fn flush<T: Send + Sync + 'static>(
     ctx: &AccumulatorContext<Vec<T>>,
     buffer: &mut Vec<T>,
-    max_size: usize,
 ) -> Result<(), AccumulatorError> {
     if buffer.is_empty() {
         return Ok(());
     }
-    let batch = std::mem::replace(buffer, Vec::with_capacity(max_size));
+    // No preallocation: a timer or after-fire flush may emit far fewer than `max_size`.
+    let batch = std::mem::take(buffer);
     let n = batch.len();
     ctx.emit(batch).await.map_err(|e| match e {
         AccumulatorError::ReactorClosed { source_name, .. } => AccumulatorError::ReactorClosed {
@@ -125,6 +129,26 @@ async fn flush<T: Send + Sync + 'static>(
     })
 }
 
+/// Adds every event still queued for the batch to a delivery failure's count, so the error
+/// says how many accepted events were not delivered.
+fn with_backlog<T>(error: AccumulatorError, rx: &mut mpsc::Receiver<T>) -> AccumulatorError {
+    rx.close();
+    let mut backlog = 0;
+    while rx.try_recv().is_ok() {
+        backlog += 1;
+    }
+    match error {
+        AccumulatorError::ReactorClosed {
+            source_name,
+            pending,
+        } => AccumulatorError::ReactorClosed {
+            source_name,
+            pending: pending + backlog,
+        },
+        other => other,
+    }
+}
+
 impl<T: Send + Sync + 'static> Accumulator for Batch<T> {
     type Output = Vec<T>;
 
@@ -133,8 +157,17 @@ impl<T: Send + Sync + 'static> Accumulator for Batch<T> {
     }
 
     async fn run(mut self, ctx: AccumulatorContext<Vec<T>>) -> Result<(), AccumulatorError> {
+        let result = self.collect(&ctx).await;
+        let result = result.map_err(|e| with_backlog(e, &mut self.rx));
+        ctx.set_health(AccumulatorHealth::Stopped);
+        result
+    }
+}
+
+impl<T: Send + Sync + 'static> Batch<T> {
+    async fn collect(&mut self, ctx: &AccumulatorContext<Vec<T>>) -> Result<(), AccumulatorError> {
         let max = self.config.max_size;
-        let mut buffer: Vec<T> = Vec::with_capacity(max);
+        let mut buffer: Vec<T> = Vec::new();
         let mut ticks = self.config.flush_interval.map(|every| {
             let mut t = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
             t.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -151,15 +184,15 @@ impl<T: Send + Sync + 'static> Accumulator for Batch<T> {
                         ctx.metrics().record_events(1);
                         buffer.push(event);
                         if buffer.len() >= max {
-                            flush(&ctx, &mut buffer, max).await?;
+                            flush(ctx, &mut buffer).await?;
                         }
                     }
                     None => input_open = false,
                 },
                 _ = async { match ticks.as_mut() { Some(t) => { t.tick().await; } None => std::future::pending().await } } => {
-                    flush(&ctx, &mut buffer, max).await?;
+                    flush(ctx, &mut buffer).await?;
                 }
-                () = ctx.after_fire() => flush(&ctx, &mut buffer, max).await?,
+                () = ctx.after_fire() => flush(ctx, &mut buffer).await?,
             }
         }
         // Shutdown: refuse new events, take everything already queued, emit it all.
@@ -168,11 +201,9 @@ impl<T: Send + Sync + 'static> Accumulator for Batch<T> {
             ctx.metrics().record_events(1);
             buffer.push(event);
             if buffer.len() >= max {
-                flush(&ctx, &mut buffer, max).await?;
+                flush(ctx, &mut buffer).await?;
             }
         }
-        flush(&ctx, &mut buffer, max).await?;
-        ctx.set_health(AccumulatorHealth::Stopped);
-        Ok(())
+        flush(ctx, &mut buffer).await
     }
 }

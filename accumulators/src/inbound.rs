@@ -33,7 +33,7 @@ impl fmt::Debug for Inbound {
 
 /// Creates a reactor's inbound channel with room for `capacity` boundaries.
 pub fn inbound_channel(capacity: usize) -> (InboundSender, mpsc::Receiver<Inbound>) {
-    let (tx, rx) = mpsc::channel(capacity.max(1));
+    let (tx, rx) = mpsc::channel(crate::clamp_capacity(capacity));
     (InboundSender { tx }, rx)
 }
 

@@ -34,6 +34,15 @@
 //! # });
 //! ```
 
+/// Largest queue any channel of the engine is given; larger requests are clamped (tokio's
+/// semaphores cap permits, and a queue this deep is already 16M values in memory).
+pub const MAX_CAPACITY: usize = 1 << 24;
+
+/// Clamps a requested queue size to `1..=MAX_CAPACITY`.
+pub fn clamp_capacity(capacity: usize) -> usize {
+    capacity.clamp(1, MAX_CAPACITY)
+}
+
 mod batch;
 mod context;
 mod health;

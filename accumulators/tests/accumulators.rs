@@ -554,3 +554,47 @@ async fn emit_into_a_closed_reactor_reports_reactor_closed() {
         other => panic!("expected ReactorClosed, got {other:?}"),
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Review regressions: batch configuration extremes, loss accounting when the reactor is gone.
+// ---------------------------------------------------------------------------------------------
+
+// A zero interval is clamped (no panic), and an enormous max_size allocates nothing up front.
+#[tokio::test]
+async fn batch_extreme_config_does_not_panic() {
+    let mut r = rig::<Vec<u64>>("extreme", 64);
+    let (batch, tx) = Batch::<u64>::new(BatchConfig {
+        max_size: usize::MAX,
+        flush_interval: Some(Duration::ZERO),
+        capacity: usize::MAX,
+    });
+    let task = r.spawn(batch);
+    tx.send(7).await.expect("send");
+    assert_eq!(next_value::<Vec<u64>>(&mut r.rx).await, vec![7]);
+    r.shutdown();
+    join(task).await;
+}
+
+// If the reactor is gone, the error counts every accepted event not delivered: the failed
+// batch plus everything still queued for the batch.
+#[tokio::test]
+async fn batch_counts_everything_undelivered_when_the_reactor_is_gone() {
+    let mut r = rig::<Vec<u64>>("orphan", 64);
+    let (batch, tx) = Batch::<u64>::new(BatchConfig {
+        max_size: 2,
+        flush_interval: None,
+        capacity: 64,
+    });
+    r.rx.close();
+    for i in 0..10u64 {
+        tx.send(i).await.expect("queued in the batch");
+    }
+    let task = r.spawn(batch);
+    let result = within("the accumulator to return", task)
+        .await
+        .expect("no panic");
+    match result {
+        Err(AccumulatorError::ReactorClosed { pending, .. }) => assert_eq!(pending, 10),
+        other => panic!("expected ReactorClosed, got {other:?}"),
+    }
+}

@@ -11,7 +11,6 @@ use std::marker::PhantomData;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
-use std::task::Poll;
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -451,15 +450,11 @@ pub(crate) struct AsyncNode<I, O, F> {
 }
 
 async fn catch_unwind_future<F: Future>(fut: F) -> Result<F::Output, NodeFailure> {
-    let mut fut = std::pin::pin!(fut);
-    std::future::poll_fn(
-        move |cx| match catch_unwind(AssertUnwindSafe(|| fut.as_mut().poll(cx))) {
-            Ok(Poll::Ready(v)) => Poll::Ready(Ok(v)),
-            Ok(Poll::Pending) => Poll::Pending,
-            Err(payload) => Poll::Ready(Err(NodeFailure::Panicked(panic_message(payload)))),
-        },
-    )
-    .await
+    use futures_util::FutureExt;
+    AssertUnwindSafe(fut)
+        .catch_unwind()
+        .await
+        .map_err(|payload| NodeFailure::Panicked(panic_message(payload)))
 }
 
 impl<I, O, F> ErasedNode for AsyncNode<I, O, F>

@@ -3,11 +3,11 @@
 //! The engine's memory: an append-only record of what reactors did (firings, their inputs'
 //! sequence numbers and their results or failures), behind one [`Ledger`] trait.
 //!
-//! Flow: boundary -> cache -> firing -> result -> **ledger**. Reactors never wait on a ledger
-//! in their firing loop: they hand records to a [`LedgerWriter`], a background task that
-//! appends them in batches (group commit) through a bounded queue, so a slow store
-//! back-pressures the reactor instead of losing records. A reactor with no ledger configured
-//! builds no records at all.
+//! Flow: boundary -> cache -> firing -> result -> **ledger**. Reactors do no ledger I/O in
+//! their firing loop: they hand records to a [`LedgerWriter`], a background task that appends
+//! them in batches (group commit) through a bounded queue. A reactor waits only when that queue
+//! is full, so a slow store back-pressures it instead of losing records. A reactor with no
+//! ledger configured builds no records at all.
 //!
 //! The ledger knows nothing of graphs: records carry names, sequence numbers and encoded bytes.
 //! This issue ships the in-memory backend ([`MemoryLedger`]); persistent backends (sled,
@@ -28,11 +28,13 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures_util::FutureExt;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
@@ -162,15 +164,15 @@ impl Ledger for MemoryLedger {
 /// Hands records to a background task that appends them in batches (group commit).
 ///
 /// [`LedgerWriter::write`] waits only when the bounded queue is full: a slow store slows the
-/// reactor down, it never loses records. A failed append is retried ([`APPEND_ATTEMPTS`] tries
+/// reactor down rather than losing records. A failed (or panicking) append is retried ([`APPEND_ATTEMPTS`] tries
 /// with growing pauses); a batch that still fails is counted in [`WriterStatus::lost_records`]
 /// and logged, and [`WriterStatus::failing`] stays true until an append succeeds again, so the
 /// owner can report itself degraded. [`LedgerWriter::close`] waits until every record handed
-/// over has been appended and reports the first error, if any.
+/// over has been appended or given up on, and reports counts and the first error.
 #[derive(Debug)]
 pub struct LedgerWriter {
     tx: mpsc::Sender<Record>,
-    task: tokio::task::JoinHandle<Result<u64, LedgerError>>,
+    task: tokio::task::JoinHandle<WriterReport>,
     status: Arc<StatusCells>,
 }
 
@@ -201,7 +203,8 @@ pub struct WriterStatus {
 impl LedgerWriter {
     /// Starts the writer task on the current tokio runtime.
     pub fn spawn(ledger: Arc<dyn Ledger>, capacity: usize) -> Self {
-        let (tx, mut rx) = mpsc::channel::<Record>(capacity.max(1));
+        // Clamped: tokio's semaphore caps permits, and a deeper queue only hides a slow store.
+        let (tx, mut rx) = mpsc::channel::<Record>(capacity.clamp(1, 1 << 24));
         let status = Arc::new(StatusCells::default());
         let cells = Arc::clone(&status);
         let task = tokio::spawn(async move {
@@ -212,7 +215,18 @@ impl LedgerWriter {
                 let mut attempt = 0;
                 loop {
                     attempt += 1;
-                    match ledger.append(&batch).await {
+                    // A panicking backend is a failed attempt, not a dead writer.
+                    // (The call itself is inside the guard: it may panic before any future exists.)
+                    let attempted = AssertUnwindSafe(async { ledger.append(&batch).await })
+                        .catch_unwind()
+                        .await;
+                    let result = attempted.unwrap_or_else(|payload| {
+                        Err(LedgerError::Backend {
+                            backend: ledger.backend(),
+                            message: format!("append panicked: {}", panic_text(&*payload)),
+                        })
+                    });
+                    match result {
                         Ok(()) => {
                             written += batch.len() as u64;
                             cells.failing.store(false, Ordering::Release);
@@ -236,9 +250,10 @@ impl LedgerWriter {
                 }
                 batch.clear();
             }
-            match first_error {
-                Some(e) => Err(e),
-                None => Ok(written),
+            WriterReport {
+                written,
+                lost: cells.lost_records.load(Ordering::Relaxed),
+                first_error,
             }
         });
         Self { tx, task, status }
@@ -252,6 +267,11 @@ impl LedgerWriter {
             .map_err(|_| LedgerError::Closed { pending: 1 })
     }
 
+    /// Whether the writer task has stopped taking records.
+    pub fn is_closed(&self) -> bool {
+        self.tx.is_closed()
+    }
+
     /// How appends are going.
     pub fn status(&self) -> WriterStatus {
         WriterStatus {
@@ -261,16 +281,41 @@ impl LedgerWriter {
         }
     }
 
-    /// Waits until everything queued is appended; returns how many records were written.
-    pub async fn close(self) -> Result<u64, LedgerError> {
+    /// Waits until everything queued has been appended (or given up on) and reports.
+    pub async fn close(self) -> WriterReport {
         drop(self.tx);
         match self.task.await {
-            Ok(result) => result,
-            Err(e) => Err(LedgerError::Backend {
-                backend: "writer",
-                message: format!("writer task failed: {e}"),
-            }),
+            Ok(report) => report,
+            Err(e) => WriterReport {
+                written: 0,
+                lost: self.status.lost_records.load(Ordering::Relaxed),
+                first_error: Some(LedgerError::Backend {
+                    backend: "writer",
+                    message: format!("writer task failed: {e}"),
+                }),
+            },
         }
+    }
+}
+
+/// What a [`LedgerWriter`] did, from [`LedgerWriter::close`].
+#[derive(Debug)]
+pub struct WriterReport {
+    /// Records appended.
+    pub written: u64,
+    /// Records given up on after every attempt failed.
+    pub lost: u64,
+    /// The first error of a batch that was given up on.
+    pub first_error: Option<LedgerError>,
+}
+
+fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "non-string panic payload".to_owned()
     }
 }
 
@@ -298,7 +343,9 @@ mod tests {
             writer.write(firing("r", id)).await.expect("write");
         }
         writer.write(firing("other", 1)).await.expect("write");
-        assert_eq!(writer.close().await.expect("close"), 1001);
+        let report = writer.close().await;
+        assert_eq!((report.written, report.lost), (1001, 0));
+        assert!(report.first_error.is_none());
         let ids: Vec<u64> = ledger
             .firings("r")
             .await
@@ -362,7 +409,66 @@ mod tests {
         assert_eq!(status.failed_appends, u64::from(APPEND_ATTEMPTS) - 1);
         assert_eq!(status.lost_records, 0);
         assert!(!status.failing, "a success clears the failing flag");
-        assert_eq!(writer.close().await.expect("close"), 5);
+        assert_eq!(writer.close().await.written, 5);
         assert_eq!(ledger.firings("r").await.expect("read").len(), 5);
+    }
+
+    /// Panics on its first append, then works.
+    struct PanicsOnce {
+        panicked: AtomicBool,
+        inner: MemoryLedger,
+    }
+
+    impl Ledger for PanicsOnce {
+        fn backend(&self) -> &'static str {
+            "panics-once"
+        }
+        fn append<'a>(&'a self, records: &'a [Record]) -> LedgerFuture<'a, ()> {
+            if !self.panicked.swap(true, Ordering::SeqCst) {
+                panic!("backend bug");
+            }
+            self.inner.append(records)
+        }
+        fn firings<'a>(&'a self, reactor: &'a str) -> LedgerFuture<'a, Vec<FiringRecord>> {
+            self.inner.firings(reactor)
+        }
+    }
+
+    // A panicking backend is retried like a failing one; the writer survives and loses nothing.
+    #[tokio::test]
+    async fn panicking_append_is_a_failed_attempt() {
+        let ledger = Arc::new(PanicsOnce {
+            panicked: AtomicBool::new(false),
+            inner: MemoryLedger::new(),
+        });
+        let writer = LedgerWriter::spawn(ledger.clone(), 64);
+        for id in 1..=20 {
+            writer.write(firing("r", id)).await.expect("write");
+        }
+        let report = writer.close().await;
+        assert_eq!((report.written, report.lost), (20, 0), "{report:?}");
+        assert_eq!(ledger.firings("r").await.expect("read").len(), 20);
+    }
+
+    // Counts survive errors: a report says both what was written and what was lost.
+    #[tokio::test]
+    async fn report_counts_written_and_lost() {
+        let ledger = Arc::new(Flaky {
+            fail: AtomicU64::new(u64::from(APPEND_ATTEMPTS)),
+            inner: MemoryLedger::new(),
+        });
+        let writer = LedgerWriter::spawn(ledger.clone(), 1);
+        writer.write(firing("r", 1)).await.expect("write");
+        for _ in 0..400 {
+            if writer.status().lost_records == 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(writer.status().failing);
+        writer.write(firing("r", 2)).await.expect("write");
+        let report = writer.close().await;
+        assert_eq!((report.written, report.lost), (1, 1), "{report:?}");
+        assert!(report.first_error.is_some());
     }
 }

@@ -1,6 +1,7 @@
 //! The reactor task: one loop that owns the cache, decides when to fire, fires, and hands the
 //! result on. Nothing here is shared with other tasks except counters and the health value.
 
+use std::any::Any;
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -34,7 +35,15 @@ pub(crate) enum Command {
     Resume(oneshot::Sender<()>),
     State(oneshot::Sender<ReactorState>),
     Subscribe(Subscriber),
+    PrepareShutdown(oneshot::Sender<()>),
     Shutdown(oneshot::Sender<ShutdownReport>),
+}
+
+/// Whether the loop goes on after a command.
+#[derive(PartialEq, Eq)]
+enum Flow {
+    Continue,
+    Stop,
 }
 
 pub(crate) struct Core {
@@ -57,6 +66,13 @@ pub(crate) struct Core {
     pub(crate) subscribers: Vec<Subscriber>,
     pub(crate) ledger: Option<LedgerWriter>,
     pub(crate) ledger_failed: bool,
+    /// Records that never reached the ledger writer (it had stopped).
+    pub(crate) ledger_unwritten: u64,
+    pub(crate) inbound: mpsc::Receiver<Inbound>,
+    pub(crate) inbound_open: bool,
+    pub(crate) buf: Vec<Inbound>,
+    /// Shutdown is coming: take everything in, whatever the queue limit.
+    pub(crate) draining: bool,
     pub(crate) after_fire: Vec<Arc<Notify>>,
     pub(crate) board: Option<Arc<HealthBoard>>,
     pub(crate) health: watch::Sender<ReactorHealth>,
@@ -70,72 +86,115 @@ fn unix_us(t: SystemTime) -> i64 {
 }
 
 impl Core {
-    pub(crate) async fn run(
-        mut self,
-        mut inbound: mpsc::Receiver<Inbound>,
-        mut control: mpsc::UnboundedReceiver<Command>,
-    ) {
-        let mut buf: Vec<Inbound> = Vec::with_capacity(BATCH);
-        let mut inbound_open = true;
+    /// The loop. Ordering rule: a command whose caller awaits it is handled after every
+    /// boundary that was already queued when the command was seen, so `send(x).await;
+    /// force_fire().await` fires on `x`; a subscription is registered before them, so
+    /// `subscribe(); send(x)` delivers the firing for `x`.
+    pub(crate) async fn run(mut self, mut control: mpsc::UnboundedReceiver<Command>) {
         let board = self.board.clone();
         self.refresh_health();
         loop {
-            let room =
-                self.strategy == InputStrategy::Latest || self.queue.len() < self.queue_limit;
+            let room = self.room();
             tokio::select! {
                 biased;
-                cmd = control.recv() => match cmd {
-                    Some(Command::Shutdown(reply)) => {
-                        let report = self.shutdown(&mut inbound, &mut buf).await;
-                        let _ = reply.send(report);
+                cmd = control.recv() => {
+                    let Some(cmd) = cmd else {
+                        // Every handle is gone: stop as if asked to.
+                        self.shutdown().await;
                         return;
-                    }
-                    Some(cmd) => self.command(cmd).await,
-                    None => {
-                        self.shutdown(&mut inbound, &mut buf).await;
+                    };
+                    if self.ordered(cmd).await == Flow::Stop {
                         return;
-                    }
-                },
-                () = async { match &board { Some(b) => b.changed().await, None => std::future::pending().await } } => {
-                    if self.refresh_health() {
-                        self.evaluate().await;
                     }
                 }
-                n = inbound.recv_many(&mut buf, BATCH), if inbound_open && room => {
+                () = async { match &board { Some(b) => b.changed().await, None => std::future::pending().await } } => {
+                    self.refresh_health();
+                    self.evaluate().await;
+                }
+                n = self.inbound.recv_many(&mut self.buf, room), if self.inbound_open && room > 0 => {
                     if n == 0 {
-                        inbound_open = false;
+                        self.inbound_open = false;
                         continue;
                     }
-                    // Commands sent before these boundaries were queued are handled first.
+                    let mut deferred = Vec::new();
                     while let Ok(cmd) = control.try_recv() {
                         match cmd {
-                            Command::Shutdown(reply) => {
-                                let now = SystemTime::now();
-                                for inb in buf.drain(..) {
-                                    self.accept(inb, now);
-                                }
-                                let report = self.shutdown(&mut inbound, &mut buf).await;
-                                let _ = reply.send(report);
-                                return;
-                            }
-                            cmd => self.command(cmd).await,
+                            Command::Subscribe(s) => self.subscribers.push(s),
+                            other => deferred.push(other),
                         }
                     }
-                    // One receive time per batch: all of it was taken from the queue at once.
-                    let now = SystemTime::now();
-                    for inb in buf.drain(..) {
-                        self.accept(inb, now);
+                    self.take_buffered().await;
+                    for cmd in deferred {
+                        if self.ordered(cmd).await == Flow::Stop {
+                            return;
+                        }
                     }
-                    self.evaluate().await;
                 }
             }
         }
+    }
+
+    /// Boundaries the loop may take from the inbound queue now.
+    fn room(&self) -> usize {
+        match self.strategy {
+            InputStrategy::Latest => BATCH,
+            InputStrategy::Sequential if self.draining => BATCH,
+            InputStrategy::Sequential => {
+                BATCH.min(self.queue_limit.saturating_sub(self.queue.len()))
+            }
+        }
+    }
+
+    /// Accepts the batch in `buf` (one receive time for all of it: it was taken from the
+    /// queue at once) and fires as the strategy says.
+    async fn take_buffered(&mut self) {
+        let mut buf = std::mem::take(&mut self.buf);
+        let now = SystemTime::now();
+        for inb in buf.drain(..) {
+            self.accept(inb, now);
+        }
+        self.buf = buf;
+        self.evaluate().await;
+    }
+
+    /// Takes in what is queued right now (within the room there is) and fires for it.
+    async fn catch_up(&mut self) {
+        let take = self.inbound.len().min(self.room());
+        if take == 0 || !self.inbound_open {
+            return;
+        }
+        let now = SystemTime::now();
+        for _ in 0..take {
+            match self.inbound.try_recv() {
+                Ok(inb) => self.accept(inb, now),
+                Err(_) => break,
+            }
+        }
+        self.evaluate().await;
+    }
+
+    /// Handles one command in order (see [`Core::run`]).
+    async fn ordered(&mut self, cmd: Command) -> Flow {
+        match cmd {
+            Command::Subscribe(s) => self.subscribers.push(s),
+            Command::Shutdown(reply) => {
+                let report = self.shutdown().await;
+                let _ = reply.send(report);
+                return Flow::Stop;
+            }
+            cmd => {
+                self.catch_up().await;
+                self.command(cmd).await;
+            }
+        }
+        Flow::Continue
     }
 
     /// Stamps a boundary and puts it in the cache (Latest) or the queue (Sequential).
     fn accept(&mut self, inb: Inbound, received_at: SystemTime) {
         let index = inb.source as usize;
         let Some(seq) = self.seqs.get_mut(index) else {
+            self.stats.rejected.fetch_add(1, Ordering::Relaxed);
             tracing::error!(reactor = %self.name, source = index, "boundary for an unknown source index");
             return;
         };
@@ -184,7 +243,7 @@ impl Core {
         match self.strategy {
             InputStrategy::Latest => {
                 if self.criteria_met() {
-                    self.fire(false).await;
+                    self.fire(false, None).await;
                 }
             }
             InputStrategy::Sequential => self.drain(false).await,
@@ -200,7 +259,7 @@ impl Core {
             self.cache.set_at(index, boundary);
             self.mark_dirty(index);
             if self.criteria_met() {
-                self.fire(false).await;
+                self.fire(false, None).await;
             }
         }
     }
@@ -212,9 +271,13 @@ impl Core {
         self.dirty_watched = 0;
     }
 
-    /// Fires once on the current cache. Returns the firing when somebody asked for it.
-    async fn fire(&mut self, manual: bool) -> Option<Arc<Firing>> {
-        self.clear_dirty();
+    /// Fires once on the live cache, or on `inputs` (a `fire_with`, which leaves the live
+    /// cache and its dirty flags alone). Returns the firing when somebody asked for it.
+    async fn fire(&mut self, manual: bool, inputs: Option<InputCache>) -> Option<Arc<Firing>> {
+        if inputs.is_none() {
+            self.clear_dirty();
+        }
+        let cache = inputs.as_ref().unwrap_or(&self.cache);
         let wanted = manual || !self.subscribers.is_empty() || self.ledger.is_some();
         let collect = if wanted {
             Collect::Outputs
@@ -226,7 +289,7 @@ impl Core {
             outcome,
             started,
             completed,
-        } = self.executor.execute_timed(&self.cache, collect).await;
+        } = self.executor.execute_timed(cache, collect).await;
         self.stats
             .firing_duration
             .record(completed.saturating_duration_since(started));
@@ -254,8 +317,7 @@ impl Core {
             reactor: Arc::clone(&self.name),
             id,
             manual,
-            inputs: self
-                .cache
+            inputs: cache
                 .iter()
                 .map(|(source, b)| FiringInput {
                     source: source.clone(),
@@ -299,19 +361,20 @@ impl Core {
             duration_ns: u64::try_from(firing.duration().as_nanos()).unwrap_or(u64::MAX),
             outcome,
         });
-        let handed_over = writer.write(record).await;
-        let status = writer.status();
-        if let Err(e) = handed_over {
-            self.stats.ledger_lost.fetch_add(1, Ordering::Relaxed);
-            tracing::error!(reactor = %self.name, error = %e, "ledger write failed");
+        if let Err(e) = writer.write(record).await {
+            self.ledger_unwritten += 1;
+            tracing::error!(reactor = %self.name, error = %e, "ledger writer gone; record not written");
         }
+        let status = writer.status();
         self.stats
             .ledger_errors
             .store(status.failed_appends, Ordering::Relaxed);
-        self.stats
-            .ledger_lost
-            .fetch_max(status.lost_records, Ordering::Relaxed);
-        let failing = status.failing || handed_over_failed(&self.stats);
+        self.stats.ledger_lost.store(
+            status.lost_records + self.ledger_unwritten,
+            Ordering::Relaxed,
+        );
+        // Degraded while appends fail or the writer is gone; a later success clears it.
+        let failing = status.failing || writer_gone(writer);
         if failing != self.ledger_failed {
             self.ledger_failed = failing;
             self.refresh_health();
@@ -349,25 +412,23 @@ impl Core {
     async fn command(&mut self, cmd: Command) {
         match cmd {
             Command::ForceFire(reply) => {
-                if let Some(firing) = self.fire(true).await {
+                if let Some(firing) = self.fire(true, None).await {
                     let _ = reply.send(firing);
                 }
             }
-            Command::FireWith(cache, reply) => {
-                if let Some(unknown) = cache
-                    .sources()
-                    .find(|s| self.graph.source_index(s.as_str()).is_none())
-                {
-                    let _ = reply.send(Err(ReactorError::UnknownSource {
-                        reactor: self.name.to_string(),
-                        source_name: unknown.clone(),
-                    }));
-                    return;
+            Command::FireWith(cache, reply) => match self.manual_inputs(&cache) {
+                Err(e) => {
+                    let _ = reply.send(Err(e));
                 }
-                self.cache.replace_all(&cache);
-                if let Some(firing) = self.fire(true).await {
-                    let _ = reply.send(Ok(firing));
+                Ok(inputs) => {
+                    if let Some(firing) = self.fire(true, Some(inputs)).await {
+                        let _ = reply.send(Ok(firing));
+                    }
                 }
+            },
+            Command::PrepareShutdown(reply) => {
+                self.draining = true;
+                let _ = reply.send(());
             }
             Command::Pause(reply) => {
                 self.paused = true;
@@ -388,6 +449,32 @@ impl Core {
             Command::Subscribe(subscriber) => self.subscribers.push(subscriber),
             Command::Shutdown(_) => {}
         }
+    }
+
+    /// Checks a `fire_with` cache against the graph's sources (names and types) and aligns it.
+    fn manual_inputs(&self, cache: &InputCache) -> Result<InputCache, ReactorError> {
+        for (source, boundary) in cache.iter() {
+            let decl = self
+                .graph
+                .source_index(source.as_str())
+                .and_then(|i| self.graph.sources().get(i))
+                .ok_or_else(|| ReactorError::UnknownSource {
+                    reactor: self.name.to_string(),
+                    source_name: source.clone(),
+                })?;
+            let value: &(dyn Any + Send + Sync) = &**boundary.value();
+            if value.type_id() != decl.type_id {
+                return Err(ReactorError::SourceType {
+                    reactor: self.name.to_string(),
+                    source_name: source.clone(),
+                    expected: decl.type_name,
+                    requested: boundary.type_name(),
+                });
+            }
+        }
+        let mut inputs = self.graph.new_cache();
+        inputs.replace_all(cache);
+        Ok(inputs)
     }
 
     fn state(&self) -> ReactorState {
@@ -411,9 +498,8 @@ impl Core {
         }
     }
 
-    /// Recomputes health from the accumulators' states. Returns whether firing became allowed.
-    fn refresh_health(&mut self) -> bool {
-        let was_warmed = self.warmed;
+    /// Recomputes health from the accumulators' states and the ledger.
+    fn refresh_health(&mut self) {
         let states = self.board.as_ref().map(|b| b.states()).unwrap_or_default();
         let not_ready: Vec<SourceName> = states
             .iter()
@@ -445,19 +531,16 @@ impl Core {
                 true
             }
         });
-        !was_warmed && self.warmed
     }
 
     /// Takes in everything already queued, fires what is owed, closes the ledger and the
     /// subscribers.
-    async fn shutdown(
-        &mut self,
-        inbound: &mut mpsc::Receiver<Inbound>,
-        buf: &mut Vec<Inbound>,
-    ) -> ShutdownReport {
-        inbound.close();
+    async fn shutdown(&mut self) -> ShutdownReport {
+        self.inbound.close();
+        self.draining = true;
         // Latest coalesces whatever is waiting; Sequential fires for all of it.
-        while inbound.recv_many(buf, BATCH).await > 0 {
+        let mut buf = std::mem::take(&mut self.buf);
+        while self.inbound.recv_many(&mut buf, BATCH).await > 0 {
             let now = SystemTime::now();
             for inb in buf.drain(..) {
                 self.accept(inb, now);
@@ -469,39 +552,48 @@ impl Core {
         if !self.paused {
             match self.strategy {
                 InputStrategy::Latest if self.criteria_met() => {
-                    self.fire(false).await;
+                    self.fire(false, None).await;
                 }
                 InputStrategy::Latest => {}
                 InputStrategy::Sequential => self.drain(true).await,
             }
         }
-        let unfired = self.queue.len();
-        if unfired > 0 {
-            tracing::warn!(reactor = %self.name, unfired, "reactor stopped paused with queued boundaries");
+        let unfired_queued = self.queue.len();
+        let unfired_dirty_sources = if self.strategy == InputStrategy::Latest {
+            self.dirty.iter().filter(|d| **d).count()
+        } else {
+            0
+        };
+        if unfired_queued > 0 || (self.paused && unfired_dirty_sources > 0) {
+            tracing::warn!(reactor = %self.name, unfired_queued, unfired_dirty_sources, "reactor stopped paused with inputs never fired");
         }
-        let mut ledger_records = 0;
-        let mut ledger_error = None;
+        let mut report = ShutdownReport {
+            fires: self.stats.fires.load(Ordering::Relaxed),
+            boundaries: self.stats.boundaries.load(Ordering::Relaxed),
+            unfired_queued,
+            unfired_dirty_sources: if self.paused {
+                unfired_dirty_sources
+            } else {
+                0
+            },
+            ledger_records: 0,
+            ledger_lost: self.ledger_unwritten,
+            ledger_error: None,
+        };
         if let Some(writer) = self.ledger.take() {
-            match writer.close().await {
-                Ok(n) => ledger_records = n,
-                Err(e) => ledger_error = Some(e.to_string()),
-            }
+            let written = writer.close().await;
+            report.ledger_records = written.written;
+            report.ledger_lost += written.lost;
+            report.ledger_error = written.first_error.map(|e| e.to_string());
         }
         self.subscribers.clear();
         self.health.send_replace(ReactorHealth::Stopped);
-        ShutdownReport {
-            fires: self.stats.fires.load(Ordering::Relaxed),
-            boundaries: self.stats.boundaries.load(Ordering::Relaxed),
-            unfired_queued: unfired,
-            ledger_records,
-            ledger_error,
-        }
+        report
     }
 }
 
-/// Whether records were lost before reaching the writer (the writer task is gone).
-fn handed_over_failed(stats: &ReactorStats) -> bool {
-    stats.ledger_lost.load(Ordering::Relaxed) > 0
+fn writer_gone(writer: &LedgerWriter) -> bool {
+    writer.is_closed()
 }
 
 fn encode_outputs(reactor: &str, outputs: &TerminalOutputs) -> Vec<(String, Vec<u8>)> {

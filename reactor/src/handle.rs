@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cloacina_accumulators::{inbound_channel, BoundarySender, HealthBoard, InboundSender};
-use cloacina_graph_core::{Boundary, CompiledGraph, Executor, InputCache, SourceName};
+use cloacina_graph_core::{catch_panic, Boundary, CompiledGraph, Executor, InputCache, SourceName};
 use cloacina_ledger::{Ledger, LedgerWriter};
 use tokio::sync::{mpsc, oneshot, watch, Notify};
 
@@ -89,8 +89,12 @@ pub struct ShutdownReport {
     pub boundaries: u64,
     /// Sequential boundaries never fired because the reactor was paused at shutdown.
     pub unfired_queued: usize,
+    /// Latest sources holding a value never fired because the reactor was paused at shutdown.
+    pub unfired_dirty_sources: usize,
     /// Ledger records written.
     pub ledger_records: u64,
+    /// Ledger records given up on (every append attempt failed) or never handed over.
+    pub ledger_lost: u64,
     /// First ledger error, if any.
     pub ledger_error: Option<String>,
 }
@@ -160,7 +164,7 @@ impl ReactorBuilder {
         self
     }
 
-    /// Sequential boundaries held while paused or warming (default 65,536); beyond it the
+    /// Sequential boundaries held while paused or warming (default 65,536); at the limit the
     /// reactor stops taking from the inbound queue, so senders wait. Nothing is dropped.
     pub fn queue_limit(mut self, limit: usize) -> Self {
         self.queue_limit = limit.max(1);
@@ -261,6 +265,11 @@ impl ReactorBuilder {
                 .ledger
                 .map(|(ledger, queue)| LedgerWriter::spawn(ledger, queue)),
             ledger_failed: false,
+            ledger_unwritten: 0,
+            inbound: inbound_rx,
+            inbound_open: true,
+            buf: Vec::with_capacity(256),
+            draining: false,
             after_fire: self.after_fire,
             board: self.board,
             health: health_tx,
@@ -269,7 +278,17 @@ impl ReactorBuilder {
             sources: Arc::clone(&sources),
             graph: Arc::clone(&self.graph),
         };
-        let task = runtime.spawn(core.run(inbound_rx, control_rx));
+        let failure: Arc<Mutex<Option<String>>> = Arc::default();
+        let failed = Arc::clone(&failure);
+        let reactor = Arc::clone(&name);
+        let task = runtime.spawn(async move {
+            // Every user-code path is guarded inside; this catches engine bugs, so that the
+            // handle reports `Failed` instead of a stale `Live`.
+            if let Err(message) = catch_panic(core.run(control_rx)).await {
+                tracing::error!(reactor = %reactor, %message, "reactor task panicked");
+                *failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(message);
+            }
+        });
         Ok(ReactorHandle {
             inner: Arc::new(HandleInner {
                 name,
@@ -278,6 +297,7 @@ impl ReactorBuilder {
                 control,
                 health: health_rx,
                 stats,
+                failure,
                 task: Mutex::new(Some(task)),
             }),
         })
@@ -291,6 +311,7 @@ struct HandleInner {
     control: mpsc::UnboundedSender<Command>,
     health: watch::Receiver<ReactorHealth>,
     stats: Arc<ReactorStats>,
+    failure: Arc<Mutex<Option<String>>>,
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
@@ -374,20 +395,24 @@ impl ReactorHandle {
         self.subscribe_with(SubscribeOptions::default())
     }
 
-    /// Subscribes with explicit options. Firings after this call are delivered; if the reactor
-    /// has stopped the stream ends at once.
+    /// Subscribes with explicit options. Every firing for a boundary sent after this call is
+    /// delivered (a firing already running when the reactor sees the subscription is not); if
+    /// the reactor has stopped the stream ends at once.
     pub fn subscribe_with(&self, options: SubscribeOptions) -> Subscription {
         let (subscriber, subscription) = Subscriber::new(options);
         let _ = self.send(Command::Subscribe(subscriber));
         subscription
     }
 
-    /// Fires now on the current cache, ignoring criteria, pause and warm-up.
+    /// Fires now on the current cache (after taking in every boundary already sent), ignoring
+    /// criteria, pause and warm-up.
     pub async fn force_fire(&self) -> Result<Arc<Firing>, ReactorError> {
         self.ask(Command::ForceFire).await
     }
 
-    /// Replaces the whole cache with `cache` (no merge) and fires.
+    /// Fires once on exactly `cache` (sources it lacks are `None`; no merge with the live
+    /// cache). The live cache and its dirty flags are left as they were. Names and types are
+    /// checked against the graph first.
     pub async fn fire_with(&self, cache: InputCache) -> Result<Arc<Firing>, ReactorError> {
         self.ask(|tx| Command::FireWith(cache, tx)).await?
     }
@@ -409,7 +434,16 @@ impl ReactorHandle {
 
     /// Current health.
     pub fn health(&self) -> ReactorHealth {
-        self.inner.health.borrow().clone()
+        let failure = self
+            .inner
+            .failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        match failure {
+            Some(reason) => ReactorHealth::Failed { reason },
+            None => self.inner.health.borrow().clone(),
+        }
     }
 
     /// A receiver that sees every health change.
@@ -420,6 +454,13 @@ impl ReactorHandle {
     /// Current counters.
     pub fn stats(&self) -> StatsSnapshot {
         self.inner.stats.snapshot()
+    }
+
+    /// Lifts the Sequential queue limit so that accumulators stopping before
+    /// [`ReactorHandle::shutdown`] can hand over everything they hold (a paused reactor would
+    /// otherwise stop taking boundaries and leave them waiting).
+    pub async fn prepare_shutdown(&self) -> Result<(), ReactorError> {
+        self.ask(Command::PrepareShutdown).await
     }
 
     /// Stops the reactor: stops taking boundaries, fires for everything already queued

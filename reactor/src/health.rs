@@ -21,4 +21,10 @@ pub enum ReactorHealth {
     },
     /// Stopped.
     Stopped,
+    /// The reactor task died (an engine bug: a panic that escaped every guard). It takes
+    /// nothing in and fires nothing; the reason is the panic message.
+    Failed {
+        /// What happened.
+        reason: String,
+    },
 }

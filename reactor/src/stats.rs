@@ -84,6 +84,7 @@ impl HistogramSnapshot {
 #[derive(Debug, Default)]
 pub struct ReactorStats {
     pub(crate) boundaries: AtomicU64,
+    pub(crate) rejected: AtomicU64,
     pub(crate) fires: AtomicU64,
     pub(crate) manual_fires: AtomicU64,
     pub(crate) errors: AtomicU64,
@@ -99,6 +100,8 @@ pub struct ReactorStats {
 pub struct StatsSnapshot {
     /// Boundaries received.
     pub boundaries: u64,
+    /// Boundaries refused (addressed to a source index the graph does not have).
+    pub rejected: u64,
     /// Firings, manual ones included.
     pub fires: u64,
     /// Manual firings.
@@ -111,8 +114,8 @@ pub struct StatsSnapshot {
     pub subscribers_detached: u64,
     /// Ledger append attempts that failed (each is retried).
     pub ledger_errors: u64,
-    /// Firing records that never reached the ledger (every attempt failed); the reactor is
-    /// `Degraded` while appends fail.
+    /// Firing records that never reached the ledger (every append attempt failed, or the
+    /// writer had stopped); the reactor is `Degraded` while appends fail.
     pub ledger_lost: u64,
     /// How long graphs ran, per firing.
     pub firing_duration: HistogramSnapshot,
@@ -124,6 +127,7 @@ impl ReactorStats {
         let r = |c: &AtomicU64| c.load(Ordering::Relaxed);
         StatsSnapshot {
             boundaries: r(&self.boundaries),
+            rejected: r(&self.rejected),
             fires: r(&self.fires),
             manual_fires: r(&self.manual_fires),
             errors: r(&self.errors),

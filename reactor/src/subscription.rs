@@ -41,7 +41,7 @@ pub(crate) enum Delivery {
 
 impl Subscriber {
     pub(crate) fn new(options: SubscribeOptions) -> (Self, Subscription) {
-        let (tx, rx) = mpsc::channel(options.capacity.max(1));
+        let (tx, rx) = mpsc::channel(cloacina_accumulators::clamp_capacity(options.capacity));
         let shared = Arc::new(Shared::default());
         (
             Self {

@@ -660,8 +660,25 @@ async fn manual_commands_force_fire_fire_with_and_state() {
     assert!(with.manual);
     assert_eq!(output::<Pair>(&with, "probe"), (Some(42), None));
     let state = within("state", reactor.state()).await.expect("running");
-    assert_eq!(state.cache.get::<u64>("a"), Some(Ok(&42)));
-    assert!(!state.cache.has("b"), "fire_with replaces the whole cache");
+    assert_eq!(
+        state.cache.get::<u64>("a"),
+        Some(Ok(&3)),
+        "fire_with leaves the live cache alone"
+    );
+    assert_eq!(state.cache.get::<u64>("b"), Some(Ok(&5)));
+    assert_eq!(
+        state.dirty,
+        dirty(&[("a", false), ("b", true)]),
+        "and its dirty flags"
+    );
+
+    // A value of another type than the graph reads is rejected before anything fires.
+    let mut wrong = InputCache::new();
+    wrong.update("a", 5i32);
+    match within("fire_with", reactor.fire_with(wrong)).await {
+        Err(ReactorError::SourceType { source_name, .. }) => assert_eq!(source_name.as_str(), "a"),
+        other => panic!("expected SourceType, got {other:?}"),
+    }
 
     // A cache naming a source the graph does not read is rejected, and nothing fires.
     let mut unknown = InputCache::new();
@@ -678,16 +695,16 @@ async fn manual_commands_force_fire_fire_with_and_state() {
     let state = within("state", reactor.state()).await.expect("running");
     assert_eq!(
         state.cache.get::<u64>("a"),
-        Some(Ok(&42)),
+        Some(Ok(&3)),
         "rejected cache not applied"
     );
 
-    // force_fire works while paused.
+    // force_fire works while paused, on the live cache.
     reactor.pause().await.expect("pause");
     let forced = within("force_fire", reactor.force_fire())
         .await
         .expect("fired");
-    assert_eq!(output::<Pair>(&forced, "probe"), (Some(42), None));
+    assert_eq!(output::<Pair>(&forced, "probe"), (Some(3), Some(5)));
     reactor.shutdown().await.expect("shutdown");
 }
 
@@ -1476,4 +1493,140 @@ fn spawn_outside_a_runtime_is_an_error() {
         Err(ReactorError::NoRuntime { reactor }) => assert_eq!(reactor, "echo"),
         other => panic!("expected NoRuntime, got {other:?}"),
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Review regressions: command ordering, ledger recovery.
+// ---------------------------------------------------------------------------------------------
+
+// A command its caller awaits sees every boundary sent before it: send(x); force_fire() fires
+// on x, and send(x); pause() fires x before pausing. Deterministic on a current-thread runtime.
+#[tokio::test(flavor = "current_thread")]
+async fn awaited_commands_see_boundaries_sent_before_them() {
+    let reactor = ReactorHandle::builder(echo_graph())
+        .strategy(InputStrategy::Latest)
+        .spawn()
+        .expect("spawn");
+    let x = reactor.sender::<u64>("x").expect("sender");
+    x.send(42).await.expect("send");
+    let forced = within("force_fire", reactor.force_fire())
+        .await
+        .expect("fired");
+    assert_eq!(output::<u64>(&forced, "echo"), 42);
+
+    x.send(7).await.expect("send");
+    reactor.pause().await.expect("pause");
+    reactor.resume().await.expect("resume");
+    // 42 fired automatically (when_any) and once more by force_fire; 7 fired before the pause
+    // took effect, so resuming owes nothing.
+    let stats = reactor.stats();
+    assert_eq!(
+        (stats.fires, stats.manual_fires),
+        (3, 1),
+        "7 fired before the pause: {stats:?}"
+    );
+    let state = within("state", reactor.state()).await.expect("running");
+    assert_eq!(state.cache.get::<u64>("x"), Some(Ok(&7)));
+    reactor.shutdown().await.expect("shutdown");
+}
+
+/// Fails its first `fail` appends, then stores in memory.
+struct FailsFirst {
+    fail: AtomicU64,
+    inner: MemoryLedger,
+}
+
+impl Ledger for FailsFirst {
+    fn backend(&self) -> &'static str {
+        "fails-first"
+    }
+
+    fn append<'a>(&'a self, records: &'a [Record]) -> LedgerFuture<'a, ()> {
+        if self
+            .fail
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            return Box::pin(async {
+                Err(LedgerError::Backend {
+                    backend: "fails-first",
+                    message: "outage".into(),
+                })
+            });
+        }
+        self.inner.append(records)
+    }
+
+    fn firings<'a>(&'a self, reactor: &'a str) -> LedgerFuture<'a, Vec<FiringRecord>> {
+        self.inner.firings(reactor)
+    }
+}
+
+// A ledger outage makes the reactor Degraded; once appends succeed again it is Live again, and
+// the shutdown report counts both what was written and what was lost.
+#[tokio::test]
+async fn ledger_outage_degrades_then_recovers_and_is_counted() {
+    let ledger = Arc::new(FailsFirst {
+        fail: AtomicU64::new(u64::from(cloacina_ledger::APPEND_ATTEMPTS)),
+        inner: MemoryLedger::new(),
+    });
+    let reactor = ReactorHandle::builder(echo_graph())
+        .name("outage")
+        .strategy(InputStrategy::Sequential)
+        .ledger(ledger.clone(), 1)
+        .spawn()
+        .expect("spawn");
+    let mut sub = reactor.subscribe();
+    let x = reactor.sender::<u64>("x").expect("sender");
+    let mut sent = 0u64;
+    let mut saw_degraded = false;
+    let recovered = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            sent += 1;
+            x.send(sent).await.expect("send");
+            next_firing(&mut sub).await;
+            match reactor.health() {
+                ReactorHealth::Degraded { .. } => saw_degraded = true,
+                ReactorHealth::Live if saw_degraded => break,
+                _ => {}
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert!(recovered.is_ok(), "degraded then live again within 10 s");
+    let report = reactor.shutdown().await.expect("shutdown");
+    assert_eq!(report.fires, sent);
+    assert!(report.ledger_lost >= 1, "{report:?}");
+    assert_eq!(
+        report.ledger_records + report.ledger_lost,
+        sent,
+        "{report:?}"
+    );
+    assert_eq!(
+        ledger.firings("outage").await.expect("read").len() as u64,
+        report.ledger_records
+    );
+}
+
+// Absurd capacities are clamped, not a panic.
+#[tokio::test]
+async fn huge_capacities_are_clamped() {
+    let reactor = ReactorHandle::builder(echo_graph())
+        .inbound_capacity(usize::MAX)
+        .firing_timeout(Some(Duration::MAX))
+        .spawn()
+        .expect("spawn");
+    let mut sub = reactor.subscribe_with(SubscribeOptions {
+        capacity: usize::MAX,
+        overflow: Overflow::DropNewest,
+    });
+    reactor
+        .sender::<u64>("x")
+        .expect("sender")
+        .send(9)
+        .await
+        .expect("send");
+    assert_eq!(output::<u64>(&next_firing(&mut sub).await, "echo"), 9);
+    reactor.shutdown().await.expect("shutdown");
 }
