@@ -173,7 +173,8 @@ pub struct Route<E> {
 
 impl<E: Send + Sync + 'static> Route<E> {
     /// Declares that variant `variant` (matched by `extract`) runs node `target` with the
-    /// payload `extract` returns.
+    /// payload `extract` returns. `variant` is a label for messages; what decides the branch is
+    /// `extract` returning `Some`, so the extractors of one router must not overlap.
     pub fn new<P, X>(variant: impl Into<String>, target: impl Into<String>, extract: X) -> Self
     where
         P: Send + Sync + 'static,

@@ -95,3 +95,24 @@ impl Default for SubscribeOptions {
         }
     }
 }
+
+/// What a reactor does when a firing fails (a node panicked, timed out or hit a bad input).
+///
+/// Either way the failure is never silent: it is counted, logged, delivered to subscribers as
+/// `GraphResult::Error` naming the node, and recorded in the ledger with the sequence numbers
+/// of the inputs it consumed (the dead-letter record).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FailurePolicy {
+    /// Report the failure; the inputs are consumed (the default, as in the reference).
+    #[default]
+    Report,
+    /// Re-run the graph on the same inputs, up to `attempts` runs in all, pausing `backoff`
+    /// between runs; report only if the last run fails too. The reactor fires nothing else
+    /// meanwhile (later boundaries wait), so keep `attempts * backoff` small.
+    Retry {
+        /// Runs in all, the first included.
+        attempts: u32,
+        /// Pause between runs.
+        backoff: std::time::Duration,
+    },
+}

@@ -15,7 +15,7 @@ use cloacina_graph_core::{
 use cloacina_ledger::{FiringOutcome, FiringRecord, LedgerWriter, Record};
 use tokio::sync::{mpsc, oneshot, watch, Notify};
 
-use crate::config::InputStrategy;
+use crate::config::{FailurePolicy, InputStrategy};
 use crate::firing::{Firing, FiringInput};
 use crate::handle::{ReactorError, ReactorState, ShutdownReport};
 use crate::health::ReactorHealth;
@@ -59,6 +59,7 @@ pub(crate) struct Core {
     pub(crate) n_watched: usize,
     pub(crate) when_all: bool,
     pub(crate) strategy: InputStrategy,
+    pub(crate) failure_policy: FailurePolicy,
     pub(crate) queue: VecDeque<(usize, Boundary)>,
     pub(crate) queue_limit: usize,
     pub(crate) paused: bool,
@@ -129,6 +130,9 @@ impl Core {
                             return;
                         }
                     }
+                }
+                () = std::future::ready(()), if self.owes_firings() => {
+                    self.drain(false, BATCH).await;
                 }
             }
         }
@@ -231,6 +235,11 @@ impl Core {
         }
     }
 
+    /// Whether queued Sequential boundaries wait for firings the reactor may do now.
+    fn owes_firings(&self) -> bool {
+        self.strategy == InputStrategy::Sequential && self.can_fire() && !self.queue.is_empty()
+    }
+
     fn can_fire(&self) -> bool {
         !self.paused && self.warmed
     }
@@ -246,13 +255,17 @@ impl Core {
                     self.fire(false, None).await;
                 }
             }
-            InputStrategy::Sequential => self.drain(false).await,
+            InputStrategy::Sequential => self.drain(false, BATCH).await,
         }
     }
 
-    /// Applies queued boundaries in order, firing whenever the criteria are met.
-    async fn drain(&mut self, ignore_gate: bool) {
-        while !self.paused && (ignore_gate || self.warmed) {
+    /// Applies up to `steps` queued boundaries in order, firing whenever the criteria are met.
+    /// The loop calls it in chunks (see [`Core::owes_firings`]) so commands are served during
+    /// a long backlog.
+    async fn drain(&mut self, ignore_gate: bool, steps: usize) {
+        let mut steps = steps;
+        while steps > 0 && !self.paused && (ignore_gate || self.warmed) {
+            steps -= 1;
             let Some((index, boundary)) = self.queue.pop_front() else {
                 break;
             };
@@ -286,10 +299,26 @@ impl Core {
         };
         let fired_at = wanted.then(SystemTime::now);
         let Execution {
-            outcome,
+            mut outcome,
             started,
-            completed,
+            mut completed,
         } = self.executor.execute_timed(cache, collect).await;
+        let mut attempts = 1;
+        if let FailurePolicy::Retry {
+            attempts: max,
+            backoff,
+        } = self.failure_policy
+        {
+            while attempts < max {
+                let Err(error) = &outcome else { break };
+                tracing::warn!(reactor = %self.name, attempt = attempts, node = error.node(), %error, "firing failed; retrying on the same inputs");
+                self.stats.retries.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(backoff).await;
+                let again = self.executor.execute_timed(cache, collect).await;
+                (outcome, completed) = (again.outcome, again.completed);
+                attempts += 1;
+            }
+        }
         self.stats
             .firing_duration
             .record(completed.saturating_duration_since(started));
@@ -317,6 +346,7 @@ impl Core {
             reactor: Arc::clone(&self.name),
             id,
             manual,
+            attempts,
             inputs: cache
                 .iter()
                 .map(|(source, b)| FiringInput {
@@ -440,7 +470,7 @@ impl Core {
                 // Sequential work queued while paused is owed its firings; Latest fires on the
                 // next boundary, not retroactively.
                 if self.strategy == InputStrategy::Sequential && self.warmed {
-                    self.drain(false).await;
+                    self.drain(false, BATCH).await;
                 }
             }
             Command::State(reply) => {
@@ -546,7 +576,7 @@ impl Core {
                 self.accept(inb, now);
             }
             if self.strategy == InputStrategy::Sequential && !self.paused {
-                self.drain(true).await;
+                self.drain(true, usize::MAX).await;
             }
         }
         if !self.paused {
@@ -555,7 +585,7 @@ impl Core {
                     self.fire(false, None).await;
                 }
                 InputStrategy::Latest => {}
-                InputStrategy::Sequential => self.drain(true).await,
+                InputStrategy::Sequential => self.drain(true, usize::MAX).await,
             }
         }
         let unfired_queued = self.queue.len();

@@ -23,6 +23,8 @@ pub struct Firing {
     pub id: u64,
     /// Whether it was a manual firing (`force_fire`, `fire_with`).
     pub manual: bool,
+    /// Graph runs it took (more than 1 under [`crate::FailurePolicy::Retry`]).
+    pub attempts: u32,
     /// Inputs seen, one per source holding a value.
     pub inputs: Vec<FiringInput>,
     /// Wall-clock time the firing started.

@@ -10,7 +10,7 @@ use cloacina_graph_core::{catch_panic, Boundary, CompiledGraph, Executor, InputC
 use cloacina_ledger::{Ledger, LedgerWriter};
 use tokio::sync::{mpsc, oneshot, watch, Notify};
 
-use crate::config::{InputStrategy, ReactionCriteria, SubscribeOptions};
+use crate::config::{FailurePolicy, InputStrategy, ReactionCriteria, SubscribeOptions};
 use crate::core::{Command, Core};
 use crate::firing::Firing;
 use crate::health::ReactorHealth;
@@ -105,6 +105,7 @@ pub struct ReactorBuilder {
     name: String,
     criteria: ReactionCriteria,
     strategy: InputStrategy,
+    failure_policy: FailurePolicy,
     inbound_capacity: usize,
     queue_limit: usize,
     firing_timeout: Option<Duration>,
@@ -131,6 +132,7 @@ impl ReactorBuilder {
             graph,
             criteria: ReactionCriteria::default(),
             strategy: InputStrategy::default(),
+            failure_policy: FailurePolicy::default(),
             inbound_capacity: 1024,
             queue_limit: 65_536,
             firing_timeout: Some(Duration::from_secs(30)),
@@ -155,6 +157,12 @@ impl ReactorBuilder {
     /// Latest or Sequential (default Latest).
     pub fn strategy(mut self, strategy: InputStrategy) -> Self {
         self.strategy = strategy;
+        self
+    }
+
+    /// What to do when a firing fails (default: report it; see [`FailurePolicy`]).
+    pub fn on_failure(mut self, policy: FailurePolicy) -> Self {
+        self.failure_policy = policy;
         self
     }
 
@@ -256,6 +264,7 @@ impl ReactorBuilder {
             n_watched,
             when_all,
             strategy: self.strategy,
+            failure_policy: self.failure_policy,
             queue: VecDeque::new(),
             queue_limit: self.queue_limit,
             paused: false,
@@ -316,6 +325,10 @@ struct HandleInner {
 }
 
 /// Drives a running reactor. Cheap to clone.
+///
+/// Do not await a command of a reactor (`force_fire`, `state`, a `send` into a full queue, ...)
+/// from inside one of its own graph's nodes: the reactor runs that node and cannot serve the
+/// command until the node returns, so the node waits until the firing timeout.
 #[derive(Clone)]
 pub struct ReactorHandle {
     inner: Arc<HandleInner>,

@@ -7,8 +7,9 @@
 //!
 //! - **Criteria** ([`ReactionCriteria`]): `when_any` fires when any watched source has a new
 //!   boundary since the last firing; `when_all` when every watched source has one. Dirty flags
-//!   are cleared *before* the graph runs, so a failed firing consumes its inputs (it is not
-//!   retried on its own; the error is reported and counted).
+//!   are cleared *before* the graph runs. A failed firing is reported, counted and recorded
+//!   with its inputs' sequence numbers; [`FailurePolicy::Retry`] re-runs it on the same inputs
+//!   first.
 //! - **Strategies** ([`InputStrategy`]): `Latest` keeps the newest boundary per source and
 //!   coalesces what arrives during a firing; `Sequential` queues every boundary and fires once
 //!   per boundary, in arrival order.
@@ -49,7 +50,7 @@ mod health;
 mod stats;
 mod subscription;
 
-pub use config::{InputStrategy, Overflow, ReactionCriteria, SubscribeOptions};
+pub use config::{FailurePolicy, InputStrategy, Overflow, ReactionCriteria, SubscribeOptions};
 pub use firing::{Firing, FiringInput};
 pub use handle::{ReactorBuilder, ReactorError, ReactorHandle, ReactorState, ShutdownReport};
 pub use health::ReactorHealth;

@@ -88,6 +88,7 @@ pub struct ReactorStats {
     pub(crate) fires: AtomicU64,
     pub(crate) manual_fires: AtomicU64,
     pub(crate) errors: AtomicU64,
+    pub(crate) retries: AtomicU64,
     pub(crate) subscriber_missed: AtomicU64,
     pub(crate) subscribers_detached: AtomicU64,
     pub(crate) ledger_errors: AtomicU64,
@@ -106,8 +107,10 @@ pub struct StatsSnapshot {
     pub fires: u64,
     /// Manual firings.
     pub manual_fires: u64,
-    /// Firings that ended in `GraphResult::Error`.
+    /// Firings that ended in `GraphResult::Error` (after any retries).
     pub errors: u64,
+    /// Graph re-runs under a retry policy.
+    pub retries: u64,
     /// Firings not delivered to some subscriber (counted per subscriber).
     pub subscriber_missed: u64,
     /// Subscribers cut off for being too slow.
@@ -131,6 +134,7 @@ impl ReactorStats {
             fires: r(&self.fires),
             manual_fires: r(&self.manual_fires),
             errors: r(&self.errors),
+            retries: r(&self.retries),
             subscriber_missed: r(&self.subscriber_missed),
             subscribers_detached: r(&self.subscribers_detached),
             ledger_errors: r(&self.ledger_errors),

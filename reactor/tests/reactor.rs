@@ -20,8 +20,8 @@ use cloacina_ledger::{
     FiringOutcome, FiringRecord, Ledger, LedgerError, LedgerFuture, MemoryLedger, Record,
 };
 use cloacina_reactor::{
-    Firing, InputStrategy, Lagged, Overflow, ReactionCriteria, ReactorError, ReactorHandle,
-    ReactorHealth, ReactorState, SubscribeOptions, Subscription,
+    FailurePolicy, Firing, InputStrategy, Lagged, Overflow, ReactionCriteria, ReactorError,
+    ReactorHandle, ReactorHealth, ReactorState, SubscribeOptions, Subscription,
 };
 use tokio::sync::{Notify, Semaphore};
 
@@ -1628,5 +1628,77 @@ async fn huge_capacities_are_clamped() {
         .await
         .expect("send");
     assert_eq!(output::<u64>(&next_firing(&mut sub).await, "echo"), 9);
+    reactor.shutdown().await.expect("shutdown");
+}
+
+/// Panics on its first `fail` calls, then echoes.
+fn flaky_graph(fail: Arc<AtomicU64>) -> Arc<CompiledGraph> {
+    build(
+        GraphBuilder::new("flaky").node("echo", (source::<u64>("x"),), move |x: Option<&u64>| {
+            if fail
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok()
+            {
+                panic!("transient failure");
+            }
+            x.copied().unwrap_or(0)
+        }),
+    )
+}
+
+// SPEC robustness: a failed firing's inputs can be retried per policy instead of consumed.
+#[tokio::test]
+async fn retry_policy_reruns_a_failed_firing_on_the_same_inputs() {
+    let reactor = ReactorHandle::builder(flaky_graph(Arc::new(AtomicU64::new(2))))
+        .strategy(InputStrategy::Sequential)
+        .on_failure(FailurePolicy::Retry {
+            attempts: 3,
+            backoff: Duration::from_millis(1),
+        })
+        .spawn()
+        .expect("spawn");
+    let mut sub = reactor.subscribe();
+    reactor
+        .sender::<u64>("x")
+        .expect("sender")
+        .send(5)
+        .await
+        .expect("send");
+    let firing = next_firing(&mut sub).await;
+    assert_eq!(output::<u64>(&firing, "echo"), 5, "third run succeeded");
+    assert_eq!(firing.attempts, 3);
+    let stats = reactor.stats();
+    assert_eq!(
+        (stats.fires, stats.retries, stats.errors),
+        (1, 2, 0),
+        "{stats:?}"
+    );
+    reactor.shutdown().await.expect("shutdown");
+
+    // Out of attempts: reported as an error, once, after the last run.
+    let reactor = ReactorHandle::builder(flaky_graph(Arc::new(AtomicU64::new(5))))
+        .strategy(InputStrategy::Sequential)
+        .on_failure(FailurePolicy::Retry {
+            attempts: 2,
+            backoff: Duration::from_millis(1),
+        })
+        .spawn()
+        .expect("spawn");
+    let mut sub = reactor.subscribe();
+    reactor
+        .sender::<u64>("x")
+        .expect("sender")
+        .send(5)
+        .await
+        .expect("send");
+    let firing = next_firing(&mut sub).await;
+    assert!(firing.result.is_error());
+    assert_eq!(firing.attempts, 2);
+    let stats = reactor.stats();
+    assert_eq!(
+        (stats.fires, stats.retries, stats.errors),
+        (1, 1, 1),
+        "{stats:?}"
+    );
     reactor.shutdown().await.expect("shutdown");
 }
