@@ -188,20 +188,42 @@ impl Executor {
         cache: &InputCache,
         collect: Collect,
     ) -> Result<TerminalOutputs, GraphError> {
-        self.execute_timed(cache, collect).await.outcome
+        self.execute_inner(cache, collect, false).await.0
     }
 
     /// Like [`Executor::execute`], and also returns when the firing started and completed.
     /// The instants are the ones the deadline checks read anyway, so timing a firing this way
     /// costs no extra clock reads.
     pub async fn execute_timed(&mut self, cache: &InputCache, collect: Collect) -> Execution {
+        let (outcome, times) = self.execute_inner(cache, collect, true).await;
+        let (started, completed) = times.unwrap_or_else(|| {
+            let now = Instant::now();
+            (now, now)
+        });
+        Execution {
+            outcome,
+            started,
+            completed,
+        }
+    }
+
+    /// Runs a firing; reads the clock only for a deadline or when `timed`.
+    async fn execute_inner(
+        &mut self,
+        cache: &InputCache,
+        collect: Collect,
+        timed: bool,
+    ) -> (
+        Result<TerminalOutputs, GraphError>,
+        Option<(Instant, Instant)>,
+    ) {
         if self.in_flight {
             for slot in self.slots.iter_mut() {
                 slot.clear();
             }
         }
         self.in_flight = true;
-        let (outcome, started, completed) = self.run_nodes(cache).await;
+        let (outcome, times) = self.run_nodes(cache, timed).await;
         let graph = &self.graph;
         let mut outputs = match (&outcome, collect) {
             (Ok(()), Collect::Outputs) => {
@@ -224,15 +246,16 @@ impl Executor {
             }
         }
         self.in_flight = false;
-        Execution {
-            outcome: outcome.map(|()| outputs),
-            started,
-            completed,
-        }
+        (outcome.map(|()| outputs), times)
     }
 
-    /// Runs every due node; returns the outcome with the start and end instants.
-    async fn run_nodes(&self, cache: &InputCache) -> (Result<(), GraphError>, Instant, Instant) {
+    /// Runs every due node; returns the outcome, and the start and end instants if the clock
+    /// was read (a deadline is set, or `timed`).
+    async fn run_nodes(
+        &self,
+        cache: &InputCache,
+        timed: bool,
+    ) -> (Result<(), GraphError>, Option<(Instant, Instant)>) {
         let graph = &*self.graph;
         let ctx = FireCtx {
             cache,
@@ -240,11 +263,16 @@ impl Executor {
             source_names: &graph.source_names,
             slots: &self.slots,
         };
-        let started = Instant::now();
+        let started = (timed || self.timeout.is_some()).then(Instant::now);
         // A timeout too large to add to the clock means no deadline.
-        let deadline = self
-            .timeout
-            .and_then(|t| started.checked_add(t).map(|at| (t, at)));
+        let deadline = match (self.timeout, started) {
+            (Some(t), Some(start)) => start.checked_add(t).map(|at| (t, at)),
+            _ => None,
+        };
+        let end = |outcome: Result<(), GraphError>, at: Option<Instant>| {
+            let times = started.map(|s| (s, at.unwrap_or_else(Instant::now)));
+            (outcome, times)
+        };
         // The last clock reading, if no node was looked at since it was taken.
         let mut fresh: Option<Instant> = None;
         for node in graph.nodes.iter() {
@@ -262,22 +290,22 @@ impl Executor {
                     .await
                     {
                         Some(outcome) => outcome,
-                        None => return (Err(timed_out(node, timeout)), started, Instant::now()),
+                        None => return end(Err(timed_out(node, timeout)), None),
                     },
                 },
             };
             if let Err(failure) = outcome {
-                return (Err(node_error(node, failure)), started, Instant::now());
+                return end(Err(node_error(node, failure)), None);
             }
             if let Some((timeout, at)) = deadline {
                 let now = Instant::now();
                 if now > at {
-                    return (Err(timed_out(node, timeout)), started, now);
+                    return end(Err(timed_out(node, timeout)), Some(now));
                 }
                 fresh = Some(now);
             }
         }
-        (Ok(()), started, fresh.unwrap_or_else(Instant::now))
+        end(Ok(()), fresh)
     }
 }
 
