@@ -53,10 +53,15 @@ use std::time::Duration;
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 
+pub mod registry;
+
 pub use cloacina_accumulators as accumulators;
 pub use cloacina_graph_core as graph;
 pub use cloacina_ledger as ledger;
+pub use cloacina_macros::{computation_graph, reactor};
 pub use cloacina_reactor as reactor;
+#[doc(hidden)]
+pub use inventory;
 
 use accumulators::{
     Accumulator, AccumulatorContext, AccumulatorError, AccumulatorHealth, AccumulatorMetrics,
@@ -90,6 +95,8 @@ pub mod prelude {
         Firing, InputStrategy, Lagged, Overflow, ReactionCriteria, ReactorHandle, ReactorHealth,
         SubscribeOptions, Subscription,
     };
+    pub use crate::registry::Registry;
+    pub use crate::{computation_graph, reactor};
     pub use crate::{EmbeddedGraph, EngineReport, Error};
 }
 

@@ -1,0 +1,271 @@
+//! Discovering declared reactors and graphs, and scoped registries.
+//!
+//! `#[reactor]` and `#[computation_graph]` submit an entry at link time ([`ReactorEntry`],
+//! [`GraphEntry`]); [`Registry::from_declarations`] collects every one in the binary, with no
+//! manual call per declaration. A [`Registry`] is an ordinary value: build one from the
+//! declarations, or start empty and register explicitly, and two registries in one process
+//! never see each other's entries.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use crate::graph::{BuildError, CompiledGraph, SourceName};
+use crate::reactor::ReactionCriteria;
+use crate::EmbeddedGraph;
+
+/// A reactor declared with `#[reactor]` (link-time entry).
+#[derive(Debug)]
+pub struct ReactorEntry {
+    /// Reactor name.
+    pub name: &'static str,
+    /// Sources its accumulators feed.
+    pub accumulators: &'static [&'static str],
+    /// Its criteria.
+    pub criteria: fn() -> ReactionCriteria,
+}
+
+/// A graph declared with `#[computation_graph]` (link-time entry).
+#[derive(Debug)]
+pub struct GraphEntry {
+    /// Graph name.
+    pub name: &'static str,
+    /// Reactor it is bound to; `None` for trigger-less graphs.
+    pub trigger: Option<&'static str>,
+    /// Builds the graph.
+    pub build: fn() -> Result<CompiledGraph, BuildError>,
+}
+
+inventory::collect!(ReactorEntry);
+inventory::collect!(GraphEntry);
+
+/// A reactor declaration held by a [`Registry`].
+#[derive(Debug, Clone)]
+pub struct ReactorDecl {
+    name: String,
+    accumulators: Vec<SourceName>,
+    criteria: ReactionCriteria,
+}
+
+impl ReactorDecl {
+    /// A reactor named `name` fed by `accumulators`, firing on `criteria`.
+    pub fn new(name: &str, accumulators: &[&str], criteria: ReactionCriteria) -> Self {
+        Self {
+            name: name.to_owned(),
+            accumulators: accumulators.iter().map(SourceName::new).collect(),
+            criteria,
+        }
+    }
+
+    /// Its name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Sources its accumulators feed.
+    pub fn accumulators(&self) -> &[SourceName] {
+        &self.accumulators
+    }
+
+    /// Its criteria.
+    pub fn criteria(&self) -> &ReactionCriteria {
+        &self.criteria
+    }
+}
+
+/// A graph declaration held by a [`Registry`].
+#[derive(Debug, Clone)]
+pub struct GraphDecl {
+    name: String,
+    trigger: Option<String>,
+    build: fn() -> Result<CompiledGraph, BuildError>,
+}
+
+impl GraphDecl {
+    /// A graph named `name`, bound to reactor `trigger` (or trigger-less), built by `build`.
+    pub fn new(
+        name: &str,
+        trigger: Option<&str>,
+        build: fn() -> Result<CompiledGraph, BuildError>,
+    ) -> Self {
+        Self {
+            name: name.to_owned(),
+            trigger: trigger.map(str::to_owned),
+            build,
+        }
+    }
+
+    /// Its name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The reactor it is bound to.
+    pub fn trigger(&self) -> Option<&str> {
+        self.trigger.as_deref()
+    }
+
+    /// Builds a fresh copy of the graph.
+    pub fn build(&self) -> Result<CompiledGraph, BuildError> {
+        (self.build)()
+    }
+}
+
+/// A registry operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RegistryError {
+    /// A name is registered twice.
+    #[error("{kind} `{name}` is already registered")]
+    Duplicate {
+        /// "reactor" or "graph".
+        kind: &'static str,
+        /// The name.
+        name: String,
+    },
+    /// No graph of that name.
+    #[error("no graph `{0}` in this registry")]
+    UnknownGraph(String),
+    /// The graph names a reactor the registry does not have.
+    #[error("graph `{graph}` is bound to reactor `{reactor}`, which is not registered")]
+    UnknownReactor {
+        /// Graph.
+        graph: String,
+        /// Reactor it names.
+        reactor: String,
+    },
+    /// The graph reads a source its reactor has no accumulator for.
+    #[error("graph `{graph}` reads source `{source_name}`, but reactor `{reactor}` has no such accumulator")]
+    SourceNotFed {
+        /// Graph.
+        graph: String,
+        /// Reactor.
+        reactor: String,
+        /// The source.
+        source_name: SourceName,
+    },
+    /// The graph declaration is invalid.
+    #[error(transparent)]
+    Build(#[from] BuildError),
+}
+
+/// Reactors and graphs by name. See the module docs.
+#[derive(Debug, Default, Clone)]
+pub struct Registry {
+    reactors: BTreeMap<String, ReactorDecl>,
+    graphs: BTreeMap<String, GraphDecl>,
+}
+
+impl Registry {
+    /// An empty registry.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Every reactor and graph declared with the macros in this binary.
+    pub fn from_declarations() -> Result<Self, RegistryError> {
+        let mut registry = Self::new();
+        for r in inventory::iter::<ReactorEntry> {
+            registry.register_reactor(ReactorDecl::new(r.name, r.accumulators, (r.criteria)()))?;
+        }
+        for g in inventory::iter::<GraphEntry> {
+            registry.register_graph(GraphDecl::new(g.name, g.trigger, g.build))?;
+        }
+        Ok(registry)
+    }
+
+    /// Adds a reactor.
+    pub fn register_reactor(&mut self, decl: ReactorDecl) -> Result<(), RegistryError> {
+        if self.reactors.contains_key(&decl.name) {
+            return Err(RegistryError::Duplicate {
+                kind: "reactor",
+                name: decl.name,
+            });
+        }
+        self.reactors.insert(decl.name.clone(), decl);
+        Ok(())
+    }
+
+    /// Adds a graph.
+    pub fn register_graph(&mut self, decl: GraphDecl) -> Result<(), RegistryError> {
+        if self.graphs.contains_key(&decl.name) {
+            return Err(RegistryError::Duplicate {
+                kind: "graph",
+                name: decl.name,
+            });
+        }
+        self.graphs.insert(decl.name.clone(), decl);
+        Ok(())
+    }
+
+    /// Removes a graph; returns whether it was there.
+    pub fn unregister_graph(&mut self, name: &str) -> bool {
+        self.graphs.remove(name).is_some()
+    }
+
+    /// Removes a reactor; returns whether it was there.
+    pub fn unregister_reactor(&mut self, name: &str) -> bool {
+        self.reactors.remove(name).is_some()
+    }
+
+    /// The reactor named `name`.
+    pub fn reactor(&self, name: &str) -> Option<&ReactorDecl> {
+        self.reactors.get(name)
+    }
+
+    /// The graph named `name`.
+    pub fn graph(&self, name: &str) -> Option<&GraphDecl> {
+        self.graphs.get(name)
+    }
+
+    /// Reactor names, sorted.
+    pub fn reactor_names(&self) -> impl Iterator<Item = &str> + '_ {
+        self.reactors.keys().map(String::as_str)
+    }
+
+    /// Graph names, sorted.
+    pub fn graph_names(&self) -> impl Iterator<Item = &str> + '_ {
+        self.graphs.keys().map(String::as_str)
+    }
+
+    /// Graphs bound to reactor `reactor`, sorted by name.
+    pub fn graphs_of<'a>(&'a self, reactor: &'a str) -> impl Iterator<Item = &'a GraphDecl> + 'a {
+        self.graphs
+            .values()
+            .filter(move |g| g.trigger.as_deref() == Some(reactor))
+    }
+
+    /// Starts an [`EmbeddedGraph`] for graph `name`: the graph is built, and when it is bound
+    /// to a reactor, the reactor's name and criteria are applied and every source the graph
+    /// reads is checked against the reactor's accumulators. Add the accumulators, then start.
+    pub fn embedded(&self, name: &str) -> Result<crate::EmbeddedGraphBuilder, RegistryError> {
+        let decl = self
+            .graphs
+            .get(name)
+            .ok_or_else(|| RegistryError::UnknownGraph(name.to_owned()))?;
+        let graph = Arc::new(decl.build()?);
+        let Some(trigger) = decl.trigger() else {
+            return Ok(EmbeddedGraph::builder(graph));
+        };
+        let reactor = self
+            .reactors
+            .get(trigger)
+            .ok_or_else(|| RegistryError::UnknownReactor {
+                graph: name.to_owned(),
+                reactor: trigger.to_owned(),
+            })?;
+        if let Some(unfed) = graph
+            .sources()
+            .iter()
+            .find(|s| !reactor.accumulators.contains(&s.name))
+        {
+            return Err(RegistryError::SourceNotFed {
+                graph: name.to_owned(),
+                reactor: trigger.to_owned(),
+                source_name: unfed.name.clone(),
+            });
+        }
+        Ok(EmbeddedGraph::builder(graph)
+            .name(reactor.name.clone())
+            .criteria(reactor.criteria.clone()))
+    }
+}
