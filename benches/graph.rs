@@ -16,6 +16,10 @@
 //! - `chain_5_async/execute`: the 5-node chain with async nodes, each firing boxing one future
 //!   per node: the difference with `chain_5/execute` is the cost of async nodes.
 //!
+//! **Declared graphs** (group `fire_macro`): the 1-node, chain, diamond and router graphs
+//! declared with `#[computation_graph]`, fired the same way; they must cost the same as the
+//! hand-built ones.
+//!
 //! **InputCache** (group `cache`, an aligned cache of a 4-source graph, all slots filled):
 //! - `update+snapshot`: `update(name, v)` then `snapshot()`, the snapshot dropped before the
 //!   next update (the reactor's pattern: no copy-on-write copy).
@@ -144,6 +148,64 @@ fn router() -> Arc<CompiledGraph> {
     )
 }
 
+// The same graphs declared with #[computation_graph]: the macro expands to the builder calls
+// above, so firing costs must match (group `fire_macro`).
+
+#[cloacina::computation_graph(graph = { entry(x) })]
+mod one_node_decl {
+    pub fn entry(x: Option<&u64>) -> u64 {
+        super::entry(x)
+    }
+}
+
+#[cloacina::computation_graph(graph = { entry(x) -> s1 -> s2 -> s3 -> s4 })]
+mod chain_5_decl {
+    pub fn entry(x: Option<&u64>) -> u64 {
+        super::entry(x)
+    }
+    pub fn s1(x: &u64) -> u64 {
+        super::step(x)
+    }
+    pub fn s2(x: &u64) -> u64 {
+        super::step(x)
+    }
+    pub fn s3(x: &u64) -> u64 {
+        super::step(x)
+    }
+    pub fn s4(x: &u64) -> u64 {
+        super::step(x)
+    }
+}
+
+#[cloacina::computation_graph(graph = { entry(x) -> a -> m, entry -> b -> m })]
+mod diamond_decl {
+    pub fn entry(x: Option<&u64>) -> u64 {
+        super::entry(x)
+    }
+    pub fn a(x: &u64) -> u64 {
+        super::step(x)
+    }
+    pub fn b(x: &u64) -> u64 {
+        super::other(x)
+    }
+    pub fn m(a: &u64, b: &u64) -> u64 {
+        super::merge(a, b)
+    }
+}
+
+#[cloacina::computation_graph(graph = { parity(x) => { Even -> even, Odd -> odd } })]
+mod router_decl {
+    pub fn parity(x: Option<&u64>) -> super::Parity {
+        super::parity(x)
+    }
+    pub fn even(x: &u64) -> u64 {
+        super::step(x)
+    }
+    pub fn odd(x: &u64) -> u64 {
+        super::other(x)
+    }
+}
+
 fn cache_with(graph: &CompiledGraph, x: u64) -> InputCache {
     let mut cache = graph.new_cache();
     cache.update("x", x);
@@ -238,6 +300,27 @@ fn fire_benches(c: &mut Criterion) {
     let g = chain_5_async();
     let caches = [cache_with(&g, 7)];
     bench_execute(c, &rt, "fire/chain_5_async/execute", g, &caches);
+
+    // The macro-declared twins, fired the same way.
+    let declared = [
+        (
+            "fire_macro/1_node/execute",
+            one_node_decl::graph(),
+            vec![41],
+        ),
+        ("fire_macro/chain_5/execute", chain_5_decl::graph(), vec![7]),
+        ("fire_macro/diamond/execute", diamond_decl::graph(), vec![7]),
+        (
+            "fire_macro/router/execute",
+            router_decl::graph(),
+            vec![2, 3],
+        ),
+    ];
+    for (name, graph, inputs) in declared {
+        let g = graph.expect("declared graph is valid");
+        let caches: Vec<InputCache> = inputs.iter().map(|x| cache_with(&g, *x)).collect();
+        bench_execute(c, &rt, name, g, &caches);
+    }
 }
 
 const CACHE_SOURCES: [&str; 4] = ["a", "b", "c", "d"];

@@ -8,8 +8,9 @@
 //!   every millisecond.
 //! - `pricing`: a polling source; a simulated pricing model is asked for a fair value every
 //!   10 ms.
-//! - The graph routes on a decision: `decision(orderbook, pricing) => { Trade -> execute,
-//!   NoAction -> audit }`; only the taken branch runs.
+//! - The reactor and graph are declared with `#[reactor]` and `#[computation_graph]`:
+//!   `decision(orderbook, pricing) => { Trade -> execute, NoAction -> audit }`; only the
+//!   taken branch runs.
 //!
 //! Every second it prints fires, decisions and book-to-result latency percentiles (from the
 //! instant a book update was pushed to the completion of the firing that consumed it), and
@@ -78,84 +79,75 @@ pub struct AuditRecord {
 const MIN_EDGE: f64 = 0.02;
 const MAX_SPREAD: f64 = 0.20;
 
-fn decision(book: Option<&OrderBook>, pricing: Option<&Pricing>) -> Decision {
-    let (Some(book), Some(pricing)) = (book, pricing) else {
-        return Decision::NoAction(NoActionReason {
-            reason: "waiting for both feeds",
-            sent_ns: book.map_or(0, |b| b.sent_ns),
-        });
-    };
-    let spread = book.best_ask - book.best_bid;
-    if spread >= MAX_SPREAD {
-        return Decision::NoAction(NoActionReason {
-            reason: "spread too wide",
-            sent_ns: book.sent_ns,
-        });
-    }
-    let buy_edge = pricing.fair_value - book.best_ask;
-    let sell_edge = book.best_bid - pricing.fair_value;
-    if buy_edge >= MIN_EDGE {
-        Decision::Trade(TradeSignal {
-            side: "buy",
-            price: book.best_ask,
-            edge: buy_edge,
-            sent_ns: book.sent_ns,
-        })
-    } else if sell_edge >= MIN_EDGE {
-        Decision::Trade(TradeSignal {
-            side: "sell",
-            price: book.best_bid,
-            edge: sell_edge,
-            sent_ns: book.sent_ns,
-        })
-    } else {
-        Decision::NoAction(NoActionReason {
-            reason: "no edge",
-            sent_ns: book.sent_ns,
-        })
-    }
-}
+/// The reactor: fires when either feed has a new value.
+#[reactor(name = "market_maker", accumulators = [orderbook, pricing],
+          criteria = when_any(orderbook, pricing))]
+pub struct MarketMaker;
 
-async fn execute(signal: &TradeSignal) -> Confirmation {
-    // A real venue call would be awaited here.
-    tracing::debug!(edge = signal.edge, "quoting");
-    Confirmation {
-        side: signal.side.to_owned(),
-        price: signal.price,
-        sent_ns: signal.sent_ns,
-    }
-}
+/// The graph: only the taken branch of the decision runs.
+#[computation_graph(trigger = reactor("market_maker"), graph = {
+    decision(orderbook, pricing) => { Trade -> execute, NoAction -> audit },
+})]
+pub mod market_maker {
+    use super::*;
 
-fn audit(reason: &NoActionReason) -> AuditRecord {
-    AuditRecord {
-        reason: reason.reason.to_owned(),
-        sent_ns: reason.sent_ns,
+    /// Quotes around fair value when the spread is tight and there is edge.
+    pub fn decision(book: Option<&OrderBook>, pricing: Option<&Pricing>) -> Decision {
+        let (Some(book), Some(pricing)) = (book, pricing) else {
+            return Decision::NoAction(NoActionReason {
+                reason: "waiting for both feeds",
+                sent_ns: book.map_or(0, |b| b.sent_ns),
+            });
+        };
+        let spread = book.best_ask - book.best_bid;
+        if spread >= MAX_SPREAD {
+            return Decision::NoAction(NoActionReason {
+                reason: "spread too wide",
+                sent_ns: book.sent_ns,
+            });
+        }
+        let buy_edge = pricing.fair_value - book.best_ask;
+        let sell_edge = book.best_bid - pricing.fair_value;
+        if buy_edge >= MIN_EDGE {
+            Decision::Trade(TradeSignal {
+                side: "buy",
+                price: book.best_ask,
+                edge: buy_edge,
+                sent_ns: book.sent_ns,
+            })
+        } else if sell_edge >= MIN_EDGE {
+            Decision::Trade(TradeSignal {
+                side: "sell",
+                price: book.best_bid,
+                edge: sell_edge,
+                sent_ns: book.sent_ns,
+            })
+        } else {
+            Decision::NoAction(NoActionReason {
+                reason: "no edge",
+                sent_ns: book.sent_ns,
+            })
+        }
     }
-}
 
-fn market_maker_graph() -> Result<CompiledGraph, cloacina::graph::BuildError> {
-    GraphBuilder::new("market_maker")
-        .router(
-            "decision",
-            (
-                source::<OrderBook>("orderbook"),
-                source::<Pricing>("pricing"),
-            ),
-            decision,
-            [
-                Route::new("Trade", "execute", |d: &Decision| match d {
-                    Decision::Trade(s) => Some(s),
-                    Decision::NoAction(_) => None,
-                }),
-                Route::new("NoAction", "audit", |d: &Decision| match d {
-                    Decision::NoAction(r) => Some(r),
-                    Decision::Trade(_) => None,
-                }),
-            ],
-        )
-        .async_node("execute", (upstream::<TradeSignal>("decision"),), execute)
-        .node("audit", (upstream::<NoActionReason>("decision"),), audit)
-        .build()
+    /// Sends the quote (simulated venue).
+    pub async fn execute(signal: &TradeSignal) -> Confirmation {
+        // A real venue call would be awaited here.
+        tracing::debug!(edge = signal.edge, "quoting");
+        Confirmation {
+            side: signal.side.to_owned(),
+            price: signal.price,
+            sent_ns: signal.sent_ns,
+        }
+    }
+
+    /// Records why nothing was done.
+    pub fn audit(reason: &NoActionReason) -> AuditRecord {
+        AuditRecord {
+            reason: reason.reason.to_owned(),
+            sent_ns: reason.sent_ns,
+        }
+    }
 }
 
 static START: OnceLock<Instant> = OnceLock::new();
@@ -217,8 +209,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     now_ns();
 
     let mut model = Rng(0x5EED_1234_ABCD_0001);
-    let engine = EmbeddedGraph::builder(market_maker_graph()?)
-        .criteria(ReactionCriteria::when_any())
+    // The declarations registered themselves; the registry binds the graph to its reactor.
+    let engine = Registry::from_declarations()?
+        .embedded("market_maker")?
         .strategy(InputStrategy::Latest)
         .passthrough::<OrderBook>("orderbook")
         .polling("pricing", Duration::from_millis(10), move || {
