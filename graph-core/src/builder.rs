@@ -255,6 +255,25 @@ impl GraphBuilder {
         )
     }
 
+    /// Adds a plain node that does CPU-heavy work: on a multi-thread tokio runtime it runs
+    /// under `tokio::task::block_in_place`, so the worker's other tasks (timers, other
+    /// reactors) move to the rest of the pool while it computes; its arguments are still
+    /// borrowed, not copied. On a current-thread runtime it runs inline.
+    pub fn blocking_node<I, O, F>(self, name: impl Into<String>, inputs: I, f: F) -> Self
+    where
+        I: Inputs,
+        O: Serialize + Send + Sync + 'static,
+        F: NodeFn<I, O>,
+    {
+        self.push::<I, O>(
+            name.into(),
+            inputs,
+            compile_sync::<I, O, F>(f, true),
+            None,
+            Some(encode_any::<O>),
+        )
+    }
+
     /// Adds an async node; its future may borrow its arguments.
     pub fn async_node<I, O, F>(self, name: impl Into<String>, inputs: I, f: F) -> Self
     where
@@ -573,11 +592,22 @@ where
     O: Send + Sync + 'static,
     F: NodeFn<I, O>,
 {
+    compile_sync::<I, O, F>(f, false)
+}
+
+/// Compiles a plain node, optionally run as blocking (see [`GraphBuilder::blocking_node`]).
+fn compile_sync<I, O, F>(f: F, blocking: bool) -> MakeNode
+where
+    I: Inputs,
+    O: Send + Sync + 'static,
+    F: NodeFn<I, O>,
+{
     Box::new(move |locs, slot| {
         Box::new(SyncNode::<I, O, F> {
             f,
             locs,
             slot,
+            blocking,
             _p: PhantomData,
         })
     })

@@ -417,7 +417,21 @@ pub(crate) struct SyncNode<I, O, F> {
     pub(crate) f: F,
     pub(crate) locs: Box<[InputLoc]>,
     pub(crate) slot: usize,
+    /// Run under `block_in_place` (CPU-heavy node) where the runtime allows it.
+    pub(crate) blocking: bool,
     pub(crate) _p: PhantomData<fn(I) -> O>,
+}
+
+/// Runs `f` so that a CPU-heavy node does not stall other tasks: on a multi-thread tokio
+/// runtime the worker hands its other tasks to the rest of the pool first
+/// (`block_in_place`); elsewhere (current-thread runtime, no runtime) `f` runs inline.
+fn run_blocking<R>(f: impl FnOnce() -> R) -> R {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
+    }
 }
 
 impl<I, O, F> ErasedNode for SyncNode<I, O, F>
@@ -429,6 +443,7 @@ where
     fn run<'a>(&'a self, ctx: &'a FireCtx<'a>) -> NodeRun<'a> {
         // Fetching runs user code too (route extractors), so it is guarded with the call.
         let attempt = catch_unwind(AssertUnwindSafe(|| match I::fetch(&self.locs, ctx) {
+            Ok(Some(args)) if self.blocking => Ok(Some(run_blocking(|| self.f.call(args)))),
             Ok(Some(args)) => Ok(Some(self.f.call(args))),
             Ok(None) => Ok(None),
             Err(FetchError(e)) => Err(e),

@@ -1328,3 +1328,71 @@ async fn executor_recovers_after_a_cancelled_firing() {
     let result = executor.fire(&cache).await;
     assert_eq!(result.output::<u64>("slow"), Some(&42), "{result:?}");
 }
+
+// CG-D-10: a CPU-heavy node marked blocking does not stall other tasks. On a runtime with a
+// single worker, a plain busy node starves a ticker completely while it spins; a blocking one
+// hands the worker's other tasks to another thread, so the ticker keeps ticking.
+#[test]
+fn blocking_node_does_not_stall_other_tasks() {
+    use std::sync::atomic::{AtomicBool, AtomicU64};
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let ticks_while_busy = |blocking: bool| -> u64 {
+        rt.block_on(async {
+            let busy = Arc::new(AtomicBool::new(false));
+            let ticks = Arc::new(AtomicU64::new(0));
+            let spin = {
+                let busy = Arc::clone(&busy);
+                move |x: Option<&u64>| {
+                    busy.store(true, Ordering::SeqCst);
+                    let until = Instant::now() + Duration::from_millis(200);
+                    while Instant::now() < until {
+                        std::hint::spin_loop();
+                    }
+                    busy.store(false, Ordering::SeqCst);
+                    x.copied().unwrap_or(0)
+                }
+            };
+            let builder = GraphBuilder::new("busy");
+            let builder = if blocking {
+                builder.blocking_node("spin", (source::<u64>("x"),), spin)
+            } else {
+                builder.node("spin", (source::<u64>("x"),), spin)
+            };
+            let graph = Arc::new(builder.build().expect("valid"));
+            let ticker = {
+                let (busy, ticks) = (Arc::clone(&busy), Arc::clone(&ticks));
+                tokio::spawn(async move {
+                    loop {
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                        if busy.load(Ordering::SeqCst) {
+                            ticks.fetch_add(1, Ordering::SeqCst);
+                        }
+                    }
+                })
+            };
+            let mut cache = graph.new_cache();
+            cache.update("x", 1u64);
+            let result = tokio::spawn(async move { graph.fire(&cache).await })
+                .await
+                .expect("firing task");
+            assert_eq!(result.output::<u64>("spin"), Some(&1));
+            ticker.abort();
+            ticks.load(Ordering::SeqCst)
+        })
+    };
+    assert_eq!(
+        ticks_while_busy(false),
+        0,
+        "a plain busy node holds the only worker"
+    );
+    let ticks = ticks_while_busy(true);
+    assert!(
+        ticks >= 5,
+        "the ticker kept running beside a blocking node ({ticks} ticks in 200 ms)"
+    );
+}
