@@ -467,9 +467,9 @@ impl GraphBuilder {
             return Err(BuildError::NoEntryNode { graph: name });
         }
 
-        let order = match petgraph::algo::toposort(&graph, None) {
-            Ok(order) => order,
-            Err(_) => {
+        let order = match stable_topological_order(&graph) {
+            Some(order) => order,
+            None => {
                 let scc = petgraph::algo::tarjan_scc(&graph)
                     .into_iter()
                     .find(|c| c.len() > 1 || graph.contains_edge(c[0], c[0]))
@@ -628,6 +628,36 @@ where
             _p: PhantomData,
         })
     })
+}
+
+/// Kahn's algorithm taking, among the nodes ready to run, the one declared first: the
+/// execution order is deterministic and keeps declaration order wherever the edges allow (so
+/// graphs combined into one run in the order they were added). `None` if there is a cycle.
+fn stable_topological_order(graph: &DiGraph<usize, ()>) -> Option<Vec<NodeIndex>> {
+    use std::cmp::Reverse;
+    use std::collections::BinaryHeap;
+
+    let mut indegree: Vec<usize> = graph
+        .node_indices()
+        .map(|ix| graph.neighbors_directed(ix, petgraph::Direction::Incoming).count())
+        .collect();
+    let mut ready: BinaryHeap<Reverse<(usize, NodeIndex)>> = graph
+        .node_indices()
+        .filter(|ix| indegree[ix.index()] == 0)
+        .map(|ix| Reverse((graph[ix], ix)))
+        .collect();
+    let mut order = Vec::with_capacity(graph.node_count());
+    while let Some(Reverse((_, ix))) = ready.pop() {
+        order.push(ix);
+        for next in graph.neighbors(ix) {
+            let d = &mut indegree[next.index()];
+            *d -= 1;
+            if *d == 0 {
+                ready.push(Reverse((graph[next], next)));
+            }
+        }
+    }
+    (order.len() == graph.node_count()).then_some(order)
 }
 
 fn route_decls<E>(routes: impl IntoIterator<Item = Route<E>>) -> Vec<RouteDecl> {

@@ -1396,3 +1396,22 @@ fn blocking_node_does_not_stall_other_tasks() {
         "the ticker kept running beside a blocking node ({ticks} ticks in 200 ms)"
     );
 }
+
+// Execution order is deterministic: wherever edges allow, nodes run in declaration order (so
+// graphs combined into one reactor fire in the order they were added).
+#[test]
+fn independent_nodes_run_in_declaration_order() {
+    let id = |x: Option<&u64>| x.copied().unwrap_or(0);
+    let inc = |x: &u64| x + 1;
+    let graph = GraphBuilder::new("order")
+        .node("z_entry", (source::<u64>("x"),), id)
+        .node("z_next", (upstream::<u64>("z_entry"),), inc)
+        .node("a_entry", (source::<u64>("x"),), id)
+        .node("a_next", (upstream::<u64>("a_entry"),), inc)
+        .build()
+        .expect("valid");
+    assert_eq!(
+        graph.node_names().collect::<Vec<_>>(),
+        ["z_entry", "z_next", "a_entry", "a_next"]
+    );
+}
