@@ -639,7 +639,11 @@ fn stable_topological_order(graph: &DiGraph<usize, ()>) -> Option<Vec<NodeIndex>
 
     let mut indegree: Vec<usize> = graph
         .node_indices()
-        .map(|ix| graph.neighbors_directed(ix, petgraph::Direction::Incoming).count())
+        .map(|ix| {
+            graph
+                .neighbors_directed(ix, petgraph::Direction::Incoming)
+                .count()
+        })
         .collect();
     let mut ready: BinaryHeap<Reverse<(usize, NodeIndex)>> = graph
         .node_indices()

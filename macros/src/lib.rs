@@ -389,6 +389,8 @@ struct NodeSpec {
     sources: Option<Vec<Ident>>,
     /// Upstream node names, in order of first appearance of the edge.
     upstreams: Vec<Ident>,
+    /// Where each upstream edge is declared (the target's name in that edge).
+    upstream_spans: Vec<Span>,
     /// Routes out of this node: (variant, target).
     routes: Option<Vec<(Ident, Ident)>>,
     /// Has plain `->` out-edges.
@@ -470,6 +472,7 @@ fn collect_nodes(topology: &Topology) -> syn::Result<(Vec<NodeSpec>, HashMap<Str
                     name: r.name.clone(),
                     sources: None,
                     upstreams: Vec::new(),
+                    upstream_spans: Vec::new(),
                     routes: None,
                     chained_out: false,
                 });
@@ -516,6 +519,7 @@ fn collect_nodes(topology: &Topology) -> syn::Result<(Vec<NodeSpec>, HashMap<Str
         }
         let from_name = nodes[from].name.clone();
         nodes[to].upstreams.push(from_name);
+        nodes[to].upstream_spans.push(at.span());
         Ok(())
     }
 
@@ -687,8 +691,18 @@ fn expand_graph(args: GraphArgs, mut module: ItemMod) -> syn::Result<TokenStream
     }
     if let Some(cycle) = find_cycle(&nodes, &index) {
         let path: Vec<String> = cycle.iter().map(|&i| nodes[i].name.to_string()).collect();
+        // Point at the edge that closes the cycle (`c -> b` in `b -> c -> b`).
+        let (from, to) = (
+            &nodes[cycle[cycle.len() - 2]],
+            &nodes[cycle[cycle.len() - 1]],
+        );
+        let span = to
+            .upstreams
+            .iter()
+            .position(|u| *u == from.name)
+            .map_or(to.name.span(), |k| to.upstream_spans[k]);
         return Err(syn::Error::new(
-            nodes[cycle[0]].name.span(),
+            span,
             format!("cycle in graph: {}", path.join(" -> ")),
         ));
     }
@@ -731,8 +745,8 @@ fn expand_graph(args: GraphArgs, mut module: ItemMod) -> syn::Result<TokenStream
         for (k, src) in sources.iter().enumerate() {
             let (_, ty) = f.params[k];
             let Some(inner) = optional_ref(ty) else {
-                return Err(syn::Error::new(
-                    ty.span(),
+                return Err(syn::Error::new_spanned(
+                    ty,
                     format!(
                         "cache input `{src}` of `{}` must be declared as `Option<&T>`",
                         n.name
@@ -748,8 +762,12 @@ fn expand_graph(args: GraphArgs, mut module: ItemMod) -> syn::Result<TokenStream
             let lit = src.to_string();
             specs.push(quote_spanned!(ty.span()=> ::cloacina::graph::source::<#inner>(#lit)));
             match source_types.get(&lit) {
-                Some(first) => checks.push(same_type(first, inner)),
+                Some(first) => checks.push(same_type(checks.len(), first, inner)),
                 None => {
+                    // A cache source must be serializable (CG-D-12): say so on its type.
+                    let (start, end) = span_range(inner);
+                    let check = quote_spanned!(start=> __cloacina_cache_source::<#inner);
+                    checks.push(quote_spanned!(end=> #check>();));
                     source_types.insert(lit, inner);
                 }
             }
@@ -757,8 +775,8 @@ fn expand_graph(args: GraphArgs, mut module: ItemMod) -> syn::Result<TokenStream
         for (k, up) in n.upstreams.iter().enumerate() {
             let (_, ty) = f.params[sources.len() + k];
             let Some(inner) = plain_ref(ty) else {
-                return Err(syn::Error::new(
-                    ty.span(),
+                return Err(syn::Error::new_spanned(
+                    ty,
                     format!(
                         "upstream input `{up}` of `{}` must be declared as `&T`",
                         n.name
@@ -769,7 +787,7 @@ fn expand_graph(args: GraphArgs, mut module: ItemMod) -> syn::Result<TokenStream
             specs.push(quote_spanned!(ty.span()=> ::cloacina::graph::upstream::<#inner>(#lit)));
             let upstream = &nodes[index[&lit]];
             if upstream.routes.is_none() {
-                checks.push(same_type(&fns[&lit].output, inner));
+                checks.push(same_type(checks.len(), &fns[&lit].output, inner));
             }
         }
         let fn_ident = &f.item.sig.ident;
@@ -803,8 +821,9 @@ fn expand_graph(args: GraphArgs, mut module: ItemMod) -> syn::Result<TokenStream
                         ::cloacina::graph::Route::new(#variant_lit, #target_lit, {
                             #[allow(non_snake_case, unreachable_patterns)]
                             fn #extract<'v>(e: &'v #enum_ty) -> ::core::option::Option<&'v #payload> {
+                                type __CloacinaRouted = #enum_ty;
                                 match e {
-                                    #enum_ty::#variant(v) => ::core::option::Option::Some(v),
+                                    __CloacinaRouted::#variant(v) => ::core::option::Option::Some(v),
                                     _ => ::core::option::Option::None,
                                 }
                             }
@@ -836,6 +855,21 @@ fn expand_graph(args: GraphArgs, mut module: ItemMod) -> syn::Result<TokenStream
         /// The reactor this graph is bound to (`None`: trigger-less, invoked directly).
         pub const TRIGGER: ::core::option::Option<&str> = #trigger;
 
+        // Ahead of `build()`, so that its errors, on the user's types, are reported first.
+        #[doc(hidden)]
+        #[allow(dead_code, clippy::all)]
+        fn __cloacina_type_checks() {
+            fn __cloacina_cache_source<T>()
+            where
+                ::cloacina::graph::Source<T>: ::cloacina::graph::node::Input,
+            {
+            }
+            fn __cloacina_value<'a, T: ?::core::marker::Sized>() -> &'a T {
+                ::core::unreachable!()
+            }
+            #(#checks)*
+        }
+
         /// Builds a fresh copy of the declared graph.
         pub fn build() -> ::core::result::Result<::cloacina::graph::CompiledGraph, ::cloacina::graph::BuildError> {
             ::cloacina::graph::GraphBuilder::new(NAME)
@@ -859,13 +893,6 @@ fn expand_graph(args: GraphArgs, mut module: ItemMod) -> syn::Result<TokenStream
             ::cloacina::registry::GraphDecl::new(NAME, TRIGGER, build)
         }
 
-        #[doc(hidden)]
-        #[allow(dead_code, clippy::all)]
-        fn __cloacina_type_checks() {
-            fn same<T: ?::core::marker::Sized>(_: ::core::marker::PhantomData<T>, _: ::core::marker::PhantomData<T>) {}
-            #(#checks)*
-        }
-
         ::cloacina::inventory::submit! {
             ::cloacina::registry::GraphEntry { name: NAME, trigger: TRIGGER, build }
         }
@@ -877,9 +904,26 @@ fn expand_graph(args: GraphArgs, mut module: ItemMod) -> syn::Result<TokenStream
     Ok(module.into_token_stream())
 }
 
-/// `same(PhantomData::<A>, PhantomData::<B>)`, with the error on `b`'s span.
-fn same_type(a: &Type, b: &Type) -> TokenStream2 {
-    let first = quote!(::core::marker::PhantomData::<#a>);
-    let second = quote_spanned!(b.span()=> ::core::marker::PhantomData::<#b>);
-    quote!(same(#first, #second);)
+/// Checks that `b` (a node's parameter type) is `a` (what feeds it). On a mismatch rustc says
+/// "expected `&A`, found `&B`" on `b`, and "expected due to this" on `a`.
+fn same_type(k: usize, a: &Type, b: &Type) -> TokenStream2 {
+    let check = format_ident!("__cloacina_same_{}", k);
+    let expected = quote_spanned!(a.span()=> &#a);
+    let (start, end) = span_range(b);
+    let value = quote_spanned!(start=> __cloacina_value::<#b>);
+    let call = quote_spanned!(end=> ());
+    quote! {
+        fn #check() {
+            let _: #expected = #value #call;
+        }
+    }
+}
+
+/// The spans of the first and last tokens of `tokens`: code spanned from one to the other
+/// points at all of it (a lone `Span` only covers the first token on stable).
+fn span_range(tokens: &impl ToTokens) -> (Span, Span) {
+    let mut iter = tokens.to_token_stream().into_iter();
+    let start = iter.next().map_or_else(Span::call_site, |t| t.span());
+    let end = iter.last().map_or(start, |t| t.span());
+    (start, end)
 }

@@ -1,0 +1,12 @@
+//! Compile-fail UI tests for `#[reactor]` and `#[computation_graph]`: every invalid
+//! declaration is rejected at compile time, with the error on the offending name or type.
+//!
+//! Regenerate the expected `.stderr` files with `TRYBUILD=overwrite cargo test --test ui`.
+
+#![allow(missing_docs)]
+
+#[test]
+fn ui() {
+    let t = trybuild::TestCases::new();
+    t.compile_fail("tests/ui/*.rs");
+}

@@ -1,0 +1,10 @@
+use cloacina::prelude::*;
+
+#[computation_graph(graph = { a(src) }, graph = { a(src) })]
+pub mod g {
+    pub fn a(src: Option<&u64>) -> u64 {
+        src.copied().unwrap_or(0)
+    }
+}
+
+fn main() {}
