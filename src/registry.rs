@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use crate::graph::{BuildError, CompiledGraph, SourceName};
+use crate::graph::{BuildError, CompiledGraph, GraphBuilder, SourceName};
 use crate::reactor::ReactionCriteria;
 use crate::EmbeddedGraph;
 
@@ -33,7 +33,14 @@ pub struct GraphEntry {
     pub trigger: Option<&'static str>,
     /// Builds the graph.
     pub build: fn() -> Result<CompiledGraph, BuildError>,
+    /// Adds its nodes, name-prefixed, to a builder (combining graphs on one reactor).
+    pub add_to: AddToFn,
+    /// Where it is declared (module path, line): declaration order.
+    pub site: (&'static str, u32),
 }
+
+/// Adds a graph's nodes to a builder, each name prefixed.
+pub type AddToFn = fn(GraphBuilder, &str) -> GraphBuilder;
 
 inventory::collect!(ReactorEntry);
 inventory::collect!(GraphEntry);
@@ -78,6 +85,7 @@ pub struct GraphDecl {
     name: String,
     trigger: Option<String>,
     build: fn() -> Result<CompiledGraph, BuildError>,
+    add_to: Option<AddToFn>,
 }
 
 impl GraphDecl {
@@ -91,7 +99,15 @@ impl GraphDecl {
             name: name.to_owned(),
             trigger: trigger.map(str::to_owned),
             build,
+            add_to: None,
         }
+    }
+
+    /// Lets the graph be combined with others bound to the same reactor (see
+    /// [`Registry::embedded_reactor`]); `#[computation_graph]` declarations do this.
+    pub fn combinable(mut self, add_to: AddToFn) -> Self {
+        self.add_to = Some(add_to);
+        self
     }
 
     /// Its name.
@@ -143,6 +159,15 @@ pub enum RegistryError {
         /// The source.
         source_name: SourceName,
     },
+    /// No reactor of that name.
+    #[error("no reactor `{0}` in this registry")]
+    UnknownReactorName(String),
+    /// The reactor has no graph bound to it.
+    #[error("reactor `{0}` has no graph bound to it")]
+    NoGraphs(String),
+    /// A graph cannot be combined with others (registered by `build` alone).
+    #[error("graph `{0}` cannot be combined with other graphs (register it with `GraphDecl::combinable`)")]
+    NotCombinable(String),
     /// The graph declaration is invalid.
     #[error(transparent)]
     Build(#[from] BuildError),
@@ -153,6 +178,8 @@ pub enum RegistryError {
 pub struct Registry {
     reactors: BTreeMap<String, ReactorDecl>,
     graphs: BTreeMap<String, GraphDecl>,
+    /// Graph names in registration order (declaration order for declared graphs).
+    graph_order: Vec<String>,
 }
 
 impl Registry {
@@ -167,8 +194,12 @@ impl Registry {
         for r in inventory::iter::<ReactorEntry> {
             registry.register_reactor(ReactorDecl::new(r.name, r.accumulators, (r.criteria)()))?;
         }
-        for g in inventory::iter::<GraphEntry> {
-            registry.register_graph(GraphDecl::new(g.name, g.trigger, g.build))?;
+        // Link order is arbitrary; declaration order (module path, line) is not.
+        let mut graphs: Vec<&GraphEntry> = inventory::iter::<GraphEntry>.into_iter().collect();
+        graphs.sort_by_key(|g| g.site);
+        for g in graphs {
+            registry
+                .register_graph(GraphDecl::new(g.name, g.trigger, g.build).combinable(g.add_to))?;
         }
         Ok(registry)
     }
@@ -193,12 +224,14 @@ impl Registry {
                 name: decl.name,
             });
         }
+        self.graph_order.push(decl.name.clone());
         self.graphs.insert(decl.name.clone(), decl);
         Ok(())
     }
 
     /// Removes a graph; returns whether it was there.
     pub fn unregister_graph(&mut self, name: &str) -> bool {
+        self.graph_order.retain(|g| g != name);
         self.graphs.remove(name).is_some()
     }
 
@@ -227,11 +260,53 @@ impl Registry {
         self.graphs.keys().map(String::as_str)
     }
 
-    /// Graphs bound to reactor `reactor`, sorted by name.
+    /// Graphs bound to reactor `reactor`, in registration (declaration) order.
     pub fn graphs_of<'a>(&'a self, reactor: &'a str) -> impl Iterator<Item = &'a GraphDecl> + 'a {
-        self.graphs
-            .values()
+        self.graph_order
+            .iter()
+            .filter_map(|name| self.graphs.get(name))
             .filter(move |g| g.trigger.as_deref() == Some(reactor))
+    }
+
+    /// Starts an [`EmbeddedGraph`] for reactor `reactor` running every graph bound to it: one
+    /// compiled graph holding each bound graph's nodes, named `graph::node`, in declaration
+    /// order, so every graph fires once per reactor firing, in that order, on the same cache.
+    /// Every source any of them reads must be one of the reactor's accumulators.
+    pub fn embedded_reactor(
+        &self,
+        reactor: &str,
+    ) -> Result<crate::EmbeddedGraphBuilder, RegistryError> {
+        let decl = self
+            .reactors
+            .get(reactor)
+            .ok_or_else(|| RegistryError::UnknownReactorName(reactor.to_owned()))?;
+        let mut builder = GraphBuilder::new(reactor);
+        let mut bound = 0;
+        for graph in self.graphs_of(reactor) {
+            let add_to = graph
+                .add_to
+                .ok_or_else(|| RegistryError::NotCombinable(graph.name.clone()))?;
+            builder = add_to(builder, &format!("{}::", graph.name));
+            bound += 1;
+        }
+        if bound == 0 {
+            return Err(RegistryError::NoGraphs(reactor.to_owned()));
+        }
+        let graph = Arc::new(builder.build()?);
+        if let Some(unfed) = graph
+            .sources()
+            .iter()
+            .find(|s| !decl.accumulators.contains(&s.name))
+        {
+            return Err(RegistryError::SourceNotFed {
+                graph: reactor.to_owned(),
+                reactor: reactor.to_owned(),
+                source_name: unfed.name.clone(),
+            });
+        }
+        Ok(EmbeddedGraph::builder(graph)
+            .name(decl.name.clone())
+            .criteria(decl.criteria.clone()))
     }
 
     /// Starts an [`EmbeddedGraph`] for graph `name`: the graph is built, and when it is bound

@@ -316,3 +316,64 @@ async fn registry_wires_a_declared_reactor_and_graph() {
         other => panic!("expected SourceNotFed, got {other:?}"),
     }
 }
+
+// CG-D-16: several graphs bound to one reactor each fire once per reactor firing, in
+// declaration order, on the same cache.
+static PAIR_LOG: std::sync::Mutex<Vec<&'static str>> = std::sync::Mutex::new(Vec::new());
+
+#[reactor(name = "pair", accumulators = [ticks])]
+pub struct Pair;
+
+#[computation_graph(trigger = reactor("pair"), graph = { first(ticks) })]
+pub mod first_graph {
+    pub fn first(ticks: Option<&u64>) -> u64 {
+        super::PAIR_LOG.lock().expect("log").push("first");
+        ticks.copied().unwrap_or(0)
+    }
+}
+
+#[computation_graph(trigger = reactor("pair"), graph = { second(ticks) -> doubled })]
+pub mod second_graph {
+    pub fn second(ticks: Option<&u64>) -> u64 {
+        super::PAIR_LOG.lock().expect("log").push("second");
+        ticks.copied().unwrap_or(0)
+    }
+    #[node(blocking)]
+    pub fn doubled(x: &u64) -> u64 {
+        x * 2
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graphs_bound_to_one_reactor_fire_in_declaration_order() {
+    let registry = Registry::from_declarations().expect("registry");
+    let bound: Vec<&str> = registry.graphs_of("pair").map(GraphDecl::name).collect();
+    assert_eq!(bound, ["first_graph", "second_graph"], "declaration order");
+    let engine = registry
+        .embedded_reactor("pair")
+        .expect("both graphs read only `ticks`")
+        .strategy(InputStrategy::Sequential)
+        .passthrough::<u64>("ticks")
+        .start()
+        .expect("start");
+    let mut results = engine.subscribe();
+    let ticks = engine.sender::<u64>("ticks").expect("sender");
+    for t in 1..=3u64 {
+        ticks.send(t).await.expect("send");
+        let firing = tokio::time::timeout(Duration::from_secs(5), results.recv())
+            .await
+            .expect("a firing")
+            .expect("open")
+            .expect("not lagged");
+        assert_eq!(firing.result.output::<u64>("first_graph::first"), Some(&t));
+        assert_eq!(
+            firing.result.output::<u64>("second_graph::doubled"),
+            Some(&(2 * t))
+        );
+    }
+    engine.shutdown().await.expect("shutdown");
+    assert_eq!(
+        *PAIR_LOG.lock().expect("log"),
+        ["first", "second", "first", "second", "first", "second"]
+    );
+}

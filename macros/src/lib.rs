@@ -401,11 +401,12 @@ struct NodeSpec {
 struct FnSpec<'a> {
     item: &'a ItemFn,
     is_async: bool,
+    blocking: bool,
     params: Vec<(&'a syn::Pat, &'a Type)>,
     output: Type,
 }
 
-fn fn_spec(item: &ItemFn) -> syn::Result<FnSpec<'_>> {
+fn fn_spec(item: &ItemFn, blocking: bool) -> syn::Result<FnSpec<'_>> {
     let mut params = Vec::new();
     for arg in &item.sig.inputs {
         match arg {
@@ -425,6 +426,7 @@ fn fn_spec(item: &ItemFn) -> syn::Result<FnSpec<'_>> {
     Ok(FnSpec {
         item,
         is_async: item.sig.asyncness.is_some(),
+        blocking,
         params,
         output,
     })
@@ -641,7 +643,43 @@ pub fn computation_graph(attr: TokenStream, item: TokenStream) -> TokenStream {
     }
 }
 
+/// Removes `#[node(..)]` options from the module's functions (they are not real
+/// attributes) and returns the names of the functions marked `blocking`.
+fn take_node_options(module: &mut ItemMod) -> syn::Result<HashSet<String>> {
+    let mut blocking = HashSet::new();
+    let Some((_, items)) = &mut module.content else {
+        return Ok(blocking);
+    };
+    for item in items.iter_mut() {
+        let Item::Fn(f) = item else { continue };
+        let mut kept = Vec::with_capacity(f.attrs.len());
+        for attr in f.attrs.drain(..) {
+            if !attr.path().is_ident("node") {
+                kept.push(attr);
+                continue;
+            }
+            let option: Ident = attr.parse_args()?;
+            if option != "blocking" {
+                return Err(syn::Error::new(
+                    option.span(),
+                    format!("unknown node option `{option}`: expected `#[node(blocking)]`"),
+                ));
+            }
+            if let Some(asyncness) = &f.sig.asyncness {
+                return Err(syn::Error::new(
+                    asyncness.span(),
+                    "`#[node(blocking)]` is for plain CPU-heavy functions, not async ones",
+                ));
+            }
+            blocking.insert(f.sig.ident.to_string());
+        }
+        f.attrs = kept;
+    }
+    Ok(blocking)
+}
+
 fn expand_graph(args: GraphArgs, mut module: ItemMod) -> syn::Result<TokenStream2> {
+    let blocking = take_node_options(&mut module)?;
     let Some((_, items)) = &module.content else {
         return Err(syn::Error::new(
             module.ident.span(),
@@ -669,7 +707,8 @@ fn expand_graph(args: GraphArgs, mut module: ItemMod) -> syn::Result<TokenStream
                     ),
                 ));
             }
-            fns.insert(name, fn_spec(f)?);
+            let is_blocking = blocking.contains(&name);
+            fns.insert(name, fn_spec(f, is_blocking)?);
         }
     }
     for n in &nodes {
@@ -784,7 +823,7 @@ fn expand_graph(args: GraphArgs, mut module: ItemMod) -> syn::Result<TokenStream
                 ));
             };
             let lit = up.to_string();
-            specs.push(quote_spanned!(ty.span()=> ::cloacina::graph::upstream::<#inner>(#lit)));
+            specs.push(quote_spanned!(ty.span()=> ::cloacina::graph::upstream::<#inner>(__cloacina_n(#lit))));
             let upstream = &nodes[index[&lit]];
             if upstream.routes.is_none() {
                 checks.push(same_type(checks.len(), &fns[&lit].output, inner));
@@ -793,8 +832,11 @@ fn expand_graph(args: GraphArgs, mut module: ItemMod) -> syn::Result<TokenStream
         let fn_ident = &f.item.sig.ident;
         let name = n.name.to_string();
         let call = match (&n.routes, f.is_async) {
-            (None, false) => quote!(.node(#name, (#(#specs,)*), #fn_ident)),
-            (None, true) => quote!(.async_node(#name, (#(#specs,)*), #fn_ident)),
+            (None, false) if f.blocking => {
+                quote!(.blocking_node(__cloacina_n(#name), (#(#specs,)*), #fn_ident))
+            }
+            (None, false) => quote!(.node(__cloacina_n(#name), (#(#specs,)*), #fn_ident)),
+            (None, true) => quote!(.async_node(__cloacina_n(#name), (#(#specs,)*), #fn_ident)),
             (Some(routes), is_async) => {
                 let enum_ty = &f.output;
                 let mut route_tokens = Vec::new();
@@ -818,7 +860,7 @@ fn expand_graph(args: GraphArgs, mut module: ItemMod) -> syn::Result<TokenStream
                     let target_lit = target.to_string();
                     let extract = format_ident!("__cloacina_route_{}_{}", n.name, variant);
                     route_tokens.push(quote_spanned! {variant.span()=>
-                        ::cloacina::graph::Route::new(#variant_lit, #target_lit, {
+                        ::cloacina::graph::Route::new(#variant_lit, __cloacina_n(#target_lit), {
                             #[allow(non_snake_case, unreachable_patterns)]
                             fn #extract<'v>(e: &'v #enum_ty) -> ::core::option::Option<&'v #payload> {
                                 type __CloacinaRouted = #enum_ty;
@@ -832,9 +874,9 @@ fn expand_graph(args: GraphArgs, mut module: ItemMod) -> syn::Result<TokenStream
                     });
                 }
                 if is_async {
-                    quote!(.async_router(#name, (#(#specs,)*), #fn_ident, [#(#route_tokens),*]))
+                    quote!(.async_router(__cloacina_n(#name), (#(#specs,)*), #fn_ident, [#(#route_tokens),*]))
                 } else {
-                    quote!(.router(#name, (#(#specs,)*), #fn_ident, [#(#route_tokens),*]))
+                    quote!(.router(__cloacina_n(#name), (#(#specs,)*), #fn_ident, [#(#route_tokens),*]))
                 }
             }
         };
@@ -870,11 +912,22 @@ fn expand_graph(args: GraphArgs, mut module: ItemMod) -> syn::Result<TokenStream
             #(#checks)*
         }
 
+        /// Adds this graph's nodes to `builder`, each named `prefix` + its name (cache source
+        /// names are not prefixed: graphs combined on one reactor share its cache).
+        pub fn add_to(
+            builder: ::cloacina::graph::GraphBuilder,
+            prefix: &str,
+        ) -> ::cloacina::graph::GraphBuilder {
+            let __cloacina_n = |name: &str| -> ::std::string::String {
+                ::std::format!("{}{}", prefix, name)
+            };
+            builder
+                #(#calls)*
+        }
+
         /// Builds a fresh copy of the declared graph.
         pub fn build() -> ::core::result::Result<::cloacina::graph::CompiledGraph, ::cloacina::graph::BuildError> {
-            ::cloacina::graph::GraphBuilder::new(NAME)
-                #(#calls)*
-                .build()
+            add_to(::cloacina::graph::GraphBuilder::new(NAME), "").build()
         }
 
         /// The declared graph, built once and shared.
@@ -890,11 +943,17 @@ fn expand_graph(args: GraphArgs, mut module: ItemMod) -> syn::Result<TokenStream
 
         /// Its declaration, for a [`cloacina::registry::Registry`].
         pub fn declaration() -> ::cloacina::registry::GraphDecl {
-            ::cloacina::registry::GraphDecl::new(NAME, TRIGGER, build)
+            ::cloacina::registry::GraphDecl::new(NAME, TRIGGER, build).combinable(add_to)
         }
 
         ::cloacina::inventory::submit! {
-            ::cloacina::registry::GraphEntry { name: NAME, trigger: TRIGGER, build }
+            ::cloacina::registry::GraphEntry {
+                name: NAME,
+                trigger: TRIGGER,
+                build,
+                add_to,
+                site: (::core::module_path!(), ::core::line!()),
+            }
         }
     };
     if let Some((_, items)) = &mut module.content {
