@@ -25,6 +25,12 @@
 //! A routed edge passes the variant's single payload (`Trade(TradeSignal)` gives
 //! `&TradeSignal`).
 //!
+//! `#[node(blocking)]` on a plain node function runs it as a blocking node (CPU-heavy work
+//! that must not stall other tasks). Each graph module gains `NAME`, `TRIGGER`, `build()`,
+//! `graph()` (built once), `add_to(builder, prefix)` (to combine the graphs bound to one
+//! reactor) and `declaration()`; each reactor struct gains `NAME`, `ACCUMULATORS`,
+//! `criteria()` and `declaration()`.
+//!
 //! The generated code refers to the `cloacina` facade crate, which re-exports these macros.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
