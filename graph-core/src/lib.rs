@@ -55,9 +55,9 @@
 //! ```
 
 pub mod boundary;
+pub use cloacina_codec as codec;
 pub mod builder;
 pub mod cache;
-pub mod codec;
 pub mod compiled;
 pub mod node;
 pub mod result;

@@ -1,6 +1,9 @@
+//! # cloacina-codec
+//!
 //! The one codec of the engine: bincode (standard configuration) behind a leading
 //! format-version byte. Values are encoded only when a ledger or a process boundary needs them;
-//! in process they travel typed.
+//! in process they travel typed. It sits below every other crate: graph-core encodes boundary
+//! values and terminal outputs with it, the ledger its records.
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
