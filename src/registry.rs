@@ -22,7 +22,12 @@ pub struct ReactorEntry {
     pub accumulators: &'static [&'static str],
     /// Its criteria.
     pub criteria: fn() -> ReactionCriteria,
+    /// Where it is declared (file, line, column).
+    pub site: Site,
 }
+
+/// Where a declaration is: file, line, column.
+pub type Site = (&'static str, u32, u32);
 
 /// A graph declared with `#[computation_graph]` (link-time entry).
 #[derive(Debug)]
@@ -35,8 +40,9 @@ pub struct GraphEntry {
     pub build: fn() -> Result<CompiledGraph, BuildError>,
     /// Adds its nodes, name-prefixed, to a builder (combining graphs on one reactor).
     pub add_to: AddToFn,
-    /// Where it is declared (module path, line): declaration order.
-    pub site: (&'static str, u32),
+    /// Where it is declared (file, line, column): declaration order within a file; files
+    /// are taken in path order.
+    pub site: Site,
 }
 
 /// Adds a graph's nodes to a builder, each name prefixed.
@@ -130,6 +136,30 @@ impl GraphDecl {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum RegistryError {
+    /// Two declarations in the binary share a name.
+    #[error("{kind} `{name}` is declared twice: at {first} and at {second}")]
+    DuplicateDeclaration {
+        /// "reactor" or "graph".
+        kind: &'static str,
+        /// The name.
+        name: String,
+        /// First declaration (file:line:column).
+        first: String,
+        /// Second declaration.
+        second: String,
+    },
+    /// The reactor has an accumulator no graph reads (the engine would refuse it).
+    #[error(
+        "reactor `{reactor}` has accumulator `{source_name}`, which graph `{graph}` does not read"
+    )]
+    AccumulatorNotRead {
+        /// Graph (or reactor name for combined graphs).
+        graph: String,
+        /// Reactor.
+        reactor: String,
+        /// The source.
+        source_name: SourceName,
+    },
     /// A name is registered twice.
     #[error("{kind} `{name}` is already registered")]
     Duplicate {
@@ -188,15 +218,42 @@ impl Registry {
         Self::default()
     }
 
-    /// Every reactor and graph declared with the macros in this binary.
+    /// Every reactor and graph declared with the macros in this binary (and in dependencies
+    /// the binary references: the linker drops crates nothing uses). Graphs are taken in
+    /// declaration order: by file, then line. Two declarations of one name are an error
+    /// naming both places.
     pub fn from_declarations() -> Result<Self, RegistryError> {
         let mut registry = Self::new();
-        for r in inventory::iter::<ReactorEntry> {
+        let at = |site: Site| format!("{}:{}:{}", site.0, site.1, site.2);
+        let mut reactors: Vec<&ReactorEntry> =
+            inventory::iter::<ReactorEntry>.into_iter().collect();
+        reactors.sort_by_key(|r| r.site);
+        for (i, r) in reactors.iter().enumerate() {
+            if let Some(first) = reactors[..i].iter().find(|o| o.name == r.name) {
+                return Err(RegistryError::DuplicateDeclaration {
+                    kind: "reactor",
+                    name: r.name.to_owned(),
+                    first: at(first.site),
+                    second: at(r.site),
+                });
+            }
+        }
+        for r in reactors {
             registry.register_reactor(ReactorDecl::new(r.name, r.accumulators, (r.criteria)()))?;
         }
-        // Link order is arbitrary; declaration order (module path, line) is not.
+        // Link order is arbitrary; declaration order (file, line, column) is not.
         let mut graphs: Vec<&GraphEntry> = inventory::iter::<GraphEntry>.into_iter().collect();
         graphs.sort_by_key(|g| g.site);
+        for (i, g) in graphs.iter().enumerate() {
+            if let Some(first) = graphs[..i].iter().find(|o| o.name == g.name) {
+                return Err(RegistryError::DuplicateDeclaration {
+                    kind: "graph",
+                    name: g.name.to_owned(),
+                    first: at(first.site),
+                    second: at(g.site),
+                });
+            }
+        }
         for g in graphs {
             registry
                 .register_graph(GraphDecl::new(g.name, g.trigger, g.build).combinable(g.add_to))?;
@@ -270,8 +327,11 @@ impl Registry {
 
     /// Starts an [`EmbeddedGraph`] for reactor `reactor` running every graph bound to it: one
     /// compiled graph holding each bound graph's nodes, named `graph::node`, in declaration
-    /// order, so every graph fires once per reactor firing, in that order, on the same cache.
-    /// Every source any of them reads must be one of the reactor's accumulators.
+    /// order, so every graph runs once per reactor firing, in that order, on the same cache.
+    /// They share one firing: if a node of one graph fails, the firing reports that error and
+    /// the graphs after it do not run for that firing.
+    /// Every source any of them reads must be one of the reactor's accumulators, and every
+    /// accumulator must be read by one of them.
     pub fn embedded_reactor(
         &self,
         reactor: &str,
@@ -286,6 +346,8 @@ impl Registry {
             let add_to = graph
                 .add_to
                 .ok_or_else(|| RegistryError::NotCombinable(graph.name.clone()))?;
+            // Checked per graph, so an error names the graph that reads the source.
+            check_sources(&graph.name, &graph.build()?, decl, false)?;
             builder = add_to(builder, &format!("{}::", graph.name));
             bound += 1;
         }
@@ -293,17 +355,7 @@ impl Registry {
             return Err(RegistryError::NoGraphs(reactor.to_owned()));
         }
         let graph = Arc::new(builder.build()?);
-        if let Some(unfed) = graph
-            .sources()
-            .iter()
-            .find(|s| !decl.accumulators.contains(&s.name))
-        {
-            return Err(RegistryError::SourceNotFed {
-                graph: reactor.to_owned(),
-                reactor: reactor.to_owned(),
-                source_name: unfed.name.clone(),
-            });
-        }
+        check_sources(reactor, &graph, decl, true)?;
         Ok(EmbeddedGraph::builder(graph)
             .name(decl.name.clone())
             .criteria(decl.criteria.clone()))
@@ -328,19 +380,44 @@ impl Registry {
                 graph: name.to_owned(),
                 reactor: trigger.to_owned(),
             })?;
-        if let Some(unfed) = graph
-            .sources()
-            .iter()
-            .find(|s| !reactor.accumulators.contains(&s.name))
-        {
-            return Err(RegistryError::SourceNotFed {
-                graph: name.to_owned(),
-                reactor: trigger.to_owned(),
-                source_name: unfed.name.clone(),
-            });
-        }
+        check_sources(name, &graph, reactor, true)?;
         Ok(EmbeddedGraph::builder(graph)
             .name(reactor.name.clone())
             .criteria(reactor.criteria.clone()))
     }
+}
+
+/// Checks a graph's sources against a reactor's accumulators: every source read must be fed;
+/// with `exact`, every accumulator must also be read (the engine refuses unread ones).
+fn check_sources(
+    graph_name: &str,
+    graph: &CompiledGraph,
+    reactor: &ReactorDecl,
+    exact: bool,
+) -> Result<(), RegistryError> {
+    if let Some(unfed) = graph
+        .sources()
+        .iter()
+        .find(|s| !reactor.accumulators.contains(&s.name))
+    {
+        return Err(RegistryError::SourceNotFed {
+            graph: graph_name.to_owned(),
+            reactor: reactor.name.clone(),
+            source_name: unfed.name.clone(),
+        });
+    }
+    if exact {
+        if let Some(unread) = reactor
+            .accumulators
+            .iter()
+            .find(|a| !graph.sources().iter().any(|s| &s.name == *a))
+        {
+            return Err(RegistryError::AccumulatorNotRead {
+                graph: graph_name.to_owned(),
+                reactor: reactor.name.clone(),
+                source_name: unread.clone(),
+            });
+        }
+    }
+    Ok(())
 }

@@ -344,11 +344,24 @@ pub mod second_graph {
     }
 }
 
+// Declared last but first in alphabetical order: declaration order, not names, decides.
+#[computation_graph(trigger = reactor("pair"), graph = { third(ticks) })]
+pub mod a_third_graph {
+    pub fn third(ticks: Option<&u64>) -> u64 {
+        super::PAIR_LOG.lock().expect("log").push("third");
+        ticks.copied().unwrap_or(0)
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn graphs_bound_to_one_reactor_fire_in_declaration_order() {
     let registry = Registry::from_declarations().expect("registry");
     let bound: Vec<&str> = registry.graphs_of("pair").map(GraphDecl::name).collect();
-    assert_eq!(bound, ["first_graph", "second_graph"], "declaration order");
+    assert_eq!(
+        bound,
+        ["first_graph", "second_graph", "a_third_graph"],
+        "declaration order"
+    );
     let engine = registry
         .embedded_reactor("pair")
         .expect("both graphs read only `ticks`")
@@ -374,6 +387,45 @@ async fn graphs_bound_to_one_reactor_fire_in_declaration_order() {
     engine.shutdown().await.expect("shutdown");
     assert_eq!(
         *PAIR_LOG.lock().expect("log"),
-        ["first", "second", "first", "second", "first", "second"]
+        ["first", "second", "third", "first", "second", "third", "first", "second", "third"]
     );
+}
+
+// Raw identifiers name sources and nodes without their `r#`.
+#[computation_graph(graph = { r#match(r#type) })]
+pub mod raw_names {
+    pub fn r#match(r#type: Option<&u64>) -> u64 {
+        r#type.copied().unwrap_or(0) + 1
+    }
+}
+
+#[tokio::test]
+async fn raw_identifiers_are_unraw_at_run_time() {
+    let graph = raw_names::graph().expect("valid");
+    let mut cache = graph.new_cache();
+    cache.update("type", 41u64);
+    assert_eq!(graph.fire(&cache).await.output::<u64>("match"), Some(&42));
+}
+
+// A reactor accumulator that no graph reads is refused with a clear error (the engine would
+// refuse to start it).
+#[test]
+fn reactor_accumulators_must_all_be_read() {
+    let mut registry = Registry::new();
+    registry
+        .register_graph(market_maker::declaration())
+        .expect("register");
+    registry
+        .register_reactor(ReactorDecl::new(
+            "market_maker",
+            &["orderbook", "pricing", "news"],
+            ReactionCriteria::when_any(),
+        ))
+        .expect("register");
+    match registry.embedded("market_maker") {
+        Err(RegistryError::AccumulatorNotRead { source_name, .. }) => {
+            assert_eq!(source_name.as_str(), "news")
+        }
+        other => panic!("expected AccumulatorNotRead, got {other:?}"),
+    }
 }
