@@ -10,8 +10,9 @@
 //! ledger configured builds no records at all.
 //!
 //! The ledger knows nothing of graphs: records carry names, sequence numbers and encoded bytes.
-//! This issue ships the in-memory backend ([`MemoryLedger`]); persistent backends (sled,
-//! PostgreSQL, SQLite) implement the same trait.
+//! Backends are chosen by URL with [`open`]: [`MemoryLedger`] (`memory://`) and
+//! [`SledLedger`] (a path or `sled://PATH`, the embedded default); PostgreSQL and SQLite will
+//! implement the same trait. Every backend passes the one suite in [`conformance`].
 //!
 //! ```
 //! use cloacina_ledger::{FiringOutcome, FiringRecord, Ledger, MemoryLedger, Record};
@@ -26,16 +27,22 @@
 //! # Ok::<(), cloacina_ledger::LedgerError>(()) }).unwrap();
 //! ```
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::FutureExt;
+
+pub mod conformance;
+mod memory;
+mod sled_backend;
+
+pub use memory::MemoryLedger;
 use serde::{Deserialize, Serialize};
+pub use sled_backend::SledLedger;
 use tokio::sync::mpsc;
 
 /// A boxed, sendable future (the ledger trait is object-safe so backends are chosen at run
@@ -53,6 +60,44 @@ pub enum LedgerError {
         backend: &'static str,
         /// What failed.
         message: String,
+    },
+    /// The same record id was appended with different content.
+    #[error("{backend} ledger: {record} was already recorded with different content")]
+    Conflict {
+        /// Backend name.
+        backend: &'static str,
+        /// Which record, e.g. "firing 7 of reactor `r`".
+        record: String,
+    },
+    /// The store was written by an incompatible format version; nothing was touched.
+    #[error("{backend} ledger at {location}: written by format version {found}, this build reads version {expected}")]
+    IncompatibleFormat {
+        /// Backend name.
+        backend: &'static str,
+        /// Path or URL.
+        location: String,
+        /// Version found in the store.
+        found: u8,
+        /// Version this build reads.
+        expected: u8,
+    },
+    /// The ledger URL is malformed or names an unknown backend.
+    #[error("bad ledger URL `{url}`: {reason}")]
+    BadUrl {
+        /// The URL given.
+        url: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A record could not be encoded or decoded.
+    #[error("{backend} ledger: {context}: {source}")]
+    Codec {
+        /// Backend name.
+        backend: &'static str,
+        /// Which record.
+        context: String,
+        /// The codec error.
+        source: cloacina_codec::CodecError,
     },
     /// The writer task is gone (ledger closed or its task failed).
     #[error("ledger writer closed; {pending} record(s) not handed over")]
@@ -110,54 +155,44 @@ pub enum Record {
 pub trait Ledger: Send + Sync + 'static {
     /// Backend name, for messages.
     fn backend(&self) -> &'static str;
-    /// Appends records atomically, in order.
+    /// Appends records atomically, in order. Appending a record whose id is already stored
+    /// (a firing: reactor and firing id) is a no-op if the content is the same, and a
+    /// [`LedgerError::Conflict`] if it differs; the batch is then not applied.
     fn append<'a>(&'a self, records: &'a [Record]) -> LedgerFuture<'a, ()>;
     /// Firings of `reactor`, oldest first.
     fn firings<'a>(&'a self, reactor: &'a str) -> LedgerFuture<'a, Vec<FiringRecord>>;
 }
 
-/// Keeps records in process memory: lost when the process ends. For tests and for reactors
-/// whose history need not survive a restart.
-#[derive(Debug, Default)]
-pub struct MemoryLedger {
-    firings: Mutex<HashMap<String, Vec<FiringRecord>>>,
-}
-
-impl MemoryLedger {
-    /// An empty ledger.
-    pub fn new() -> Self {
-        Self::default()
+/// Opens the ledger a URL names:
+/// - `memory://`: [`MemoryLedger`] (nothing survives the process);
+/// - `sled://PATH`, or a plain filesystem path: [`SledLedger`], the embedded default;
+/// - `postgres://...` and `sqlite://...`: not built yet (an error says so).
+///
+/// A malformed URL, an unknown scheme or a store of another format version is an error that
+/// says which, and touches nothing.
+pub async fn open(url: &str) -> Result<Arc<dyn Ledger>, LedgerError> {
+    let bad = |reason: &str| LedgerError::BadUrl {
+        url: url.to_owned(),
+        reason: reason.to_owned(),
+    };
+    let url_trimmed = url.trim();
+    if url_trimmed.is_empty() {
+        return Err(bad("empty; expected memory://, sled://PATH or a path"));
     }
-
-    fn lock(
-        &self,
-    ) -> Result<std::sync::MutexGuard<'_, HashMap<String, Vec<FiringRecord>>>, LedgerError> {
-        self.firings.lock().map_err(|_| LedgerError::Backend {
-            backend: "memory",
-            message: "lock poisoned by a panicking writer".into(),
-        })
-    }
-}
-
-impl Ledger for MemoryLedger {
-    fn backend(&self) -> &'static str {
-        "memory"
-    }
-
-    fn append<'a>(&'a self, records: &'a [Record]) -> LedgerFuture<'a, ()> {
-        Box::pin(async move {
-            let mut map = self.lock()?;
-            for record in records {
-                match record {
-                    Record::Firing(f) => map.entry(f.reactor.clone()).or_default().push(f.clone()),
-                }
-            }
-            Ok(())
-        })
-    }
-
-    fn firings<'a>(&'a self, reactor: &'a str) -> LedgerFuture<'a, Vec<FiringRecord>> {
-        Box::pin(async move { Ok(self.lock()?.get(reactor).cloned().unwrap_or_default()) })
+    match url_trimmed.split_once("://") {
+        Some(("memory", "")) => Ok(Arc::new(MemoryLedger::new())),
+        Some(("memory", rest)) => Err(bad(&format!(
+            "memory:// takes nothing after it (found `{rest}`)"
+        ))),
+        Some(("sled", "")) => Err(bad("sled:// needs a path, e.g. sled://./data/ledger")),
+        Some(("sled", path)) => Ok(Arc::new(SledLedger::open(path)?)),
+        Some(("postgres" | "postgresql" | "sqlite", _)) => Err(bad(
+            "PostgreSQL and SQLite ledgers are not built yet; use memory:// or sled://PATH",
+        )),
+        Some((scheme, _)) => Err(bad(&format!(
+            "unknown scheme `{scheme}`; expected memory://, sled://PATH or a path"
+        ))),
+        None => Ok(Arc::new(SledLedger::open(url_trimmed)?)),
     }
 }
 
