@@ -60,6 +60,7 @@ pub use cloacina_graph_core as graph;
 pub use cloacina_ledger as ledger;
 pub use cloacina_macros::{computation_graph, reactor};
 pub use cloacina_reactor as reactor;
+pub use cloacina_workflow_layer as workflow;
 #[doc(hidden)]
 pub use inventory;
 
@@ -96,6 +97,7 @@ pub mod prelude {
         SubscribeOptions, Subscription,
     };
     pub use crate::registry::Registry;
+    pub use crate::workflow::{invoke_graph, Context};
     pub use crate::{computation_graph, reactor};
     pub use crate::{EmbeddedGraph, EngineReport, Error};
 }

@@ -429,3 +429,34 @@ fn reactor_accumulators_must_all_be_read() {
         other => panic!("expected AccumulatorNotRead, got {other:?}"),
     }
 }
+
+// Trigger-less graphs are invoked with a workflow Context: entry nodes read context keys,
+// terminal outputs are written back under their node names.
+#[tokio::test]
+async fn trigger_less_graph_runs_on_a_workflow_context() {
+    use serde_json::json;
+
+    let graph = shapes::graph().expect("valid");
+    let mut ctx = Context::new();
+    ctx.insert("seed", json!(4)).expect("new key");
+    let outputs = invoke_graph(&graph, &mut ctx).await.expect("invoked");
+    assert_eq!(ctx.get("report"), Some(&json!("total=45")));
+    assert_eq!(
+        ctx.get("enrich"),
+        Some(&json!("none:45")),
+        "absent key: source is None"
+    );
+    // CG-D-08: the outputs as JSON, keyed by node.
+    let as_json = outputs.to_json().expect("serializable outputs");
+    assert_eq!(as_json.get("report"), Some(&json!("total=45")));
+
+    // A value of the wrong type is refused, naming the key; the context is unchanged.
+    let mut bad = Context::new();
+    bad.insert("seed", json!("four")).expect("new key");
+    let before = bad.clone();
+    match invoke_graph(&graph, &mut bad).await {
+        Err(cloacina::workflow::InvokeError::Input { key, .. }) => assert_eq!(key, "seed"),
+        other => panic!("expected an Input error, got {other:?}"),
+    }
+    assert_eq!(bad, before);
+}

@@ -12,8 +12,8 @@ use serde::Serialize;
 
 use crate::compiled::{CompiledGraph, CompiledNode, SourceDecl};
 use crate::node::{
-    encode_any, new_slot, AnyValue, AsyncNode, AsyncNodeFn, EncodeFn, ErasedNode, ErasedSlot,
-    ExtractFn, InputDecl, InputKind, InputLoc, Inputs, Loc, NodeFn, SyncNode,
+    new_slot, output_codec, AnyValue, AsyncNode, AsyncNodeFn, ErasedNode, ErasedSlot, ExtractFn,
+    InputDecl, InputKind, InputLoc, Inputs, Loc, NodeFn, OutputCodec, SyncNode,
 };
 use crate::source::SourceName;
 
@@ -158,7 +158,7 @@ struct NodeDecl {
     routes: Option<Vec<RouteDecl>>,
     make: MakeNode,
     make_slot: fn() -> Box<dyn ErasedSlot>,
-    encode: Option<EncodeFn>,
+    encode: Option<OutputCodec>,
 }
 
 /// One route of a routing node: when the node's output is the variant `variant`, the payload
@@ -218,7 +218,7 @@ impl GraphBuilder {
         inputs: I,
         make: MakeNode,
         routes: Option<Vec<RouteDecl>>,
-        encode: Option<EncodeFn>,
+        encode: Option<OutputCodec>,
     ) -> Self
     where
         I: Inputs,
@@ -251,7 +251,7 @@ impl GraphBuilder {
             inputs,
             plain::<I, O, F>(f),
             None,
-            Some(encode_any::<O>),
+            Some(output_codec::<O>()),
         )
     }
 
@@ -270,7 +270,7 @@ impl GraphBuilder {
             inputs,
             compile_sync::<I, O, F>(f, true),
             None,
-            Some(encode_any::<O>),
+            Some(output_codec::<O>()),
         )
     }
 
@@ -286,7 +286,7 @@ impl GraphBuilder {
             inputs,
             awaited::<I, O, F>(f),
             None,
-            Some(encode_any::<O>),
+            Some(output_codec::<O>()),
         )
     }
 

@@ -14,7 +14,9 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use crate::cache::InputCache;
-use crate::node::{EncodeFn, ErasedNode, ErasedSlot, FireCtx, NodeFailure, NodeRun, SourceCodec};
+use crate::node::{
+    ErasedNode, ErasedSlot, FireCtx, NodeFailure, NodeRun, OutputCodec, SourceCodec,
+};
 use crate::result::{GraphError, GraphResult, TerminalOutput, TerminalOutputs};
 use crate::source::SourceName;
 
@@ -39,7 +41,7 @@ pub(crate) struct CompiledNode {
     pub(crate) run: Box<dyn ErasedNode>,
     pub(crate) terminal: bool,
     pub(crate) output_type: &'static str,
-    pub(crate) encode: Option<EncodeFn>,
+    pub(crate) encode: Option<OutputCodec>,
 }
 
 /// A validated, compiled graph. Share it with `Arc`; fire it through an [`Executor`].

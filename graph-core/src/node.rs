@@ -27,6 +27,41 @@ pub type AnyValue = dyn Any + Send + Sync;
 pub type EncodeFn = fn(&AnyValue) -> Result<Vec<u8>, CodecError>;
 /// Decodes bytes into an erased value of a known type.
 pub type DecodeFn = fn(&[u8]) -> Result<BoundaryValue, CodecError>;
+/// Renders an erased value of a known type as JSON (for workflow contexts and tools).
+pub type ToJsonFn = fn(&AnyValue) -> Result<serde_json::Value, String>;
+/// Reads an erased value of a known type from JSON.
+pub type FromJsonFn = fn(&serde_json::Value) -> Result<BoundaryValue, String>;
+
+/// How a node's output is encoded: the engine codec, and JSON.
+#[derive(Debug, Clone, Copy)]
+pub struct OutputCodec {
+    /// Engine codec (bincode with a version byte).
+    pub encode: EncodeFn,
+    /// JSON.
+    pub to_json: ToJsonFn,
+}
+
+pub(crate) fn output_codec<T: Serialize + 'static>() -> OutputCodec {
+    OutputCodec {
+        encode: encode_any::<T>,
+        to_json: to_json_any::<T>,
+    }
+}
+
+fn to_json_any<T: Serialize + 'static>(value: &AnyValue) -> Result<serde_json::Value, String> {
+    let v = value
+        .downcast_ref::<T>()
+        .ok_or_else(|| format!("value is not a {}", std::any::type_name::<T>()))?;
+    serde_json::to_value(v).map_err(|e| e.to_string())
+}
+
+fn from_json_any<T: DeserializeOwned + Send + Sync + 'static>(
+    value: &serde_json::Value,
+) -> Result<BoundaryValue, String> {
+    T::deserialize(value)
+        .map(|v| Arc::new(v) as BoundaryValue)
+        .map_err(|e| format!("not a {}: {e}", std::any::type_name::<T>()))
+}
 pub(crate) type ExtractFn = Arc<dyn for<'v> Fn(&'v AnyValue) -> Option<&'v AnyValue> + Send + Sync>;
 
 pub(crate) fn encode_any<T: Serialize + 'static>(value: &AnyValue) -> Result<Vec<u8>, CodecError> {
@@ -61,6 +96,8 @@ pub struct SourceCodec {
     pub encode: EncodeFn,
     /// Decodes a value of the source's type.
     pub decode: DecodeFn,
+    /// Reads a value of the source's type from JSON.
+    pub from_json: FromJsonFn,
 }
 
 /// A declared input: name, kind and type.
@@ -202,6 +239,7 @@ where
             codec: Some(SourceCodec {
                 encode: encode_any::<T>,
                 decode: decode_any::<T>,
+                from_json: from_json_any::<T>,
             }),
         }
     }

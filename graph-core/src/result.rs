@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::codec::CodecError;
-use crate::node::{AnyValue, EncodeFn};
+use crate::node::{AnyValue, OutputCodec};
 use crate::source::SourceName;
 
 /// Why a firing failed. Every variant names the node.
@@ -69,7 +69,7 @@ pub struct TerminalOutput {
     node: Arc<str>,
     value: Box<AnyValue>,
     type_name: &'static str,
-    encode: Option<EncodeFn>,
+    encode: Option<OutputCodec>,
 }
 
 impl TerminalOutput {
@@ -77,7 +77,7 @@ impl TerminalOutput {
         node: Arc<str>,
         value: Box<AnyValue>,
         type_name: &'static str,
-        encode: Option<EncodeFn>,
+        encode: Option<OutputCodec>,
     ) -> Self {
         Self {
             node,
@@ -111,23 +111,39 @@ impl TerminalOutput {
     pub fn encode(&self) -> Result<Vec<u8>, CodecError> {
         match self.encode {
             // A user `Serialize` impl may panic: that is an encoding error, not a crash.
-            Some(encode) => {
-                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| encode(&*self.value)))
-                    .unwrap_or_else(|payload| {
-                        Err(CodecError::Encode {
-                            type_name: self.type_name,
-                            message: format!(
-                                "serializer panicked: {}",
-                                crate::node::panic_message(payload)
-                            ),
-                        })
-                    })
-            }
+            Some(codec) => std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                (codec.encode)(&*self.value)
+            }))
+            .unwrap_or_else(|payload| {
+                Err(CodecError::Encode {
+                    type_name: self.type_name,
+                    message: format!(
+                        "serializer panicked: {}",
+                        crate::node::panic_message(payload)
+                    ),
+                })
+            }),
             None => Err(CodecError::Encode {
                 type_name: self.type_name,
                 message: "type has no codec".into(),
             }),
         }
+    }
+
+    /// The value as JSON (a panicking `Serialize` impl is an error too).
+    pub fn to_json(&self) -> Result<serde_json::Value, String> {
+        let codec = self
+            .encode
+            .ok_or_else(|| format!("{} has no codec", self.type_name))?;
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            (codec.to_json)(&*self.value)
+        }))
+        .unwrap_or_else(|payload| {
+            Err(format!(
+                "serializer panicked: {}",
+                crate::node::panic_message(payload)
+            ))
+        })
     }
 }
 
@@ -183,6 +199,18 @@ impl TerminalOutputs {
     /// Iterates the outputs.
     pub fn iter(&self) -> std::slice::Iter<'_, TerminalOutput> {
         self.items.iter()
+    }
+
+    /// Every output as JSON, keyed by node name (CG-D-8's `outputs_json`).
+    pub fn to_json(&self) -> Result<serde_json::Map<String, serde_json::Value>, String> {
+        self.items
+            .iter()
+            .map(|o| {
+                o.to_json()
+                    .map(|v| (o.node().to_owned(), v))
+                    .map_err(|e| format!("output of `{}`: {e}", o.node()))
+            })
+            .collect()
     }
 
     /// Names of the terminals that ran.
