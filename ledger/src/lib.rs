@@ -4,46 +4,53 @@
 //! sequence numbers and their results or failures), behind one [`Ledger`] trait.
 //!
 //! Flow: boundary -> cache -> firing -> result -> **ledger**. Reactors do no ledger I/O in
-//! their firing loop: they hand records to a [`LedgerWriter`], a background task that appends
-//! them in batches (group commit) through a bounded queue. A reactor waits only when that queue
-//! is full, so a slow store back-pressures it instead of losing records. A reactor with no
-//! ledger configured builds no records at all.
+//! their firing loop: they hand [`Record`]s (boundaries, firings, state snapshots) to a
+//! [`LedgerWriter`], a background task that appends them in batches (group commit) through a
+//! bounded queue. A reactor waits only when that queue is full, so a slow store
+//! back-pressures it instead of losing records. A reactor with no ledger builds no records.
 //!
 //! The ledger knows nothing of graphs: records carry names, sequence numbers and encoded bytes.
-//! Backends are chosen by URL with [`open`]: [`MemoryLedger`] (`memory://`) and
-//! [`SledLedger`] (a path or `sled://PATH`, the embedded default); PostgreSQL and SQLite will
-//! implement the same trait. Every backend passes the one suite in [`conformance`].
+//! Backends are chosen by URL with [`open`] (or [`open_tenant`] for one tenant's store):
+//! [`MemoryLedger`] (`memory://`), [`SledLedger`] (a path or `sled://PATH`, the embedded
+//! default), [`SqliteLedger`] (`sqlite://PATH`) and [`PostgresLedger`] (`postgres://...`).
+//! Every backend passes the one suite in [`conformance`].
 //!
 //! ```
-//! use cloacina_ledger::{FiringOutcome, FiringRecord, Ledger, MemoryLedger, Record};
+//! use cloacina_ledger::{Commit, FiringOutcome, FiringQuery, FiringRecord, FiringTrigger, Ledger, MemoryLedger, Record};
 //! # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
 //! let ledger = MemoryLedger::new();
 //! ledger.append(&[Record::Firing(FiringRecord {
-//!     reactor: "pricing".into(), firing_id: 1, manual: false, inputs: vec![("quotes".into(), 1)],
-//!     fired_at_unix_us: 0, duration_ns: 1_000,
+//!     reactor: "pricing".into(), firing_id: 1, trigger: FiringTrigger::Criteria,
+//!     inputs: vec![("quotes".into(), 1)], fired_at_unix_us: 0, duration_ns: 1_000,
 //!     outcome: FiringOutcome::Completed { outputs: vec![("report".into(), vec![1, 2])] },
-//! })]).await?;
-//! assert_eq!(ledger.firings("pricing").await?.len(), 1);
+//! })], Commit::Durable).await?;
+//! assert_eq!(ledger.firings(&FiringQuery::reactor("pricing")).await?.len(), 1);
 //! # Ok::<(), cloacina_ledger::LedgerError>(()) }).unwrap();
 //! ```
 
 use std::future::Future;
-use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
-
-use futures_util::FutureExt;
 
 pub mod conformance;
 mod memory;
+mod postgres;
+mod records;
 mod sled_backend;
+mod sqlite;
+mod writer;
 
 pub use memory::MemoryLedger;
-use serde::{Deserialize, Serialize};
+pub use postgres::PostgresLedger;
+pub use records::{
+    BoundaryQuery, BoundaryRecord, CheckpointRecord, Commit, FiringOutcome, FiringQuery,
+    FiringRecord, FiringTrigger, Record, RetainReport, Retention, RetentionCut, SnapshotRecord,
+};
 pub use sled_backend::SledLedger;
-use tokio::sync::mpsc;
+pub use sqlite::SqliteLedger;
+pub use writer::{
+    AckSender, LedgerWriter, WriterOptions, WriterReport, WriterStatus, APPEND_ATTEMPTS, MAX_BATCH,
+};
 
 /// A boxed, sendable future (the ledger trait is object-safe so backends are chosen at run
 /// time).
@@ -99,6 +106,24 @@ pub enum LedgerError {
         /// The codec error.
         source: cloacina_codec::CodecError,
     },
+    /// A tenant name is not usable.
+    #[error("bad tenant name `{tenant}`: {reason}")]
+    BadTenant {
+        /// The name given.
+        tenant: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The server could not be reached.
+    #[error("{backend} ledger at {location}: cannot connect: {message}")]
+    Unreachable {
+        /// Backend name.
+        backend: &'static str,
+        /// Where (URL without password).
+        location: String,
+        /// Why.
+        message: String,
+    },
     /// The writer task is gone (ledger closed or its task failed).
     #[error("ledger writer closed; {pending} record(s) not handed over")]
     Closed {
@@ -107,69 +132,58 @@ pub enum LedgerError {
     },
 }
 
-/// How a firing ended.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum FiringOutcome {
-    /// Completed; terminal outputs as `(node, encoded value)`.
-    Completed {
-        /// Encoded terminal outputs.
-        outputs: Vec<(String, Vec<u8>)>,
-    },
-    /// Failed at `node`.
-    Failed {
-        /// The failing node.
-        node: String,
-        /// The error message.
-        error: String,
-    },
-}
-
-/// One firing of a reactor.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FiringRecord {
-    /// Reactor name.
-    pub reactor: String,
-    /// Firing id, increasing per reactor.
-    pub firing_id: u64,
-    /// Whether the firing was manual (`force_fire`, `fire_with`).
-    pub manual: bool,
-    /// `(source, sequence number)` of every input the firing saw.
-    pub inputs: Vec<(String, u64)>,
-    /// Wall-clock start, microseconds since the Unix epoch.
-    pub fired_at_unix_us: i64,
-    /// How long the graph ran.
-    pub duration_ns: u64,
-    /// Result or failure.
-    pub outcome: FiringOutcome,
-}
-
-/// A record a reactor appends.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[non_exhaustive]
-pub enum Record {
-    /// A firing and its result.
-    Firing(FiringRecord),
-}
-
 /// An append-only store of engine records.
+///
+/// Every method is atomic on its own; appends from several tasks may interleave. Records of
+/// one reactor are read back in id order (boundaries by `seq`, firings by `firing_id`),
+/// whatever order they were appended in.
 pub trait Ledger: Send + Sync + 'static {
     /// Backend name, for messages.
     fn backend(&self) -> &'static str;
-    /// Appends records atomically, in order. Appending a record whose id is already stored
-    /// (a firing: reactor and firing id) is a no-op if the content is the same, and a
-    /// [`LedgerError::Conflict`] if it differs; the batch is then not applied.
-    fn append<'a>(&'a self, records: &'a [Record]) -> LedgerFuture<'a, ()>;
-    /// Firings of `reactor`, oldest first.
-    fn firings<'a>(&'a self, reactor: &'a str) -> LedgerFuture<'a, Vec<FiringRecord>>;
+
+    /// Appends records atomically, in order. A boundary or firing whose id is already stored
+    /// is a no-op if its content is the same, and a [`LedgerError::Conflict`] if it differs;
+    /// the batch is then not applied at all. Checkpoints and snapshots replace the previous
+    /// one with the same id. `commit` says how durable the batch is when this returns.
+    fn append<'a>(&'a self, records: &'a [Record], commit: Commit) -> LedgerFuture<'a, ()>;
+
+    /// Makes every [`Commit::Buffered`] append so far durable.
+    fn flush(&self) -> LedgerFuture<'_, ()>;
+
+    /// Firings matching `query`, oldest (lowest id) first.
+    fn firings<'a>(&'a self, query: &'a FiringQuery) -> LedgerFuture<'a, Vec<FiringRecord>>;
+
+    /// Boundaries matching `query`, in sequence order.
+    fn boundaries<'a>(&'a self, query: &'a BoundaryQuery) -> LedgerFuture<'a, Vec<BoundaryRecord>>;
+
+    /// The latest state snapshot of `reactor`.
+    fn snapshot<'a>(&'a self, reactor: &'a str) -> LedgerFuture<'a, Option<SnapshotRecord>>;
+
+    /// The latest checkpoint `key` of `owner`.
+    fn checkpoint<'a>(
+        &'a self,
+        owner: &'a str,
+        key: &'a str,
+    ) -> LedgerFuture<'a, Option<CheckpointRecord>>;
+
+    /// Removes `reactor`'s old boundaries and firings as `retention` says (never what a
+    /// restart needs; see [`Retention`]) and gives the space back to the store where it can.
+    fn retain<'a>(
+        &'a self,
+        reactor: &'a str,
+        retention: Retention,
+    ) -> LedgerFuture<'a, RetainReport>;
 }
 
 /// Opens the ledger a URL names:
 /// - `memory://`: [`MemoryLedger`] (nothing survives the process);
 /// - `sled://PATH`, or a plain filesystem path: [`SledLedger`], the embedded default;
-/// - `postgres://...` and `sqlite://...`: not built yet (an error says so).
+/// - `sqlite://PATH`: [`SqliteLedger`] (created if missing; migrations applied);
+/// - `postgres://...` or `postgresql://...`: [`PostgresLedger`] (migrations applied; the
+///   query parameter `schema=NAME` keeps the ledger in its own schema).
 ///
-/// A malformed URL, an unknown scheme or a store of another format version is an error that
-/// says which, and touches nothing.
+/// A malformed URL, an unknown scheme, an unreachable server or a store of another format
+/// version is an error that says which, and touches nothing.
 pub async fn open(url: &str) -> Result<Arc<dyn Ledger>, LedgerError> {
     let bad = |reason: &str| LedgerError::BadUrl {
         url: url.to_owned(),
@@ -177,7 +191,9 @@ pub async fn open(url: &str) -> Result<Arc<dyn Ledger>, LedgerError> {
     };
     let url_trimmed = url.trim();
     if url_trimmed.is_empty() {
-        return Err(bad("empty; expected memory://, sled://PATH or a path"));
+        return Err(bad(
+            "empty; expected memory://, sled://PATH, sqlite://PATH, postgres://... or a path",
+        ));
     }
     match url_trimmed.split_once("://") {
         Some(("memory", "")) => Ok(Arc::new(MemoryLedger::new())),
@@ -186,324 +202,107 @@ pub async fn open(url: &str) -> Result<Arc<dyn Ledger>, LedgerError> {
         ))),
         Some(("sled", "")) => Err(bad("sled:// needs a path, e.g. sled://./data/ledger")),
         Some(("sled", path)) => Ok(Arc::new(SledLedger::open(path)?)),
-        Some(("postgres" | "postgresql" | "sqlite", _)) => Err(bad(
-            "PostgreSQL and SQLite ledgers are not built yet; use memory:// or sled://PATH",
-        )),
+        Some(("sqlite", _)) => Ok(Arc::new(SqliteLedger::open(url_trimmed).await?)),
+        Some(("postgres" | "postgresql", _)) => {
+            Ok(Arc::new(PostgresLedger::open(url_trimmed).await?))
+        }
         Some((scheme, _)) => Err(bad(&format!(
-            "unknown scheme `{scheme}`; expected memory://, sled://PATH or a path"
+            "unknown scheme `{scheme}`; expected memory://, sled://PATH, sqlite://PATH, postgres://... or a path"
         ))),
         None => Ok(Arc::new(SledLedger::open(url_trimmed)?)),
     }
 }
 
-/// Hands records to a background task that appends them in batches (group commit).
-///
-/// [`LedgerWriter::write`] waits only when the bounded queue is full: a slow store slows the
-/// reactor down rather than losing records. A failed (or panicking) append is retried ([`APPEND_ATTEMPTS`] tries
-/// with growing pauses); a batch that still fails is counted in [`WriterStatus::lost_records`]
-/// and logged, and [`WriterStatus::failing`] stays true until an append succeeds again, so the
-/// owner can report itself degraded. [`LedgerWriter::close`] waits until every record handed
-/// over has been appended or given up on, and reports counts and the first error.
-#[derive(Debug)]
-pub struct LedgerWriter {
-    tx: mpsc::Sender<Record>,
-    task: tokio::task::JoinHandle<WriterReport>,
-    status: Arc<StatusCells>,
+/// Checks a tenant name: 1 to 63 characters, a letter or `_` first, then letters, digits or
+/// `_` (safe as a PostgreSQL schema name and in a file name).
+pub fn validate_tenant(tenant: &str) -> Result<(), LedgerError> {
+    let bad = |reason: &str| LedgerError::BadTenant {
+        tenant: tenant.to_owned(),
+        reason: reason.to_owned(),
+    };
+    if tenant.is_empty() || tenant.len() > 63 {
+        return Err(bad("must be 1 to 63 characters"));
+    }
+    let mut chars = tenant.chars();
+    if !chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+    {
+        return Err(bad("must start with a letter or `_`"));
+    }
+    if !chars.all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        return Err(bad("only letters, digits and `_` are allowed"));
+    }
+    if tenant.to_ascii_lowercase().starts_with("pg_")
+        || tenant == "public"
+        || tenant == "information_schema"
+    {
+        return Err(bad("reserved name"));
+    }
+    Ok(())
 }
 
-/// Records appended per batch at most.
-const MAX_BATCH: usize = 1024;
-
-/// Tries per batch before its records are counted as lost.
-pub const APPEND_ATTEMPTS: u32 = 3;
-
-#[derive(Debug, Default)]
-struct StatusCells {
-    failing: AtomicBool,
-    failed_appends: AtomicU64,
-    lost_records: AtomicU64,
-}
-
-/// How a [`LedgerWriter`] is doing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct WriterStatus {
-    /// The last append failed (cleared by the next success).
-    pub failing: bool,
-    /// Append attempts that failed.
-    pub failed_appends: u64,
-    /// Records given up on after every attempt failed.
-    pub lost_records: u64,
-}
-
-impl LedgerWriter {
-    /// Starts the writer task on the current tokio runtime.
-    pub fn spawn(ledger: Arc<dyn Ledger>, capacity: usize) -> Self {
-        // Clamped: tokio's semaphore caps permits, and a deeper queue only hides a slow store.
-        let (tx, mut rx) = mpsc::channel::<Record>(capacity.clamp(1, 1 << 24));
-        let status = Arc::new(StatusCells::default());
-        let cells = Arc::clone(&status);
-        let task = tokio::spawn(async move {
-            let mut batch = Vec::with_capacity(MAX_BATCH);
-            let mut written = 0u64;
-            let mut first_error = None;
-            while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
-                let mut attempt = 0;
-                loop {
-                    attempt += 1;
-                    // A panicking backend is a failed attempt, not a dead writer.
-                    // (The call itself is inside the guard: it may panic before any future exists.)
-                    let attempted = AssertUnwindSafe(async { ledger.append(&batch).await })
-                        .catch_unwind()
-                        .await;
-                    let result = attempted.unwrap_or_else(|payload| {
-                        Err(LedgerError::Backend {
-                            backend: ledger.backend(),
-                            message: format!("append panicked: {}", panic_text(&*payload)),
-                        })
-                    });
-                    match result {
-                        Ok(()) => {
-                            written += batch.len() as u64;
-                            cells.failing.store(false, Ordering::Release);
-                            break;
-                        }
-                        Err(e) => {
-                            cells.failing.store(true, Ordering::Release);
-                            cells.failed_appends.fetch_add(1, Ordering::Relaxed);
-                            tracing::error!(backend = ledger.backend(), records = batch.len(), attempt, error = %e, "ledger append failed");
-                            if attempt >= APPEND_ATTEMPTS {
-                                cells
-                                    .lost_records
-                                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
-                                first_error.get_or_insert(e);
-                                break;
-                            }
-                            tokio::time::sleep(Duration::from_millis(10 * 10u64.pow(attempt - 1)))
-                                .await;
-                        }
-                    }
-                }
-                batch.clear();
-            }
-            WriterReport {
-                written,
-                lost: cells.lost_records.load(Ordering::Relaxed),
-                first_error,
-            }
-        });
-        Self { tx, task, status }
-    }
-
-    /// Queues one record, waiting while the queue is full.
-    pub async fn write(&self, record: Record) -> Result<(), LedgerError> {
-        self.tx
-            .send(record)
-            .await
-            .map_err(|_| LedgerError::Closed { pending: 1 })
-    }
-
-    /// Whether the writer task has stopped taking records.
-    pub fn is_closed(&self) -> bool {
-        self.tx.is_closed()
-    }
-
-    /// How appends are going.
-    pub fn status(&self) -> WriterStatus {
-        WriterStatus {
-            failing: self.status.failing.load(Ordering::Acquire),
-            failed_appends: self.status.failed_appends.load(Ordering::Relaxed),
-            lost_records: self.status.lost_records.load(Ordering::Relaxed),
+/// The URL of `tenant`'s own store under `url`: a schema of that name for PostgreSQL
+/// (`?schema=TENANT`), a file or directory beside the named one for SQLite and sled
+/// (`ledger.db` -> `ledger-TENANT.db`, `data/ledger` -> `data/ledger-TENANT`), a fresh
+/// store for `memory://`. One tenant never reads another's records.
+pub fn tenant_url(url: &str, tenant: &str) -> Result<String, LedgerError> {
+    validate_tenant(tenant)?;
+    let bad = |reason: &str| LedgerError::BadUrl {
+        url: url.to_owned(),
+        reason: reason.to_owned(),
+    };
+    let url = url.trim();
+    let beside = |path: &str| -> String {
+        let (dir, file) = match path.rfind('/') {
+            Some(i) => (&path[..=i], &path[i + 1..]),
+            None => ("", path),
+        };
+        match file.rfind('.') {
+            Some(dot) if dot > 0 => format!("{dir}{}-{tenant}{}", &file[..dot], &file[dot..]),
+            _ => format!("{dir}{file}-{tenant}"),
         }
-    }
-
-    /// Waits until everything queued has been appended (or given up on) and reports.
-    pub async fn close(self) -> WriterReport {
-        drop(self.tx);
-        match self.task.await {
-            Ok(report) => report,
-            Err(e) => WriterReport {
-                written: 0,
-                lost: self.status.lost_records.load(Ordering::Relaxed),
-                first_error: Some(LedgerError::Backend {
-                    backend: "writer",
-                    message: format!("writer task failed: {e}"),
-                }),
-            },
+    };
+    match url.split_once("://") {
+        Some(("memory", _)) => Ok(url.to_owned()),
+        Some(("postgres" | "postgresql", _)) => {
+            if url.contains("schema=") {
+                return Err(bad(
+                    "already names a schema; give either the schema or the tenant",
+                ));
+            }
+            let sep = if url.contains('?') { '&' } else { '?' };
+            Ok(format!("{url}{sep}schema={tenant}"))
         }
+        Some((scheme @ ("sled" | "sqlite"), path)) => {
+            let (path, query) = match path.split_once('?') {
+                Some((p, q)) => (p, Some(q)),
+                None => (path, None),
+            };
+            if path.is_empty() || path == ":memory:" {
+                return Err(bad("needs a file path to place the tenant's file beside"));
+            }
+            let mut out = format!("{scheme}://{}", beside(path));
+            if let Some(q) = query {
+                out.push('?');
+                out.push_str(q);
+            }
+            Ok(out)
+        }
+        Some((scheme, _)) => Err(bad(&format!("unknown scheme `{scheme}`"))),
+        None if url.is_empty() => Err(bad("empty")),
+        None => Ok(beside(url)),
     }
 }
 
-/// What a [`LedgerWriter`] did, from [`LedgerWriter::close`].
-#[derive(Debug)]
-pub struct WriterReport {
-    /// Records appended.
-    pub written: u64,
-    /// Records given up on after every attempt failed.
-    pub lost: u64,
-    /// The first error of a batch that was given up on.
-    pub first_error: Option<LedgerError>,
+/// Opens `tenant`'s own ledger under `url` (see [`tenant_url`]).
+pub async fn open_tenant(url: &str, tenant: &str) -> Result<Arc<dyn Ledger>, LedgerError> {
+    open(&tenant_url(url, tenant)?).await
 }
 
-fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
-    if let Some(s) = payload.downcast_ref::<&str>() {
-        (*s).to_owned()
-    } else if let Some(s) = payload.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "non-string panic payload".to_owned()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn firing(reactor: &str, id: u64) -> Record {
-        Record::Firing(FiringRecord {
-            reactor: reactor.into(),
-            firing_id: id,
-            manual: false,
-            inputs: vec![("a".into(), id)],
-            fired_at_unix_us: 0,
-            duration_ns: 0,
-            outcome: FiringOutcome::Completed { outputs: vec![] },
-        })
-    }
-
-    #[tokio::test]
-    async fn writer_appends_everything_in_order_before_close_returns() {
-        let ledger = Arc::new(MemoryLedger::new());
-        let writer = LedgerWriter::spawn(ledger.clone(), 4);
-        for id in 1..=1000 {
-            writer.write(firing("r", id)).await.expect("write");
-        }
-        writer.write(firing("other", 1)).await.expect("write");
-        let report = writer.close().await;
-        assert_eq!((report.written, report.lost), (1001, 0));
-        assert!(report.first_error.is_none());
-        let ids: Vec<u64> = ledger
-            .firings("r")
-            .await
-            .expect("read")
-            .iter()
-            .map(|f| f.firing_id)
-            .collect();
-        assert_eq!(ids, (1..=1000).collect::<Vec<_>>());
-        assert_eq!(ledger.firings("other").await.expect("read").len(), 1);
-        assert!(ledger.firings("nobody").await.expect("read").is_empty());
-    }
-
-    /// Fails the first `fail` appends, then delegates to a memory ledger.
-    struct Flaky {
-        fail: AtomicU64,
-        inner: MemoryLedger,
-    }
-
-    impl Ledger for Flaky {
-        fn backend(&self) -> &'static str {
-            "flaky"
-        }
-        fn append<'a>(&'a self, records: &'a [Record]) -> LedgerFuture<'a, ()> {
-            if self
-                .fail
-                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-                .is_ok()
-            {
-                return Box::pin(async {
-                    Err(LedgerError::Backend {
-                        backend: "flaky",
-                        message: "transient".into(),
-                    })
-                });
-            }
-            self.inner.append(records)
-        }
-        fn firings<'a>(&'a self, reactor: &'a str) -> LedgerFuture<'a, Vec<FiringRecord>> {
-            self.inner.firings(reactor)
-        }
-    }
-
-    #[tokio::test]
-    async fn transient_append_failures_are_retried_without_loss() {
-        let ledger = Arc::new(Flaky {
-            fail: AtomicU64::new(APPEND_ATTEMPTS as u64 - 1),
-            inner: MemoryLedger::new(),
-        });
-        let writer = LedgerWriter::spawn(ledger.clone(), 8);
-        for id in 1..=5 {
-            writer.write(firing("r", id)).await.expect("write");
-        }
-        // Let the writer work through its retries before reading its status.
-        for _ in 0..200 {
-            if ledger.firings("r").await.expect("read").len() == 5 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        let status = writer.status();
-        assert_eq!(status.failed_appends, u64::from(APPEND_ATTEMPTS) - 1);
-        assert_eq!(status.lost_records, 0);
-        assert!(!status.failing, "a success clears the failing flag");
-        assert_eq!(writer.close().await.written, 5);
-        assert_eq!(ledger.firings("r").await.expect("read").len(), 5);
-    }
-
-    /// Panics on its first append, then works.
-    struct PanicsOnce {
-        panicked: AtomicBool,
-        inner: MemoryLedger,
-    }
-
-    impl Ledger for PanicsOnce {
-        fn backend(&self) -> &'static str {
-            "panics-once"
-        }
-        fn append<'a>(&'a self, records: &'a [Record]) -> LedgerFuture<'a, ()> {
-            if !self.panicked.swap(true, Ordering::SeqCst) {
-                panic!("backend bug");
-            }
-            self.inner.append(records)
-        }
-        fn firings<'a>(&'a self, reactor: &'a str) -> LedgerFuture<'a, Vec<FiringRecord>> {
-            self.inner.firings(reactor)
-        }
-    }
-
-    // A panicking backend is retried like a failing one; the writer survives and loses nothing.
-    #[tokio::test]
-    async fn panicking_append_is_a_failed_attempt() {
-        let ledger = Arc::new(PanicsOnce {
-            panicked: AtomicBool::new(false),
-            inner: MemoryLedger::new(),
-        });
-        let writer = LedgerWriter::spawn(ledger.clone(), 64);
-        for id in 1..=20 {
-            writer.write(firing("r", id)).await.expect("write");
-        }
-        let report = writer.close().await;
-        assert_eq!((report.written, report.lost), (20, 0), "{report:?}");
-        assert_eq!(ledger.firings("r").await.expect("read").len(), 20);
-    }
-
-    // Counts survive errors: a report says both what was written and what was lost.
-    #[tokio::test]
-    async fn report_counts_written_and_lost() {
-        let ledger = Arc::new(Flaky {
-            fail: AtomicU64::new(u64::from(APPEND_ATTEMPTS)),
-            inner: MemoryLedger::new(),
-        });
-        let writer = LedgerWriter::spawn(ledger.clone(), 1);
-        writer.write(firing("r", 1)).await.expect("write");
-        for _ in 0..400 {
-            if writer.status().lost_records == 1 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        assert!(writer.status().failing);
-        writer.write(firing("r", 2)).await.expect("write");
-        let report = writer.close().await;
-        assert_eq!((report.written, report.lost), (1, 1), "{report:?}");
-        assert!(report.first_error.is_some());
-    }
+/// The current time, microseconds since the Unix epoch.
+pub fn now_unix_us() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
 }

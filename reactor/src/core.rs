@@ -12,7 +12,7 @@ use cloacina_graph_core::{
     Boundary, Collect, CompiledGraph, Execution, Executor, GraphResult, InputCache, SourceName,
     TerminalOutputs,
 };
-use cloacina_ledger::{FiringOutcome, FiringRecord, LedgerWriter, Record};
+use cloacina_ledger::{FiringOutcome, FiringRecord, FiringTrigger, LedgerWriter, Record};
 use tokio::sync::{mpsc, oneshot, watch, Notify};
 
 use crate::config::{FailurePolicy, InputStrategy};
@@ -287,6 +287,11 @@ impl Core {
     /// Fires once on the live cache, or on `inputs` (a `fire_with`, which leaves the live
     /// cache and its dirty flags alone). Returns the firing when somebody asked for it.
     async fn fire(&mut self, manual: bool, inputs: Option<InputCache>) -> Option<Arc<Firing>> {
+        let trigger = match (&inputs, manual) {
+            (Some(_), _) => FiringTrigger::Supplied,
+            (None, true) => FiringTrigger::Forced,
+            (None, false) => FiringTrigger::Criteria,
+        };
         if inputs.is_none() {
             self.clear_dirty();
         }
@@ -362,12 +367,12 @@ impl Core {
                 Err(e) => GraphResult::Error(e),
             },
         });
-        self.record(&firing).await;
+        self.record(&firing, trigger).await;
         self.deliver(&firing).await;
         Some(firing)
     }
 
-    async fn record(&mut self, firing: &Firing) {
+    async fn record(&mut self, firing: &Firing, trigger: FiringTrigger) {
         let Some(writer) = &self.ledger else { return };
         let outcome = match &firing.result {
             GraphResult::Completed { outputs } => FiringOutcome::Completed {
@@ -381,7 +386,7 @@ impl Core {
         let record = Record::Firing(FiringRecord {
             reactor: self.name.to_string(),
             firing_id: firing.id,
-            manual: firing.manual,
+            trigger,
             inputs: firing
                 .inputs
                 .iter()

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use cloacina_accumulators::{inbound_channel, BoundarySender, HealthBoard, InboundSender};
 use cloacina_graph_core::{catch_panic, Boundary, CompiledGraph, Executor, InputCache, SourceName};
-use cloacina_ledger::{Ledger, LedgerWriter};
+use cloacina_ledger::{Ledger, LedgerWriter, WriterOptions};
 use tokio::sync::{mpsc, oneshot, watch, Notify};
 
 use crate::config::{FailurePolicy, InputStrategy, ReactionCriteria, SubscribeOptions};
@@ -270,9 +270,15 @@ impl ReactorBuilder {
             paused: false,
             warmed: false,
             subscribers: Vec::new(),
-            ledger: self
-                .ledger
-                .map(|(ledger, queue)| LedgerWriter::spawn(ledger, queue)),
+            ledger: self.ledger.map(|(ledger, queue)| {
+                LedgerWriter::spawn(
+                    ledger,
+                    WriterOptions {
+                        capacity: queue,
+                        ..WriterOptions::default()
+                    },
+                )
+            }),
             ledger_failed: false,
             ledger_unwritten: 0,
             inbound: inbound_rx,

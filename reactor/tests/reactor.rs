@@ -17,7 +17,7 @@ use cloacina_graph_core::{
     codec, source, CompiledGraph, GraphBuilder, GraphError, GraphResult, InputCache, SourceName,
 };
 use cloacina_ledger::{
-    FiringOutcome, FiringRecord, Ledger, LedgerError, LedgerFuture, MemoryLedger, Record,
+    conformance::FaultyLedger, FiringOutcome, FiringQuery, Ledger, MemoryLedger,
 };
 use cloacina_reactor::{
     FailurePolicy, Firing, InputStrategy, Lagged, Overflow, ReactionCriteria, ReactorError,
@@ -1202,13 +1202,16 @@ async fn ledger_records_every_firing() {
     assert_eq!(report.ledger_records, 4);
     assert_eq!(report.ledger_error, None);
 
-    let records = ledger.firings("ledgered").await.expect("ledger readable");
+    let records = ledger
+        .firings(&FiringQuery::reactor("ledgered"))
+        .await
+        .expect("ledger readable");
     assert_eq!(records.len(), 4, "one record per firing");
     let expected_seq = [1u64, 2, 3, 3];
     for (i, record) in records.iter().enumerate() {
         assert_eq!(record.reactor, "ledgered");
         assert_eq!(record.firing_id, i as u64 + 1);
-        assert_eq!(record.manual, i == 3);
+        assert_eq!(record.trigger.manual(), i == 3);
         assert_eq!(record.inputs, vec![("x".to_owned(), expected_seq[i])]);
         match (&record.outcome, expected_seq[i]) {
             (FiringOutcome::Failed { node, error }, 2) => {
@@ -1226,28 +1229,6 @@ async fn ledger_records_every_firing() {
     }
 }
 
-/// A ledger whose every append fails.
-struct BrokenLedger;
-
-impl Ledger for BrokenLedger {
-    fn backend(&self) -> &'static str {
-        "broken"
-    }
-
-    fn append<'a>(&'a self, _records: &'a [Record]) -> LedgerFuture<'a, ()> {
-        Box::pin(async {
-            Err(LedgerError::Backend {
-                backend: "broken",
-                message: "disk on fire".into(),
-            })
-        })
-    }
-
-    fn firings<'a>(&'a self, _reactor: &'a str) -> LedgerFuture<'a, Vec<FiringRecord>> {
-        Box::pin(async { Ok(Vec::new()) })
-    }
-}
-
 // CG-R-15 analog (ledger failure is reported, firing continues).
 // A failing ledger does not stop the reactor: it keeps firing and delivering, and shutdown
 // reports the ledger error.
@@ -1255,7 +1236,7 @@ impl Ledger for BrokenLedger {
 async fn failing_ledger_does_not_stop_firing_and_is_reported_at_shutdown() {
     let reactor = ReactorHandle::builder(echo_graph())
         .strategy(InputStrategy::Sequential)
-        .ledger(Arc::new(BrokenLedger), 4)
+        .ledger(Arc::new(FaultyLedger::failing_first(u64::MAX)), 4)
         .spawn()
         .expect("spawn");
     let mut sub = reactor.subscribe();
@@ -1294,7 +1275,7 @@ async fn failing_ledger_does_not_stop_firing_and_is_reported_at_shutdown() {
     assert_eq!(report.fires, fires);
     assert_eq!(report.ledger_records, 0);
     let error = report.ledger_error.expect("the ledger error is reported");
-    assert!(error.contains("disk on fire"), "{error}");
+    assert!(error.contains("injected outage"), "{error}");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1530,46 +1511,13 @@ async fn awaited_commands_see_boundaries_sent_before_them() {
     reactor.shutdown().await.expect("shutdown");
 }
 
-/// Fails its first `fail` appends, then stores in memory.
-struct FailsFirst {
-    fail: AtomicU64,
-    inner: MemoryLedger,
-}
-
-impl Ledger for FailsFirst {
-    fn backend(&self) -> &'static str {
-        "fails-first"
-    }
-
-    fn append<'a>(&'a self, records: &'a [Record]) -> LedgerFuture<'a, ()> {
-        if self
-            .fail
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-            .is_ok()
-        {
-            return Box::pin(async {
-                Err(LedgerError::Backend {
-                    backend: "fails-first",
-                    message: "outage".into(),
-                })
-            });
-        }
-        self.inner.append(records)
-    }
-
-    fn firings<'a>(&'a self, reactor: &'a str) -> LedgerFuture<'a, Vec<FiringRecord>> {
-        self.inner.firings(reactor)
-    }
-}
-
 // A ledger outage makes the reactor Degraded; once appends succeed again it is Live again, and
 // the shutdown report counts both what was written and what was lost.
 #[tokio::test]
 async fn ledger_outage_degrades_then_recovers_and_is_counted() {
-    let ledger = Arc::new(FailsFirst {
-        fail: AtomicU64::new(u64::from(cloacina_ledger::APPEND_ATTEMPTS)),
-        inner: MemoryLedger::new(),
-    });
+    let ledger = Arc::new(FaultyLedger::failing_first(u64::from(
+        cloacina_ledger::APPEND_ATTEMPTS,
+    )));
     let reactor = ReactorHandle::builder(echo_graph())
         .name("outage")
         .strategy(InputStrategy::Sequential)
@@ -1604,7 +1552,11 @@ async fn ledger_outage_degrades_then_recovers_and_is_counted() {
         "{report:?}"
     );
     assert_eq!(
-        ledger.firings("outage").await.expect("read").len() as u64,
+        ledger
+            .firings(&FiringQuery::reactor("outage"))
+            .await
+            .expect("read")
+            .len() as u64,
         report.ledger_records
     );
 }
