@@ -72,7 +72,7 @@ impl<T> fmt::Debug for BatchSender<T> {
 impl<T: Send + 'static> BatchSender<T> {
     /// Sends an event, waiting while the batch's queue is full.
     pub async fn send(&self, value: T) -> Result<(), SendError<T>> {
-        self.tx.send(value).await.map_err(|e| SendError {
+        self.tx.send(value).await.map_err(|e| SendError::Closed {
             source_name: "batch".into(),
             value: e.0,
         })

@@ -10,7 +10,7 @@ use cloacina_graph_core::SourceName;
 use tokio::sync::{watch, Notify};
 
 use crate::health::{AccumulatorHealth, HealthReporter};
-use crate::inbound::BoundarySender;
+use crate::inbound::{BoundarySender, SendError};
 
 /// An accumulator stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -23,6 +23,15 @@ pub enum AccumulatorError {
         source_name: SourceName,
         /// Values not delivered.
         pending: usize,
+    },
+    /// A durable (`Sync`) reactor took the value but could not record it durably; it may
+    /// have fired. An accumulator must not commit its own offset past it.
+    #[error("boundary of source `{source_name}` not recorded durably: {reason}")]
+    NotDurable {
+        /// The source.
+        source_name: SourceName,
+        /// Why.
+        reason: String,
     },
     /// The accumulator's own source failed.
     #[error("accumulator `{source_name}` failed: {message}")]
@@ -133,9 +142,18 @@ impl<T: Send + Sync + 'static> AccumulatorContext<T> {
         self.sender
             .send(value)
             .await
-            .map_err(|e| AccumulatorError::ReactorClosed {
-                source_name: e.source_name,
-                pending: 1,
+            .map_err(|e| match e {
+                SendError::Closed { source_name, .. } => AccumulatorError::ReactorClosed {
+                    source_name,
+                    pending: 1,
+                },
+                SendError::NotDurable {
+                    source_name,
+                    reason,
+                } => AccumulatorError::NotDurable {
+                    source_name,
+                    reason,
+                },
             })?;
         self.metrics.boundaries.fetch_add(1, Ordering::Relaxed);
         Ok(())

@@ -10,6 +10,7 @@ use std::marker::PhantomData;
 use std::sync::Arc;
 
 use cloacina_graph_core::{BoundaryValue, SourceName};
+use cloacina_ledger::AckSender;
 use tokio::sync::mpsc;
 
 /// One value on its way to a reactor; the reactor stamps its sequence number and receive time.
@@ -20,6 +21,8 @@ pub struct Inbound {
     pub value: BoundaryValue,
     /// Rust type name of the value.
     pub type_name: &'static str,
+    /// Told once the boundary is durably recorded (senders of `Sync` reactors wait on it).
+    pub ack: Option<AckSender>,
 }
 
 impl fmt::Debug for Inbound {
@@ -34,7 +37,7 @@ impl fmt::Debug for Inbound {
 /// Creates a reactor's inbound channel with room for `capacity` boundaries.
 pub fn inbound_channel(capacity: usize) -> (InboundSender, mpsc::Receiver<Inbound>) {
     let (tx, rx) = mpsc::channel(crate::clamp_capacity(capacity));
-    (InboundSender { tx }, rx)
+    (InboundSender { tx, durable: false }, rx)
 }
 
 /// Untyped sending half of a reactor's inbound channel; [`InboundSender::typed`] makes a
@@ -42,9 +45,17 @@ pub fn inbound_channel(capacity: usize) -> (InboundSender, mpsc::Receiver<Inboun
 #[derive(Clone, Debug)]
 pub struct InboundSender {
     tx: mpsc::Sender<Inbound>,
+    durable: bool,
 }
 
 impl InboundSender {
+    /// Makes every sender made from this one wait, in [`BoundarySender::send`], until the
+    /// reactor has recorded the boundary durably (for `Sync` reactors).
+    pub fn durable(mut self, durable: bool) -> Self {
+        self.durable = durable;
+        self
+    }
+
     /// A typed sender for the source at `index` named `source`. The caller (the reactor's
     /// builder) checks that `T` is the type the graph reads from that source.
     pub fn typed<T: Send + Sync + 'static>(
@@ -56,19 +67,50 @@ impl InboundSender {
             tx: self.tx.clone(),
             index,
             source,
+            durable: self.durable,
             _t: PhantomData,
         }
     }
 }
 
-/// The reactor has stopped: the value is handed back.
+/// A [`BoundarySender::send`] failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("reactor closed: boundary for source `{source_name}` not accepted")]
-pub struct SendError<T> {
-    /// The source.
-    pub source_name: SourceName,
-    /// The value that was not sent.
-    pub value: T,
+pub enum SendError<T> {
+    /// The reactor has stopped: the value was not accepted and is handed back.
+    #[error("reactor closed: boundary for source `{source_name}` not accepted")]
+    Closed {
+        /// The source.
+        source_name: SourceName,
+        /// The value that was not sent.
+        value: T,
+    },
+    /// A durable (`Sync`) reactor accepted the value but could not record it durably (the
+    /// ledger failed, or the reactor stopped first). It may or may not have fired; send it
+    /// again to be sure (firings are at least once across failures).
+    #[error("boundary for source `{source_name}` not recorded durably: {reason}")]
+    NotDurable {
+        /// The source.
+        source_name: SourceName,
+        /// Why.
+        reason: String,
+    },
+}
+
+impl<T> SendError<T> {
+    /// The value handed back, if it was not accepted.
+    pub fn into_value(self) -> Option<T> {
+        match self {
+            Self::Closed { value, .. } => Some(value),
+            Self::NotDurable { .. } => None,
+        }
+    }
+
+    /// The source it was for.
+    pub fn source_name(&self) -> &SourceName {
+        match self {
+            Self::Closed { source_name, .. } | Self::NotDurable { source_name, .. } => source_name,
+        }
+    }
 }
 
 /// A [`BoundarySender::try_send`] failed; the value is handed back.
@@ -96,6 +138,7 @@ pub struct BoundarySender<T> {
     tx: mpsc::Sender<Inbound>,
     index: u32,
     source: SourceName,
+    durable: bool,
     _t: PhantomData<fn(T)>,
 }
 
@@ -105,6 +148,7 @@ impl<T> Clone for BoundarySender<T> {
             tx: self.tx.clone(),
             index: self.index,
             source: self.source.clone(),
+            durable: self.durable,
             _t: PhantomData,
         }
     }
@@ -124,33 +168,54 @@ impl<T: Send + Sync + 'static> BoundarySender<T> {
         &self.source
     }
 
-    fn inbound(&self, value: T) -> Inbound {
+    fn inbound(&self, value: T, ack: Option<AckSender>) -> Inbound {
         Inbound {
             source: self.index,
             value: Arc::new(value),
             type_name: std::any::type_name::<T>(),
+            ack,
         }
     }
 
-    /// Sends a value, waiting while the reactor's queue is full.
+    /// Sends a value, waiting while the reactor's queue is full. For a reactor with `Sync`
+    /// durability it then waits until the boundary is durably recorded (group commit: many
+    /// senders share one flush).
     pub async fn send(&self, value: T) -> Result<(), SendError<T>> {
-        match self.tx.reserve().await {
-            Ok(permit) => {
-                permit.send(self.inbound(value));
-                Ok(())
+        let permit = match self.tx.reserve().await {
+            Ok(permit) => permit,
+            Err(_) => {
+                return Err(SendError::Closed {
+                    source_name: self.source.clone(),
+                    value,
+                })
             }
-            Err(_) => Err(SendError {
-                source_name: self.source.clone(),
-                value,
-            }),
+        };
+        if !self.durable {
+            permit.send(self.inbound(value, None));
+            return Ok(());
+        }
+        let (ack, recorded) = tokio::sync::oneshot::channel();
+        permit.send(self.inbound(value, Some(ack)));
+        let not_durable = |reason: String| SendError::NotDurable {
+            source_name: self.source.clone(),
+            reason,
+        };
+        match recorded.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(not_durable(e.to_string())),
+            Err(_) => Err(not_durable(
+                "the reactor stopped before recording it".into(),
+            )),
         }
     }
 
-    /// Sends a value if the queue has room now; otherwise hands it back.
+    /// Sends a value if the queue has room now; otherwise hands it back. Never waits, so on a
+    /// `Sync` reactor it returns before the boundary is durable (use [`BoundarySender::send`]
+    /// for an acknowledgement).
     pub fn try_send(&self, value: T) -> Result<(), TrySendError<T>> {
         match self.tx.try_reserve() {
             Ok(permit) => {
-                permit.send(self.inbound(value));
+                permit.send(self.inbound(value, None));
                 Ok(())
             }
             Err(mpsc::error::TrySendError::Full(())) => Err(TrySendError::Full(value)),
@@ -190,8 +255,8 @@ mod tests {
         assert_eq!(second.value.downcast_ref::<u32>(), Some(&3));
         drop(rx);
         let err = s.send(9).await.expect_err("closed");
-        assert_eq!(err.value, 9);
-        assert_eq!(err.source_name.as_str(), "a");
+        assert_eq!(err.source_name().as_str(), "a");
+        assert_eq!(err.into_value(), Some(9));
         assert_eq!(s.try_send(4), Err(TrySendError::Closed(4)));
     }
 }

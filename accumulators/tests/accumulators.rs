@@ -409,7 +409,7 @@ async fn batch_shutdown_emits_everything_queued() {
     assert_eq!(rig.metrics.events(), 10);
 
     let err = tx.send(99).await.expect_err("batch stopped");
-    assert_eq!(err.value, 99);
+    assert_eq!(err.into_value(), Some(99));
     match tx.try_send(100) {
         Err(e) => assert_eq!(e.into_inner(), 100),
         Ok(()) => panic!("try_send after shutdown must fail"),

@@ -5,17 +5,21 @@ use std::any::Any;
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use cloacina_accumulators::{HealthBoard, Inbound};
 use cloacina_graph_core::{
     Boundary, Collect, CompiledGraph, Execution, Executor, GraphResult, InputCache, SourceName,
     TerminalOutputs,
 };
-use cloacina_ledger::{FiringOutcome, FiringRecord, FiringTrigger, LedgerWriter, Record};
+use cloacina_ledger::{
+    AckSender, FiringOutcome, FiringRecord, FiringTrigger, Ledger, LedgerError, LedgerWriter,
+    Record, SnapshotRecord,
+};
 use tokio::sync::{mpsc, oneshot, watch, Notify};
 
 use crate::config::{FailurePolicy, InputStrategy};
+use crate::durable::{self, boundary_record, unix_us, Durability, RecoveryError};
 use crate::firing::{Firing, FiringInput};
 use crate::handle::{ReactorError, ReactorState, ShutdownReport};
 use crate::health::ReactorHealth;
@@ -52,7 +56,8 @@ pub(crate) struct Core {
     pub(crate) executor: Executor,
     pub(crate) cache: InputCache,
     pub(crate) sources: Arc<[SourceName]>,
-    pub(crate) seqs: Vec<u64>,
+    /// Sequence number of the last boundary accepted (reactor-wide).
+    pub(crate) last_seq: u64,
     pub(crate) dirty: Vec<bool>,
     pub(crate) watched: Vec<bool>,
     pub(crate) dirty_watched: usize,
@@ -66,6 +71,15 @@ pub(crate) struct Core {
     pub(crate) warmed: bool,
     pub(crate) subscribers: Vec<Subscriber>,
     pub(crate) ledger: Option<LedgerWriter>,
+    /// The store behind `ledger`, read once at start to recover.
+    pub(crate) recover_from: Option<Arc<dyn Ledger>>,
+    pub(crate) durability: Durability,
+    /// Boundary records (with their senders' acknowledgements) waiting to be handed to the
+    /// writer before the next firing.
+    pub(crate) outbox: Vec<(Record, Option<AckSender>)>,
+    /// A state snapshot is recorded after this many boundaries (and at shutdown).
+    pub(crate) snapshot_every: u64,
+    pub(crate) since_snapshot: u64,
     pub(crate) ledger_failed: bool,
     /// Records that never reached the ledger writer (it had stopped).
     pub(crate) ledger_unwritten: u64,
@@ -81,19 +95,22 @@ pub(crate) struct Core {
     pub(crate) next_id: u64,
 }
 
-fn unix_us(t: SystemTime) -> i64 {
-    t.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
-}
-
 impl Core {
     /// The loop. Ordering rule: a command whose caller awaits it is handled after every
     /// boundary that was already queued when the command was seen, so `send(x).await;
     /// force_fire().await` fires on `x`; a subscription is registered before them, so
     /// `subscribe(); send(x)` delivers the firing for `x`.
-    pub(crate) async fn run(mut self, mut control: mpsc::UnboundedReceiver<Command>) {
+    pub(crate) async fn run(
+        mut self,
+        mut control: mpsc::UnboundedReceiver<Command>,
+    ) -> Result<(), RecoveryError> {
+        if let Some(ledger) = self.recover_from.take() {
+            self.recover(&*ledger).await?;
+        }
         let board = self.board.clone();
         self.refresh_health();
+        // Work restored from the ledger is owed its firings like any other.
+        self.evaluate().await;
         loop {
             let room = self.room();
             tokio::select! {
@@ -102,10 +119,10 @@ impl Core {
                     let Some(cmd) = cmd else {
                         // Every handle is gone: stop as if asked to.
                         self.shutdown().await;
-                        return;
+                        return Ok(());
                     };
                     if self.ordered(cmd).await == Flow::Stop {
-                        return;
+                        return Ok(());
                     }
                 }
                 () = async { match &board { Some(b) => b.changed().await, None => std::future::pending().await } } => {
@@ -127,7 +144,7 @@ impl Core {
                     self.take_buffered().await;
                     for cmd in deferred {
                         if self.ordered(cmd).await == Flow::Stop {
-                            return;
+                            return Ok(());
                         }
                     }
                 }
@@ -158,7 +175,9 @@ impl Core {
             self.accept(inb, now);
         }
         self.buf = buf;
+        self.hand_over().await;
         self.evaluate().await;
+        self.maybe_snapshot().await;
     }
 
     /// Takes in what is queued right now (within the room there is) and fires for it.
@@ -174,7 +193,9 @@ impl Core {
                 Err(_) => break,
             }
         }
+        self.hand_over().await;
         self.evaluate().await;
+        self.maybe_snapshot().await;
     }
 
     /// Handles one command in order (see [`Core::run`]).
@@ -194,17 +215,40 @@ impl Core {
         Flow::Continue
     }
 
-    /// Stamps a boundary and puts it in the cache (Latest) or the queue (Sequential).
+    /// Stamps a boundary, queues its ledger record (if state is recorded), and puts it in the
+    /// cache (Latest) or the queue (Sequential).
     fn accept(&mut self, inb: Inbound, received_at: SystemTime) {
         let index = inb.source as usize;
-        let Some(seq) = self.seqs.get_mut(index) else {
+        if index >= self.sources.len() {
             self.stats.rejected.fetch_add(1, Ordering::Relaxed);
             tracing::error!(reactor = %self.name, source = index, "boundary for an unknown source index");
+            if let Some(ack) = inb.ack {
+                let _ = ack.send(Err(not_recorded("unknown source index".into())));
+            }
             return;
-        };
-        *seq += 1;
-        let boundary = Boundary::from_erased(*seq, received_at, inb.value, inb.type_name);
+        }
+        self.last_seq += 1;
+        let boundary = Boundary::from_erased(self.last_seq, received_at, inb.value, inb.type_name);
         self.stats.boundaries.fetch_add(1, Ordering::Relaxed);
+        if self.durability.records_state() && self.ledger.is_some() {
+            self.since_snapshot += 1;
+            match boundary_record(&self.name, &self.graph.sources()[index], &boundary) {
+                Ok(record) => self.outbox.push((Record::Boundary(record), inb.ack)),
+                Err(reason) => {
+                    // Accepted in memory, but it cannot be recorded: say so loudly.
+                    tracing::error!(reactor = %self.name, seq = self.last_seq, %reason, "boundary not recorded");
+                    self.ledger_unwritten += 1;
+                    if let Some(ack) = inb.ack {
+                        let _ = ack.send(Err(not_recorded(reason)));
+                    }
+                }
+            }
+        } else if let Some(ack) = inb.ack {
+            // Only durable senders ask; a reactor that records no state cannot promise it.
+            let _ = ack.send(Err(not_recorded(
+                "the reactor records no boundaries (no ledger, or durability None)".into(),
+            )));
+        }
         match self.strategy {
             InputStrategy::Latest => {
                 self.cache.set_at(index, boundary);
@@ -400,6 +444,139 @@ impl Core {
             self.ledger_unwritten += 1;
             tracing::error!(reactor = %self.name, error = %e, "ledger writer gone; record not written");
         }
+        self.note_ledger_status();
+    }
+
+    /// Hands the boundary records of the batch just accepted to the writer, before any
+    /// firing that uses them. Waits only if the writer's queue is full.
+    async fn hand_over(&mut self) {
+        if self.outbox.is_empty() {
+            return;
+        }
+        let Some(writer) = &self.ledger else {
+            self.outbox.clear();
+            return;
+        };
+        let mut lost = 0;
+        for (record, ack) in self.outbox.drain(..) {
+            let handed = match ack {
+                None => writer.write(record).await.map_err(|e| (e, None)),
+                Some(ack) => writer
+                    .write_acked(record, ack)
+                    .await
+                    .map_err(|(e, ack)| (e, Some(ack))),
+            };
+            if let Err((e, ack)) = handed {
+                lost += 1;
+                if let Some(ack) = ack {
+                    let _ = ack.send(Err(not_recorded(e.to_string())));
+                }
+            }
+        }
+        if lost > 0 {
+            self.ledger_unwritten += lost;
+            tracing::error!(reactor = %self.name, lost, "ledger writer gone; boundary records not written");
+        }
+        self.note_ledger_status();
+    }
+
+    /// Records a state snapshot once enough boundaries have come in since the last one.
+    async fn maybe_snapshot(&mut self) {
+        if self.since_snapshot >= self.snapshot_every {
+            self.snapshot().await;
+        }
+    }
+
+    /// Records the reactor's state (cache, dirty flags, Sequential queue) so that a restart
+    /// needs no boundary from before it (and retention may remove them).
+    async fn snapshot(&mut self) {
+        if !self.durability.records_state() {
+            return;
+        }
+        let Some(writer) = &self.ledger else { return };
+        self.since_snapshot = 0;
+        let decls = self.graph.sources();
+        let encode = |index: usize, b: &Boundary| {
+            decls
+                .get(index)
+                .ok_or_else(|| "source index out of range".to_owned())
+                .and_then(|decl| boundary_record(&self.name, decl, b))
+        };
+        let mut cache = Vec::with_capacity(decls.len());
+        for index in 0..decls.len() {
+            if let Some(b) = self.cache.at(index) {
+                match encode(index, b) {
+                    Ok(r) => cache.push(r),
+                    Err(reason) => {
+                        tracing::error!(reactor = %self.name, %reason, "snapshot not recorded");
+                        return;
+                    }
+                }
+            }
+        }
+        let mut queue = Vec::with_capacity(self.queue.len());
+        for (index, b) in &self.queue {
+            match encode(*index, b) {
+                Ok(r) => queue.push(r),
+                Err(reason) => {
+                    tracing::error!(reactor = %self.name, %reason, "snapshot not recorded");
+                    return;
+                }
+            }
+        }
+        let record = Record::Snapshot(SnapshotRecord {
+            reactor: self.name.to_string(),
+            last_seq: self.last_seq,
+            next_firing_id: self.next_id,
+            taken_at_unix_us: unix_us(SystemTime::now()),
+            cache,
+            dirty: self
+                .sources
+                .iter()
+                .zip(&self.dirty)
+                .filter(|(_, d)| **d)
+                .map(|(s, _)| s.as_str().to_owned())
+                .collect(),
+            queue,
+        });
+        if let Err(e) = writer.write(record).await {
+            self.ledger_unwritten += 1;
+            tracing::error!(reactor = %self.name, error = %e, "ledger writer gone; snapshot not written");
+        }
+        self.stats.snapshots.fetch_add(1, Ordering::Relaxed);
+        self.note_ledger_status();
+    }
+
+    /// Rebuilds cache, dirty flags, queue and counters from the ledger (before the loop).
+    async fn recover(&mut self, ledger: &dyn Ledger) -> Result<(), RecoveryError> {
+        let state =
+            durable::recover(ledger, &self.name, self.graph.sources(), self.strategy).await?;
+        for (index, slot) in state.cache.into_iter().enumerate() {
+            if let Some(b) = slot {
+                self.cache.set_at(index, b);
+            }
+        }
+        self.clear_dirty();
+        for (index, dirty) in state.dirty.iter().enumerate() {
+            if *dirty {
+                self.mark_dirty(index);
+            }
+        }
+        self.queue = state.queue;
+        self.last_seq = state.last_seq;
+        self.next_id = state.next_id;
+        self.stats
+            .recovered_boundaries
+            .store(state.boundaries, Ordering::Relaxed);
+        if state.boundaries > 0 || state.next_id > 1 {
+            tracing::info!(reactor = %self.name, restored = state.boundaries, last_seq = state.last_seq, next_firing = state.next_id, "reactor state recovered from the ledger");
+        }
+        Ok(())
+    }
+
+    /// Publishes the writer's counters and flips health while appends fail.
+    fn note_ledger_status(&mut self) {
+        let Some(writer) = &self.ledger else { return };
         let status = writer.status();
         self.stats
             .ledger_errors
@@ -580,6 +757,7 @@ impl Core {
             for inb in buf.drain(..) {
                 self.accept(inb, now);
             }
+            self.hand_over().await;
             if self.strategy == InputStrategy::Sequential && !self.paused {
                 self.drain(true, usize::MAX).await;
             }
@@ -615,6 +793,8 @@ impl Core {
             ledger_lost: self.ledger_unwritten,
             ledger_error: None,
         };
+        // A final snapshot: a restart resumes exactly here without replaying boundaries.
+        self.snapshot().await;
         if let Some(writer) = self.ledger.take() {
             let written = writer.close().await;
             report.ledger_records = written.written;
@@ -624,6 +804,13 @@ impl Core {
         self.subscribers.clear();
         self.health.send_replace(ReactorHealth::Stopped);
         report
+    }
+}
+
+fn not_recorded(reason: String) -> LedgerError {
+    LedgerError::Backend {
+        backend: "reactor",
+        message: reason,
     }
 }
 

@@ -7,11 +7,12 @@ use std::time::Duration;
 
 use cloacina_accumulators::{inbound_channel, BoundarySender, HealthBoard, InboundSender};
 use cloacina_graph_core::{catch_panic, Boundary, CompiledGraph, Executor, InputCache, SourceName};
-use cloacina_ledger::{Ledger, LedgerWriter, WriterOptions};
+use cloacina_ledger::{Commit, Ledger, LedgerWriter, WriterOptions};
 use tokio::sync::{mpsc, oneshot, watch, Notify};
 
 use crate::config::{FailurePolicy, InputStrategy, ReactionCriteria, SubscribeOptions};
 use crate::core::{Command, Core};
+use crate::durable::Durability;
 use crate::firing::Firing;
 use crate::health::ReactorHealth;
 use crate::stats::{ReactorStats, StatsSnapshot};
@@ -52,6 +53,24 @@ pub enum ReactorError {
     Stopped {
         /// Reactor.
         reactor: String,
+    },
+    /// A recording reactor needs every source's values encodable.
+    #[error("reactor `{reactor}`: source `{source_name}` ({type_name}) has no codec, so its boundaries cannot be recorded; make the type Serialize + DeserializeOwned or use Durability::None")]
+    SourceNotRecordable {
+        /// Reactor.
+        reactor: String,
+        /// The source.
+        source_name: SourceName,
+        /// Its type.
+        type_name: &'static str,
+    },
+    /// The reactor failed (could not recover its state, or an engine bug).
+    #[error("reactor `{reactor}` failed: {reason}")]
+    Failed {
+        /// Reactor.
+        reactor: String,
+        /// Why.
+        reason: String,
     },
     /// No tokio runtime to spawn on.
     #[error("reactor `{reactor}`: no tokio runtime (spawn from within a runtime)")]
@@ -110,6 +129,8 @@ pub struct ReactorBuilder {
     queue_limit: usize,
     firing_timeout: Option<Duration>,
     ledger: Option<(Arc<dyn Ledger>, usize)>,
+    durability: Durability,
+    snapshot_every: u64,
     board: Option<Arc<HealthBoard>>,
     after_fire: Vec<Arc<Notify>>,
 }
@@ -137,6 +158,8 @@ impl ReactorBuilder {
             queue_limit: 65_536,
             firing_timeout: Some(Duration::from_secs(30)),
             ledger: None,
+            durability: Durability::default(),
+            snapshot_every: 65_536,
             board: None,
             after_fire: Vec::new(),
         }
@@ -185,10 +208,26 @@ impl ReactorBuilder {
         self
     }
 
-    /// Records every firing and its result in `ledger`, through a background writer with a
-    /// bounded queue of `queue` records.
+    /// Records this reactor's life in `ledger` (see [`ReactorBuilder::durability`] for how
+    /// much), through a background writer with a bounded queue of `queue` records; at start
+    /// the reactor restores the state recorded there.
     pub fn ledger(mut self, ledger: Arc<dyn Ledger>, queue: usize) -> Self {
         self.ledger = Some((ledger, queue));
+        self
+    }
+
+    /// How much the ledger records and when `send` returns (default [`Durability::Batched`]).
+    /// `Batched` and `Sync` need every source of the graph to have a codec (sources declared
+    /// with `source::<T>` where `T: Serialize + DeserializeOwned` have one).
+    pub fn durability(mut self, durability: Durability) -> Self {
+        self.durability = durability;
+        self
+    }
+
+    /// Records a state snapshot after this many boundaries (default 65,536), and always at
+    /// shutdown. Retention never removes what the latest snapshot does not cover.
+    pub fn snapshot_every(mut self, boundaries: u64) -> Self {
+        self.snapshot_every = boundaries.max(1);
         self
     }
 
@@ -235,6 +274,16 @@ impl ReactorBuilder {
             ReactionCriteria::WhenAll(l) => (true, l),
         };
         let watched = self.source_indices(listed)?;
+        let records_state = self.ledger.is_some() && self.durability.records_state();
+        if records_state {
+            if let Some(decl) = self.graph.sources().iter().find(|d| d.codec.is_none()) {
+                return Err(ReactorError::SourceNotRecordable {
+                    reactor: self.name.clone(),
+                    source_name: decl.name.clone(),
+                    type_name: decl.type_name,
+                });
+            }
+        }
         let n_watched = watched.iter().filter(|w| **w).count();
         if n_watched == 0 {
             return Err(ReactorError::EmptyCriteria {
@@ -249,6 +298,7 @@ impl ReactorBuilder {
             .map(|s| s.name.clone())
             .collect();
         let (inbound, inbound_rx) = inbound_channel(self.inbound_capacity);
+        let inbound = inbound.durable(records_state && self.durability == Durability::Sync);
         let (control, control_rx) = mpsc::unbounded_channel();
         let (health_tx, health_rx) = watch::channel(ReactorHealth::Starting);
         let stats = Arc::new(ReactorStats::default());
@@ -257,7 +307,7 @@ impl ReactorBuilder {
             name: Arc::clone(&name),
             executor: Executor::new(Arc::clone(&self.graph)).with_timeout(self.firing_timeout),
             cache: self.graph.new_cache(),
-            seqs: vec![0; sources.len()],
+            last_seq: 0,
             dirty: vec![false; sources.len()],
             watched,
             dirty_watched: 0,
@@ -270,15 +320,29 @@ impl ReactorBuilder {
             paused: false,
             warmed: false,
             subscribers: Vec::new(),
+            recover_from: self
+                .ledger
+                .as_ref()
+                .filter(|_| records_state)
+                .map(|(ledger, _)| Arc::clone(ledger)),
             ledger: self.ledger.map(|(ledger, queue)| {
                 LedgerWriter::spawn(
                     ledger,
                     WriterOptions {
                         capacity: queue,
+                        commit: if self.durability == Durability::Sync {
+                            Commit::Durable
+                        } else {
+                            Commit::Buffered
+                        },
                         ..WriterOptions::default()
                     },
                 )
             }),
+            durability: self.durability,
+            outbox: Vec::with_capacity(256),
+            snapshot_every: self.snapshot_every,
+            since_snapshot: 0,
             ledger_failed: false,
             ledger_unwritten: 0,
             inbound: inbound_rx,
@@ -299,10 +363,13 @@ impl ReactorBuilder {
         let task = runtime.spawn(async move {
             // Every user-code path is guarded inside; this catches engine bugs, so that the
             // handle reports `Failed` instead of a stale `Live`.
-            if let Err(message) = catch_panic(core.run(control_rx)).await {
-                tracing::error!(reactor = %reactor, %message, "reactor task panicked");
-                *failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(message);
-            }
+            let message = match catch_panic(core.run(control_rx)).await {
+                Ok(Ok(())) => return,
+                Ok(Err(e)) => e.to_string(),
+                Err(panic) => format!("reactor task panicked: {panic}"),
+            };
+            tracing::error!(reactor = %reactor, %message, "reactor failed");
+            *failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(message);
         });
         Ok(ReactorHandle {
             inner: Arc::new(HandleInner {

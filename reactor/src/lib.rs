@@ -19,6 +19,10 @@
 //!   subscriber has its own bounded queue; see [`Overflow`] for what a slow one costs.
 //! - **Health** ([`ReactorHealth`]): `Starting` -> `Warming` (no firing until every accumulator
 //!   is live) -> `Live` <-> `Degraded` -> `Stopped`.
+//! - **Ledger and recovery** ([`Durability`]): with a ledger, firings are recorded; with
+//!   `Batched` (the default) or `Sync` durability so are boundaries and state snapshots, and a
+//!   reactor started on the same ledger resumes with its cache, dirty flags, Sequential queue
+//!   and sequence numbers. `Sync` senders return only once their boundary is durable.
 //!
 //! One task runs the loop. A firing runs inline in it: plain nodes are called directly, async
 //! nodes awaited; there is no task hop between a boundary arriving and its firing.
@@ -44,6 +48,7 @@
 
 mod config;
 mod core;
+mod durable;
 mod firing;
 mod handle;
 mod health;
@@ -51,6 +56,7 @@ mod stats;
 mod subscription;
 
 pub use config::{FailurePolicy, InputStrategy, Overflow, ReactionCriteria, SubscribeOptions};
+pub use durable::{Durability, RecoveryError};
 pub use firing::{Firing, FiringInput};
 pub use handle::{ReactorBuilder, ReactorError, ReactorHandle, ReactorState, ShutdownReport};
 pub use health::ReactorHealth;

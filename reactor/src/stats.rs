@@ -93,6 +93,8 @@ pub struct ReactorStats {
     pub(crate) subscribers_detached: AtomicU64,
     pub(crate) ledger_errors: AtomicU64,
     pub(crate) ledger_lost: AtomicU64,
+    pub(crate) snapshots: AtomicU64,
+    pub(crate) recovered_boundaries: AtomicU64,
     pub(crate) firing_duration: DurationHistogram,
 }
 
@@ -117,9 +119,14 @@ pub struct StatsSnapshot {
     pub subscribers_detached: u64,
     /// Ledger append attempts that failed (each is retried).
     pub ledger_errors: u64,
-    /// Firing records that never reached the ledger (every append attempt failed, or the
-    /// writer had stopped); the reactor is `Degraded` while appends fail.
+    /// Ledger records (boundaries, firings, snapshots) that never reached the ledger (every
+    /// append attempt failed, the writer had stopped, or a value could not be encoded); the
+    /// reactor is `Degraded` while appends fail.
     pub ledger_lost: u64,
+    /// State snapshots recorded.
+    pub snapshots: u64,
+    /// Boundaries restored into the cache or queue from the ledger at start.
+    pub recovered_boundaries: u64,
     /// How long graphs ran, per firing.
     pub firing_duration: HistogramSnapshot,
 }
@@ -139,6 +146,8 @@ impl ReactorStats {
             subscribers_detached: r(&self.subscribers_detached),
             ledger_errors: r(&self.ledger_errors),
             ledger_lost: r(&self.ledger_lost),
+            snapshots: r(&self.snapshots),
+            recovered_boundaries: r(&self.recovered_boundaries),
             firing_duration: self.firing_duration.snapshot(),
         }
     }

@@ -20,8 +20,8 @@ use cloacina_ledger::{
     conformance::FaultyLedger, FiringOutcome, FiringQuery, Ledger, MemoryLedger,
 };
 use cloacina_reactor::{
-    FailurePolicy, Firing, InputStrategy, Lagged, Overflow, ReactionCriteria, ReactorError,
-    ReactorHandle, ReactorHealth, ReactorState, SubscribeOptions, Subscription,
+    Durability, FailurePolicy, Firing, InputStrategy, Lagged, Overflow, ReactionCriteria,
+    ReactorError, ReactorHandle, ReactorHealth, ReactorState, SubscribeOptions, Subscription,
 };
 use tokio::sync::{Notify, Semaphore};
 
@@ -1184,6 +1184,7 @@ async fn ledger_records_every_firing() {
         .name("ledgered")
         .strategy(InputStrategy::Sequential)
         .ledger(ledger.clone(), 16)
+        .durability(Durability::None)
         .spawn()
         .expect("spawn");
     assert_eq!(reactor.name(), "ledgered");
@@ -1332,8 +1333,8 @@ async fn shutdown_fires_queued_events_then_closes_everything() {
     );
 
     let err = x.send(9).await.expect_err("reactor stopped");
-    assert_eq!(err.value, 9);
-    assert_eq!(err.source_name.as_str(), "x");
+    assert_eq!(err.source_name().as_str(), "x");
+    assert_eq!(err.into_value(), Some(9));
     assert_eq!(x.try_send(10), Err(TrySendError::Closed(10)));
     assert!(x.is_closed());
     assert!(matches!(
@@ -1522,6 +1523,7 @@ async fn ledger_outage_degrades_then_recovers_and_is_counted() {
         .name("outage")
         .strategy(InputStrategy::Sequential)
         .ledger(ledger.clone(), 1)
+        .durability(Durability::None)
         .spawn()
         .expect("spawn");
     let mut sub = reactor.subscribe();
