@@ -1,9 +1,15 @@
-//! Benchmark harness for the bare engine (no ledger): one passthrough source feeding a 2-node
-//! graph through a reactor.
+//! Benchmark harness for the engine: one passthrough source feeding a 2-node graph through a
+//! reactor, bare or recording everything in a ledger.
 //!
 //! ```text
 //! cargo run --release --example cg_bench -- --duration-secs 5
+//! cargo run --release --example cg_bench -- --duration-secs 5 --ledger sled:///tmp/cgb --durability batched
 //! ```
+//!
+//! With `--ledger URL` every phase's reactor records every boundary, firing and snapshot
+//! (`--durability batched`, the default, or `sync`: then each `send` waits until its boundary
+//! is durable, so a single producer is bounded by the store's flush latency). Each phase uses
+//! its own reactor name, so a store may be reused.
 //!
 //! Phases (each `--duration-secs` long):
 //! - **latency**: `Sequential`, 1,000 events/s; every event carries its send instant and its
@@ -42,6 +48,47 @@ struct Done {
 }
 
 static BASE: OnceLock<Instant> = OnceLock::new();
+
+/// The ledger every phase records into, if any.
+#[derive(Clone)]
+struct Recording {
+    ledger: Arc<dyn Ledger>,
+    durability: Durability,
+    run: String,
+}
+
+/// Ledger totals over the phases: records written and lost.
+static LEDGER_WRITTEN: AtomicU64 = AtomicU64::new(0);
+static LEDGER_LOST: AtomicU64 = AtomicU64::new(0);
+
+fn engine(
+    graph: CompiledGraph,
+    strategy: InputStrategy,
+    recording: &Option<Recording>,
+    phase: &str,
+) -> Result<EmbeddedGraph, Box<dyn std::error::Error>> {
+    let mut builder = EmbeddedGraph::builder(graph)
+        .strategy(strategy)
+        .passthrough::<Event>("events");
+    if let Some(r) = recording {
+        builder = builder
+            .ledger(Arc::clone(&r.ledger))
+            .durability(r.durability)
+            .name(format!("cg_bench-{phase}-{}", r.run));
+    }
+    Ok(builder.start()?)
+}
+
+/// Shuts the engine down and adds its ledger counts to the totals; a lost record fails the run.
+async fn finish_engine(engine: EmbeddedGraph) -> Result<u64, Box<dyn std::error::Error>> {
+    let report = engine.shutdown().await?;
+    LEDGER_WRITTEN.fetch_add(report.reactor.ledger_records, Ordering::Relaxed);
+    LEDGER_LOST.fetch_add(report.reactor.ledger_lost, Ordering::Relaxed);
+    if let Some(e) = report.reactor.ledger_error {
+        return Err(format!("ledger error: {e}").into());
+    }
+    Ok(report.reactor.fires)
+}
 
 fn base() -> Instant {
     *BASE.get_or_init(Instant::now)
@@ -118,11 +165,11 @@ struct LatencyResult {
     missing: u64,
 }
 
-async fn latency_phase(duration: Duration) -> Result<LatencyResult, Box<dyn std::error::Error>> {
-    let engine = EmbeddedGraph::builder(graph(false)?)
-        .strategy(InputStrategy::Sequential)
-        .passthrough::<Event>("events")
-        .start()?;
+async fn latency_phase(
+    duration: Duration,
+    recording: &Option<Recording>,
+) -> Result<LatencyResult, Box<dyn std::error::Error>> {
+    let engine = engine(graph(false)?, InputStrategy::Sequential, recording, "latency")?;
     let sender = engine.sender::<Event>("events")?;
     let mut results = engine.subscribe_with(SubscribeOptions {
         capacity: 65_536,
@@ -168,7 +215,7 @@ async fn latency_phase(duration: Duration) -> Result<LatencyResult, Box<dyn std:
             _ => break,
         }
     }
-    engine.shutdown().await?;
+    finish_engine(engine).await?;
     let missing = (0..sent as usize)
         .filter(|&i| !seen.get(i).copied().unwrap_or(false))
         .count() as u64;
@@ -201,13 +248,13 @@ struct SeqResult {
     rss_growth_bytes: i64,
 }
 
-async fn sequential_phase(duration: Duration) -> Result<SeqResult, Box<dyn std::error::Error>> {
+async fn sequential_phase(
+    duration: Duration,
+    recording: &Option<Recording>,
+) -> Result<SeqResult, Box<dyn std::error::Error>> {
     NEXT_ID.store(0, Ordering::Relaxed);
     ORDER_VIOLATIONS.store(0, Ordering::Relaxed);
-    let engine = EmbeddedGraph::builder(graph(true)?)
-        .strategy(InputStrategy::Sequential)
-        .passthrough::<Event>("events")
-        .start()?;
+    let engine = engine(graph(true)?, InputStrategy::Sequential, recording, "sequential")?;
     let sender = engine.sender::<Event>("events")?;
     let reactor = engine.reactor().clone();
     let fires_before = reactor.stats().fires;
@@ -245,7 +292,18 @@ async fn sequential_phase(duration: Duration) -> Result<SeqResult, Box<dyn std::
     }
     let elapsed = start.elapsed();
     let fires = reactor.stats().fires - fires_before;
-    engine.shutdown().await?;
+    let written_before = LEDGER_WRITTEN.load(Ordering::Relaxed);
+    finish_engine(engine).await?;
+    if recording.is_some() {
+        // Every boundary and every firing (plus snapshots) must have reached the ledger.
+        let written = LEDGER_WRITTEN.load(Ordering::Relaxed) - written_before;
+        if written < events + fires {
+            return Err(format!(
+                "ledger holds {written} records for {events} boundaries and {fires} firings"
+            )
+            .into());
+        }
+    }
     let marks = rss_marks.lock().map(|m| m.clone()).unwrap_or_default();
     let rss_growth_bytes = match (marks.first(), marks.last()) {
         (Some(first), Some(last)) => last.1 as i64 - first.1 as i64,
@@ -267,11 +325,11 @@ struct LatestResult {
     elapsed: Duration,
 }
 
-async fn latest_phase(duration: Duration) -> Result<LatestResult, Box<dyn std::error::Error>> {
-    let engine = EmbeddedGraph::builder(graph(false)?)
-        .strategy(InputStrategy::Latest)
-        .passthrough::<Event>("events")
-        .start()?;
+async fn latest_phase(
+    duration: Duration,
+    recording: &Option<Recording>,
+) -> Result<LatestResult, Box<dyn std::error::Error>> {
+    let engine = engine(graph(false)?, InputStrategy::Latest, recording, "latest")?;
     let sender = engine.sender::<Event>("events")?;
     let reactor = engine.reactor().clone();
     let start = Instant::now();
@@ -292,8 +350,7 @@ async fn latest_phase(duration: Duration) -> Result<LatestResult, Box<dyn std::e
     });
     let pushes = producer.await?;
     let elapsed = start.elapsed();
-    let report = engine.shutdown().await?;
-    let fires = report.reactor.fires;
+    let fires = finish_engine(engine).await?;
     let _ = reactor;
     Ok(LatestResult {
         pushes,
@@ -374,11 +431,32 @@ async fn baseline_phase(duration: Duration) -> Result<Baseline, Box<dyn std::err
     })
 }
 
-fn parse_args() -> Result<u64, String> {
+const USAGE: &str =
+    "usage: cg_bench [--duration-secs N] [--ledger URL] [--durability batched|sync]";
+
+struct Args {
+    secs: u64,
+    ledger: Option<String>,
+    durability: Durability,
+}
+
+fn parse_args() -> Result<Args, String> {
     let mut args = std::env::args().skip(1);
     let mut secs = 5;
+    let mut ledger = None;
+    let mut durability = None;
     while let Some(arg) = args.next() {
         match arg.as_str() {
+            "--ledger" => {
+                ledger = Some(args.next().ok_or("--ledger takes a URL")?);
+            }
+            "--durability" => {
+                durability = Some(match args.next().as_deref() {
+                    Some("batched") => Durability::Batched,
+                    Some("sync") => Durability::Sync,
+                    _ => return Err("--durability takes `batched` or `sync`".into()),
+                });
+            }
             "--duration-secs" => {
                 secs = args
                     .next()
@@ -386,27 +464,29 @@ fn parse_args() -> Result<u64, String> {
                     .filter(|v| *v > 0)
                     .ok_or("--duration-secs takes a whole number of seconds > 0")?;
             }
-            "-h" | "--help" => {
-                return Err("usage: cg_bench [--duration-secs N]".into());
-            }
-            other => {
-                return Err(format!(
-                    "unknown argument `{other}` (usage: cg_bench [--duration-secs N])"
-                ))
-            }
+            "-h" | "--help" => return Err(USAGE.into()),
+            other => return Err(format!("unknown argument `{other}` ({USAGE})")),
         }
     }
-    Ok(secs)
+    if durability.is_some() && ledger.is_none() {
+        return Err(format!("--durability needs --ledger ({USAGE})"));
+    }
+    Ok(Args {
+        secs,
+        ledger,
+        durability: durability.unwrap_or(Durability::Batched),
+    })
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let secs = match parse_args() {
-        Ok(s) => s,
+    let args = match parse_args() {
+        Ok(a) => a,
         Err(message) => {
             eprintln!("{message}");
             std::process::exit(2);
         }
     };
+    let secs = args.secs;
     base();
     let duration = Duration::from_secs(secs);
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -414,7 +494,31 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .enable_all()
         .build()?;
     runtime.block_on(async move {
-        let lat = latency_phase(duration).await?;
+        let recording = match &args.ledger {
+            None => None,
+            Some(url) => Some(Recording {
+                ledger: cloacina::ledger::open(url).await?,
+                durability: args.durability,
+                run: format!(
+                    "{}-{}",
+                    std::process::id(),
+                    std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_millis())
+                ),
+            }),
+        };
+        let (backend, mode) = match &recording {
+            Some(r) => (
+                r.ledger.backend(),
+                if r.durability == Durability::Sync { "sync" } else { "batched" },
+            ),
+            None => ("none", "none"),
+        };
+        if let Some(r) = &recording {
+            eprintln!("Recording every boundary and firing in a {backend} ledger ({mode}); run {}", r.run);
+        }
+        let lat = latency_phase(duration, &recording).await?;
         let l = &lat.sorted_ns;
         let mean = if l.is_empty() { 0.0 } else { l.iter().sum::<u64>() as f64 / l.len() as f64 / 1000.0 };
         let (p50, p95, p99) = (percentile(l, 50.0), percentile(l, 95.0), percentile(l, 99.0));
@@ -424,7 +528,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             l.len(), lat.sent, lat.missing
         );
 
-        let seq = sequential_phase(duration).await?;
+        let seq = sequential_phase(duration, &recording).await?;
         let seq_rate = seq.events as f64 / seq.elapsed.as_secs_f64();
         let exactly_once = seq.fires == seq.events && seq.violations == 0;
         eprintln!(
@@ -434,7 +538,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let rss_mb = seq.rss_growth_bytes as f64 / (1024.0 * 1024.0);
         eprintln!("Soak RSS growth (sequential phase, s1 -> last s): {rss_mb:.2} MB");
 
-        let latest = latest_phase(duration).await?;
+        let latest = latest_phase(duration, &recording).await?;
         let latest_rate = latest.pushes as f64 / latest.elapsed.as_secs_f64();
         eprintln!(
             "Latest: {latest_rate:.0} pushes/s; {} pushes coalesced into {} fires",
@@ -448,13 +552,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             p50 / baseline.p50_us, p99 / baseline.p99_us, seq_rate / baseline.msgs_per_s
         );
 
+        let (ledger_records, ledger_lost) = (LEDGER_WRITTEN.load(Ordering::Relaxed), LEDGER_LOST.load(Ordering::Relaxed));
+        if recording.is_some() {
+            eprintln!("Ledger: {ledger_records} records written, {ledger_lost} lost");
+        }
         println!(
-            "{{\"duration_secs\":{secs},\"p50_us\":{p50:.2},\"p95_us\":{p95:.2},\"p99_us\":{p99:.2},\"max_us\":{max:.2},\"mean_us\":{mean:.2},\"latency_events\":{},\"latency_sent\":{},\"latency_missing\":{},\"seq_events_per_s\":{seq_rate:.0},\"seq_events\":{},\"seq_fires\":{},\"seq_order_violations\":{},\"seq_exactly_once\":{exactly_once},\"latest_pushes_per_s\":{latest_rate:.0},\"latest_pushes\":{},\"latest_fires\":{},\"soak_rss_growth_mb\":{rss_mb:.3},\"baseline_p50_us\":{:.2},\"baseline_p99_us\":{:.2},\"baseline_msgs_per_s\":{:.0}}}",
+            "{{\"backend\":\"{backend}\",\"mode\":\"{mode}\",\"ledger_records\":{ledger_records},\"ledger_lost\":{ledger_lost},\"duration_secs\":{secs},\"p50_us\":{p50:.2},\"p95_us\":{p95:.2},\"p99_us\":{p99:.2},\"max_us\":{max:.2},\"mean_us\":{mean:.2},\"latency_events\":{},\"latency_sent\":{},\"latency_missing\":{},\"seq_events_per_s\":{seq_rate:.0},\"seq_events\":{},\"seq_fires\":{},\"seq_order_violations\":{},\"seq_exactly_once\":{exactly_once},\"latest_pushes_per_s\":{latest_rate:.0},\"latest_pushes\":{},\"latest_fires\":{},\"soak_rss_growth_mb\":{rss_mb:.3},\"baseline_p50_us\":{:.2},\"baseline_p99_us\":{:.2},\"baseline_msgs_per_s\":{:.0}}}",
             l.len(), lat.sent, lat.missing, seq.events, seq.fires, seq.violations, latest.pushes, latest.fires,
             baseline.p50_us, baseline.p99_us, baseline.msgs_per_s
         );
         if !exactly_once || lat.missing > 0 {
             return Err("an event was not fired exactly once".into());
+        }
+        if ledger_lost > 0 {
+            return Err(format!("{ledger_lost} ledger records lost").into());
         }
         Ok(())
     })

@@ -93,7 +93,7 @@ pub mod prelude {
     };
     pub use crate::ledger::{Ledger, MemoryLedger};
     pub use crate::reactor::{
-        Firing, InputStrategy, Lagged, Overflow, ReactionCriteria, ReactorHandle, ReactorHealth,
+        Durability, Firing, InputStrategy, Lagged, Overflow, ReactionCriteria, ReactorHandle, ReactorHealth,
         SubscribeOptions, Subscription,
     };
     pub use crate::registry::Registry;
@@ -229,9 +229,23 @@ impl EmbeddedGraphBuilder {
         self
     }
 
-    /// Records firings and results in `ledger` (group commit through a queue of 4096 records).
+    /// Records the reactor's life in `ledger` (group commit through a queue of 65,536
+    /// records) and restores its state from it at start; see [`EmbeddedGraphBuilder::durability`].
     pub fn ledger(mut self, ledger: Arc<dyn Ledger>) -> Self {
-        self.reactor = self.reactor.ledger(ledger, 4096);
+        self.reactor = self.reactor.ledger(ledger, 65_536);
+        self
+    }
+
+    /// How much the ledger records and when a `send` returns (default `Batched`; see
+    /// [`reactor::Durability`]).
+    pub fn durability(mut self, durability: reactor::Durability) -> Self {
+        self.reactor = self.reactor.durability(durability);
+        self
+    }
+
+    /// Records a state snapshot after this many boundaries (default 65,536) and at shutdown.
+    pub fn snapshot_every(mut self, boundaries: u64) -> Self {
+        self.reactor = self.reactor.snapshot_every(boundaries);
         self
     }
 
