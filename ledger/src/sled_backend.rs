@@ -29,6 +29,11 @@ use crate::{
 };
 
 const BACKEND: &str = "sled";
+/// Largest chunk value aimed for: sled (512 KiB segments) stores values over 128 KiB as
+/// separate blob files, one file per value, which costs a file creation per chunk.
+const CHUNK_BYTES: usize = 6 << 10;
+/// sled's page cache.
+const SLED_CACHE_BYTES: u64 = 64 << 20;
 const FORMAT_KEY: &[u8] = b"format";
 const BOUNDARY: u8 = b'B';
 const FIRING: u8 = b'F';
@@ -102,7 +107,12 @@ impl SledLedger {
     /// version is refused before anything is written.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, LedgerError> {
         let path = path.as_ref().to_path_buf();
-        let db = sled::open(&path).map_err(|e| backend_error(&path, "cannot open", e))?;
+        // sled's page cache defaults to 1 GiB; a ledger is written far more than it is read.
+        let db = sled::Config::new()
+            .path(&path)
+            .cache_capacity(SLED_CACHE_BYTES)
+            .open()
+            .map_err(|e| backend_error(&path, "cannot open", e))?;
         let meta = db
             .open_tree("meta")
             .map_err(|e| backend_error(&path, "cannot open tree `meta`", e))?;
@@ -278,9 +288,20 @@ impl SledLedger {
             }
         }
         if let (Some(first), Some(last)) = (new.first(), new.last()) {
-            let key = chunk_key(T::KIND, reactor, first.id());
             let bytes = self.encode_value(|| first.record().describe(), new)?;
-            batch.insert(key, bytes);
+            if bytes.len() <= CHUNK_BYTES || new.len() == 1 {
+                batch.insert(chunk_key(T::KIND, reactor, first.id()), bytes);
+            } else {
+                // sled writes values over a quarter segment to files of their own; keep
+                // chunks under that (equal record counts per chunk).
+                let parts = bytes.len().div_ceil(CHUNK_BYTES);
+                for part in new.chunks(new.len().div_ceil(parts)) {
+                    if let Some(head) = part.first() {
+                        let bytes = self.encode_value(|| head.record().describe(), part)?;
+                        batch.insert(chunk_key(T::KIND, reactor, head.id()), bytes);
+                    }
+                }
+            }
             new_high.push(((T::KIND, reactor.to_owned()), last.id()));
         }
         Ok(())

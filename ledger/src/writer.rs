@@ -152,6 +152,37 @@ impl LedgerWriter {
         }
     }
 
+    /// Queues many records in order, taking queue places in bulk (cheaper than one
+    /// [`LedgerWriter::write`] each), waiting while the queue is full. Each record's `ack`, if
+    /// any, is told as for [`LedgerWriter::write_acked`]. Returns how many records could not be
+    /// handed over because the writer has stopped (their acks get the error).
+    pub async fn write_all(&self, entries: &mut Vec<(Record, Option<AckSender>)>) -> usize {
+        let mut lost = 0;
+        let mut rest = entries.drain(..);
+        loop {
+            let want = rest.len().min(self.tx.max_capacity()).min(MAX_BATCH);
+            if want == 0 {
+                break;
+            }
+            match self.tx.reserve_many(want).await {
+                Ok(permits) => {
+                    for (permit, (record, ack)) in permits.zip(rest.by_ref()) {
+                        permit.send(Entry { record, ack });
+                    }
+                }
+                Err(_) => {
+                    for (_, ack) in rest.by_ref() {
+                        lost += 1;
+                        if let Some(ack) = ack {
+                            let _ = ack.send(Err(LedgerError::Closed { pending: 1 }));
+                        }
+                    }
+                }
+            }
+        }
+        lost
+    }
+
     /// Queues one record and waits until it has been appended (durably, for a
     /// [`Commit::Durable`] writer).
     pub async fn write_and_wait(&self, record: Record) -> Result<(), LedgerError> {

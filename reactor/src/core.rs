@@ -112,6 +112,7 @@ impl Core {
         // Work restored from the ledger is owed its firings like any other.
         self.evaluate().await;
         loop {
+            self.hand_over().await;
             let room = self.room();
             tokio::select! {
                 biased;
@@ -175,7 +176,6 @@ impl Core {
             self.accept(inb, now);
         }
         self.buf = buf;
-        self.hand_over().await;
         self.evaluate().await;
         self.maybe_snapshot().await;
     }
@@ -193,7 +193,6 @@ impl Core {
                 Err(_) => break,
             }
         }
-        self.hand_over().await;
         self.evaluate().await;
         self.maybe_snapshot().await;
     }
@@ -440,15 +439,14 @@ impl Core {
             duration_ns: u64::try_from(firing.duration().as_nanos()).unwrap_or(u64::MAX),
             outcome,
         });
-        if let Err(e) = writer.write(record).await {
-            self.ledger_unwritten += 1;
-            tracing::error!(reactor = %self.name, error = %e, "ledger writer gone; record not written");
-        }
-        self.note_ledger_status();
+        // Handed over with the batch's boundary records, after them (see `hand_over`).
+        let _ = writer;
+        self.outbox.push((record, None));
     }
 
-    /// Hands the boundary records of the batch just accepted to the writer, before any
-    /// firing that uses them. Waits only if the writer's queue is full.
+    /// Hands the records gathered since the last call (boundaries as accepted, then the
+    /// firings that used them) to the writer in one go, in order. Runs at the top of every
+    /// turn of the loop and before a snapshot. Waits only if the writer's queue is full.
     async fn hand_over(&mut self) {
         if self.outbox.is_empty() {
             return;
@@ -457,22 +455,7 @@ impl Core {
             self.outbox.clear();
             return;
         };
-        let mut lost = 0;
-        for (record, ack) in self.outbox.drain(..) {
-            let handed = match ack {
-                None => writer.write(record).await.map_err(|e| (e, None)),
-                Some(ack) => writer
-                    .write_acked(record, ack)
-                    .await
-                    .map_err(|(e, ack)| (e, Some(ack))),
-            };
-            if let Err((e, ack)) = handed {
-                lost += 1;
-                if let Some(ack) = ack {
-                    let _ = ack.send(Err(not_recorded(e.to_string())));
-                }
-            }
-        }
+        let lost = writer.write_all(&mut self.outbox).await as u64;
         if lost > 0 {
             self.ledger_unwritten += lost;
             tracing::error!(reactor = %self.name, lost, "ledger writer gone; boundary records not written");
@@ -490,6 +473,7 @@ impl Core {
     /// Records the reactor's state (cache, dirty flags, Sequential queue) so that a restart
     /// needs no boundary from before it (and retention may remove them).
     async fn snapshot(&mut self) {
+        self.hand_over().await;
         if !self.durability.records_state() {
             return;
         }

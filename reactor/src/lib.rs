@@ -23,6 +23,7 @@
 //!   `Batched` (the default) or `Sync` durability so are boundaries and state snapshots, and a
 //!   reactor started on the same ledger resumes with its cache, dirty flags, Sequential queue
 //!   and sequence numbers. `Sync` senders return only once their boundary is durable.
+//!   [`replay`] re-runs a graph over recorded boundaries and compares with recorded results.
 //!
 //! One task runs the loop. A firing runs inline in it: plain nodes are called directly, async
 //! nodes awaited; there is no task hop between a boundary arriving and its firing.
@@ -52,6 +53,7 @@ mod durable;
 mod firing;
 mod handle;
 mod health;
+mod replay;
 mod stats;
 mod subscription;
 
@@ -60,5 +62,6 @@ pub use durable::{Durability, RecoveryError};
 pub use firing::{Firing, FiringInput};
 pub use handle::{ReactorBuilder, ReactorError, ReactorHandle, ReactorState, ShutdownReport};
 pub use health::ReactorHealth;
+pub use replay::{replay, ReplayError, ReplayMismatch, ReplayReport};
 pub use stats::{DurationHistogram, HistogramSnapshot, ReactorStats, StatsSnapshot};
 pub use subscription::{Lagged, Subscription};

@@ -1,0 +1,167 @@
+//! Replay: re-run a graph over the boundaries a reactor recorded and compare with what it
+//! recorded as results.
+//!
+//! Each recorded firing names its inputs by sequence number; replay reads those boundaries
+//! back, decodes them with the graph's source codecs, fires the graph on exactly that cache,
+//! and compares the encoded outputs (or the failing node) with the recorded outcome. Firings
+//! on a cache the caller supplied (`fire_with`) are skipped: their inputs were not recorded.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
+
+use cloacina_graph_core::{Boundary, Collect, CompiledGraph, Executor};
+use cloacina_ledger::{BoundaryQuery, FiringOutcome, FiringQuery, FiringTrigger, Ledger};
+
+/// A replay could not run.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("replay of reactor `{reactor}`: {reason}")]
+pub struct ReplayError {
+    /// Reactor.
+    pub reactor: String,
+    /// Why.
+    pub reason: String,
+}
+
+/// One firing whose replay differed from its record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplayMismatch {
+    /// The recorded firing.
+    pub firing_id: u64,
+    /// What differed.
+    pub detail: String,
+}
+
+/// What a replay found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReplayReport {
+    /// Firings re-run.
+    pub replayed: u64,
+    /// Re-runs whose outcome equals the record.
+    pub matched: u64,
+    /// Re-runs that differ.
+    pub mismatched: Vec<ReplayMismatch>,
+    /// Firings not re-run: supplied inputs (`fire_with`), or inputs no longer in the ledger
+    /// (removed by retention).
+    pub skipped: u64,
+}
+
+/// Re-runs `graph` for every firing `query` selects (a reactor, optionally a time or id
+/// range) on the boundaries it recorded, and compares with the recorded outcomes.
+pub async fn replay(
+    graph: Arc<CompiledGraph>,
+    ledger: &dyn Ledger,
+    query: &FiringQuery,
+) -> Result<ReplayReport, ReplayError> {
+    let fail = |reason: String| ReplayError {
+        reactor: query.reactor.clone(),
+        reason,
+    };
+    let firings = ledger
+        .firings(query)
+        .await
+        .map_err(|e| fail(e.to_string()))?;
+    let mut report = ReplayReport::default();
+    let seqs = firings
+        .iter()
+        .filter(|f| f.trigger != FiringTrigger::Supplied)
+        .flat_map(|f| f.inputs.iter().map(|(_, s)| *s));
+    let (Some(low), Some(high)) = (seqs.clone().min(), seqs.max()) else {
+        report.skipped = firings.len() as u64;
+        return Ok(report);
+    };
+    let boundaries: HashMap<u64, _> = ledger
+        .boundaries(&BoundaryQuery {
+            from_seq: Some(low),
+            through_seq: Some(high),
+            ..BoundaryQuery::reactor(query.reactor.clone())
+        })
+        .await
+        .map_err(|e| fail(e.to_string()))?
+        .into_iter()
+        .map(|b| (b.seq, b))
+        .collect();
+    let sources = graph.sources();
+    let mut executor = Executor::new(Arc::clone(&graph));
+    'firings: for firing in &firings {
+        if firing.trigger == FiringTrigger::Supplied {
+            report.skipped += 1;
+            continue;
+        }
+        let mut cache = graph.new_cache();
+        for (source, seq) in &firing.inputs {
+            let Some(record) = boundaries.get(seq) else {
+                report.skipped += 1;
+                continue 'firings;
+            };
+            let index = graph.source_index(source).ok_or_else(|| {
+                fail(format!(
+                    "firing {} read source `{source}`, which the graph does not have",
+                    firing.firing_id
+                ))
+            })?;
+            let decl = &sources[index];
+            let codec = decl
+                .codec
+                .as_ref()
+                .ok_or_else(|| fail(format!("source `{source}` has no codec")))?;
+            let value = (codec.decode)(&record.value).map_err(|e| {
+                fail(format!(
+                    "boundary {seq} of `{source}` does not decode as {}: {e}",
+                    decl.type_name
+                ))
+            })?;
+            let at = UNIX_EPOCH
+                + Duration::from_micros(u64::try_from(record.received_at_unix_us).unwrap_or(0));
+            cache.set_at(
+                index,
+                Boundary::from_erased(*seq, at, value, decl.type_name),
+            );
+        }
+        report.replayed += 1;
+        let outcome = executor.execute(&cache, Collect::Outputs).await;
+        let detail = match (&firing.outcome, outcome) {
+            (FiringOutcome::Completed { outputs: recorded }, Ok(outputs)) => {
+                let mut now: Vec<(String, Vec<u8>)> = Vec::new();
+                for o in outputs.iter() {
+                    match o.encode() {
+                        Ok(bytes) => now.push((o.node().to_owned(), bytes)),
+                        Err(e) => {
+                            now.push((o.node().to_owned(), format!("<{e}>").into_bytes()));
+                        }
+                    }
+                }
+                let mut recorded = recorded.clone();
+                recorded.sort();
+                now.sort();
+                (recorded != now).then(|| {
+                    let differing: Vec<&str> = now
+                        .iter()
+                        .filter(|n| !recorded.contains(n))
+                        .map(|(node, _)| node.as_str())
+                        .collect();
+                    format!("outputs differ (nodes {differing:?})")
+                })
+            }
+            (FiringOutcome::Failed { node, .. }, Err(e)) if e.node() == node => None,
+            (FiringOutcome::Failed { node, .. }, Err(e)) => Some(format!(
+                "recorded a failure at `{node}`, replay failed at `{}`: {e}",
+                e.node()
+            )),
+            (FiringOutcome::Failed { node, .. }, Ok(_)) => {
+                Some(format!("recorded a failure at `{node}`, replay completed"))
+            }
+            (FiringOutcome::Completed { .. }, Err(e)) => {
+                Some(format!("recorded a completion, replay failed: {e}"))
+            }
+        };
+        match detail {
+            None => report.matched += 1,
+            Some(detail) => report.mismatched.push(ReplayMismatch {
+                firing_id: firing.firing_id,
+                detail,
+            }),
+        }
+    }
+    Ok(report)
+}
