@@ -186,7 +186,7 @@ pub trait Ledger: Send + Sync + 'static {
 /// version is an error that says which, and touches nothing.
 pub async fn open(url: &str) -> Result<Arc<dyn Ledger>, LedgerError> {
     let bad = |reason: &str| LedgerError::BadUrl {
-        url: url.to_owned(),
+        url: redact_url(url),
         reason: reason.to_owned(),
     };
     let url_trimmed = url.trim();
@@ -249,7 +249,7 @@ pub fn validate_tenant(tenant: &str) -> Result<(), LedgerError> {
 pub fn tenant_url(url: &str, tenant: &str) -> Result<String, LedgerError> {
     validate_tenant(tenant)?;
     let bad = |reason: &str| LedgerError::BadUrl {
-        url: url.to_owned(),
+        url: redact_url(url),
         reason: reason.to_owned(),
     };
     let url = url.trim();
@@ -305,4 +305,40 @@ pub fn now_unix_us() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+}
+
+/// The URL without its password (`user:***@host`; a `password=` parameter likewise).
+pub(crate) fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    let authority = match authority.rfind('@') {
+        Some(at) => {
+            let (userinfo, host) = authority.split_at(at);
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{user}:***{host}"),
+                None => authority.to_owned(),
+            }
+        }
+        None => authority.to_owned(),
+    };
+    let tail = match tail.split_once('?') {
+        Some((path, query)) => {
+            let query: Vec<&str> = query
+                .split('&')
+                .map(|p| {
+                    if p.starts_with("password=") {
+                        "password=***"
+                    } else {
+                        p
+                    }
+                })
+                .collect();
+            format!("{path}?{}", query.join("&"))
+        }
+        None => tail.to_owned(),
+    };
+    format!("{scheme}://{authority}{tail}")
 }
