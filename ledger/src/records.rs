@@ -246,11 +246,12 @@ pub struct RetainReport {
 /// shared by every backend so they all remove the same records.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RetentionCut {
-    /// Boundaries with `seq <= this` may go (if past a limit); 0 keeps all.
+    /// Boundaries with `seq <= this` may go (if past a limit). Reactors number boundaries
+    /// and firings from 1, so 0 keeps every record they write.
     pub boundary_protect: u64,
     /// Boundaries with `seq <= this` are past the count limit.
     pub boundary_count_cut: u64,
-    /// Firings with `id <= this` may go (if past a limit); 0 keeps all.
+    /// Firings with `id <= this` may go (if past a limit); see `boundary_protect` for 0.
     pub firing_protect: u64,
     /// Firings with `id <= this` are past the count limit.
     pub firing_count_cut: u64,
