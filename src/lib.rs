@@ -249,6 +249,12 @@ impl EmbeddedGraphBuilder {
         self
     }
 
+    /// Removes old ledger records after every snapshot (default: keep everything).
+    pub fn retention(mut self, policy: reactor::RetentionPolicy) -> Self {
+        self.reactor = self.reactor.retention(policy);
+        self
+    }
+
     /// Names the reactor (default: the graph's name).
     pub fn name(mut self, name: impl Into<String>) -> Self {
         self.reactor = self.reactor.name(name);

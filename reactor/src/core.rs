@@ -19,7 +19,7 @@ use cloacina_ledger::{
 use tokio::sync::{mpsc, oneshot, watch, Notify};
 
 use crate::config::{FailurePolicy, InputStrategy};
-use crate::durable::{self, boundary_record, unix_us, Durability, RecoveryError};
+use crate::durable::{self, boundary_record, unix_us, Durability, RecoveryError, RetentionPolicy};
 use crate::firing::{Firing, FiringInput};
 use crate::handle::{ReactorError, ReactorState, ShutdownReport};
 use crate::health::ReactorHealth;
@@ -80,6 +80,9 @@ pub(crate) struct Core {
     /// A state snapshot is recorded after this many boundaries (and at shutdown).
     pub(crate) snapshot_every: u64,
     pub(crate) since_snapshot: u64,
+    /// Old records to remove after each snapshot, and the removal in progress.
+    pub(crate) retention: Option<(Arc<dyn Ledger>, RetentionPolicy)>,
+    pub(crate) retaining: Option<tokio::task::JoinHandle<()>>,
     pub(crate) ledger_failed: bool,
     /// Records that never reached the ledger writer (it had stopped).
     pub(crate) ledger_unwritten: u64,
@@ -529,6 +532,35 @@ impl Core {
         }
         self.stats.snapshots.fetch_add(1, Ordering::Relaxed);
         self.note_ledger_status();
+        if !self.draining {
+            self.start_retention();
+        }
+    }
+
+    /// Removes old records in the background (one removal at a time; the reactor does not
+    /// wait for it). What the store's latest snapshot covers is all it may remove.
+    fn start_retention(&mut self) {
+        let Some((ledger, policy)) = &self.retention else {
+            return;
+        };
+        if self.retaining.as_ref().is_some_and(|t| !t.is_finished()) {
+            return;
+        }
+        let (ledger, retention) = (Arc::clone(ledger), policy.at(SystemTime::now()));
+        let name = Arc::clone(&self.name);
+        let stats = Arc::clone(&self.stats);
+        self.retaining = Some(tokio::spawn(async move {
+            match ledger.retain(&name, retention).await {
+                Ok(report) => {
+                    stats.retained_removed.fetch_add(
+                        report.boundaries_removed + report.firings_removed,
+                        Ordering::Relaxed,
+                    );
+                    tracing::debug!(reactor = %name, ?report, "ledger retention applied");
+                }
+                Err(e) => tracing::warn!(reactor = %name, error = %e, "ledger retention failed"),
+            }
+        }));
     }
 
     /// Rebuilds cache, dirty flags, queue and counters from the ledger (before the loop).
@@ -784,6 +816,14 @@ impl Core {
             report.ledger_records = written.written;
             report.ledger_lost += written.lost;
             report.ledger_error = written.first_error.map(|e| e.to_string());
+        }
+        // Retention once more, now that the final snapshot is in the store.
+        if let Some(task) = self.retaining.take() {
+            let _ = task.await;
+        }
+        self.start_retention();
+        if let Some(task) = self.retaining.take() {
+            let _ = task.await;
         }
         self.subscribers.clear();
         self.health.send_replace(ReactorHealth::Stopped);

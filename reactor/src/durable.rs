@@ -41,6 +41,28 @@ impl Durability {
     }
 }
 
+/// How much of its history a reactor keeps in its ledger: applied after every state snapshot,
+/// in the background. Never removes what a restart needs (see `cloacina_ledger::Retention`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RetentionPolicy {
+    /// Keep at most this many of the newest boundaries and of the newest firings.
+    pub keep_last: Option<u64>,
+    /// Remove records older than this.
+    pub max_age: Option<Duration>,
+}
+
+impl RetentionPolicy {
+    /// The ledger's form of the policy, as of `now`.
+    pub(crate) fn at(self, now: SystemTime) -> cloacina_ledger::Retention {
+        cloacina_ledger::Retention {
+            keep_last: self.keep_last,
+            older_than_unix_us: self
+                .max_age
+                .map(|age| unix_us(now.checked_sub(age).unwrap_or(UNIX_EPOCH))),
+        }
+    }
+}
+
 /// Why a reactor could not rebuild its state from its ledger.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("reactor `{reactor}`: cannot recover from the ledger: {reason}")]

@@ -12,7 +12,7 @@ use tokio::sync::{mpsc, oneshot, watch, Notify};
 
 use crate::config::{FailurePolicy, InputStrategy, ReactionCriteria, SubscribeOptions};
 use crate::core::{Command, Core};
-use crate::durable::Durability;
+use crate::durable::{Durability, RetentionPolicy};
 use crate::firing::Firing;
 use crate::health::ReactorHealth;
 use crate::stats::{ReactorStats, StatsSnapshot};
@@ -131,6 +131,7 @@ pub struct ReactorBuilder {
     ledger: Option<(Arc<dyn Ledger>, usize)>,
     durability: Durability,
     snapshot_every: u64,
+    retention: Option<RetentionPolicy>,
     board: Option<Arc<HealthBoard>>,
     after_fire: Vec<Arc<Notify>>,
 }
@@ -160,6 +161,7 @@ impl ReactorBuilder {
             ledger: None,
             durability: Durability::default(),
             snapshot_every: 65_536,
+            retention: None,
             board: None,
             after_fire: Vec::new(),
         }
@@ -228,6 +230,13 @@ impl ReactorBuilder {
     /// shutdown. Retention never removes what the latest snapshot does not cover.
     pub fn snapshot_every(mut self, boundaries: u64) -> Self {
         self.snapshot_every = boundaries.max(1);
+        self
+    }
+
+    /// Removes old ledger records after every snapshot, in the background, so a long run
+    /// stays bounded on disk (default: keep everything).
+    pub fn retention(mut self, policy: RetentionPolicy) -> Self {
+        self.retention = Some(policy);
         self
     }
 
@@ -303,6 +312,12 @@ impl ReactorBuilder {
         let (health_tx, health_rx) = watch::channel(ReactorHealth::Starting);
         let stats = Arc::new(ReactorStats::default());
         let _guard = runtime.enter();
+        let retention = match (&self.ledger, self.retention) {
+            (Some((ledger, _)), Some(policy)) if records_state => {
+                Some((Arc::clone(ledger), policy))
+            }
+            _ => None,
+        };
         let core = Core {
             name: Arc::clone(&name),
             executor: Executor::new(Arc::clone(&self.graph)).with_timeout(self.firing_timeout),
@@ -343,6 +358,8 @@ impl ReactorBuilder {
             outbox: Vec::with_capacity(256),
             snapshot_every: self.snapshot_every,
             since_snapshot: 0,
+            retention,
+            retaining: None,
             ledger_failed: false,
             ledger_unwritten: 0,
             inbound: inbound_rx,

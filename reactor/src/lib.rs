@@ -58,7 +58,7 @@ mod stats;
 mod subscription;
 
 pub use config::{FailurePolicy, InputStrategy, Overflow, ReactionCriteria, SubscribeOptions};
-pub use durable::{Durability, RecoveryError};
+pub use durable::{Durability, RecoveryError, RetentionPolicy};
 pub use firing::{Firing, FiringInput};
 pub use handle::{ReactorBuilder, ReactorError, ReactorHandle, ReactorState, ShutdownReport};
 pub use health::ReactorHealth;

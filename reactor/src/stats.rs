@@ -95,6 +95,7 @@ pub struct ReactorStats {
     pub(crate) ledger_lost: AtomicU64,
     pub(crate) snapshots: AtomicU64,
     pub(crate) recovered_boundaries: AtomicU64,
+    pub(crate) retained_removed: AtomicU64,
     pub(crate) firing_duration: DurationHistogram,
 }
 
@@ -127,6 +128,8 @@ pub struct StatsSnapshot {
     pub snapshots: u64,
     /// Boundaries restored into the cache or queue from the ledger at start.
     pub recovered_boundaries: u64,
+    /// Ledger records removed by the reactor's retention policy.
+    pub retained_removed: u64,
     /// How long graphs ran, per firing.
     pub firing_duration: HistogramSnapshot,
 }
@@ -148,6 +151,7 @@ impl ReactorStats {
             ledger_lost: r(&self.ledger_lost),
             snapshots: r(&self.snapshots),
             recovered_boundaries: r(&self.recovered_boundaries),
+            retained_removed: r(&self.retained_removed),
             firing_duration: self.firing_duration.snapshot(),
         }
     }

@@ -423,3 +423,63 @@ async fn replay_reproduces_recorded_results_and_catches_a_changed_graph() {
     assert_eq!(report.mismatched.len(), 20, "{report:?}");
     assert!(report.mismatched[0].detail.contains("sum"), "{report:?}");
 }
+
+// A retention policy keeps a long run bounded: after every snapshot old records go, and a
+// restart still resumes where the reactor stopped.
+#[tokio::test]
+async fn retention_policy_bounds_the_ledger_and_restart_still_resumes() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ledger = Arc::new(SledLedger::open(dir.path().join("l")).expect("sled"));
+    let spawn = || {
+        ReactorHandle::builder(pair_graph())
+            .name("pair")
+            .strategy(InputStrategy::Sequential)
+            .ledger(Arc::clone(&ledger) as Arc<dyn Ledger>, 1024)
+            .snapshot_every(100)
+            .retention(cloacina_reactor::RetentionPolicy {
+                keep_last: Some(50),
+                max_age: None,
+            })
+            .spawn()
+            .expect("spawn")
+    };
+    let r = spawn();
+    let a = r.sender::<u64>("a").expect("a");
+    for v in 1..=2_000u64 {
+        a.send(v).await.expect("send");
+    }
+    let report = r.shutdown().await.expect("shutdown");
+    assert_eq!(report.fires, 2_000);
+    let stats = r.stats();
+    assert!(stats.snapshots >= 5, "{stats:?}");
+    assert!(stats.retained_removed > 0, "{stats:?}");
+    let kept = ledger
+        .boundaries(&BoundaryQuery::reactor("pair"))
+        .await
+        .expect("read")
+        .len();
+    assert_eq!(kept, 50, "after the final snapshot only the newest 50 boundaries are kept");
+    let second = spawn();
+    let state = second.state().await.expect("state");
+    assert_eq!(
+        cached(&state, "a"),
+        Some((2_000, 2_000)),
+        "resumes at the end"
+    );
+    assert!(state.queued.is_empty());
+    second
+        .sender::<u64>("a")
+        .expect("a")
+        .send(2_001)
+        .await
+        .expect("send");
+    second.shutdown().await.expect("shutdown");
+    let last = ledger
+        .boundaries(&BoundaryQuery {
+            from_seq: Some(2_001),
+            ..BoundaryQuery::reactor("pair")
+        })
+        .await
+        .expect("read");
+    assert_eq!(last.len(), 1, "sequence numbers continue after retention");
+}
