@@ -169,7 +169,12 @@ async fn latency_phase(
     duration: Duration,
     recording: &Option<Recording>,
 ) -> Result<LatencyResult, Box<dyn std::error::Error>> {
-    let engine = engine(graph(false)?, InputStrategy::Sequential, recording, "latency")?;
+    let engine = engine(
+        graph(false)?,
+        InputStrategy::Sequential,
+        recording,
+        "latency",
+    )?;
     let sender = engine.sender::<Event>("events")?;
     let mut results = engine.subscribe_with(SubscribeOptions {
         capacity: 65_536,
@@ -254,7 +259,12 @@ async fn sequential_phase(
 ) -> Result<SeqResult, Box<dyn std::error::Error>> {
     NEXT_ID.store(0, Ordering::Relaxed);
     ORDER_VIOLATIONS.store(0, Ordering::Relaxed);
-    let engine = engine(graph(true)?, InputStrategy::Sequential, recording, "sequential")?;
+    let engine = engine(
+        graph(true)?,
+        InputStrategy::Sequential,
+        recording,
+        "sequential",
+    )?;
     let sender = engine.sender::<Event>("events")?;
     let reactor = engine.reactor().clone();
     let fires_before = reactor.stats().fires;

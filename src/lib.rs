@@ -93,8 +93,8 @@ pub mod prelude {
     };
     pub use crate::ledger::{Ledger, MemoryLedger};
     pub use crate::reactor::{
-        Durability, Firing, InputStrategy, Lagged, Overflow, ReactionCriteria, ReactorHandle, ReactorHealth,
-        SubscribeOptions, Subscription,
+        Durability, Firing, InputStrategy, Lagged, Overflow, ReactionCriteria, ReactorHandle,
+        ReactorHealth, SubscribeOptions, Subscription,
     };
     pub use crate::registry::Registry;
     pub use crate::workflow::{invoke_graph, Context};

@@ -139,22 +139,19 @@ impl<T: Send + Sync + 'static> AccumulatorContext<T> {
 
     /// Emits one boundary, waiting while the reactor's queue is full.
     pub async fn emit(&self, value: T) -> Result<(), AccumulatorError> {
-        self.sender
-            .send(value)
-            .await
-            .map_err(|e| match e {
-                SendError::Closed { source_name, .. } => AccumulatorError::ReactorClosed {
-                    source_name,
-                    pending: 1,
-                },
-                SendError::NotDurable {
-                    source_name,
-                    reason,
-                } => AccumulatorError::NotDurable {
-                    source_name,
-                    reason,
-                },
-            })?;
+        self.sender.send(value).await.map_err(|e| match e {
+            SendError::Closed { source_name, .. } => AccumulatorError::ReactorClosed {
+                source_name,
+                pending: 1,
+            },
+            SendError::NotDurable {
+                source_name,
+                reason,
+            } => AccumulatorError::NotDurable {
+                source_name,
+                reason,
+            },
+        })?;
         self.metrics.boundaries.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }

@@ -133,7 +133,6 @@ struct Target {
     location: String,
 }
 
-
 fn parse_url(url: &str) -> Result<Target, LedgerError> {
     let url = url.trim();
     let location = crate::redact_url(url);

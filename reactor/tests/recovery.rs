@@ -458,7 +458,10 @@ async fn retention_policy_bounds_the_ledger_and_restart_still_resumes() {
         .await
         .expect("read")
         .len();
-    assert_eq!(kept, 50, "after the final snapshot only the newest 50 boundaries are kept");
+    assert_eq!(
+        kept, 50,
+        "after the final snapshot only the newest 50 boundaries are kept"
+    );
     let second = spawn();
     let state = second.state().await.expect("state");
     assert_eq!(
