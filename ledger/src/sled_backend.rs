@@ -323,6 +323,7 @@ impl SledLedger {
     fn append_now(&self, records: &[Record]) -> Result<(), LedgerError> {
         let mut boundaries: HashMap<&str, Vec<&BoundaryRecord>> = HashMap::new();
         let mut firings: HashMap<&str, Vec<&FiringRecord>> = HashMap::new();
+        let mut snapshots: HashMap<&str, &SnapshotRecord> = HashMap::new();
         let mut batch = sled::Batch::default();
         for record in records {
             match record {
@@ -335,13 +336,14 @@ impl SledLedger {
                     batch.insert(key, self.encode_value(|| record.describe(), c)?);
                 }
                 Record::Snapshot(s) => {
-                    let mut key = vec![SNAPSHOT];
-                    key.extend_from_slice(s.reactor.as_bytes());
-                    batch.insert(key, self.encode_value(|| record.describe(), s)?);
+                    snapshots.insert(&s.reactor, s);
                 }
             }
         }
         let mut high = self.lock()?;
+        for (reactor, snapshot) in snapshots {
+            self.stage_snapshot(reactor, snapshot, &mut batch)?;
+        }
         let mut new_high = Vec::new();
         let mut pending_b: HashMap<Vec<u8>, Vec<BoundaryRecord>> = HashMap::new();
         let mut pending_f: HashMap<Vec<u8>, Vec<FiringRecord>> = HashMap::new();
@@ -503,11 +505,7 @@ impl Ledger for SledLedger {
     }
 
     fn snapshot<'a>(&'a self, reactor: &'a str) -> LedgerFuture<'a, Option<SnapshotRecord>> {
-        Box::pin(async move {
-            let mut key = vec![SNAPSHOT];
-            key.extend_from_slice(reactor.as_bytes());
-            self.get_one(&key)
-        })
+        Box::pin(async move { self.read_snapshot(reactor) })
     }
 
     fn checkpoint<'a>(
@@ -528,9 +526,7 @@ impl Ledger for SledLedger {
         retention: Retention,
     ) -> LedgerFuture<'a, RetainReport> {
         Box::pin(async move {
-            let mut key = vec![SNAPSHOT];
-            key.extend_from_slice(reactor.as_bytes());
-            let snapshot: Option<SnapshotRecord> = self.get_one(&key)?;
+            let snapshot = self.read_snapshot(reactor)?;
             let report = self.retain_now(reactor, retention, snapshot)?;
             // sled reuses the freed log segments for later writes, so a ledger under
             // retention stays bounded on disk (pages stay under sled's blob size: see
@@ -542,6 +538,54 @@ impl Ledger for SledLedger {
 }
 
 impl SledLedger {
+    /// Replaces `reactor`'s snapshot with `snapshot`, stored in pieces of at most
+    /// [`CHUNK_BYTES`] (a Sequential queue can make a snapshot megabytes long; as one value it
+    /// would be a sled blob, and sled leaks replaced blobs).
+    fn stage_snapshot(
+        &self,
+        reactor: &str,
+        snapshot: &SnapshotRecord,
+        batch: &mut sled::Batch,
+    ) -> Result<(), LedgerError> {
+        if reactor.as_bytes().contains(&0) {
+            return Err(LedgerError::Backend {
+                backend: BACKEND,
+                message: format!("reactor name {reactor:?} contains a NUL byte"),
+            });
+        }
+        let start = prefix(SNAPSHOT, reactor);
+        for entry in self.records.scan_prefix(&start) {
+            let (key, _) = entry.map_err(|e| self.read_error(e))?;
+            batch.remove(key);
+        }
+        let bytes = self.encode_value(|| format!("snapshot of reactor `{reactor}`"), snapshot)?;
+        for (i, piece) in bytes.chunks(CHUNK_BYTES).enumerate() {
+            let mut key = start.clone();
+            key.extend_from_slice(&(i as u32).to_be_bytes());
+            batch.insert(key, piece);
+        }
+        Ok(())
+    }
+
+    /// Reassembles `reactor`'s snapshot from its pieces.
+    fn read_snapshot(&self, reactor: &str) -> Result<Option<SnapshotRecord>, LedgerError> {
+        let mut bytes = Vec::new();
+        for entry in self.records.scan_prefix(prefix(SNAPSHOT, reactor)) {
+            let (_, piece) = entry.map_err(|e| self.read_error(e))?;
+            bytes.extend_from_slice(&piece);
+        }
+        if bytes.is_empty() {
+            return Ok(None);
+        }
+        decode(&bytes)
+            .map(Some)
+            .map_err(|source| LedgerError::Codec {
+                backend: BACKEND,
+                context: format!("snapshot of reactor `{reactor}`"),
+                source,
+            })
+    }
+
     fn retain_now(
         &self,
         reactor: &str,

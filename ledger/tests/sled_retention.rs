@@ -388,3 +388,48 @@ async fn retention_keeps_a_long_sled_run_bounded_on_disk() {
         kept.sizes[ROUNDS - 1].sled
     );
 }
+
+// A large snapshot (a long Sequential queue) replaced again and again must not leave blob
+// files behind: sled 0.34 never deletes a replaced blob page, so snapshots are stored in
+// small pieces.
+#[tokio::test]
+async fn large_snapshots_replaced_repeatedly_stay_bounded() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("ledger");
+    let ledger = SledLedger::open(&path).expect("open");
+    let queue: Vec<BoundaryRecord> = (1..=2_000u64)
+        .map(|seq| match boundary(seq) {
+            Record::Boundary(b) => b,
+            _ => unreachable!("boundary() makes boundaries"),
+        })
+        .collect();
+    let mut sizes = Vec::new();
+    for round in 1..=40u64 {
+        let snapshot = SnapshotRecord {
+            reactor: REACTOR.into(),
+            last_seq: 2_000 * round,
+            next_firing_id: round,
+            taken_at_unix_us: round as i64,
+            cache: Vec::new(),
+            dirty: vec!["quotes".into()],
+            queue: queue.clone(),
+        };
+        ledger
+            .append(&[Record::Snapshot(snapshot.clone())], Commit::Durable)
+            .await
+            .expect("append");
+        assert_eq!(
+            ledger.snapshot(REACTOR).await.expect("read"),
+            Some(snapshot),
+            "round {round}: the snapshot reads back whole"
+        );
+        sizes.push(dir_size(&path));
+    }
+    assert_eq!(dir_size(&path.join("blobs")), 0, "no blob files");
+    let early = sizes[5..15].iter().max().copied().unwrap_or(0);
+    let late = sizes[30..].iter().max().copied().unwrap_or(0);
+    assert!(
+        late <= early * 2,
+        "40 replacements of a ~450 KB snapshot: {early} bytes early, {late} late"
+    );
+}
