@@ -19,6 +19,7 @@ pub struct BoundaryRecord {
     /// Wall-clock receive time, microseconds since the Unix epoch.
     pub received_at_unix_us: i64,
     /// The value, encoded with the source's codec.
+    #[serde(with = "serde_bytes")]
     pub value: Vec<u8>,
 }
 
@@ -90,6 +91,7 @@ pub struct CheckpointRecord {
     /// What it is, e.g. `offsets/topic/3`.
     pub key: String,
     /// The encoded state.
+    #[serde(with = "serde_bytes")]
     pub value: Vec<u8>,
     /// When it was taken, microseconds since the Unix epoch.
     pub at_unix_us: i64,
