@@ -42,8 +42,15 @@ const FIRING: u8 = b'F';
 const CHECKPOINT: u8 = b'C';
 const SNAPSHOT: u8 = b'S';
 
-/// Highest id stored per `(kind, reactor)`.
-type HighWater = HashMap<(u8, String), u64>;
+/// Highest id stored per reactor: `[boundaries, firings]`.
+#[derive(Debug, Default)]
+struct HighWater([HashMap<String, u64>; 2]);
+
+impl HighWater {
+    fn of(&mut self, kind: u8) -> &mut HashMap<String, u64> {
+        &mut self.0[usize::from(kind == FIRING)]
+    }
+}
 
 /// A ledger stored with sled in one directory.
 #[derive(Debug)]
@@ -69,6 +76,18 @@ fn prefix(kind: u8, name: &str) -> Vec<u8> {
     key.extend_from_slice(name.as_bytes());
     key.push(0);
     key
+}
+
+/// The list of `reactor`'s records in `groups`, made if missing (most recent first checked).
+fn group<'g, 'r, T>(groups: &'g mut Vec<(&'r str, Vec<T>)>, reactor: &'r str) -> &'g mut Vec<T> {
+    let i = match groups.iter().rposition(|(r, _)| *r == reactor) {
+        Some(i) => i,
+        None => {
+            groups.push((reactor, Vec::new()));
+            groups.len() - 1
+        }
+    };
+    &mut groups[i].1
 }
 
 fn chunk_key(kind: u8, reactor: &str, first: u64) -> Vec<u8> {
@@ -145,7 +164,7 @@ impl SledLedger {
             path,
             db,
             records,
-            high: Mutex::new(HashMap::new()),
+            high: Mutex::new(HighWater::default()),
         })
     }
 
@@ -212,14 +231,14 @@ impl SledLedger {
 
     /// The highest id stored for `reactor` (0 if none), cached.
     fn high_id<T: Chunked>(&self, high: &mut HighWater, reactor: &str) -> Result<u64, LedgerError> {
-        if let Some(h) = high.get(&(T::KIND, reactor.to_owned())) {
+        if let Some(h) = high.of(T::KIND).get(reactor) {
             return Ok(*h);
         }
         let h = match self.chunk_at::<T>(reactor, u64::MAX)? {
             Some((_, chunk)) => chunk.last().map_or(0, T::id),
             None => 0,
         };
-        high.insert((T::KIND, reactor.to_owned()), h);
+        high.of(T::KIND).insert(reactor.to_owned(), h);
         Ok(h)
     }
 
@@ -233,7 +252,7 @@ impl SledLedger {
         mut records: Vec<&T>,
         batch: &mut sled::Batch,
         pending: &mut HashMap<Vec<u8>, Vec<T>>,
-        new_high: &mut Vec<((u8, String), u64)>,
+        new_high: &mut Vec<(u8, String, u64)>,
     ) -> Result<(), LedgerError> {
         if reactor.as_bytes().contains(&0) {
             return Err(LedgerError::Backend {
@@ -304,7 +323,7 @@ impl SledLedger {
                     }
                 }
             }
-            new_high.push(((T::KIND, reactor.to_owned()), last.id()));
+            new_high.push((T::KIND, reactor.to_owned(), last.id()));
         }
         Ok(())
     }
@@ -321,14 +340,16 @@ impl SledLedger {
     }
 
     fn append_now(&self, records: &[Record]) -> Result<(), LedgerError> {
-        let mut boundaries: HashMap<&str, Vec<&BoundaryRecord>> = HashMap::new();
-        let mut firings: HashMap<&str, Vec<&FiringRecord>> = HashMap::new();
+        // Grouped by reactor; a batch usually holds one or a few, so a short list beats a
+        // hash per record.
+        let mut boundaries: Vec<(&str, Vec<&BoundaryRecord>)> = Vec::new();
+        let mut firings: Vec<(&str, Vec<&FiringRecord>)> = Vec::new();
         let mut snapshots: HashMap<&str, &SnapshotRecord> = HashMap::new();
         let mut batch = sled::Batch::default();
         for record in records {
             match record {
-                Record::Boundary(b) => boundaries.entry(&b.reactor).or_default().push(b),
-                Record::Firing(f) => firings.entry(&f.reactor).or_default().push(f),
+                Record::Boundary(b) => group(&mut boundaries, &b.reactor).push(b),
+                Record::Firing(f) => group(&mut firings, &f.reactor).push(f),
                 // Later ones in the batch overwrite earlier ones: the batch applies in order.
                 Record::Checkpoint(c) => {
                     let mut key = prefix(CHECKPOINT, &c.owner);
@@ -378,8 +399,8 @@ impl SledLedger {
         self.records
             .apply_batch(batch)
             .map_err(|e| backend_error(&self.path, "append failed", e))?;
-        for (k, h) in new_high {
-            high.insert(k, h);
+        for (kind, reactor, h) in new_high {
+            high.of(kind).insert(reactor, h);
         }
         Ok(())
     }
