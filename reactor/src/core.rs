@@ -179,6 +179,7 @@ impl Core {
             self.accept(inb, now);
         }
         self.buf = buf;
+        self.hand_over_if_sync().await;
         self.evaluate().await;
         self.maybe_snapshot().await;
     }
@@ -196,6 +197,7 @@ impl Core {
                 Err(_) => break,
             }
         }
+        self.hand_over_if_sync().await;
         self.evaluate().await;
         self.maybe_snapshot().await;
     }
@@ -464,6 +466,14 @@ impl Core {
             tracing::error!(reactor = %self.name, lost, "ledger writer gone; boundary records not written");
         }
         self.note_ledger_status();
+    }
+
+    /// `Sync`: hands the boundaries just accepted to the writer before firing on them, so
+    /// their senders' acknowledgements do not wait for the batch's firings.
+    async fn hand_over_if_sync(&mut self) {
+        if self.durability == Durability::Sync {
+            self.hand_over().await;
+        }
     }
 
     /// Records a state snapshot once enough boundaries have come in since the last one.
