@@ -202,6 +202,9 @@ async fn latency_phase(
     });
     let mut latencies = Vec::with_capacity(duration.as_secs() as usize * 1000 + 16);
     let mut seen = vec![false; duration.as_secs() as usize * 1000 + 1024];
+    let mut producer = producer;
+    // The producer may finish after the last firing arrived (a `Sync` send returns once its
+    // boundary is durable, which can be after its firing), so wait on both.
     let sent = loop {
         tokio::select! {
             item = results.recv() => match item {
@@ -209,9 +212,7 @@ async fn latency_phase(
                 Some(Err(lag)) => return Err(format!("latency subscriber lagged: {lag}").into()),
                 None => return Err("reactor stopped early".into()),
             },
-        }
-        if producer.is_finished() {
-            break producer.await?;
+            done = &mut producer => break done?,
         }
     };
     while (latencies.len() as u64) < sent {

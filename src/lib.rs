@@ -84,8 +84,8 @@ pub struct ReadmeDoctests;
 /// Everything a typical program needs.
 pub mod prelude {
     pub use crate::accumulators::{
-        Accumulator, AccumulatorContext, AccumulatorHealth, BatchConfig, BatchSender,
-        BoundarySender, SendError, TrySendError,
+        Accumulator, AccumulatorContext, AccumulatorError, AccumulatorHealth, BatchConfig,
+        BatchSender, BoundarySender, SendError, TrySendError,
     };
     pub use crate::graph::{
         source, upstream, CompiledGraph, GraphBuilder, GraphError, GraphResult, InputCache, Route,
@@ -164,6 +164,8 @@ pub enum Error {
 
 struct Wiring<'a> {
     reactor: &'a ReactorHandle,
+    /// The ledger accumulators checkpoint into, if any.
+    ledger: Option<Arc<dyn Ledger>>,
     shutdown: watch::Receiver<bool>,
     after_fire: Option<Arc<Notify>>,
     health: HealthReporter,
@@ -184,6 +186,7 @@ struct Pending {
 pub struct EmbeddedGraphBuilder {
     graph: Arc<CompiledGraph>,
     reactor: ReactorBuilder,
+    ledger: Option<Arc<dyn Ledger>>,
     pending: Vec<Pending>,
     batch_senders: HashMap<SourceName, Box<dyn Any + Send + Sync>>,
 }
@@ -232,6 +235,7 @@ impl EmbeddedGraphBuilder {
     /// Records the reactor's life in `ledger` (group commit through a queue of 65,536
     /// records) and restores its state from it at start; see [`EmbeddedGraphBuilder::durability`].
     pub fn ledger(mut self, ledger: Arc<dyn Ledger>) -> Self {
+        self.ledger = Some(Arc::clone(&ledger));
         self.reactor = self.reactor.ledger(ledger, 65_536);
         self
     }
@@ -269,8 +273,11 @@ impl EmbeddedGraphBuilder {
         let spawn: SpawnFn = Box::new(move |w: Wiring<'_>| {
             let sender = w.reactor.sender::<A::Output>(name.as_str())?;
             let reporter = w.health.clone();
-            let ctx = AccumulatorContext::new(sender, w.shutdown, w.after_fire, w.health)
+            let mut ctx = AccumulatorContext::new(sender, w.shutdown, w.after_fire, w.health)
                 .with_metrics(w.metrics);
+            if let Some(ledger) = w.ledger {
+                ctx = ctx.with_checkpoints(ledger, format!("{}/{name}", w.reactor.name()));
+            }
             Ok(tokio::spawn(async move {
                 match catch_panic(acc.run(ctx)).await {
                     Ok(result) => result,
@@ -398,6 +405,7 @@ impl EmbeddedGraphBuilder {
             let m = Arc::new(AccumulatorMetrics::default());
             let task = (p.spawn)(Wiring {
                 reactor: &handle,
+                ledger: self.ledger.clone(),
                 shutdown: shutdown_rx.clone(),
                 after_fire: notify,
                 health: reporter,
@@ -450,6 +458,7 @@ impl EmbeddedGraph {
         let graph = graph.into();
         EmbeddedGraphBuilder {
             reactor: ReactorBuilder::new(Arc::clone(&graph)),
+            ledger: None,
             graph,
             pending: Vec::new(),
             batch_senders: HashMap::new(),

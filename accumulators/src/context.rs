@@ -9,6 +9,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use cloacina_graph_core::SourceName;
 use tokio::sync::{watch, Notify};
 
+use cloacina_graph_core::codec;
+use cloacina_ledger::{CheckpointRecord, Commit, Ledger, Record};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
 use crate::health::{AccumulatorHealth, HealthReporter};
 use crate::inbound::{BoundarySender, SendError};
 
@@ -31,6 +36,16 @@ pub enum AccumulatorError {
         /// The source.
         source_name: SourceName,
         /// Why.
+        reason: String,
+    },
+    /// A checkpoint could not be written or read.
+    #[error("accumulator `{source_name}`: checkpoint `{key}`: {reason}")]
+    Checkpoint {
+        /// The source.
+        source_name: SourceName,
+        /// The checkpoint's key.
+        key: String,
+        /// What went wrong.
         reason: String,
     },
     /// The accumulator's own source failed.
@@ -96,6 +111,22 @@ pub struct AccumulatorContext<T> {
     after_fire: Option<Arc<Notify>>,
     health: HealthReporter,
     metrics: Arc<AccumulatorMetrics>,
+    checkpoints: Option<Checkpoints>,
+}
+
+/// Where an accumulator's checkpoints go.
+struct Checkpoints {
+    ledger: Arc<dyn Ledger>,
+    owner: String,
+}
+
+impl std::fmt::Debug for Checkpoints {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Checkpoints")
+            .field("backend", &self.ledger.backend())
+            .field("owner", &self.owner)
+            .finish()
+    }
 }
 
 impl<T: Send + Sync + 'static> AccumulatorContext<T> {
@@ -113,6 +144,71 @@ impl<T: Send + Sync + 'static> AccumulatorContext<T> {
             after_fire,
             health,
             metrics: Arc::default(),
+            checkpoints: None,
+        }
+    }
+
+    /// Lets the accumulator checkpoint its state (offsets, cursors) into `ledger` under
+    /// `owner` (e.g. `reactor/source`); see [`AccumulatorContext::checkpoint`].
+    pub fn with_checkpoints(mut self, ledger: Arc<dyn Ledger>, owner: impl Into<String>) -> Self {
+        self.checkpoints = Some(Checkpoints {
+            ledger,
+            owner: owner.into(),
+        });
+        self
+    }
+
+    fn checkpoint_error(&self, key: &str, reason: String) -> AccumulatorError {
+        AccumulatorError::Checkpoint {
+            source_name: self.sender.source().clone(),
+            key: key.to_owned(),
+            reason,
+        }
+    }
+
+    /// Durably records `state` as checkpoint `key` (replacing the previous one) and returns
+    /// once it is on stable storage. An accumulator commits its source's position only after
+    /// the boundaries before it were accepted, and restores it with
+    /// [`AccumulatorContext::last_checkpoint`] on start.
+    pub async fn checkpoint<S: Serialize>(
+        &self,
+        key: &str,
+        state: &S,
+    ) -> Result<(), AccumulatorError> {
+        let Some(Checkpoints { ledger, owner }) = &self.checkpoints else {
+            return Err(self.checkpoint_error(key, "no ledger configured".into()));
+        };
+        let value = codec::encode(state).map_err(|e| self.checkpoint_error(key, e.to_string()))?;
+        let record = Record::Checkpoint(CheckpointRecord {
+            owner: owner.clone(),
+            key: key.to_owned(),
+            value,
+            at_unix_us: cloacina_ledger::now_unix_us(),
+        });
+        ledger
+            .append(std::slice::from_ref(&record), Commit::Durable)
+            .await
+            .map_err(|e| self.checkpoint_error(key, e.to_string()))
+    }
+
+    /// The last state recorded as checkpoint `key`, if any (`None` also when no ledger is
+    /// configured: nothing was ever checkpointed).
+    pub async fn last_checkpoint<S: DeserializeOwned>(
+        &self,
+        key: &str,
+    ) -> Result<Option<S>, AccumulatorError> {
+        let Some(Checkpoints { ledger, owner }) = &self.checkpoints else {
+            return Ok(None);
+        };
+        match ledger
+            .checkpoint(owner, key)
+            .await
+            .map_err(|e| self.checkpoint_error(key, e.to_string()))?
+        {
+            None => Ok(None),
+            Some(record) => codec::decode(&record.value)
+                .map(Some)
+                .map_err(|e| self.checkpoint_error(key, e.to_string())),
         }
     }
 

@@ -486,3 +486,27 @@ async fn retention_policy_bounds_the_ledger_and_restart_still_resumes() {
         .expect("read");
     assert_eq!(last.len(), 1, "sequence numbers continue after retention");
 }
+
+// Sync with Sequential: each send returns once durable, and every boundary fires once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_sequential_sends_complete_and_fire() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ledger = Arc::new(SledLedger::open(dir.path().join("l")).expect("sled"));
+    let r = ReactorHandle::builder(pair_graph())
+        .name("pair")
+        .strategy(InputStrategy::Sequential)
+        .ledger(Arc::clone(&ledger) as Arc<dyn Ledger>, 65_536)
+        .durability(Durability::Sync)
+        .spawn()
+        .expect("spawn");
+    let mut sub = r.subscribe();
+    let a = r.sender::<u64>("a").expect("a");
+    for v in 1..=100u64 {
+        tokio::time::timeout(PATIENCE, a.send(v))
+            .await
+            .unwrap_or_else(|_| panic!("send {v} hung"))
+            .expect("durable send");
+        assert_eq!(sum(&next(&mut sub).await), v);
+    }
+    r.shutdown().await.expect("shutdown");
+}
