@@ -432,3 +432,118 @@ async fn embedded_sync_engine_acknowledges_and_fires() {
     engine.shutdown().await.expect("shutdown");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A memory ledger that also logs, in append order, what it was given.
+struct OrderLog {
+    inner: cloacina::ledger::MemoryLedger,
+    log: std::sync::Mutex<Vec<String>>,
+}
+
+impl cloacina::ledger::Ledger for OrderLog {
+    fn backend(&self) -> &'static str {
+        "order-log"
+    }
+    fn append<'a>(
+        &'a self,
+        records: &'a [cloacina::ledger::Record],
+        commit: cloacina::ledger::Commit,
+    ) -> cloacina::ledger::LedgerFuture<'a, ()> {
+        if let Ok(mut log) = self.log.lock() {
+            log.extend(records.iter().map(|r| match r {
+                cloacina::ledger::Record::Boundary(b) => format!(
+                    "boundary {}",
+                    cloacina::graph::codec::decode::<u64>(&b.value).unwrap_or(0)
+                ),
+                cloacina::ledger::Record::Checkpoint(c) => format!(
+                    "checkpoint {}",
+                    cloacina::graph::codec::decode::<u64>(&c.value).unwrap_or(0)
+                ),
+                other => other.describe().split(' ').next().unwrap_or("").to_owned(),
+            }));
+        }
+        self.inner.append(records, commit)
+    }
+    fn flush(&self) -> cloacina::ledger::LedgerFuture<'_, ()> {
+        self.inner.flush()
+    }
+    fn firings<'a>(
+        &'a self,
+        q: &'a cloacina::ledger::FiringQuery,
+    ) -> cloacina::ledger::LedgerFuture<'a, Vec<cloacina::ledger::FiringRecord>> {
+        self.inner.firings(q)
+    }
+    fn last_firing<'a>(
+        &'a self,
+        r: &'a str,
+    ) -> cloacina::ledger::LedgerFuture<'a, Option<cloacina::ledger::FiringRecord>> {
+        self.inner.last_firing(r)
+    }
+    fn boundaries<'a>(
+        &'a self,
+        q: &'a cloacina::ledger::BoundaryQuery,
+    ) -> cloacina::ledger::LedgerFuture<'a, Vec<cloacina::ledger::BoundaryRecord>> {
+        self.inner.boundaries(q)
+    }
+    fn snapshot<'a>(
+        &'a self,
+        r: &'a str,
+    ) -> cloacina::ledger::LedgerFuture<'a, Option<cloacina::ledger::SnapshotRecord>> {
+        self.inner.snapshot(r)
+    }
+    fn checkpoint<'a>(
+        &'a self,
+        o: &'a str,
+        k: &'a str,
+    ) -> cloacina::ledger::LedgerFuture<'a, Option<cloacina::ledger::CheckpointRecord>> {
+        self.inner.checkpoint(o, k)
+    }
+    fn retain<'a>(
+        &'a self,
+        r: &'a str,
+        p: cloacina::ledger::Retention,
+    ) -> cloacina::ledger::LedgerFuture<'a, cloacina::ledger::RetainReport> {
+        self.inner.retain(r, p)
+    }
+}
+
+// A checkpoint goes through the reactor behind the boundaries emitted before it, so the
+// ledger never holds a position ahead of the boundaries it covers (default Batched mode).
+#[tokio::test]
+async fn checkpoints_are_recorded_after_the_boundaries_they_cover() {
+    let ledger = Arc::new(OrderLog {
+        inner: cloacina::ledger::MemoryLedger::new(),
+        log: std::sync::Mutex::new(Vec::new()),
+    });
+    let graph = Arc::new(
+        GraphBuilder::new("counted")
+            .node("seen", (source::<u64>("n"),), |n: Option<&u64>| {
+                n.copied().unwrap_or(0)
+            })
+            .build()
+            .expect("graph"),
+    );
+    let engine = EmbeddedGraph::builder(graph)
+        .strategy(InputStrategy::Sequential)
+        .ledger(Arc::clone(&ledger) as Arc<dyn cloacina::ledger::Ledger>)
+        .accumulator("n", Counter { count: 20 })
+        .start()
+        .expect("start");
+    let reactor = engine.reactor().clone();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while reactor.stats().fires < 20 {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    })
+    .await
+    .expect("twenty firings");
+    engine.shutdown().await.expect("shutdown");
+    let log = ledger.log.lock().map(|l| l.clone()).unwrap_or_default();
+    for n in 1..=20u64 {
+        let boundary = log.iter().position(|e| *e == format!("boundary {n}"));
+        let checkpoint = log.iter().position(|e| *e == format!("checkpoint {n}"));
+        assert!(
+            matches!((boundary, checkpoint), (Some(b), Some(c)) if b < c),
+            "checkpoint {n} must follow boundary {n}: {log:?}"
+        );
+    }
+}

@@ -10,7 +10,7 @@ use cloacina_graph_core::SourceName;
 use tokio::sync::{watch, Notify};
 
 use cloacina_graph_core::codec;
-use cloacina_ledger::{CheckpointRecord, Commit, Ledger, Record};
+use cloacina_ledger::{CheckpointRecord, Ledger};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -166,27 +166,30 @@ impl<T: Send + Sync + 'static> AccumulatorContext<T> {
         }
     }
 
-    /// Durably records `state` as checkpoint `key` (replacing the previous one) and returns
-    /// once it is on stable storage. An accumulator commits its source's position only after
-    /// the boundaries before it were accepted, and restores it with
+    /// Records `state` as checkpoint `key` (replacing the previous one). It goes through the
+    /// reactor, after every boundary this accumulator emitted before it, and this returns once
+    /// it is appended (durably when the reactor's durability is `Sync`): the ledger never
+    /// holds a checkpoint ahead of the boundaries it covers. Restore it with
     /// [`AccumulatorContext::last_checkpoint`] on start.
     pub async fn checkpoint<S: Serialize>(
         &self,
         key: &str,
         state: &S,
     ) -> Result<(), AccumulatorError> {
-        let Some(Checkpoints { ledger, owner }) = &self.checkpoints else {
+        let Some(Checkpoints { owner, .. }) = &self.checkpoints else {
             return Err(self.checkpoint_error(key, "no ledger configured".into()));
         };
         let value = codec::encode(state).map_err(|e| self.checkpoint_error(key, e.to_string()))?;
-        let record = Record::Checkpoint(CheckpointRecord {
+        let record = CheckpointRecord {
             owner: owner.clone(),
             key: key.to_owned(),
             value,
             at_unix_us: cloacina_ledger::now_unix_us(),
-        });
-        ledger
-            .append(std::slice::from_ref(&record), Commit::Durable)
+        };
+        // Through the reactor, behind the boundaries already emitted: a stored checkpoint is
+        // never ahead of what it covers.
+        self.sender
+            .checkpoint(record)
             .await
             .map_err(|e| self.checkpoint_error(key, e.to_string()))
     }

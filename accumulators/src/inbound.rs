@@ -10,27 +10,75 @@ use std::marker::PhantomData;
 use std::sync::Arc;
 
 use cloacina_graph_core::{BoundaryValue, SourceName};
-use cloacina_ledger::AckSender;
+use cloacina_ledger::{AckSender, CheckpointRecord, LedgerError};
 use tokio::sync::mpsc;
 
-/// One value on its way to a reactor; the reactor stamps its sequence number and receive time.
-pub struct Inbound {
-    /// Index of the source in the reactor's graph.
-    pub source: u32,
-    /// The value.
-    pub value: BoundaryValue,
-    /// Rust type name of the value.
-    pub type_name: &'static str,
-    /// Told once the boundary is durably recorded (senders of `Sync` reactors wait on it).
-    pub ack: Option<AckSender>,
+/// What travels on a reactor's inbound channel, in order.
+pub enum Inbound {
+    /// One value on its way to a reactor; the reactor stamps its sequence number and receive
+    /// time.
+    Boundary {
+        /// Index of the source in the reactor's graph.
+        source: u32,
+        /// The value.
+        value: BoundaryValue,
+        /// Rust type name of the value.
+        type_name: &'static str,
+        /// Told once the boundary is durably recorded (senders of `Sync` reactors wait on it).
+        ack: Option<AckSender>,
+    },
+    /// An accumulator checkpoint: recorded after every boundary sent before it, so a stored
+    /// checkpoint is never ahead of the boundaries it covers.
+    Checkpoint {
+        /// The checkpoint.
+        record: CheckpointRecord,
+        /// Told once it is appended (with the reactor's commit level).
+        ack: AckSender,
+    },
+}
+
+impl Inbound {
+    /// A boundary's value (`None` for a checkpoint).
+    pub fn value(&self) -> Option<&BoundaryValue> {
+        match self {
+            Inbound::Boundary { value, .. } => Some(value),
+            Inbound::Checkpoint { .. } => None,
+        }
+    }
+
+    /// A boundary's source index (`None` for a checkpoint).
+    pub fn source_index(&self) -> Option<u32> {
+        match self {
+            Inbound::Boundary { source, .. } => Some(*source),
+            Inbound::Checkpoint { .. } => None,
+        }
+    }
+
+    /// A boundary's Rust type name (`None` for a checkpoint).
+    pub fn type_name(&self) -> Option<&'static str> {
+        match self {
+            Inbound::Boundary { type_name, .. } => Some(type_name),
+            Inbound::Checkpoint { .. } => None,
+        }
+    }
 }
 
 impl fmt::Debug for Inbound {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Inbound")
-            .field("source", &self.source)
-            .field("type", &self.type_name)
-            .finish()
+        match self {
+            Inbound::Boundary {
+                source, type_name, ..
+            } => f
+                .debug_struct("Boundary")
+                .field("source", source)
+                .field("type", type_name)
+                .finish(),
+            Inbound::Checkpoint { record, .. } => f
+                .debug_struct("Checkpoint")
+                .field("owner", &record.owner)
+                .field("key", &record.key)
+                .finish(),
+        }
     }
 }
 
@@ -169,12 +217,27 @@ impl<T: Send + Sync + 'static> BoundarySender<T> {
     }
 
     fn inbound(&self, value: T, ack: Option<AckSender>) -> Inbound {
-        Inbound {
+        Inbound::Boundary {
             source: self.index,
             value: Arc::new(value),
             type_name: std::any::type_name::<T>(),
             ack,
         }
+    }
+
+    /// Has the reactor record `record` after every boundary sent before it, and waits until
+    /// it is appended (durably, for a `Sync` reactor).
+    pub(crate) async fn checkpoint(&self, record: CheckpointRecord) -> Result<(), LedgerError> {
+        let permit = self
+            .tx
+            .reserve()
+            .await
+            .map_err(|_| LedgerError::Closed { pending: 1 })?;
+        let (ack, recorded) = tokio::sync::oneshot::channel();
+        permit.send(Inbound::Checkpoint { record, ack });
+        recorded
+            .await
+            .unwrap_or(Err(LedgerError::Closed { pending: 1 }))
     }
 
     /// Sends a value, waiting while the reactor's queue is full. For a reactor with `Sync`
@@ -248,11 +311,15 @@ mod tests {
         let waiter = tokio::spawn(async move { s2.send(3).await });
         tokio::task::yield_now().await;
         assert!(!waiter.is_finished(), "send must wait while full");
+        let value = |inb: Inbound| match inb {
+            Inbound::Boundary { value, .. } => value.downcast_ref::<u32>().copied(),
+            Inbound::Checkpoint { .. } => None,
+        };
         let first = rx.recv().await.expect("first");
-        assert_eq!(first.value.downcast_ref::<u32>(), Some(&1));
+        assert_eq!(value(first), Some(1));
         waiter.await.expect("join").expect("sent");
         let second = rx.recv().await.expect("second");
-        assert_eq!(second.value.downcast_ref::<u32>(), Some(&3));
+        assert_eq!(value(second), Some(3));
         drop(rx);
         let err = s.send(9).await.expect_err("closed");
         assert_eq!(err.source_name().as_str(), "a");

@@ -28,7 +28,7 @@
 //! let poll = Polling::new(Duration::from_millis(5), move || { n += 1; async move { Some(n) } });
 //! let task = tokio::spawn(poll.run(ctx));
 //! let first = rx.recv().await.unwrap();
-//! assert_eq!(first.value.downcast_ref::<u64>(), Some(&1));
+//! assert_eq!(first.value().and_then(|v| v.downcast_ref::<u64>()), Some(&1));
 //! stop.send(true).unwrap();
 //! task.await.unwrap().unwrap();
 //! # });

@@ -112,12 +112,14 @@ async fn next_value<T: Clone + 'static>(rx: &mut mpsc::Receiver<Inbound>) -> T {
         .await
         .expect("inbound channel closed");
     assert_eq!(
-        inbound.source, 3,
+        inbound.source_index(),
+        Some(3),
         "boundary must carry the context's source index"
     );
-    assert_eq!(inbound.type_name, std::any::type_name::<T>());
+    assert_eq!(inbound.type_name(), Some(std::any::type_name::<T>()));
     inbound
-        .value
+        .value()
+        .expect("a boundary")
         .downcast_ref::<T>()
         .cloned()
         .expect("boundary of the declared type")
@@ -393,7 +395,8 @@ async fn batch_shutdown_emits_everything_queued() {
     while let Some(inbound) = rig.rx.recv().await {
         batches.push(
             inbound
-                .value
+                .value()
+                .expect("a boundary")
                 .downcast_ref::<Vec<u64>>()
                 .cloned()
                 .expect("Vec<u64> boundary"),
@@ -525,7 +528,12 @@ async fn finite_custom_source_ends_cleanly() {
     drop(rig.inbound);
     let mut got = Vec::new();
     while let Some(inbound) = rig.rx.recv().await {
-        got.push(*inbound.value.downcast_ref::<u64>().expect("u64 boundary"));
+        got.push(
+            *inbound
+                .value()
+                .and_then(|v| v.downcast_ref::<u64>())
+                .expect("u64 boundary"),
+        );
     }
     assert_eq!(got, vec![1, 2, 3, 4, 5]);
     assert_eq!(rig.metrics.boundaries(), 5);

@@ -262,6 +262,12 @@ pub async fn run(harness: &dyn Harness) {
     .await;
     let b = c.firings(FiringQuery::reactor("conf-b")).await;
     assert_eq!(
+        ledger.last_firing("conf-b").await.ok(),
+        Some(Some(firing("conf-b", 9, true))),
+        "{name}: the last firing is the highest id, whatever the append order"
+    );
+    assert_eq!(ledger.last_firing("conf-none").await.ok(), Some(None));
+    assert_eq!(
         ids(&b),
         [1, 3, 5, 7, 9],
         "{name}: firings of one reactor in id order"
@@ -587,6 +593,9 @@ impl Ledger for FaultyLedger {
     }
     fn firings<'a>(&'a self, q: &'a FiringQuery) -> crate::LedgerFuture<'a, Vec<FiringRecord>> {
         self.inner.firings(q)
+    }
+    fn last_firing<'a>(&'a self, r: &'a str) -> crate::LedgerFuture<'a, Option<FiringRecord>> {
+        self.inner.last_firing(r)
     }
     fn boundaries<'a>(
         &'a self,

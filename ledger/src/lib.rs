@@ -153,6 +153,10 @@ pub trait Ledger: Send + Sync + 'static {
     /// Firings matching `query`, oldest (lowest id) first.
     fn firings<'a>(&'a self, query: &'a FiringQuery) -> LedgerFuture<'a, Vec<FiringRecord>>;
 
+    /// The newest (highest-id) firing of `reactor`, if any: where a restarted reactor
+    /// continues its firing ids.
+    fn last_firing<'a>(&'a self, reactor: &'a str) -> LedgerFuture<'a, Option<FiringRecord>>;
+
     /// Boundaries matching `query`, in sequence order.
     fn boundaries<'a>(&'a self, query: &'a BoundaryQuery) -> LedgerFuture<'a, Vec<BoundaryRecord>>;
 

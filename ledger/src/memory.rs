@@ -131,6 +131,16 @@ impl Ledger for MemoryLedger {
         })
     }
 
+    fn last_firing<'a>(&'a self, reactor: &'a str) -> LedgerFuture<'a, Option<FiringRecord>> {
+        Box::pin(async move {
+            Ok(self
+                .lock()?
+                .firings
+                .get(reactor)
+                .and_then(|m| m.values().next_back().cloned()))
+        })
+    }
+
     fn boundaries<'a>(&'a self, query: &'a BoundaryQuery) -> LedgerFuture<'a, Vec<BoundaryRecord>> {
         Box::pin(async move {
             let store = self.lock()?;

@@ -722,6 +722,23 @@ impl PostgresLedger {
             .collect()
     }
 
+    async fn read_last_firing(&self, reactor: &str) -> Result<Option<FiringRecord>, LedgerError> {
+        if reactor.contains('\0') {
+            return Ok(None);
+        }
+        let row: Option<Vec<u8>> = sqlx::query_scalar(
+            "SELECT record FROM firings WHERE reactor = $1 ORDER BY firing_id DESC LIMIT 1",
+        )
+        .bind(reactor)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| self.error("cannot read the last firing", e))?;
+        row.map(|bytes| {
+            decode(&bytes).map_err(|e| codec_error(format!("the last firing of `{reactor}`"), e))
+        })
+        .transpose()
+    }
+
     async fn read_boundaries(&self, q: &BoundaryQuery) -> Result<Vec<BoundaryRecord>, LedgerError> {
         let Ok(from) = i64::try_from(q.from_seq.unwrap_or(0)) else {
             return Ok(Vec::new());
@@ -889,6 +906,10 @@ impl Ledger for PostgresLedger {
 
     fn firings<'a>(&'a self, query: &'a FiringQuery) -> LedgerFuture<'a, Vec<FiringRecord>> {
         Box::pin(self.read_firings(query))
+    }
+
+    fn last_firing<'a>(&'a self, reactor: &'a str) -> LedgerFuture<'a, Option<FiringRecord>> {
+        Box::pin(self.read_last_firing(reactor))
     }
 
     fn boundaries<'a>(&'a self, query: &'a BoundaryQuery) -> LedgerFuture<'a, Vec<BoundaryRecord>> {

@@ -504,6 +504,14 @@ impl Ledger for SledLedger {
         })
     }
 
+    fn last_firing<'a>(&'a self, reactor: &'a str) -> LedgerFuture<'a, Option<FiringRecord>> {
+        Box::pin(async move {
+            Ok(self
+                .chunk_at::<FiringRecord>(reactor, u64::MAX)?
+                .and_then(|(_, chunk)| chunk.into_iter().last()))
+        })
+    }
+
     fn boundaries<'a>(&'a self, query: &'a BoundaryQuery) -> LedgerFuture<'a, Vec<BoundaryRecord>> {
         Box::pin(async move {
             let limit = query.limit.unwrap_or(usize::MAX);

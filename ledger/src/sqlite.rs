@@ -613,6 +613,28 @@ impl SqliteLedger {
             .collect()
     }
 
+    async fn read_last_firing(&self, reactor: &str) -> Result<Option<FiringRecord>, LedgerError> {
+        let row = sqlx::query(
+            "SELECT firing_id, record FROM firings WHERE reactor = ?1 \
+             ORDER BY firing_id DESC LIMIT 1",
+        )
+        .bind(reactor)
+        .fetch_optional(&self.readers)
+        .await
+        .map_err(self.sql_error(&format!("cannot read the last firing of `{reactor}`")))?;
+        match row {
+            None => Ok(None),
+            Some(row) => {
+                let id: i64 = row
+                    .try_get(0)
+                    .map_err(self.sql_error("cannot read a firing"))?;
+                let what = || format!("firing {id} of reactor `{reactor}`");
+                let bytes: &[u8] = row.try_get(1).map_err(self.sql_error(&what()))?;
+                decode(bytes).map(Some).map_err(|e| codec(what(), e))
+            }
+        }
+    }
+
     async fn read_boundaries(&self, q: &BoundaryQuery) -> Result<Vec<BoundaryRecord>, LedgerError> {
         let Ok(from) = i64::try_from(q.from_seq.unwrap_or(0)) else {
             return Ok(Vec::new());
@@ -843,6 +865,10 @@ impl Ledger for SqliteLedger {
 
     fn firings<'a>(&'a self, query: &'a FiringQuery) -> LedgerFuture<'a, Vec<FiringRecord>> {
         Box::pin(self.read_firings(query))
+    }
+
+    fn last_firing<'a>(&'a self, reactor: &'a str) -> LedgerFuture<'a, Option<FiringRecord>> {
+        Box::pin(self.read_last_firing(reactor))
     }
 
     fn boundaries<'a>(&'a self, query: &'a BoundaryQuery) -> LedgerFuture<'a, Vec<BoundaryRecord>> {

@@ -222,32 +222,48 @@ impl Core {
     /// Stamps a boundary, queues its ledger record (if state is recorded), and puts it in the
     /// cache (Latest) or the queue (Sequential).
     fn accept(&mut self, inb: Inbound, received_at: SystemTime) {
-        let index = inb.source as usize;
+        let (index, value, type_name, ack) = match inb {
+            Inbound::Boundary {
+                source,
+                value,
+                type_name,
+                ack,
+            } => (source as usize, value, type_name, ack),
+            Inbound::Checkpoint { record, ack } => {
+                if self.ledger.is_some() {
+                    self.outbox.push((Record::Checkpoint(record), Some(ack)));
+                } else {
+                    let _ = ack.send(Err(not_recorded("the reactor has no ledger".into())));
+                }
+                return;
+            }
+        };
+        let inb_ack = ack;
         if index >= self.sources.len() {
             self.stats.rejected.fetch_add(1, Ordering::Relaxed);
             tracing::error!(reactor = %self.name, source = index, "boundary for an unknown source index");
-            if let Some(ack) = inb.ack {
+            if let Some(ack) = inb_ack {
                 let _ = ack.send(Err(not_recorded("unknown source index".into())));
             }
             return;
         }
         self.last_seq += 1;
-        let boundary = Boundary::from_erased(self.last_seq, received_at, inb.value, inb.type_name);
+        let boundary = Boundary::from_erased(self.last_seq, received_at, value, type_name);
         self.stats.boundaries.fetch_add(1, Ordering::Relaxed);
         if self.durability.records_state() && self.ledger.is_some() {
             self.since_snapshot += 1;
             match boundary_record(&self.name, &self.graph.sources()[index], &boundary) {
-                Ok(record) => self.outbox.push((Record::Boundary(record), inb.ack)),
+                Ok(record) => self.outbox.push((Record::Boundary(record), inb_ack)),
                 Err(reason) => {
                     // Accepted in memory, but it cannot be recorded: say so loudly.
                     tracing::error!(reactor = %self.name, seq = self.last_seq, %reason, "boundary not recorded");
                     self.ledger_unwritten += 1;
-                    if let Some(ack) = inb.ack {
+                    if let Some(ack) = inb_ack {
                         let _ = ack.send(Err(not_recorded(reason)));
                     }
                 }
             }
-        } else if let Some(ack) = inb.ack {
+        } else if let Some(ack) = inb_ack {
             // Only durable senders ask; a reactor that records no state cannot promise it.
             let _ = ack.send(Err(not_recorded(
                 "the reactor records no boundaries (no ledger, or durability None)".into(),
@@ -575,6 +591,21 @@ impl Core {
 
     /// Rebuilds cache, dirty flags, queue and counters from the ledger (before the loop).
     async fn recover(&mut self, ledger: &dyn Ledger) -> Result<(), RecoveryError> {
+        if !self.durability.records_state() {
+            // Firings only: continue their ids (and the inputs' numbering) after the last one.
+            let last = ledger
+                .last_firing(&self.name)
+                .await
+                .map_err(|e| RecoveryError {
+                    reactor: self.name.to_string(),
+                    reason: e.to_string(),
+                })?;
+            if let Some(f) = last {
+                self.next_id = f.firing_id + 1;
+                self.last_seq = f.inputs.iter().map(|(_, s)| *s).max().unwrap_or(0);
+            }
+            return Ok(());
+        }
         let state =
             durable::recover(ledger, &self.name, self.graph.sources(), self.strategy).await?;
         for (index, slot) in state.cache.into_iter().enumerate() {

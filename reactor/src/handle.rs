@@ -335,11 +335,9 @@ impl ReactorBuilder {
             paused: false,
             warmed: false,
             subscribers: Vec::new(),
-            recover_from: self
-                .ledger
-                .as_ref()
-                .filter(|_| records_state)
-                .map(|(ledger, _)| Arc::clone(ledger)),
+            // Every reactor with a ledger restores at least its counters (firing ids must
+            // not repeat); `Batched` and `Sync` restore their whole state.
+            recover_from: self.ledger.as_ref().map(|(ledger, _)| Arc::clone(ledger)),
             ledger: self.ledger.map(|(ledger, queue)| {
                 LedgerWriter::spawn(
                     ledger,

@@ -510,3 +510,47 @@ async fn sync_sequential_sends_complete_and_fire() {
     }
     r.shutdown().await.expect("shutdown");
 }
+
+// Durability::None records firings only, but a restart still continues their ids: the audit
+// trail of a second life is recorded, not refused as conflicting with the first.
+#[tokio::test]
+async fn none_durability_continues_firing_ids_across_restarts() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ledger = Arc::new(SledLedger::open(dir.path().join("l")).expect("sled"));
+    for life in 0..2u64 {
+        let r = ReactorHandle::builder(pair_graph())
+            .name("pair")
+            .strategy(InputStrategy::Sequential)
+            .ledger(Arc::clone(&ledger) as Arc<dyn Ledger>, 64)
+            .durability(Durability::None)
+            .spawn()
+            .expect("spawn");
+        let a = r.sender::<u64>("a").expect("a");
+        for v in 1..=3u64 {
+            a.send(v).await.expect("send");
+        }
+        let report = r.shutdown().await.expect("shutdown");
+        assert_eq!(
+            (
+                report.ledger_records,
+                report.ledger_lost,
+                report.ledger_error
+            ),
+            (3, 0, None),
+            "life {life}"
+        );
+    }
+    let firings = ledger
+        .firings(&FiringQuery::reactor("pair"))
+        .await
+        .expect("read");
+    let ids: Vec<u64> = firings.iter().map(|f| f.firing_id).collect();
+    assert_eq!(ids, [1, 2, 3, 4, 5, 6]);
+    let seqs: Vec<u64> = firings.iter().map(|f| f.inputs[0].1).collect();
+    assert_eq!(seqs, [1, 2, 3, 4, 5, 6], "input numbering continues too");
+    assert!(ledger
+        .boundaries(&BoundaryQuery::reactor("pair"))
+        .await
+        .expect("read")
+        .is_empty());
+}
