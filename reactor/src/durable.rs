@@ -4,7 +4,9 @@
 //! accepts (reactor-wide sequence number, source, encoded value) before the firing that uses
 //! it, every firing, and a snapshot of its state (cache, dirty flags, Sequential queue) every
 //! so many boundaries and at shutdown. All go through one FIFO writer, so what the ledger
-//! holds after a crash is always a prefix of what happened. Recovery replays that prefix:
+//! holds after a crash is a prefix of what happened, unless the writer gave a batch up (every
+//! append attempt failed: counted in `ledger_lost`, reactor `Degraded`); later batches are
+//! still appended, and recovery then skips the hole. Recovery replays the prefix:
 //! the snapshot, then the boundaries after it, then the last firing on the live cache after
 //! it, whose inputs' sequence numbers say which boundaries it had consumed.
 
