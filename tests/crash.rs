@@ -952,6 +952,12 @@ impl Harness {
 
     /// Reads the ledger after a child stopped and checks it against the last read.
     fn reread(&mut self) {
+        if self.store.backend == "postgres" {
+            // A killed client's last COMMIT may still be completing on the server (its backend
+            // only notices the dead socket when it replies): let it land before reading, or the
+            // view is older than what the next child will recover from.
+            std::thread::sleep(std::time::Duration::from_millis(300));
+        }
         let view = read_view(&self.store.url);
         if let Err(e) = check_view(&view, &self.view) {
             self.fail(&e);

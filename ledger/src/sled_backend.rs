@@ -34,6 +34,8 @@ const BACKEND: &str = "sled";
 /// blob whose page is later replaced, so large chunks made the store grow without bound
 /// even under retention (measured: 9 -> 120 MiB over 300 rounds). 16 x 6 KiB stays inline.
 const CHUNK_BYTES: usize = 6 << 10;
+/// How long `open` waits for sled's file lock.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 /// sled's page cache.
 const SLED_CACHE_BYTES: u64 = 64 << 20;
 const FORMAT_KEY: &[u8] = b"format";
@@ -129,11 +131,31 @@ impl SledLedger {
     pub fn open(path: impl AsRef<Path>) -> Result<Self, LedgerError> {
         let path = path.as_ref().to_path_buf();
         // sled's page cache defaults to 1 GiB; a ledger is written far more than it is read.
-        let db = sled::Config::new()
+        let config = sled::Config::new()
             .path(&path)
-            .cache_capacity(SLED_CACHE_BYTES)
-            .open()
-            .map_err(|e| backend_error(&path, "cannot open", e))?;
+            .cache_capacity(SLED_CACHE_BYTES);
+        // sled locks the store's file; a handle dropped a moment ago (in this process or one
+        // that just exited) can still hold it briefly, so wait a little before giving up.
+        let started = std::time::Instant::now();
+        let db = loop {
+            match config.open() {
+                Ok(db) => break db,
+                Err(e)
+                    if e.to_string().contains("could not acquire lock")
+                        && started.elapsed() < LOCK_WAIT =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(e) if e.to_string().contains("could not acquire lock") => {
+                    return Err(backend_error(
+                        &path,
+                        "store in use by another process or handle (lock not released within 2 s)",
+                        e,
+                    ))
+                }
+                Err(e) => return Err(backend_error(&path, "cannot open", e)),
+            }
+        };
         let meta = db
             .open_tree("meta")
             .map_err(|e| backend_error(&path, "cannot open tree `meta`", e))?;
