@@ -239,31 +239,20 @@ pub struct WriterReport {
 }
 
 /// One append, with a panicking backend turned into an error.
-async fn attempt_append(
-    ledger: &dyn Ledger,
-    records: &[Record],
-    commit: Commit,
+/// Runs one ledger call with a panicking backend turned into an error naming `what`. (The
+/// call itself is inside the guard: it may panic before any future exists.)
+async fn guarded<'a>(
+    ledger: &'a dyn Ledger,
+    what: &str,
+    call: impl FnOnce() -> crate::LedgerFuture<'a, ()>,
 ) -> Result<(), LedgerError> {
-    // The call itself is inside the guard: it may panic before any future exists.
-    AssertUnwindSafe(async { ledger.append(records, commit).await })
+    AssertUnwindSafe(async { call().await })
         .catch_unwind()
         .await
         .unwrap_or_else(|payload| {
             Err(LedgerError::Backend {
                 backend: ledger.backend(),
-                message: format!("append panicked: {}", panic_text(&*payload)),
-            })
-        })
-}
-
-async fn attempt_flush(ledger: &dyn Ledger) -> Result<(), LedgerError> {
-    AssertUnwindSafe(async { ledger.flush().await })
-        .catch_unwind()
-        .await
-        .unwrap_or_else(|payload| {
-            Err(LedgerError::Backend {
-                backend: ledger.backend(),
-                message: format!("flush panicked: {}", panic_text(&*payload)),
+                message: format!("{what} panicked: {}", panic_text(&*payload)),
             })
         })
 }
@@ -291,7 +280,11 @@ async fn run(
         let mut attempt = 0;
         let outcome = loop {
             attempt += 1;
-            match attempt_append(&*ledger, &records, options.commit).await {
+            match guarded(&*ledger, "append", || {
+                ledger.append(&records, options.commit)
+            })
+            .await
+            {
                 Ok(()) => {
                     cells
                         .written
@@ -335,7 +328,7 @@ async fn run(
         // Buffered: flush when the queue runs dry or the interval has passed under load.
         if let (true, Some(interval)) = (unflushed, options.flush_interval) {
             if rx.is_empty() || last_flush.elapsed() >= interval {
-                if let Err(e) = attempt_flush(&*ledger).await {
+                if let Err(e) = guarded(&*ledger, "flush", || ledger.flush()).await {
                     tracing::error!(backend = ledger.backend(), error = %e, "ledger flush failed");
                     cells.failing.store(true, Ordering::Release);
                 } else {
@@ -347,7 +340,7 @@ async fn run(
         }
     }
     if unflushed || buffered {
-        if let Err(e) = attempt_flush(&*ledger).await {
+        if let Err(e) = guarded(&*ledger, "flush", || ledger.flush()).await {
             tracing::error!(backend = ledger.backend(), error = %e, "final ledger flush failed");
             first_error.get_or_insert(e);
         }

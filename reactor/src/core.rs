@@ -437,7 +437,9 @@ impl Core {
     }
 
     async fn record(&mut self, firing: &Firing, trigger: FiringTrigger) {
-        let Some(writer) = &self.ledger else { return };
+        if self.ledger.is_none() {
+            return;
+        }
         let outcome = match &firing.result {
             GraphResult::Completed { outputs } => FiringOutcome::Completed {
                 outputs: encode_outputs(&self.name, outputs),
@@ -461,7 +463,6 @@ impl Core {
             outcome,
         });
         // Handed over with the batch's boundary records, after them (see `hand_over`).
-        let _ = writer;
         self.outbox.push((record, None));
     }
 
@@ -506,7 +507,9 @@ impl Core {
         if !self.durability.records_state() {
             return;
         }
-        let Some(writer) = &self.ledger else { return };
+        if self.ledger.is_none() {
+            return;
+        }
         self.since_snapshot = 0;
         let decls = self.graph.sources();
         let encode = |index: usize, b: &Boundary| {
@@ -515,28 +518,27 @@ impl Core {
                 .ok_or_else(|| "source index out of range".to_owned())
                 .and_then(|decl| boundary_record(&self.name, decl, b))
         };
-        let mut cache = Vec::with_capacity(decls.len());
-        for index in 0..decls.len() {
-            if let Some(b) = self.cache.at(index) {
-                match encode(index, b) {
-                    Ok(r) => cache.push(r),
-                    Err(reason) => {
-                        tracing::error!(reactor = %self.name, %reason, "snapshot not recorded");
-                        return;
-                    }
-                }
+        let encoded = (0..decls.len())
+            .filter_map(|index| self.cache.at(index).map(|b| encode(index, b)))
+            .collect::<Result<Vec<_>, _>>()
+            .and_then(|cache| {
+                let queue = self
+                    .queue
+                    .iter()
+                    .map(|(index, b)| encode(*index, b))
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok((cache, queue))
+            });
+        let (cache, queue) = match encoded {
+            Ok(parts) => parts,
+            Err(reason) => {
+                // Counted like any record that never reached the ledger.
+                tracing::error!(reactor = %self.name, %reason, "snapshot not recorded");
+                self.ledger_unwritten += 1;
+                self.note_ledger_status();
+                return;
             }
-        }
-        let mut queue = Vec::with_capacity(self.queue.len());
-        for (index, b) in &self.queue {
-            match encode(*index, b) {
-                Ok(r) => queue.push(r),
-                Err(reason) => {
-                    tracing::error!(reactor = %self.name, %reason, "snapshot not recorded");
-                    return;
-                }
-            }
-        }
+        };
         let record = Record::Snapshot(SnapshotRecord {
             reactor: self.name.to_string(),
             last_seq: self.last_seq,
@@ -552,6 +554,7 @@ impl Core {
                 .collect(),
             queue,
         });
+        let Some(writer) = &self.ledger else { return };
         if let Err(e) = writer.write(record).await {
             self.ledger_unwritten += 1;
             tracing::error!(reactor = %self.name, error = %e, "ledger writer gone; snapshot not written");

@@ -120,7 +120,8 @@ pub(crate) fn boundary_record(
     })
 }
 
-fn decode(
+/// Decodes a recorded boundary with its source's codec: `(source index, boundary)`.
+pub(crate) fn decode(
     reactor: &str,
     sources: &[SourceDecl],
     record: &BoundaryRecord,

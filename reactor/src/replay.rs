@@ -8,9 +8,8 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, UNIX_EPOCH};
 
-use cloacina_graph_core::{Boundary, Collect, CompiledGraph, Executor};
+use cloacina_graph_core::{Collect, CompiledGraph, Executor};
 use cloacina_ledger::{BoundaryQuery, FiringOutcome, FiringQuery, FiringTrigger, Ledger};
 
 /// A replay could not run.
@@ -94,29 +93,14 @@ pub async fn replay(
                 report.skipped += 1;
                 continue 'firings;
             };
-            let index = graph.source_index(source).ok_or_else(|| {
-                fail(format!(
-                    "firing {} read source `{source}`, which the graph does not have",
-                    firing.firing_id
-                ))
-            })?;
-            let decl = &sources[index];
-            let codec = decl
-                .codec
-                .as_ref()
-                .ok_or_else(|| fail(format!("source `{source}` has no codec")))?;
-            let value = (codec.decode)(&record.value).map_err(|e| {
-                fail(format!(
-                    "boundary {seq} of `{source}` does not decode as {}: {e}",
-                    decl.type_name
-                ))
-            })?;
-            let at = UNIX_EPOCH
-                + Duration::from_micros(u64::try_from(record.received_at_unix_us).unwrap_or(0));
-            cache.set_at(
-                index,
-                Boundary::from_erased(*seq, at, value, decl.type_name),
-            );
+            let (index, boundary) = crate::durable::decode(&query.reactor, sources, record)
+                .map_err(|e| {
+                    fail(format!(
+                        "firing {} ({source}): {}",
+                        firing.firing_id, e.reason
+                    ))
+                })?;
+            cache.set_at(index, boundary);
         }
         report.replayed += 1;
         let outcome = executor.execute(&cache, Collect::Outputs).await;
