@@ -93,8 +93,9 @@ pub mod prelude {
     };
     pub use crate::ledger::{Ledger, MemoryLedger};
     pub use crate::reactor::{
-        Durability, Firing, InputStrategy, Lagged, Overflow, ReactionCriteria, ReactorHandle,
-        ReactorHealth, SubscribeOptions, Subscription,
+        Durability, FailurePolicy, Firing, InputStrategy, Lagged, LowLatency, Overflow,
+        ReactionCriteria, ReactorHandle, ReactorHealth, ReactorMode, RetentionPolicy,
+        SubscribeOptions, Subscription, TryRecvError,
     };
     pub use crate::registry::Registry;
     pub use crate::workflow::{invoke_graph, Context};
@@ -187,6 +188,7 @@ pub struct EmbeddedGraphBuilder {
     graph: Arc<CompiledGraph>,
     reactor: ReactorBuilder,
     ledger: Option<Arc<dyn Ledger>>,
+    ledger_queue: usize,
     pending: Vec<Pending>,
     batch_senders: HashMap<SourceName, Box<dyn Any + Send + Sync>>,
 }
@@ -232,11 +234,37 @@ impl EmbeddedGraphBuilder {
         self
     }
 
-    /// Records the reactor's life in `ledger` (group commit through a queue of 65,536
-    /// records) and restores its state from it at start; see [`EmbeddedGraphBuilder::durability`].
+    /// Records the reactor's life in `ledger` (group commit through the writer's queue; see
+    /// [`EmbeddedGraphBuilder::ledger_queue`]) and restores its state from it at start; see
+    /// [`EmbeddedGraphBuilder::durability`].
     pub fn ledger(mut self, ledger: Arc<dyn Ledger>) -> Self {
         self.ledger = Some(Arc::clone(&ledger));
-        self.reactor = self.reactor.ledger(ledger, 65_536);
+        self.reactor = self.reactor.ledger(ledger, self.ledger_queue);
+        self
+    }
+
+    /// Records the ledger writer's queue holds (default 65,536). A full queue makes the
+    /// reactor wait; under `Batched` durability a crash can lose what the queue held, so a
+    /// smaller queue narrows that window (see the README's measured loss window).
+    pub fn ledger_queue(mut self, records: usize) -> Self {
+        self.ledger_queue = records.max(1);
+        if let Some(ledger) = &self.ledger {
+            self.reactor = self.reactor.ledger(Arc::clone(ledger), self.ledger_queue);
+        }
+        self
+    }
+
+    /// What the reactor does when a firing fails (default: report it; see
+    /// [`reactor::FailurePolicy`]).
+    pub fn on_failure(mut self, policy: reactor::FailurePolicy) -> Self {
+        self.reactor = self.reactor.on_failure(policy);
+        self
+    }
+
+    /// Runs the reactor on a dedicated spinning thread (see [`reactor::LowLatency`] for what it
+    /// gains and what it costs); default: a task on the current runtime.
+    pub fn low_latency(mut self, low_latency: reactor::LowLatency) -> Self {
+        self.reactor = self.reactor.low_latency(low_latency);
         self
     }
 
@@ -459,6 +487,7 @@ impl EmbeddedGraph {
         EmbeddedGraphBuilder {
             reactor: ReactorBuilder::new(Arc::clone(&graph)),
             ledger: None,
+            ledger_queue: 65_536,
             graph,
             pending: Vec::new(),
             batch_senders: HashMap::new(),

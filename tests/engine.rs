@@ -547,3 +547,107 @@ async fn checkpoints_are_recorded_after_the_boundaries_they_cover() {
         );
     }
 }
+
+// A graceful shutdown stops the accumulators one by one; health watchers must not see that as
+// a degradation: Live -> Stopped, nothing in between.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_shutdown_does_not_flash_degraded() {
+    /// Reports Stopped at shutdown, then lingers, as an accumulator flushing to a broker would:
+    /// the reactor sees it stopped while the engine is still shutting down.
+    struct Lingering;
+    impl Accumulator for Lingering {
+        type Output = u64;
+        async fn run(self, ctx: AccumulatorContext<u64>) -> Result<(), AccumulatorError> {
+            ctx.set_health(AccumulatorHealth::Live);
+            ctx.shutdown_requested().await;
+            ctx.set_health(AccumulatorHealth::Stopped);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            Ok(())
+        }
+    }
+    let graph = GraphBuilder::new("quiet")
+        .node(
+            "both",
+            (source::<u64>("a"), source::<u64>("b")),
+            |a: Option<&u64>, b: Option<&u64>| a.copied().unwrap_or(0) + b.copied().unwrap_or(0),
+        )
+        .build()
+        .expect("graph");
+    let engine = EmbeddedGraph::builder(graph)
+        .passthrough::<u64>("a")
+        .accumulator("b", Lingering)
+        .start()
+        .expect("start");
+    let mut sub = engine.subscribe();
+    engine
+        .sender::<u64>("a")
+        .expect("sender")
+        .send(1)
+        .await
+        .expect("send");
+    next_ok(&mut sub).await;
+    let mut watch = engine.reactor().health_watch();
+    assert_eq!(*watch.borrow_and_update(), ReactorHealth::Live);
+    let seen = tokio::spawn(async move {
+        let mut seen = Vec::new();
+        while watch.changed().await.is_ok() {
+            let h = watch.borrow_and_update().clone();
+            let stopped = h == ReactorHealth::Stopped;
+            seen.push(h);
+            if stopped {
+                break;
+            }
+        }
+        seen
+    });
+    engine.shutdown().await.expect("shutdown");
+    let seen = tokio::time::timeout(Duration::from_secs(5), seen)
+        .await
+        .expect("watcher ends")
+        .expect("join");
+    assert_eq!(seen, vec![ReactorHealth::Stopped], "health went {seen:?}");
+}
+
+// The failure policy and the ledger writer's queue are set through the facade's builder.
+#[tokio::test]
+async fn embedded_builder_sets_failure_policy_and_ledger_queue() {
+    static CALLS: AtomicU64 = AtomicU64::new(0);
+    fn flaky(v: Option<&u64>) -> u64 {
+        if CALLS.fetch_add(1, Ordering::SeqCst) == 0 {
+            panic!("first run fails");
+        }
+        v.copied().unwrap_or(0)
+    }
+    let graph = GraphBuilder::new("flaky")
+        .node("flaky", (source::<u64>("x"),), flaky)
+        .build()
+        .expect("graph");
+    let engine = EmbeddedGraph::builder(graph)
+        .ledger(Arc::new(MemoryLedger::new()))
+        .ledger_queue(16)
+        .on_failure(FailurePolicy::Retry {
+            attempts: 2,
+            backoff: Duration::from_millis(1),
+        })
+        .passthrough::<u64>("x")
+        .start()
+        .expect("start");
+    let mut sub = engine.subscribe();
+    for i in 0..100u64 {
+        engine
+            .sender::<u64>("x")
+            .expect("sender")
+            .send(i)
+            .await
+            .expect("send");
+    }
+    let first = next_ok(&mut sub).await;
+    assert_eq!(first.attempts, 2, "retried once on the same inputs");
+    assert!(matches!(first.result, GraphResult::Completed { .. }));
+    let report = engine.shutdown().await.expect("shutdown");
+    assert_eq!(report.reactor.ledger_lost, 0);
+    assert!(
+        report.reactor.ledger_records > 100,
+        "a 16-record queue still carries everything"
+    );
+}

@@ -250,6 +250,11 @@ impl<T: Send + Sync + 'static> AccumulatorContext<T> {
                 source_name,
                 reason,
             },
+            // Only `send_blocking` refuses this way; `send` never does.
+            e @ SendError::InsideRuntime { .. } => AccumulatorError::Failed {
+                source_name: e.source_name().clone(),
+                message: e.to_string(),
+            },
         })?;
         self.metrics.boundaries.fetch_add(1, Ordering::Relaxed);
         Ok(())

@@ -1,5 +1,6 @@
 //! Accumulator health, reported to the reactor through a shared [`HealthBoard`].
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use cloacina_graph_core::SourceName;
@@ -37,6 +38,7 @@ impl AccumulatorHealth {
 pub struct HealthBoard {
     states: Mutex<Vec<(SourceName, AccumulatorHealth)>>,
     changed: Notify,
+    version: AtomicU64,
 }
 
 impl HealthBoard {
@@ -51,6 +53,7 @@ impl HealthBoard {
         states.push((source, AccumulatorHealth::Starting));
         let index = states.len() - 1;
         drop(states);
+        self.version.fetch_add(1, Ordering::Release);
         self.changed.notify_one();
         HealthReporter {
             board: Arc::clone(self),
@@ -70,6 +73,11 @@ impl HealthBoard {
     pub async fn changed(&self) {
         self.changed.notified().await;
     }
+
+    /// A number that grows with every change: a cheap check for a spinning reader.
+    pub fn version(&self) -> u64 {
+        self.version.load(Ordering::Acquire)
+    }
 }
 
 /// Lets one accumulator report its health.
@@ -87,6 +95,7 @@ impl HealthReporter {
             if entry.1 != health {
                 entry.1 = health;
                 drop(states);
+                self.board.version.fetch_add(1, Ordering::Release);
                 self.board.changed.notify_one();
             }
         }

@@ -2,12 +2,15 @@
 //!
 //! Every accumulator emits through a [`BoundarySender<T>`] straight into its reactor's bounded
 //! inbound queue: no intermediate task, no serialization. A full queue makes
-//! [`BoundarySender::send`] wait (backpressure); [`BoundarySender::try_send`] hands the value
-//! back instead. Nothing is ever dropped by the channel.
+//! [`BoundarySender::send`] wait (backpressure); [`BoundarySender::send_blocking`] blocks a
+//! plain OS thread the same way; [`BoundarySender::try_send`] hands the value back instead.
+//! Nothing is ever dropped by the channel.
 
 use std::fmt;
+use std::future::Future;
 use std::marker::PhantomData;
 use std::sync::Arc;
+use std::task::{Context, Poll, Wake, Waker};
 
 use cloacina_graph_core::{BoundaryValue, SourceName};
 use cloacina_ledger::{AckSender, CheckpointRecord, LedgerError};
@@ -142,13 +145,23 @@ pub enum SendError<T> {
         /// Why.
         reason: String,
     },
+    /// [`BoundarySender::send_blocking`] was called on a thread that runs a tokio runtime,
+    /// where blocking could stall the reactor it waits for; the value is handed back. Use
+    /// `send().await` there.
+    #[error("send_blocking for source `{source_name}` called from inside a tokio runtime; use send().await")]
+    InsideRuntime {
+        /// The source.
+        source_name: SourceName,
+        /// The value that was not sent.
+        value: T,
+    },
 }
 
 impl<T> SendError<T> {
     /// The value handed back, if it was not accepted.
     pub fn into_value(self) -> Option<T> {
         match self {
-            Self::Closed { value, .. } => Some(value),
+            Self::Closed { value, .. } | Self::InsideRuntime { value, .. } => Some(value),
             Self::NotDurable { .. } => None,
         }
     }
@@ -156,7 +169,9 @@ impl<T> SendError<T> {
     /// The source it was for.
     pub fn source_name(&self) -> &SourceName {
         match self {
-            Self::Closed { source_name, .. } | Self::NotDurable { source_name, .. } => source_name,
+            Self::Closed { source_name, .. }
+            | Self::NotDurable { source_name, .. }
+            | Self::InsideRuntime { source_name, .. } => source_name,
         }
     }
 }
@@ -240,6 +255,40 @@ impl<T: Send + Sync + 'static> BoundarySender<T> {
             .unwrap_or(Err(LedgerError::Closed { pending: 1 }))
     }
 
+    /// Sends a value from a plain OS thread (a Kafka consumer thread, a socket thread, FFI),
+    /// blocking the thread while the reactor's queue is full: the same no-drop semantics as
+    /// [`BoundarySender::send`], including, for a `Sync` reactor, waiting until the boundary
+    /// is durably recorded. When there is room it costs what `try_send` costs (no allocation,
+    /// no system call on this side).
+    ///
+    /// Refuses (handing the value back as [`SendError::InsideRuntime`]) when called on a
+    /// thread that runs a tokio runtime, where blocking could stall the reactor itself.
+    pub fn send_blocking(&self, value: T) -> Result<(), SendError<T>> {
+        if tokio::runtime::Handle::try_current().is_ok() {
+            return Err(SendError::InsideRuntime {
+                source_name: self.source.clone(),
+                value,
+            });
+        }
+        if !self.durable {
+            // Fast path: room now.
+            match self.tx.try_reserve() {
+                Ok(permit) => {
+                    permit.send(self.inbound(value, None));
+                    return Ok(());
+                }
+                Err(mpsc::error::TrySendError::Closed(())) => {
+                    return Err(SendError::Closed {
+                        source_name: self.source.clone(),
+                        value,
+                    })
+                }
+                Err(mpsc::error::TrySendError::Full(())) => {}
+            }
+        }
+        block_on(self.send(value))
+    }
+
     /// Sends a value, waiting while the reactor's queue is full. For a reactor with `Sync`
     /// durability it then waits until the boundary is durably recorded (group commit: many
     /// senders share one flush).
@@ -297,6 +346,31 @@ impl<T: Send + Sync + 'static> BoundarySender<T> {
     }
 }
 
+/// Runs `fut` to completion on this thread, parking it while the future is pending. For
+/// senders on plain OS threads; the futures it runs (a queue place, an acknowledgement) need
+/// no runtime.
+fn block_on<F: Future>(fut: F) -> F::Output {
+    struct Unpark(std::thread::Thread);
+    impl Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+        fn wake_by_ref(self: &Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
+    let mut cx = Context::from_waker(&waker);
+    let mut fut = std::pin::pin!(fut);
+    loop {
+        match fut.as_mut().poll(&mut cx) {
+            Poll::Ready(out) => return out,
+            // A wake before the park makes the park return at once: no lost wake-up.
+            Poll::Pending => std::thread::park(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -325,5 +399,44 @@ mod tests {
         assert_eq!(err.source_name().as_str(), "a");
         assert_eq!(err.into_value(), Some(9));
         assert_eq!(s.try_send(4), Err(TrySendError::Closed(4)));
+    }
+
+    #[test]
+    fn send_blocking_waits_for_room_and_drops_nothing() {
+        let (tx, mut rx) = inbound_channel(2);
+        let s = tx.typed::<u64>(0, "t".into());
+        let producer = std::thread::spawn(move || {
+            for i in 0..1000u64 {
+                s.send_blocking(i).expect("sent");
+            }
+            s
+        });
+        let mut got = Vec::new();
+        while got.len() < 1000 {
+            match rx.blocking_recv() {
+                Some(Inbound::Boundary { value, .. }) => {
+                    got.push(*value.downcast_ref::<u64>().expect("u64"));
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert_eq!(got, (0..1000).collect::<Vec<_>>());
+        let s = producer.join().expect("producer");
+        drop(rx);
+        let err = s.send_blocking(7).expect_err("closed");
+        assert_eq!(err.into_value(), Some(7));
+    }
+
+    #[tokio::test]
+    async fn send_blocking_refuses_inside_a_runtime() {
+        let (tx, _rx) = inbound_channel(2);
+        let s = tx.typed::<u64>(0, "t".into());
+        match s.send_blocking(3) {
+            Err(SendError::InsideRuntime { source_name, value }) => {
+                assert_eq!(source_name.as_str(), "t");
+                assert_eq!(value, 3);
+            }
+            other => panic!("expected InsideRuntime, got {other:?}"),
+        }
     }
 }

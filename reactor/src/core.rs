@@ -1,47 +1,33 @@
-//! The reactor task: one loop that owns the cache, decides when to fire, fires, and hands the
-//! result on. Nothing here is shared with other tasks except counters and the health value.
+//! The reactor's loop: takes boundaries and commands in, asks the [`Trigger`] what is due,
+//! fires, and hands each firing to the [`Recorder`] and the [`Subscribers`]. Nothing here is
+//! shared with other tasks except counters and the health value.
 
-use std::any::Any;
-use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 use cloacina_accumulators::{HealthBoard, Inbound};
 use cloacina_graph_core::{
     Boundary, Collect, CompiledGraph, Execution, Executor, GraphResult, InputCache, SourceName,
-    TerminalOutputs,
 };
-use cloacina_ledger::{
-    AckSender, FiringOutcome, FiringRecord, FiringTrigger, Ledger, LedgerError, LedgerWriter,
-    Record, SnapshotRecord,
-};
-use tokio::sync::{mpsc, oneshot, watch, Notify};
+use cloacina_ledger::{FiringOutcome, FiringRecord, FiringTrigger};
+use tokio::sync::{mpsc, watch, Notify};
+use tracing::Instrument;
 
+use crate::command::Command;
 use crate::config::{FailurePolicy, InputStrategy};
-use crate::durable::{self, boundary_record, unix_us, Durability, RecoveryError, RetentionPolicy};
+use crate::delivery::Subscribers;
+use crate::durable::{unix_us, RecoveryError};
+use crate::error::{ReactorError, ReactorState, ShutdownReport};
 use crate::firing::{Firing, FiringInput};
-use crate::handle::{ReactorError, ReactorState, ShutdownReport};
 use crate::health::ReactorHealth;
+use crate::metrics::ReactorMetrics;
+use crate::recorder::{encode_outputs, not_recorded, Counters, Recorder};
 use crate::stats::ReactorStats;
-use crate::subscription::{Delivery, Subscriber};
+use crate::trigger::{Step, Trigger};
 
 /// Boundaries taken from the inbound queue per wake-up at most.
 const BATCH: usize = 256;
-
-pub(crate) enum Command {
-    ForceFire(oneshot::Sender<Arc<Firing>>),
-    FireWith(
-        InputCache,
-        oneshot::Sender<Result<Arc<Firing>, ReactorError>>,
-    ),
-    Pause(oneshot::Sender<()>),
-    Resume(oneshot::Sender<()>),
-    State(oneshot::Sender<ReactorState>),
-    Subscribe(Subscriber),
-    PrepareShutdown(oneshot::Sender<()>),
-    Shutdown(oneshot::Sender<ShutdownReport>),
-}
 
 /// Whether the loop goes on after a command.
 #[derive(PartialEq, Eq)]
@@ -50,52 +36,39 @@ enum Flow {
     Stop,
 }
 
+/// The inbound side: the queue accumulators send into.
+pub(crate) struct Intake {
+    pub(crate) rx: mpsc::Receiver<Inbound>,
+    pub(crate) open: bool,
+    pub(crate) buf: Vec<Inbound>,
+    /// Low-latency mode: how long an idle loop spins on the queue before it parks.
+    pub(crate) spin: Option<Duration>,
+}
+
+/// Health inputs and outputs, and the after-fire signal.
+pub(crate) struct Signals {
+    pub(crate) board: Option<Arc<HealthBoard>>,
+    pub(crate) board_seen: u64,
+    pub(crate) health: watch::Sender<ReactorHealth>,
+    pub(crate) after_fire: Vec<Arc<Notify>>,
+}
+
 pub(crate) struct Core {
     pub(crate) name: Arc<str>,
     pub(crate) graph: Arc<CompiledGraph>,
     pub(crate) executor: Executor,
-    pub(crate) cache: InputCache,
     pub(crate) sources: Arc<[SourceName]>,
-    /// Sequence number of the last boundary accepted (reactor-wide).
-    pub(crate) last_seq: u64,
-    pub(crate) dirty: Vec<bool>,
-    pub(crate) watched: Vec<bool>,
-    pub(crate) dirty_watched: usize,
-    pub(crate) n_watched: usize,
-    pub(crate) when_all: bool,
-    pub(crate) strategy: InputStrategy,
+    pub(crate) trigger: Trigger,
+    pub(crate) recorder: Recorder,
+    pub(crate) subscribers: Subscribers,
     pub(crate) failure_policy: FailurePolicy,
-    pub(crate) queue: VecDeque<(usize, Boundary)>,
-    pub(crate) queue_limit: usize,
-    pub(crate) paused: bool,
-    pub(crate) warmed: bool,
-    pub(crate) subscribers: Vec<Subscriber>,
-    pub(crate) ledger: Option<LedgerWriter>,
-    /// The store behind `ledger`, read once at start to recover.
-    pub(crate) recover_from: Option<Arc<dyn Ledger>>,
-    pub(crate) durability: Durability,
-    /// Boundary records (with their senders' acknowledgements) waiting to be handed to the
-    /// writer before the next firing.
-    pub(crate) outbox: Vec<(Record, Option<AckSender>)>,
-    /// A state snapshot is recorded after this many boundaries (and at shutdown).
-    pub(crate) snapshot_every: u64,
-    pub(crate) since_snapshot: u64,
-    /// Old records to remove after each snapshot, and the removal in progress.
-    pub(crate) retention: Option<(Arc<dyn Ledger>, RetentionPolicy)>,
-    pub(crate) retaining: Option<tokio::task::JoinHandle<()>>,
-    pub(crate) ledger_failed: bool,
-    /// Records that never reached the ledger writer (it had stopped).
-    pub(crate) ledger_unwritten: u64,
-    pub(crate) inbound: mpsc::Receiver<Inbound>,
-    pub(crate) inbound_open: bool,
-    pub(crate) buf: Vec<Inbound>,
+    pub(crate) counters: Counters,
+    pub(crate) intake: Intake,
+    pub(crate) signals: Signals,
     /// Shutdown is coming: take everything in, whatever the queue limit.
     pub(crate) draining: bool,
-    pub(crate) after_fire: Vec<Arc<Notify>>,
-    pub(crate) board: Option<Arc<HealthBoard>>,
-    pub(crate) health: watch::Sender<ReactorHealth>,
     pub(crate) stats: Arc<ReactorStats>,
-    pub(crate) next_id: u64,
+    pub(crate) metrics: ReactorMetrics,
 }
 
 impl Core {
@@ -107,15 +80,20 @@ impl Core {
         mut self,
         mut control: mpsc::UnboundedReceiver<Command>,
     ) -> Result<(), RecoveryError> {
-        if let Some(ledger) = self.recover_from.take() {
-            self.recover(&*ledger).await?;
-        }
-        let board = self.board.clone();
+        self.recorder
+            .recover(&mut self.trigger, self.graph.sources(), &mut self.counters)
+            .await?;
+        let board = self.signals.board.clone();
         self.refresh_health();
         // Work restored from the ledger is owed its firings like any other.
         self.evaluate().await;
         loop {
-            self.hand_over().await;
+            if self.recorder.hand_over().await {
+                self.refresh_health();
+            }
+            if let Some(spin) = self.intake.spin {
+                self.spin_for_work(&control, spin);
+            }
             let room = self.room();
             tokio::select! {
                 biased;
@@ -133,15 +111,20 @@ impl Core {
                     self.refresh_health();
                     self.evaluate().await;
                 }
-                n = self.inbound.recv_many(&mut self.buf, room), if self.inbound_open && room > 0 => {
+                () = self.recorder.status_changed() => {
+                    if self.recorder.note_status() {
+                        self.refresh_health();
+                    }
+                }
+                n = self.intake.rx.recv_many(&mut self.intake.buf, room), if self.intake.open && room > 0 => {
                     if n == 0 {
-                        self.inbound_open = false;
+                        self.intake.open = false;
                         continue;
                     }
                     let mut deferred = Vec::new();
                     while let Ok(cmd) = control.try_recv() {
                         match cmd {
-                            Command::Subscribe(s) => self.subscribers.push(s),
+                            Command::Subscribe(s) => self.subscribers.add(s),
                             other => deferred.push(other),
                         }
                     }
@@ -152,60 +135,113 @@ impl Core {
                         }
                     }
                 }
-                () = std::future::ready(()), if self.owes_firings() => {
+                () = std::future::ready(()), if self.trigger.owes_firings() => {
                     self.drain(false, BATCH).await;
                 }
             }
         }
     }
 
-    /// Boundaries the loop may take from the inbound queue now.
-    fn room(&self) -> usize {
-        match self.strategy {
-            InputStrategy::Latest => BATCH,
-            InputStrategy::Sequential if self.draining => BATCH,
-            InputStrategy::Sequential => {
-                BATCH.min(self.queue_limit.saturating_sub(self.queue.len()))
+    /// Low-latency mode: waits for work by spinning (no park, no wake-up for the sender) for
+    /// up to `spin`; returns as soon as a boundary, a command or a health change is waiting,
+    /// or when the spin is over (the `select!` then parks as usual).
+    fn spin_for_work(&self, control: &mpsc::UnboundedReceiver<Command>, spin: Duration) {
+        if self.trigger.owes_firings() {
+            return;
+        }
+        let inbound_counts = self.intake.open && self.room() > 0;
+        let board_seen = self.signals.board_seen;
+        let board = self.signals.board.as_deref();
+        let start = Instant::now();
+        let mut turns = 0u32;
+        loop {
+            if (inbound_counts && !self.intake.rx.is_empty())
+                || !control.is_empty()
+                || board.is_some_and(|b| b.version() != board_seen)
+            {
+                return;
             }
+            turns = turns.wrapping_add(1);
+            if turns % 128 == 0 && start.elapsed() >= spin {
+                return;
+            }
+            std::hint::spin_loop();
         }
     }
 
-    /// Accepts the batch in `buf` (one receive time for all of it: it was taken from the
+    /// Boundaries the loop may take from the inbound queue now.
+    fn room(&self) -> usize {
+        self.trigger.room(BATCH, self.draining)
+    }
+
+    /// Accepts the batch in the buffer (one receive time for all of it: it was taken from the
     /// queue at once) and fires as the strategy says.
     async fn take_buffered(&mut self) {
-        let mut buf = std::mem::take(&mut self.buf);
+        let mut buf = std::mem::take(&mut self.intake.buf);
         let now = SystemTime::now();
         for inb in buf.drain(..) {
             self.accept(inb, now);
         }
-        self.buf = buf;
-        self.hand_over_if_sync().await;
+        self.intake.buf = buf;
+        self.after_intake().await;
         self.evaluate().await;
         self.maybe_snapshot().await;
     }
 
-    /// Takes in what is queued right now (within the room there is) and fires for it.
+    /// Sync hand-over and queue gauges after boundaries were taken in.
+    async fn after_intake(&mut self) {
+        if self.recorder.hand_over_if_sync().await {
+            self.refresh_health();
+        }
+        self.metrics
+            .queues(self.intake.rx.len(), self.trigger.queue().len());
+    }
+
+    /// Takes in every boundary queued when a command arrived (in chunks, within the room
+    /// there is) and fires for them, so the command sees them all.
     async fn catch_up(&mut self) {
-        let take = self.inbound.len().min(self.room());
-        if take == 0 || !self.inbound_open {
-            return;
-        }
-        let now = SystemTime::now();
-        for _ in 0..take {
-            match self.inbound.try_recv() {
-                Ok(inb) => self.accept(inb, now),
-                Err(_) => break,
+        let mut pending = if self.intake.open {
+            self.intake.rx.len()
+        } else {
+            0
+        };
+        while pending > 0 {
+            let take = pending.min(self.room());
+            if take == 0 {
+                break;
             }
+            let now = SystemTime::now();
+            let mut took = 0;
+            while took < take {
+                match self.intake.rx.try_recv() {
+                    Ok(inb) => {
+                        self.accept(inb, now);
+                        took += 1;
+                    }
+                    Err(_) => break,
+                }
+            }
+            if took == 0 {
+                break;
+            }
+            pending -= took;
+            self.after_intake().await;
+            match self.trigger.strategy() {
+                InputStrategy::Latest => self.evaluate().await,
+                InputStrategy::Sequential => self.drain(false, usize::MAX).await,
+            }
+            self.maybe_snapshot().await;
         }
-        self.hand_over_if_sync().await;
-        self.evaluate().await;
-        self.maybe_snapshot().await;
+        // Sequential work still queued from before is owed its firings first, too.
+        if self.trigger.owes_firings() {
+            self.drain(false, usize::MAX).await;
+        }
     }
 
     /// Handles one command in order (see [`Core::run`]).
     async fn ordered(&mut self, cmd: Command) -> Flow {
         match cmd {
-            Command::Subscribe(s) => self.subscribers.push(s),
+            Command::Subscribe(s) => self.subscribers.add(s),
             Command::Shutdown(reply) => {
                 let report = self.shutdown().await;
                 let _ = reply.send(report);
@@ -219,8 +255,8 @@ impl Core {
         Flow::Continue
     }
 
-    /// Stamps a boundary, queues its ledger record (if state is recorded), and puts it in the
-    /// cache (Latest) or the queue (Sequential).
+    /// Stamps a boundary, has its ledger record queued (if state is recorded), and hands it
+    /// to the trigger.
     fn accept(&mut self, inb: Inbound, received_at: SystemTime) {
         let (index, value, type_name, ack) = match inb {
             Inbound::Boundary {
@@ -230,92 +266,31 @@ impl Core {
                 ack,
             } => (source as usize, value, type_name, ack),
             Inbound::Checkpoint { record, ack } => {
-                if self.ledger.is_some() {
-                    self.outbox.push((Record::Checkpoint(record), Some(ack)));
-                } else {
-                    let _ = ack.send(Err(not_recorded("the reactor has no ledger".into())));
-                }
+                self.recorder.checkpoint(record, ack);
                 return;
             }
         };
-        let inb_ack = ack;
-        if index >= self.sources.len() {
+        let Some(decl) = self.graph.sources().get(index) else {
             self.stats.rejected.fetch_add(1, Ordering::Relaxed);
             tracing::error!(reactor = %self.name, source = index, "boundary for an unknown source index");
-            if let Some(ack) = inb_ack {
+            if let Some(ack) = ack {
                 let _ = ack.send(Err(not_recorded("unknown source index".into())));
             }
             return;
-        }
-        self.last_seq += 1;
-        let boundary = Boundary::from_erased(self.last_seq, received_at, value, type_name);
+        };
+        self.counters.last_seq += 1;
+        let boundary = Boundary::from_erased(self.counters.last_seq, received_at, value, type_name);
         self.stats.boundaries.fetch_add(1, Ordering::Relaxed);
-        if self.durability.records_state() && self.ledger.is_some() {
-            self.since_snapshot += 1;
-            match boundary_record(&self.name, &self.graph.sources()[index], &boundary) {
-                Ok(record) => self.outbox.push((Record::Boundary(record), inb_ack)),
-                Err(reason) => {
-                    // Accepted in memory, but it cannot be recorded: say so loudly.
-                    tracing::error!(reactor = %self.name, seq = self.last_seq, %reason, "boundary not recorded");
-                    self.ledger_unwritten += 1;
-                    if let Some(ack) = inb_ack {
-                        let _ = ack.send(Err(not_recorded(reason)));
-                    }
-                }
-            }
-        } else if let Some(ack) = inb_ack {
-            // Only durable senders ask; a reactor that records no state cannot promise it.
-            let _ = ack.send(Err(not_recorded(
-                "the reactor records no boundaries (no ledger, or durability None)".into(),
-            )));
-        }
-        match self.strategy {
-            InputStrategy::Latest => {
-                self.cache.set_at(index, boundary);
-                self.mark_dirty(index);
-            }
-            InputStrategy::Sequential => {
-                self.queue.push_back((index, boundary));
-            }
-        }
-    }
-
-    fn mark_dirty(&mut self, index: usize) {
-        if let Some(flag) = self.dirty.get_mut(index) {
-            if !*flag {
-                *flag = true;
-                if self.watched.get(index).copied().unwrap_or(false) {
-                    self.dirty_watched += 1;
-                }
-            }
-        }
-    }
-
-    fn criteria_met(&self) -> bool {
-        if self.when_all {
-            self.dirty_watched == self.n_watched
-        } else {
-            self.dirty_watched > 0
-        }
-    }
-
-    /// Whether queued Sequential boundaries wait for firings the reactor may do now.
-    fn owes_firings(&self) -> bool {
-        self.strategy == InputStrategy::Sequential && self.can_fire() && !self.queue.is_empty()
-    }
-
-    fn can_fire(&self) -> bool {
-        !self.paused && self.warmed
+        self.metrics.boundary(index);
+        self.recorder.boundary(decl, &boundary, ack);
+        self.trigger.offer(index, boundary);
     }
 
     /// Fires as the strategy says, if allowed.
     async fn evaluate(&mut self) {
-        if !self.can_fire() {
-            return;
-        }
-        match self.strategy {
+        match self.trigger.strategy() {
             InputStrategy::Latest => {
-                if self.criteria_met() {
+                if self.trigger.latest_due() {
                     self.fire(false, None).await;
                 }
             }
@@ -324,28 +299,18 @@ impl Core {
     }
 
     /// Applies up to `steps` queued boundaries in order, firing whenever the criteria are met.
-    /// The loop calls it in chunks (see [`Core::owes_firings`]) so commands are served during
-    /// a long backlog.
+    /// The loop calls it in chunks (see [`Trigger::owes_firings`]) so commands are served
+    /// during a long backlog.
     async fn drain(&mut self, ignore_gate: bool, steps: usize) {
-        let mut steps = steps;
-        while steps > 0 && !self.paused && (ignore_gate || self.warmed) {
-            steps -= 1;
-            let Some((index, boundary)) = self.queue.pop_front() else {
-                break;
-            };
-            self.cache.set_at(index, boundary);
-            self.mark_dirty(index);
-            if self.criteria_met() {
-                self.fire(false, None).await;
+        for _ in 0..steps {
+            match self.trigger.step(ignore_gate) {
+                Step::Idle => break,
+                Step::Applied { fire: true } => {
+                    self.fire(false, None).await;
+                }
+                Step::Applied { fire: false } => {}
             }
         }
-    }
-
-    fn clear_dirty(&mut self) {
-        for flag in &mut self.dirty {
-            *flag = false;
-        }
-        self.dirty_watched = 0;
     }
 
     /// Fires once on the live cache, or on `inputs` (a `fire_with`, which leaves the live
@@ -357,21 +322,28 @@ impl Core {
             (None, false) => FiringTrigger::Criteria,
         };
         if inputs.is_none() {
-            self.clear_dirty();
+            self.trigger.clear_dirty();
         }
-        let cache = inputs.as_ref().unwrap_or(&self.cache);
-        let wanted = manual || !self.subscribers.is_empty() || self.ledger.is_some();
+        let id = self.counters.next_id;
+        self.counters.next_id += 1;
+        let cache = inputs.as_ref().unwrap_or(self.trigger.cache());
+        let wanted = manual || !self.subscribers.is_empty() || self.recorder.is_recording();
         let collect = if wanted {
             Collect::Outputs
         } else {
             Collect::Nothing
         };
         let fired_at = wanted.then(SystemTime::now);
+        let span = tracing::debug_span!("firing", reactor = %self.name, firing = id, manual);
         let Execution {
             mut outcome,
             started,
             mut completed,
-        } = self.executor.execute_timed(cache, collect).await;
+        } = self
+            .executor
+            .execute_timed(cache, collect)
+            .instrument(span.clone())
+            .await;
         let mut attempts = 1;
         if let FailurePolicy::Retry {
             attempts: max,
@@ -383,23 +355,25 @@ impl Core {
                 tracing::warn!(reactor = %self.name, attempt = attempts, node = error.node(), %error, "firing failed; retrying on the same inputs");
                 self.stats.retries.fetch_add(1, Ordering::Relaxed);
                 tokio::time::sleep(backoff).await;
-                let again = self.executor.execute_timed(cache, collect).await;
+                let again = self
+                    .executor
+                    .execute_timed(cache, collect)
+                    .instrument(span.clone())
+                    .await;
                 (outcome, completed) = (again.outcome, again.completed);
                 attempts += 1;
             }
         }
-        self.stats
-            .firing_duration
-            .record(completed.saturating_duration_since(started));
-        let id = self.next_id;
-        self.next_id += 1;
+        let took = completed.saturating_duration_since(started);
+        self.stats.firing_duration.record(took);
+        self.metrics.firing(outcome.is_ok(), took);
         self.stats.fires.fetch_add(1, Ordering::Relaxed);
         if manual {
             self.stats.manual_fires.fetch_add(1, Ordering::Relaxed);
         }
         match &outcome {
             Ok(_) => {
-                for notify in &self.after_fire {
+                for notify in &self.signals.after_fire {
                     notify.notify_one();
                 }
             }
@@ -431,13 +405,16 @@ impl Core {
                 Err(e) => GraphResult::Error(e),
             },
         });
-        self.record(&firing, trigger).await;
-        self.deliver(&firing).await;
+        self.record(&firing, trigger);
+        self.subscribers
+            .deliver(&self.name, &firing, &self.stats, &self.metrics)
+            .await;
         Some(firing)
     }
 
-    async fn record(&mut self, firing: &Firing, trigger: FiringTrigger) {
-        if self.ledger.is_none() {
+    /// Queues a firing's record (handed over with the batch's boundary records, after them).
+    fn record(&mut self, firing: &Firing, trigger: FiringTrigger) {
+        if !self.recorder.is_recording() {
             return;
         }
         let outcome = match &firing.result {
@@ -449,7 +426,7 @@ impl Core {
                 error: e.to_string(),
             },
         };
-        let record = Record::Firing(FiringRecord {
+        self.recorder.firing(FiringRecord {
             reactor: self.name.to_string(),
             firing_id: firing.id,
             trigger,
@@ -462,222 +439,32 @@ impl Core {
             duration_ns: u64::try_from(firing.duration().as_nanos()).unwrap_or(u64::MAX),
             outcome,
         });
-        // Handed over with the batch's boundary records, after them (see `hand_over`).
-        self.outbox.push((record, None));
-    }
-
-    /// Hands the records gathered since the last call (boundaries as accepted, then the
-    /// firings that used them) to the writer in one go, in order. Runs at the top of every
-    /// turn of the loop and before a snapshot. Waits only if the writer's queue is full.
-    async fn hand_over(&mut self) {
-        if self.outbox.is_empty() {
-            return;
-        }
-        let Some(writer) = &self.ledger else {
-            self.outbox.clear();
-            return;
-        };
-        let lost = writer.write_all(&mut self.outbox).await as u64;
-        if lost > 0 {
-            self.ledger_unwritten += lost;
-            tracing::error!(reactor = %self.name, lost, "ledger writer gone; boundary records not written");
-        }
-        self.note_ledger_status();
-    }
-
-    /// `Sync`: hands the boundaries just accepted to the writer before firing on them, so
-    /// their senders' acknowledgements do not wait for the batch's firings.
-    async fn hand_over_if_sync(&mut self) {
-        if self.durability == Durability::Sync {
-            self.hand_over().await;
-        }
     }
 
     /// Records a state snapshot once enough boundaries have come in since the last one.
     async fn maybe_snapshot(&mut self) {
-        if self.since_snapshot >= self.snapshot_every {
+        if self.recorder.snapshot_due() {
             self.snapshot().await;
         }
     }
 
-    /// Records the reactor's state (cache, dirty flags, Sequential queue) so that a restart
-    /// needs no boundary from before it (and retention may remove them).
     async fn snapshot(&mut self) {
-        self.hand_over().await;
-        if !self.durability.records_state() {
-            return;
-        }
-        if self.ledger.is_none() {
-            return;
-        }
-        self.since_snapshot = 0;
-        let decls = self.graph.sources();
-        let encode = |index: usize, b: &Boundary| {
-            decls
-                .get(index)
-                .ok_or_else(|| "source index out of range".to_owned())
-                .and_then(|decl| boundary_record(&self.name, decl, b))
+        let counters = Counters {
+            last_seq: self.counters.last_seq,
+            next_id: self.counters.next_id,
         };
-        let encoded = (0..decls.len())
-            .filter_map(|index| self.cache.at(index).map(|b| encode(index, b)))
-            .collect::<Result<Vec<_>, _>>()
-            .and_then(|cache| {
-                let queue = self
-                    .queue
-                    .iter()
-                    .map(|(index, b)| encode(*index, b))
-                    .collect::<Result<Vec<_>, _>>()?;
-                Ok((cache, queue))
-            });
-        let (cache, queue) = match encoded {
-            Ok(parts) => parts,
-            Err(reason) => {
-                // Counted like any record that never reached the ledger.
-                tracing::error!(reactor = %self.name, %reason, "snapshot not recorded");
-                self.ledger_unwritten += 1;
-                self.note_ledger_status();
-                return;
-            }
-        };
-        let record = Record::Snapshot(SnapshotRecord {
-            reactor: self.name.to_string(),
-            last_seq: self.last_seq,
-            next_firing_id: self.next_id,
-            taken_at_unix_us: unix_us(SystemTime::now()),
-            cache,
-            dirty: self
-                .sources
-                .iter()
-                .zip(&self.dirty)
-                .filter(|(_, d)| **d)
-                .map(|(s, _)| s.as_str().to_owned())
-                .collect(),
-            queue,
-        });
-        let Some(writer) = &self.ledger else { return };
-        if let Err(e) = writer.write(record).await {
-            self.ledger_unwritten += 1;
-            tracing::error!(reactor = %self.name, error = %e, "ledger writer gone; snapshot not written");
-        }
-        self.stats.snapshots.fetch_add(1, Ordering::Relaxed);
-        self.note_ledger_status();
-        if !self.draining {
-            self.start_retention();
-        }
-    }
-
-    /// Removes old records in the background (one removal at a time; the reactor does not
-    /// wait for it). What the store's latest snapshot covers is all it may remove.
-    fn start_retention(&mut self) {
-        let Some((ledger, policy)) = &self.retention else {
-            return;
-        };
-        if self.retaining.as_ref().is_some_and(|t| !t.is_finished()) {
-            return;
-        }
-        let (ledger, retention) = (Arc::clone(ledger), policy.at(SystemTime::now()));
-        let name = Arc::clone(&self.name);
-        let stats = Arc::clone(&self.stats);
-        self.retaining = Some(tokio::spawn(async move {
-            match ledger.retain(&name, retention).await {
-                Ok(report) => {
-                    stats.retained_removed.fetch_add(
-                        report.boundaries_removed + report.firings_removed,
-                        Ordering::Relaxed,
-                    );
-                    tracing::debug!(reactor = %name, ?report, "ledger retention applied");
-                }
-                Err(e) => tracing::warn!(reactor = %name, error = %e, "ledger retention failed"),
-            }
-        }));
-    }
-
-    /// Rebuilds cache, dirty flags, queue and counters from the ledger (before the loop).
-    async fn recover(&mut self, ledger: &dyn Ledger) -> Result<(), RecoveryError> {
-        if !self.durability.records_state() {
-            // Firings only: continue their ids (and the inputs' numbering) after the last one.
-            let last = ledger
-                .last_firing(&self.name)
-                .await
-                .map_err(|e| RecoveryError {
-                    reactor: self.name.to_string(),
-                    reason: e.to_string(),
-                })?;
-            if let Some(f) = last {
-                self.next_id = f.firing_id + 1;
-                self.last_seq = f.inputs.iter().map(|(_, s)| *s).max().unwrap_or(0);
-            }
-            return Ok(());
-        }
-        let state =
-            durable::recover(ledger, &self.name, self.graph.sources(), self.strategy).await?;
-        for (index, slot) in state.cache.into_iter().enumerate() {
-            if let Some(b) = slot {
-                self.cache.set_at(index, b);
-            }
-        }
-        self.clear_dirty();
-        for (index, dirty) in state.dirty.iter().enumerate() {
-            if *dirty {
-                self.mark_dirty(index);
-            }
-        }
-        self.queue = state.queue;
-        self.last_seq = state.last_seq;
-        self.next_id = state.next_id;
-        self.stats
-            .recovered_boundaries
-            .store(state.boundaries, Ordering::Relaxed);
-        if state.boundaries > 0 || state.next_id > 1 {
-            tracing::info!(reactor = %self.name, restored = state.boundaries, last_seq = state.last_seq, next_firing = state.next_id, "reactor state recovered from the ledger");
-        }
-        Ok(())
-    }
-
-    /// Publishes the writer's counters and flips health while appends fail.
-    fn note_ledger_status(&mut self) {
-        let Some(writer) = &self.ledger else { return };
-        let status = writer.status();
-        self.stats
-            .ledger_errors
-            .store(status.failed_appends, Ordering::Relaxed);
-        self.stats.ledger_lost.store(
-            status.lost_records + self.ledger_unwritten,
-            Ordering::Relaxed,
-        );
-        // Degraded while appends fail or the writer is gone; a later success clears it.
-        let failing = status.failing || writer_gone(writer);
-        if failing != self.ledger_failed {
-            self.ledger_failed = failing;
+        let changed = self
+            .recorder
+            .snapshot(
+                &self.trigger,
+                &self.sources,
+                self.graph.sources(),
+                counters,
+                self.draining,
+            )
+            .await;
+        if changed {
             self.refresh_health();
-        }
-    }
-
-    async fn deliver(&mut self, firing: &Arc<Firing>) {
-        let mut i = 0;
-        while i < self.subscribers.len() {
-            let keep = match self.subscribers[i].offer(firing).await {
-                Delivery::Delivered => true,
-                Delivery::Missed => {
-                    self.stats.subscriber_missed.fetch_add(1, Ordering::Relaxed);
-                    true
-                }
-                Delivery::Gone => {
-                    if self.subscribers[i].detached() {
-                        self.stats.subscriber_missed.fetch_add(1, Ordering::Relaxed);
-                        self.stats
-                            .subscribers_detached
-                            .fetch_add(1, Ordering::Relaxed);
-                        tracing::warn!(reactor = %self.name, firing = firing.id, "slow subscriber detached");
-                    }
-                    false
-                }
-            };
-            if keep {
-                i += 1;
-            } else {
-                self.subscribers.swap_remove(i);
-            }
         }
     }
 
@@ -703,22 +490,22 @@ impl Core {
                 let _ = reply.send(());
             }
             Command::Pause(reply) => {
-                self.paused = true;
+                self.trigger.pause();
                 let _ = reply.send(());
             }
             Command::Resume(reply) => {
-                self.paused = false;
+                self.trigger.resume();
                 let _ = reply.send(());
                 // Sequential work queued while paused is owed its firings; Latest fires on the
                 // next boundary, not retroactively.
-                if self.strategy == InputStrategy::Sequential && self.warmed {
+                if self.trigger.strategy() == InputStrategy::Sequential {
                     self.drain(false, BATCH).await;
                 }
             }
             Command::State(reply) => {
                 let _ = reply.send(self.state());
             }
-            Command::Subscribe(subscriber) => self.subscribers.push(subscriber),
+            Command::Subscribe(subscriber) => self.subscribers.add(subscriber),
             Command::Shutdown(_) => {}
         }
     }
@@ -734,7 +521,7 @@ impl Core {
                     reactor: self.name.to_string(),
                     source_name: source.clone(),
                 })?;
-            let value: &(dyn Any + Send + Sync) = &**boundary.value();
+            let value: &(dyn std::any::Any + Send + Sync) = &**boundary.value();
             if value.type_id() != decl.type_id {
                 return Err(ReactorError::SourceType {
                     reactor: self.name.to_string(),
@@ -752,41 +539,53 @@ impl Core {
     fn state(&self) -> ReactorState {
         ReactorState {
             reactor: self.name.to_string(),
-            cache: self.cache.snapshot(),
+            cache: self.trigger.cache().snapshot(),
             dirty: self
                 .sources
                 .iter()
                 .cloned()
-                .zip(self.dirty.iter().copied())
+                .zip(self.trigger.dirty().iter().copied())
                 .collect(),
             queued: self
-                .queue
+                .trigger
+                .queue()
                 .iter()
                 .filter_map(|(i, b)| self.sources.get(*i).map(|s| (s.clone(), b.clone())))
                 .collect(),
-            paused: self.paused,
-            health: self.health.borrow().clone(),
+            paused: self.trigger.is_paused(),
+            health: self.signals.health.borrow().clone(),
             fires: self.stats.fires.load(Ordering::Relaxed),
         }
     }
 
     /// Recomputes health from the accumulators' states and the ledger.
     fn refresh_health(&mut self) {
-        let states = self.board.as_ref().map(|b| b.states()).unwrap_or_default();
+        let states = match &self.signals.board {
+            Some(board) => {
+                self.signals.board_seen = board.version();
+                board.states()
+            }
+            None => Vec::new(),
+        };
         let not_ready: Vec<SourceName> = states
             .iter()
             .filter(|(_, h)| !h.is_ready())
             .map(|(s, _)| s.clone())
             .collect();
-        let health = if !self.warmed && !not_ready.is_empty() {
+        let health = if !self.trigger.is_warmed() && !not_ready.is_empty() {
             ReactorHealth::Warming { waiting: not_ready }
         } else {
-            self.warmed = true;
-            let mut reasons: Vec<String> = not_ready
-                .iter()
-                .map(|s| format!("accumulator `{s}` not live"))
-                .collect();
-            if self.ledger_failed {
+            self.trigger.warm();
+            // While shutting down, accumulators stop one by one: that is not a degradation.
+            let mut reasons: Vec<String> = if self.draining {
+                Vec::new()
+            } else {
+                not_ready
+                    .iter()
+                    .map(|s| format!("accumulator `{s}` not live"))
+                    .collect()
+            };
+            if self.recorder.is_failing() {
                 reasons.push("ledger writes failing".into());
             }
             if reasons.is_empty() {
@@ -795,7 +594,15 @@ impl Core {
                 ReactorHealth::Degraded { reasons }
             }
         };
-        self.health.send_if_modified(|h| {
+        self.set_health(health);
+        for (source, h) in &states {
+            self.metrics.accumulator_ready(source, h.is_ready());
+        }
+    }
+
+    fn set_health(&self, health: ReactorHealth) {
+        self.metrics.health(&health);
+        self.signals.health.send_if_modified(|h| {
             if *h == health {
                 false
             } else {
@@ -808,93 +615,57 @@ impl Core {
     /// Takes in everything already queued, fires what is owed, closes the ledger and the
     /// subscribers.
     async fn shutdown(&mut self) -> ShutdownReport {
-        self.inbound.close();
+        self.intake.rx.close();
         self.draining = true;
+        let paused = self.trigger.is_paused();
         // Latest coalesces whatever is waiting; Sequential fires for all of it.
-        let mut buf = std::mem::take(&mut self.buf);
-        while self.inbound.recv_many(&mut buf, BATCH).await > 0 {
+        let mut buf = std::mem::take(&mut self.intake.buf);
+        while self.intake.rx.recv_many(&mut buf, BATCH).await > 0 {
             let now = SystemTime::now();
             for inb in buf.drain(..) {
                 self.accept(inb, now);
             }
-            self.hand_over().await;
-            if self.strategy == InputStrategy::Sequential && !self.paused {
+            self.recorder.hand_over().await;
+            if self.trigger.strategy() == InputStrategy::Sequential {
                 self.drain(true, usize::MAX).await;
             }
         }
-        if !self.paused {
-            match self.strategy {
-                InputStrategy::Latest if self.criteria_met() => {
+        if !paused {
+            match self.trigger.strategy() {
+                InputStrategy::Latest if self.trigger.criteria_met() => {
                     self.fire(false, None).await;
                 }
                 InputStrategy::Latest => {}
                 InputStrategy::Sequential => self.drain(true, usize::MAX).await,
             }
         }
-        let unfired_queued = self.queue.len();
-        let unfired_dirty_sources = if self.strategy == InputStrategy::Latest {
-            self.dirty.iter().filter(|d| **d).count()
-        } else {
-            0
+        let unfired_queued = self.trigger.queue().len();
+        let unfired_dirty_sources = match self.trigger.strategy() {
+            InputStrategy::Latest if paused => self.trigger.dirty_sources(),
+            _ => 0,
         };
-        if unfired_queued > 0 || (self.paused && unfired_dirty_sources > 0) {
+        if unfired_queued > 0 || unfired_dirty_sources > 0 {
             tracing::warn!(reactor = %self.name, unfired_queued, unfired_dirty_sources, "reactor stopped paused with inputs never fired");
         }
+        // A final snapshot: a restart resumes exactly here without replaying boundaries.
+        self.snapshot().await;
+        let (written, unwritten) = self.recorder.close().await;
         let mut report = ShutdownReport {
             fires: self.stats.fires.load(Ordering::Relaxed),
             boundaries: self.stats.boundaries.load(Ordering::Relaxed),
             unfired_queued,
-            unfired_dirty_sources: if self.paused {
-                unfired_dirty_sources
-            } else {
-                0
-            },
+            unfired_dirty_sources,
             ledger_records: 0,
-            ledger_lost: self.ledger_unwritten,
+            ledger_lost: unwritten,
             ledger_error: None,
         };
-        // A final snapshot: a restart resumes exactly here without replaying boundaries.
-        self.snapshot().await;
-        if let Some(writer) = self.ledger.take() {
-            let written = writer.close().await;
+        if let Some(written) = written {
             report.ledger_records = written.written;
             report.ledger_lost += written.lost;
             report.ledger_error = written.first_error.map(|e| e.to_string());
         }
-        // Retention once more, now that the final snapshot is in the store.
-        if let Some(task) = self.retaining.take() {
-            let _ = task.await;
-        }
-        self.start_retention();
-        if let Some(task) = self.retaining.take() {
-            let _ = task.await;
-        }
         self.subscribers.clear();
-        self.health.send_replace(ReactorHealth::Stopped);
+        self.set_health(ReactorHealth::Stopped);
         report
     }
-}
-
-fn not_recorded(reason: String) -> LedgerError {
-    LedgerError::Backend {
-        backend: "reactor",
-        message: reason,
-    }
-}
-
-fn writer_gone(writer: &LedgerWriter) -> bool {
-    writer.is_closed()
-}
-
-fn encode_outputs(reactor: &str, outputs: &TerminalOutputs) -> Vec<(String, Vec<u8>)> {
-    outputs
-        .iter()
-        .filter_map(|o| match o.encode() {
-            Ok(bytes) => Some((o.node().to_owned(), bytes)),
-            Err(e) => {
-                tracing::error!(reactor, node = o.node(), error = %e, "cannot encode output for the ledger");
-                None
-            }
-        })
-        .collect()
 }

@@ -26,7 +26,15 @@
 //!   [`replay`] re-runs a graph over recorded boundaries and compares with recorded results.
 //!
 //! One task runs the loop. A firing runs inline in it: plain nodes are called directly, async
-//! nodes awaited; there is no task hop between a boundary arriving and its firing.
+//! nodes awaited; there is no task hop between a boundary arriving and its firing. In the
+//! opt-in [`ReactorMode::LowLatency`] the loop runs on a dedicated thread that spins on its
+//! inbound queue before parking, so a producer on another thread pays no wake-up.
+//!
+//! Inside, the loop (`core`) drives a sans-IO `trigger` (criteria, dirty flags, cache,
+//! Sequential queue), a `recorder` (ledger records, snapshots, retention, recovery) and
+//! `delivery` (subscribers). Operators read [`ReactorHandle::stats`] and the `cloacina_*`
+//! metrics (through the `metrics` facade; see the `metrics` table in the README); each firing
+//! runs in a `firing` tracing span at debug level.
 //!
 //! ```
 //! use std::sync::Arc;
@@ -47,21 +55,33 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(()) }).unwrap();
 //! ```
 
+mod builder;
+mod command;
 mod config;
 mod core;
+mod delivery;
 mod durable;
+mod error;
 mod firing;
 mod handle;
 mod health;
+mod metrics;
+mod recorder;
 mod replay;
 mod stats;
 mod subscription;
+mod trigger;
 
-pub use config::{FailurePolicy, InputStrategy, Overflow, ReactionCriteria, SubscribeOptions};
+pub use builder::ReactorBuilder;
+pub use config::{
+    FailurePolicy, InputStrategy, LowLatency, Overflow, ReactionCriteria, ReactorMode,
+    SubscribeOptions,
+};
 pub use durable::{Durability, RecoveryError, RetentionPolicy};
+pub use error::{ReactorError, ReactorState, ShutdownReport};
 pub use firing::{Firing, FiringInput};
-pub use handle::{ReactorBuilder, ReactorError, ReactorHandle, ReactorState, ShutdownReport};
+pub use handle::ReactorHandle;
 pub use health::ReactorHealth;
 pub use replay::{replay, ReplayError, ReplayMismatch, ReplayReport};
 pub use stats::{DurationHistogram, HistogramSnapshot, ReactorStats, StatsSnapshot};
-pub use subscription::{Lagged, Subscription};
+pub use subscription::{Lagged, Subscription, TryRecvError};

@@ -81,6 +81,11 @@ impl Subscriber {
         }
     }
 
+    /// Firings waiting in this subscriber's queue.
+    pub(crate) fn depth(&self) -> usize {
+        self.tx.max_capacity() - self.tx.capacity()
+    }
+
     pub(crate) fn detached(&self) -> bool {
         self.shared.detached.load(Ordering::Acquire)
     }
@@ -98,7 +103,35 @@ pub struct Subscription {
     finished: bool,
 }
 
+/// Why [`Subscription::try_recv`] returned no firing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TryRecvError {
+    /// No firing is waiting now.
+    #[error("no firing waiting")]
+    Empty,
+    /// Firings were not delivered (see [`Lagged`]); later calls go on with the next firing,
+    /// unless `detached`, after which the stream has ended.
+    #[error(transparent)]
+    Lagged(Lagged),
+    /// The stream has ended (the reactor stopped, or the subscriber was detached).
+    #[error("subscription ended")]
+    Closed,
+}
+
 impl Subscription {
+    /// The next firing if one is waiting, without waiting: for polling loops and threads
+    /// that are not async. Reports lag and the end of the stream as [`Subscription::recv`]
+    /// does.
+    pub fn try_recv(&mut self) -> Result<Arc<Firing>, TryRecvError> {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        match self.poll_recv(&mut cx) {
+            Poll::Ready(Some(Ok(firing))) => Ok(firing),
+            Poll::Ready(Some(Err(lagged))) => Err(TryRecvError::Lagged(lagged)),
+            Poll::Ready(None) => Err(TryRecvError::Closed),
+            Poll::Pending => Err(TryRecvError::Empty),
+        }
+    }
+
     /// The next firing; `None` once the stream has ended.
     pub async fn recv(&mut self) -> Option<Result<Arc<Firing>, Lagged>> {
         std::future::poll_fn(|cx| self.poll_recv(cx)).await
