@@ -61,11 +61,16 @@ pub async fn replay(
         .await
         .map_err(|e| fail(e.to_string()))?;
     let mut report = ReplayReport::default();
-    let seqs = firings
-        .iter()
-        .filter(|f| f.trigger != FiringTrigger::Supplied)
-        .flat_map(|f| f.inputs.iter().map(|(_, s)| *s));
-    let (Some(low), Some(high)) = (seqs.clone().min(), seqs.max()) else {
+    // A plain loop, not an iterator of closures: that would be held across the awaits below
+    // and make this future not `Send` (rustc's higher-ranked closure limitation).
+    let (mut low, mut high) = (None::<u64>, None::<u64>);
+    for f in firings.iter().filter(|f| f.trigger != FiringTrigger::Supplied) {
+        for (_, seq) in &f.inputs {
+            low = Some(low.map_or(*seq, |l| l.min(*seq)));
+            high = Some(high.map_or(*seq, |h| h.max(*seq)));
+        }
+    }
+    let (Some(low), Some(high)) = (low, high) else {
         report.skipped = firings.len() as u64;
         return Ok(report);
     };
@@ -146,4 +151,28 @@ pub async fn replay(
         }
     }
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replay_future_is_send() {
+        fn assert_send<T: Send>(_: &T) {}
+        let graph = Arc::new(
+            cloacina_graph_core::GraphBuilder::new("g")
+                .node(
+                    "n",
+                    (cloacina_graph_core::source::<u64>("x"),),
+                    |x: Option<&u64>| x.copied(),
+                )
+                .build()
+                .expect("graph"),
+        );
+        let ledger = cloacina_ledger::MemoryLedger::new();
+        let query = FiringQuery::reactor("g");
+        let fut = replay(graph, &ledger, &query);
+        assert_send(&fut);
+    }
 }
