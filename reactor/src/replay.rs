@@ -64,7 +64,10 @@ pub async fn replay(
     // A plain loop, not an iterator of closures: that would be held across the awaits below
     // and make this future not `Send` (rustc's higher-ranked closure limitation).
     let (mut low, mut high) = (None::<u64>, None::<u64>);
-    for f in firings.iter().filter(|f| f.trigger != FiringTrigger::Supplied) {
+    for f in firings
+        .iter()
+        .filter(|f| f.trigger != FiringTrigger::Supplied)
+    {
         for (_, seq) in &f.inputs {
             low = Some(low.map_or(*seq, |l| l.min(*seq)));
             high = Some(high.map_or(*seq, |h| h.max(*seq)));
