@@ -229,3 +229,99 @@ async fn low_latency_mode_fires_everything_in_order_and_shuts_down() {
     assert!(SLEPT.load(Ordering::Relaxed) >= 210);
     assert!(r.sender::<u64>("x").expect("sender").is_closed());
 }
+
+/// A store whose appends always fail (reads work, and find nothing).
+struct BrokenStore(cloacina_ledger::MemoryLedger);
+
+impl Ledger for BrokenStore {
+    fn backend(&self) -> &'static str {
+        "broken"
+    }
+    fn append<'a>(
+        &'a self,
+        _records: &'a [cloacina_ledger::Record],
+        _commit: cloacina_ledger::Commit,
+    ) -> cloacina_ledger::LedgerFuture<'a, ()> {
+        Box::pin(async {
+            Err(cloacina_ledger::LedgerError::Backend {
+                backend: "broken",
+                message: "disk on fire".into(),
+            })
+        })
+    }
+    fn flush(&self) -> cloacina_ledger::LedgerFuture<'_, ()> {
+        self.0.flush()
+    }
+    fn firings<'a>(
+        &'a self,
+        q: &'a FiringQuery,
+    ) -> cloacina_ledger::LedgerFuture<'a, Vec<cloacina_ledger::FiringRecord>> {
+        self.0.firings(q)
+    }
+    fn last_firing<'a>(
+        &'a self,
+        r: &'a str,
+    ) -> cloacina_ledger::LedgerFuture<'a, Option<cloacina_ledger::FiringRecord>> {
+        self.0.last_firing(r)
+    }
+    fn boundaries<'a>(
+        &'a self,
+        q: &'a cloacina_ledger::BoundaryQuery,
+    ) -> cloacina_ledger::LedgerFuture<'a, Vec<cloacina_ledger::BoundaryRecord>> {
+        self.0.boundaries(q)
+    }
+    fn snapshot<'a>(
+        &'a self,
+        r: &'a str,
+    ) -> cloacina_ledger::LedgerFuture<'a, Option<cloacina_ledger::SnapshotRecord>> {
+        self.0.snapshot(r)
+    }
+    fn checkpoint<'a>(
+        &'a self,
+        o: &'a str,
+        k: &'a str,
+    ) -> cloacina_ledger::LedgerFuture<'a, Option<cloacina_ledger::CheckpointRecord>> {
+        self.0.checkpoint(o, k)
+    }
+    fn retain<'a>(
+        &'a self,
+        r: &'a str,
+        retention: cloacina_ledger::Retention,
+    ) -> cloacina_ledger::LedgerFuture<'a, cloacina_ledger::RetainReport> {
+        self.0.retain(r, retention)
+    }
+}
+
+/// When the writer gives a batch up, an idle reactor turns Degraded and counts the loss at
+/// once, not when the next boundary happens to arrive.
+#[tokio::test]
+async fn idle_reactor_reports_a_given_up_batch_at_once() {
+    let r = ReactorHandle::builder(echo_graph())
+        .ledger(
+            Arc::new(BrokenStore(cloacina_ledger::MemoryLedger::new())),
+            64,
+        )
+        .spawn()
+        .expect("spawn");
+    r.sender::<u64>("x")
+        .expect("sender")
+        .send(1)
+        .await
+        .expect("send");
+    let mut health = r.health_watch();
+    let degraded = tokio::time::timeout(PATIENCE, async {
+        loop {
+            if matches!(
+                *health.borrow_and_update(),
+                cloacina_reactor::ReactorHealth::Degraded { .. }
+            ) {
+                return;
+            }
+            health.changed().await.expect("reactor alive");
+        }
+    })
+    .await;
+    assert!(degraded.is_ok(), "still {:?}", r.health());
+    assert!(r.stats().ledger_lost > 0, "{:?}", r.stats());
+    r.shutdown().await.expect("shutdown");
+}
