@@ -40,6 +40,8 @@ pub(crate) struct CompiledNode {
     pub(crate) name: Arc<str>,
     pub(crate) run: Box<dyn ErasedNode>,
     pub(crate) terminal: bool,
+    /// Slots of the nodes this one reads (no repeats): it may run once they are all settled.
+    pub(crate) upstreams: Box<[usize]>,
     pub(crate) output_type: &'static str,
     pub(crate) encode: Option<OutputCodec>,
 }

@@ -24,9 +24,9 @@ impl<'a> DagNode<'a> {
     }
 }
 
-/// Why a dependency graph was rejected. Every variant names the culprit.
+/// Why a dependency graph was rejected. Every variant names the culprit. Deliberately
+/// exhaustive: a new rule must be mapped by every caller.
 #[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
 pub enum DagError {
     /// Two nodes share an id.
     DuplicateId {

@@ -124,9 +124,8 @@ impl GraphPlan {
 }
 
 /// Why a graph declaration was rejected. Every variant names the culprit. `T` is the caller's
-/// type descriptor.
+/// type descriptor. Deliberately exhaustive: a new rule must be mapped by every front end.
 #[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
 pub enum TopologyError<T> {
     /// The graph has no nodes.
     Empty {
