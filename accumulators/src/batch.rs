@@ -2,21 +2,24 @@
 
 use std::fmt;
 use std::marker::PhantomData;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use cloacina_graph_core::SourceName;
 use tokio::sync::mpsc;
-use tokio::time::MissedTickBehavior;
 
 use crate::context::{Accumulator, AccumulatorContext, AccumulatorError};
 use crate::health::AccumulatorHealth;
 use crate::inbound::{SendError, TrySendError};
+use crate::polling::{interval_from_now, tick};
 
 /// When a [`Batch`] flushes.
 #[derive(Debug, Clone, Copy)]
 pub struct BatchConfig {
     /// Flush as soon as this many events are buffered.
     pub max_size: usize,
-    /// Flush whatever is buffered this often (`None`: no timer).
+    /// Flush whatever is buffered this often (`None`, or an interval too large to add to the
+    /// clock such as `Duration::MAX`: no timer).
     pub flush_interval: Option<Duration>,
     /// Room in the batch's own input queue; a full queue makes senders wait.
     pub capacity: usize,
@@ -38,6 +41,8 @@ impl Default for BatchConfig {
 pub struct Batch<T> {
     config: BatchConfig,
     rx: mpsc::Receiver<T>,
+    /// The source it feeds, learned when it runs; shared with its senders for their errors.
+    source: Arc<OnceLock<SourceName>>,
 }
 
 impl<T> fmt::Debug for Batch<T> {
@@ -51,6 +56,7 @@ impl<T> fmt::Debug for Batch<T> {
 /// Typed, cloneable sender of events into a [`Batch`].
 pub struct BatchSender<T> {
     tx: mpsc::Sender<T>,
+    source: Arc<OnceLock<SourceName>>,
     _t: PhantomData<fn(T)>,
 }
 
@@ -58,6 +64,7 @@ impl<T> Clone for BatchSender<T> {
     fn clone(&self) -> Self {
         Self {
             tx: self.tx.clone(),
+            source: Arc::clone(&self.source),
             _t: PhantomData,
         }
     }
@@ -65,15 +72,30 @@ impl<T> Clone for BatchSender<T> {
 
 impl<T> fmt::Debug for BatchSender<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("BatchSender")
+        f.debug_struct("BatchSender")
+            .field("source", &self.source.get())
+            .finish()
     }
 }
 
+/// What a [`BatchSender`] calls its batch before the batch ran and learned its source.
+const UNBOUND: &str = "(batch never ran)";
+
 impl<T: Send + 'static> BatchSender<T> {
-    /// Sends an event, waiting while the batch's queue is full.
+    /// The source the batch feeds, once the batch has started running (`None` before).
+    pub fn source(&self) -> Option<&SourceName> {
+        self.source.get()
+    }
+
+    /// Sends an event, waiting while the batch's queue is full. The error names the batch's
+    /// source.
     pub async fn send(&self, value: T) -> Result<(), SendError<T>> {
         self.tx.send(value).await.map_err(|e| SendError::Closed {
-            source_name: "batch".into(),
+            source_name: self
+                .source
+                .get()
+                .cloned()
+                .unwrap_or_else(|| SourceName::new(UNBOUND)),
             value: e.0,
         })
     }
@@ -98,10 +120,16 @@ impl<T: Send + Sync + 'static> Batch<T> {
                 .map(|every| every.max(Duration::from_millis(1))),
         };
         let (tx, rx) = mpsc::channel(config.capacity);
+        let source = Arc::new(OnceLock::new());
         (
-            Self { config, rx },
+            Self {
+                config,
+                rx,
+                source: Arc::clone(&source),
+            },
             BatchSender {
                 tx,
+                source,
                 _t: PhantomData,
             },
         )
@@ -157,6 +185,8 @@ impl<T: Send + Sync + 'static> Accumulator for Batch<T> {
     }
 
     async fn run(mut self, ctx: AccumulatorContext<Vec<T>>) -> Result<(), AccumulatorError> {
+        // A batch runs once, for one source: the first name set is the only one.
+        let _ = self.source.set(ctx.source().clone());
         let result = self.collect(&ctx).await;
         let result = result.map_err(|e| with_backlog(e, &mut self.rx));
         ctx.set_health(AccumulatorHealth::Stopped);
@@ -168,11 +198,7 @@ impl<T: Send + Sync + 'static> Batch<T> {
     async fn collect(&mut self, ctx: &AccumulatorContext<Vec<T>>) -> Result<(), AccumulatorError> {
         let max = self.config.max_size;
         let mut buffer: Vec<T> = Vec::new();
-        let mut ticks = self.config.flush_interval.map(|every| {
-            let mut t = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-            t.set_missed_tick_behavior(MissedTickBehavior::Delay);
-            t
-        });
+        let mut ticks = self.config.flush_interval.and_then(interval_from_now);
         ctx.set_health(AccumulatorHealth::Live);
         let mut input_open = true;
         loop {
@@ -189,9 +215,7 @@ impl<T: Send + Sync + 'static> Batch<T> {
                     }
                     None => input_open = false,
                 },
-                _ = async { match ticks.as_mut() { Some(t) => { t.tick().await; } None => std::future::pending().await } } => {
-                    flush(ctx, &mut buffer).await?;
-                }
+                () = tick(&mut ticks) => flush(ctx, &mut buffer).await?,
                 () = ctx.after_fire() => flush(ctx, &mut buffer).await?,
             }
         }

@@ -4,13 +4,14 @@ use std::future::Future;
 use std::time::Duration;
 
 use cloacina_graph_core::catch_panic;
-use tokio::time::MissedTickBehavior;
+use tokio::time::{Interval, MissedTickBehavior};
 
 use crate::context::{Accumulator, AccumulatorContext, AccumulatorError};
 use crate::health::AccumulatorHealth;
 
 /// Calls `poll` every `interval` (first call after one full interval); `Some(v)` is emitted,
-/// `None` means "no change" and emits nothing. A panicking poll is counted as a failure, the
+/// `None` means "no change" and emits nothing. An interval too large to add to the clock
+/// (`Duration::MAX`) means "never": no timer, no call. A panicking poll is counted as a failure, the
 /// accumulator reports `Disconnected` and keeps polling; the next good poll makes it `Live`.
 pub struct Polling<F> {
     interval: Duration,
@@ -44,15 +45,13 @@ where
     type Output = T;
 
     async fn run(mut self, ctx: AccumulatorContext<T>) -> Result<(), AccumulatorError> {
-        let mut ticks =
-            tokio::time::interval_at(tokio::time::Instant::now() + self.interval, self.interval);
-        ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut ticks = interval_from_now(self.interval);
         ctx.set_health(AccumulatorHealth::Live);
         loop {
             tokio::select! {
                 biased;
                 () = ctx.shutdown_requested() => break,
-                _ = ticks.tick() => {}
+                () = tick(&mut ticks) => {}
             }
             // The call itself runs inside the guarded future, so a poll function that panics
             // before returning its future is caught like one whose future panics.
@@ -72,5 +71,24 @@ where
         }
         ctx.set_health(AccumulatorHealth::Stopped);
         Ok(())
+    }
+}
+
+/// A timer ticking every `every`, first after one full period; `None` ("never") if the first
+/// tick is too far to add to the clock. Tokio's own `Instant + Duration` panics on overflow.
+pub(crate) fn interval_from_now(every: Duration) -> Option<Interval> {
+    let start = tokio::time::Instant::now().checked_add(every)?;
+    let mut ticks = tokio::time::interval_at(start, every);
+    ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    Some(ticks)
+}
+
+/// The next tick of `ticks`; never completes without a timer.
+pub(crate) async fn tick(ticks: &mut Option<Interval>) {
+    match ticks {
+        Some(t) => {
+            t.tick().await;
+        }
+        None => std::future::pending().await,
     }
 }

@@ -606,3 +606,69 @@ async fn batch_counts_everything_undelivered_when_the_reactor_is_gone() {
         other => panic!("expected ReactorClosed, got {other:?}"),
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Issue 8: "never" intervals and the batch sender's source name.
+// ---------------------------------------------------------------------------------------------
+
+// `Duration::MAX` as a polling interval means "never": no panic on `now + interval`, no poll,
+// and shutdown still ends the task cleanly.
+#[tokio::test]
+async fn polling_with_a_never_interval_does_not_poll_or_panic() {
+    let mut rig = rig::<u64>("never", 16);
+    let calls = Arc::new(AtomicU64::new(0));
+    let counted = Arc::clone(&calls);
+    let task = rig.spawn(Polling::new(Duration::MAX, move || {
+        counted.fetch_add(1, Ordering::SeqCst);
+        async { Some(1u64) }
+    }));
+    rig.wait_health(AccumulatorHealth::Live).await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    rig.shutdown();
+    join(task).await;
+    assert_eq!(calls.load(Ordering::SeqCst), 0);
+    assert_eq!(rig.reporter.get(), AccumulatorHealth::Stopped);
+}
+
+// A batch whose flush interval is `Duration::MAX` has no timer, but still flushes on the
+// after-fire signal and at shutdown.
+#[tokio::test]
+async fn batch_with_a_never_interval_flushes_on_other_triggers() {
+    let mut rig = rig::<Vec<u64>>("never_batch", 16);
+    let (acc, tx) = batch(100, Some(Duration::MAX));
+    let task = rig.spawn(acc);
+    tx.send(1).await.expect("batch open");
+    tx.send(2).await.expect("batch open");
+    rig.wait_health(AccumulatorHealth::Live).await;
+    wait_until("both events taken in", || rig.metrics.events() == 2).await;
+    rig.after_fire.notify_one();
+    assert_eq!(next_value::<Vec<u64>>(&mut rig.rx).await, vec![1, 2]);
+    tx.send(3).await.expect("batch open");
+    rig.shutdown();
+    join(task).await;
+    assert_eq!(next_value::<Vec<u64>>(&mut rig.rx).await, vec![3]);
+}
+
+// A BatchSender's error names the batch's real source, not "batch".
+#[tokio::test]
+async fn batch_sender_errors_name_the_source() {
+    let mut rig = rig::<Vec<u64>>("order_feed", 16);
+    let (acc, tx) = batch(4, None);
+    assert_eq!(tx.source(), None, "not known before the batch runs");
+    let task = rig.spawn(acc);
+    rig.wait_health(AccumulatorHealth::Live).await;
+    assert_eq!(tx.source().map(|s| s.as_str()), Some("order_feed"));
+    rig.shutdown();
+    join(task).await;
+    let err = tx.send(5).await.expect_err("batch stopped");
+    assert_eq!(err.source_name().as_str(), "order_feed");
+    assert!(err.to_string().contains("order_feed"), "{err}");
+    assert!(!err.to_string().contains("`batch`"), "{err}");
+    assert_eq!(err.into_value(), Some(5));
+
+    // A batch dropped before it ever ran cannot know its source, and says so.
+    let (acc, tx) = batch(4, None);
+    drop(acc);
+    let err = tx.send(6).await.expect_err("batch gone");
+    assert!(err.to_string().contains("never ran"), "{err}");
+}

@@ -4,12 +4,43 @@
 //! format-version byte. Values are encoded only when a ledger or a process boundary needs them;
 //! in process they travel typed. It sits below every other crate: graph-core encodes boundary
 //! values and terminal outputs with it, the ledger its records.
+//!
+//! Decoding never trusts a length prefix: bincode may claim at most [`DECODE_LIMIT`] bytes of
+//! memory for one value, so corrupt or hostile bytes (`"a string of 2^60 bytes"`) are a
+//! [`CodecError::Decode`], never a huge allocation or a panic. [`encode`] refuses values whose
+//! encoding exceeds [`MAX_ENCODED_LEN`], which keeps every accepted value decodable: a decode
+//! claims at most 16 bytes of memory per encoded byte (a one-byte varint read as `u128`).
+//!
+//! ```
+//! use cloacina_codec::{decode, encode, CodecError};
+//!
+//! let bytes = encode(&("quote", 100.5_f64))?;
+//! assert_eq!(decode::<(String, f64)>(&bytes)?, ("quote".to_owned(), 100.5));
+//! // A string claiming u64::MAX bytes: rejected, nothing allocated.
+//! let hostile = [cloacina_codec::FORMAT_VERSION, 253, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff];
+//! assert!(matches!(decode::<String>(&hostile), Err(CodecError::Decode { .. })));
+//! # Ok::<(), CodecError>(())
+//! ```
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 /// Format version written as the first byte of every encoded value.
 pub const FORMAT_VERSION: u8 = 1;
+
+/// Largest encoding [`encode`] produces (64 MiB after the version byte); larger values are an
+/// [`CodecError::Encode`].
+pub const MAX_ENCODED_LEN: usize = 64 << 20;
+
+/// Most memory bincode may claim while decoding one value (1 GiB): 16 times
+/// [`MAX_ENCODED_LEN`], the most any accepted encoding can need.
+pub const DECODE_LIMIT: usize = 16 * MAX_ENCODED_LEN;
+
+/// The decoding configuration: the encoding one plus the memory limit (the wire format is
+/// the same).
+fn decode_config() -> impl bincode::config::Config {
+    bincode::config::standard().with_limit::<DECODE_LIMIT>()
+}
 
 /// Encoding or decoding failed.
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +83,15 @@ pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, CodecError> {
             message: e.to_string(),
         },
     )?;
+    let body = out.len().saturating_sub(1);
+    if body > MAX_ENCODED_LEN {
+        return Err(CodecError::Encode {
+            type_name: std::any::type_name::<T>(),
+            message: format!(
+                "encoding is {body} bytes, over the codec's limit of {MAX_ENCODED_LEN} bytes"
+            ),
+        });
+    }
     Ok(out)
 }
 
@@ -61,10 +101,15 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
     if version != FORMAT_VERSION {
         return Err(CodecError::Version { found: version });
     }
-    let (value, used) = bincode::serde::decode_from_slice(body, bincode::config::standard())
-        .map_err(|e| CodecError::Decode {
+    let (value, used) =
+        bincode::serde::decode_from_slice(body, decode_config()).map_err(|e| CodecError::Decode {
             type_name: std::any::type_name::<T>(),
-            message: e.to_string(),
+            message: match e {
+                bincode::error::DecodeError::LimitExceeded => format!(
+                    "the bytes declare more than the {DECODE_LIMIT}-byte decode limit (corrupt length prefix?)"
+                ),
+                other => other.to_string(),
+            },
         })?;
     if used != body.len() {
         return Err(CodecError::Decode {

@@ -2,12 +2,14 @@
 //! the topology and compiles it.
 
 use std::any::TypeId;
-use std::collections::{HashMap, VecDeque};
 use std::marker::PhantomData;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use petgraph::graph::{DiGraph, NodeIndex};
+use cloacina_topology::{
+    self as topology, validate_graph, GraphInput, GraphNode, GraphRoute, ResolvedInput,
+    TopologyError,
+};
 use serde::Serialize;
 
 use crate::compiled::{CompiledGraph, CompiledNode, SourceDecl};
@@ -17,7 +19,8 @@ use crate::node::{
 };
 use crate::source::SourceName;
 
-/// Why a graph declaration was rejected. Every variant names the culprit.
+/// Why a graph declaration was rejected. Every variant names the culprit. The rules live in
+/// `cloacina-topology`; this is their verdict in graph-core's terms.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum BuildError {
@@ -139,9 +142,17 @@ static NEXT_GRAPH_ID: AtomicU64 = AtomicU64::new(1);
 
 type MakeNode = Box<dyn FnOnce(Box<[InputLoc]>, usize) -> Box<dyn ErasedNode>>;
 
+/// A type as the validator compares it: by `TypeId`, named for messages.
+#[derive(Debug, Clone, Copy)]
 struct TypeInfo {
     id: TypeId,
     name: &'static str,
+}
+
+impl PartialEq for TypeInfo {
+    fn eq(&self, other: &Self) -> bool {
+        self.id == other.id
+    }
 }
 
 struct RouteDecl {
@@ -335,222 +346,55 @@ impl GraphBuilder {
         )
     }
 
-    /// Validates the declaration and compiles it.
+    /// Validates the declaration (with [`cloacina_topology::validate_graph`], the rules the
+    /// `#[computation_graph]` macro applies at compile time) and compiles it.
     pub fn build(self) -> Result<CompiledGraph, BuildError> {
         let GraphBuilder { name, nodes } = self;
-        if nodes.is_empty() {
-            return Err(BuildError::Empty { graph: name });
-        }
-        let mut index: HashMap<&str, usize> = HashMap::with_capacity(nodes.len());
-        for (i, n) in nodes.iter().enumerate() {
-            if index.insert(n.name.as_str(), i).is_some() {
-                return Err(BuildError::DuplicateNode {
-                    node: n.name.clone(),
-                });
-            }
-        }
+        let specs: Vec<GraphNode<'_, TypeInfo>> = nodes.iter().map(NodeDecl::spec).collect();
+        let plan = validate_graph(&name, &specs).map_err(build_error)?;
+        drop(specs);
 
-        // Sources: first declaration fixes the type.
-        let mut sources: Vec<SourceDecl> = Vec::new();
-        for n in &nodes {
-            if n.inputs.is_empty() {
-                return Err(BuildError::NoInputs {
-                    node: n.name.clone(),
-                });
-            }
-            for input in n.inputs.iter().filter(|i| i.kind == InputKind::Source) {
-                if index.contains_key(input.name.as_str()) {
-                    return Err(BuildError::NameClash {
-                        name: input.name.clone(),
-                    });
-                }
-                match sources.iter().find(|s| s.name.as_str() == input.name) {
-                    Some(s) if s.type_id != input.type_id => {
-                        return Err(BuildError::SourceTypeConflict {
-                            source_name: input.name.clone(),
-                            first: s.type_name,
-                            second: input.type_name,
-                            node: n.name.clone(),
-                        })
-                    }
-                    Some(_) => {}
-                    None => sources.push(SourceDecl {
-                        name: SourceName::new(&input.name),
-                        type_id: input.type_id,
-                        type_name: input.type_name,
-                        codec: input.codec,
-                    }),
-                }
-            }
-        }
-
-        // Routes: targets exist, read the router, variants unique.
-        for n in &nodes {
-            let Some(routes) = &n.routes else { continue };
-            if routes.is_empty() {
-                return Err(BuildError::NoRoutes {
-                    node: n.name.clone(),
-                });
-            }
-            for (k, r) in routes.iter().enumerate() {
-                if routes[..k].iter().any(|o| o.variant == r.variant) {
-                    return Err(BuildError::DuplicateVariant {
-                        router: n.name.clone(),
-                        variant: r.variant.clone(),
-                    });
-                }
-                let Some(&t) = index.get(r.target.as_str()) else {
-                    return Err(BuildError::UnknownRouteTarget {
-                        router: n.name.clone(),
-                        variant: r.variant.clone(),
-                        target: r.target.clone(),
-                    });
-                };
-                if !nodes[t]
-                    .inputs
-                    .iter()
-                    .any(|i| i.kind == InputKind::Upstream && i.name == n.name)
-                {
-                    return Err(BuildError::RouteTargetDoesNotRead {
-                        router: n.name.clone(),
-                        variant: r.variant.clone(),
-                        target: r.target.clone(),
-                    });
-                }
-            }
-        }
-
-        // Upstream edges: known node, matching type.
-        let mut graph = DiGraph::<usize, ()>::with_capacity(nodes.len(), nodes.len());
-        let ids: Vec<NodeIndex> = (0..nodes.len()).map(|i| graph.add_node(i)).collect();
-        for (i, n) in nodes.iter().enumerate() {
-            for input in n.inputs.iter().filter(|i| i.kind == InputKind::Upstream) {
-                let Some(&u) = index.get(input.name.as_str()) else {
-                    return Err(BuildError::UnknownNode {
-                        node: n.name.clone(),
-                        input: input.name.clone(),
-                    });
-                };
-                let found = match &nodes[u].routes {
-                    None => &nodes[u].output,
-                    Some(routes) => {
-                        let to_me: Vec<&RouteDecl> =
-                            routes.iter().filter(|r| r.target == n.name).collect();
-                        match to_me.as_slice() {
-                            [r] => &r.payload,
-                            _ => {
-                                return Err(BuildError::RouteAmbiguous {
-                                    node: n.name.clone(),
-                                    router: nodes[u].name.clone(),
-                                    routes: to_me.len(),
-                                })
-                            }
-                        }
-                    }
-                };
-                if found.id != input.type_id {
-                    return Err(BuildError::TypeMismatch {
-                        node: n.name.clone(),
-                        input: input.name.clone(),
-                        expected: input.type_name,
-                        found: found.name,
-                    });
-                }
-                graph.add_edge(ids[u], ids[i], ());
-            }
-        }
-
-        if !nodes
+        let sources: Vec<SourceDecl> = plan
+            .sources()
             .iter()
-            .any(|n| n.inputs.iter().all(|i| i.kind == InputKind::Source))
-        {
-            return Err(BuildError::NoEntryNode { graph: name });
-        }
-
-        let order = match stable_topological_order(&graph) {
-            Some(order) => order,
-            None => {
-                let scc = petgraph::algo::tarjan_scc(&graph)
-                    .into_iter()
-                    .find(|c| c.len() > 1 || graph.contains_edge(c[0], c[0]))
-                    .unwrap_or_default();
-                // Report a real cycle: from the component's earliest-declared node, follow
-                // edges (breadth-first, inside the component) back to it.
-                let mut cycle: Vec<String> = Vec::new();
-                if let Some(start) = scc.iter().copied().min_by_key(|&ix| graph[ix]) {
-                    let mut parent: HashMap<NodeIndex, NodeIndex> = HashMap::new();
-                    let mut queue = VecDeque::from([start]);
-                    let mut last = None;
-                    'search: while let Some(u) = queue.pop_front() {
-                        for w in graph.neighbors(u) {
-                            if w == start {
-                                last = Some(u);
-                                break 'search;
-                            }
-                            if scc.contains(&w) && !parent.contains_key(&w) {
-                                parent.insert(w, u);
-                                queue.push_back(w);
-                            }
-                        }
-                    }
-                    let mut at = last;
-                    while let Some(ix) = at {
-                        cycle.push(nodes[graph[ix]].name.clone());
-                        at = if ix == start {
-                            None
-                        } else {
-                            parent.get(&ix).copied()
-                        };
-                    }
-                    cycle.reverse();
-                    if let Some(first) = cycle.first().cloned() {
-                        cycle.push(first);
-                    }
-                }
-                return Err(BuildError::Cycle { nodes: cycle });
-            }
-        };
+            .filter_map(|&(node, input)| nodes.get(node)?.inputs.get(input))
+            .map(|input| SourceDecl {
+                name: SourceName::new(&input.name),
+                type_id: input.type_id,
+                type_name: input.type_name,
+                codec: input.codec,
+            })
+            .collect();
 
         // Compile: slot = topological position.
-        let topo: Vec<usize> = order.iter().map(|&ix| graph[ix]).collect();
+        let topo = plan.order();
         let mut slot_of = vec![0usize; nodes.len()];
         for (slot, &decl) in topo.iter().enumerate() {
             slot_of[decl] = slot;
         }
-        let has_consumer: Vec<bool> = (0..nodes.len())
-            .map(|i| graph.neighbors(ids[i]).next().is_some())
-            .collect();
 
         // Resolve every argument's location before the declarations are consumed.
-        let mut locs_of: Vec<Option<Box<[InputLoc]>>> = nodes
-            .iter()
-            .map(|n| {
-                let locs: Box<[InputLoc]> = n
-                    .inputs
+        let mut locs_of: Vec<Option<Box<[InputLoc]>>> = (0..nodes.len())
+            .map(|d| {
+                let locs: Box<[InputLoc]> = plan
+                    .inputs(d)
                     .iter()
-                    .map(|input| match input.kind {
-                        InputKind::Source => InputLoc(Loc::Source(
-                            sources
-                                .iter()
-                                .position(|s| s.name.as_str() == input.name)
-                                .unwrap_or(usize::MAX),
-                        )),
-                        InputKind::Upstream => {
-                            let u = index
-                                .get(input.name.as_str())
-                                .copied()
-                                .unwrap_or(usize::MAX);
-                            let slot = slot_of.get(u).copied().unwrap_or(usize::MAX);
-                            let route = nodes
-                                .get(u)
-                                .and_then(|up| up.routes.as_ref())
-                                .and_then(|rs| rs.iter().find(|r| r.target == n.name));
-                            match route {
-                                Some(r) => InputLoc(Loc::Routed {
-                                    slot,
-                                    extract: Arc::clone(&r.extract),
+                    .map(|resolved| match *resolved {
+                        ResolvedInput::Source(s) => InputLoc(Loc::Source(s)),
+                        ResolvedInput::Node(u) => InputLoc(Loc::Node(slot_of[u])),
+                        ResolvedInput::Routed { node, route } => {
+                            let extract = nodes[node]
+                                .routes
+                                .as_ref()
+                                .and_then(|routes| routes.get(route))
+                                .map(|r| Arc::clone(&r.extract));
+                            match extract {
+                                Some(extract) => InputLoc(Loc::Routed {
+                                    slot: slot_of[node],
+                                    extract,
                                 }),
-                                None => InputLoc(Loc::Node(slot)),
+                                // The plan only names routes that exist.
+                                None => InputLoc(Loc::Node(usize::MAX)),
                             }
                         }
                     })
@@ -558,11 +402,20 @@ impl GraphBuilder {
                 Some(locs)
             })
             .collect();
+        let upstreams_of: Vec<Box<[usize]>> = (0..nodes.len())
+            .map(|d| {
+                plan.dag()
+                    .dependencies(d)
+                    .iter()
+                    .map(|&u| slot_of[u])
+                    .collect()
+            })
+            .collect();
 
         let mut decls: Vec<Option<NodeDecl>> = nodes.into_iter().map(Some).collect();
         let mut compiled = Vec::with_capacity(decls.len());
         let mut make_slots = Vec::with_capacity(decls.len());
-        for &d in &topo {
+        for &d in topo {
             let (Some(decl), Some(locs)) = (decls[d].take(), locs_of[d].take()) else {
                 continue;
             };
@@ -570,7 +423,8 @@ impl GraphBuilder {
             compiled.push(CompiledNode {
                 name: Arc::from(decl.name.as_str()),
                 run: (decl.make)(locs, slot_of[d]),
-                terminal: !has_consumer[d],
+                terminal: plan.is_terminal(d),
+                upstreams: upstreams_of[d].clone(),
                 output_type: decl.output.name,
                 encode: decl.encode,
             });
@@ -582,6 +436,107 @@ impl GraphBuilder {
             sources,
             make_slots,
         ))
+    }
+}
+
+impl NodeDecl {
+    /// The node as the topology validator sees it.
+    fn spec(&self) -> GraphNode<'_, TypeInfo> {
+        GraphNode {
+            name: &self.name,
+            inputs: self
+                .inputs
+                .iter()
+                .map(|i| GraphInput {
+                    name: &i.name,
+                    kind: match i.kind {
+                        InputKind::Source => topology::InputKind::Source,
+                        InputKind::Upstream => topology::InputKind::Upstream,
+                    },
+                    ty: Some(TypeInfo {
+                        id: i.type_id,
+                        name: i.type_name,
+                    }),
+                })
+                .collect(),
+            output: Some(self.output),
+            routes: self.routes.as_ref().map(|routes| {
+                routes
+                    .iter()
+                    .map(|r| GraphRoute {
+                        variant: &r.variant,
+                        target: &r.target,
+                        payload: Some(r.payload),
+                    })
+                    .collect()
+            }),
+        }
+    }
+}
+
+/// The validator's verdict in this crate's terms (same variants, same messages).
+fn build_error(e: TopologyError<TypeInfo>) -> BuildError {
+    match e {
+        TopologyError::Empty { graph } => BuildError::Empty { graph },
+        TopologyError::DuplicateNode { node } => BuildError::DuplicateNode { node },
+        TopologyError::NoInputs { node } => BuildError::NoInputs { node },
+        TopologyError::NameClash { name } => BuildError::NameClash { name },
+        TopologyError::SourceTypeConflict {
+            source_name,
+            first,
+            second,
+            node,
+        } => BuildError::SourceTypeConflict {
+            source_name,
+            first: first.name,
+            second: second.name,
+            node,
+        },
+        TopologyError::NoRoutes { router } => BuildError::NoRoutes { node: router },
+        TopologyError::DuplicateVariant { router, variant } => {
+            BuildError::DuplicateVariant { router, variant }
+        }
+        TopologyError::UnknownRouteTarget {
+            router,
+            variant,
+            target,
+        } => BuildError::UnknownRouteTarget {
+            router,
+            variant,
+            target,
+        },
+        TopologyError::RouteTargetDoesNotRead {
+            router,
+            variant,
+            target,
+        } => BuildError::RouteTargetDoesNotRead {
+            router,
+            variant,
+            target,
+        },
+        TopologyError::RouteAmbiguous {
+            node,
+            router,
+            routes,
+        } => BuildError::RouteAmbiguous {
+            node,
+            router,
+            routes,
+        },
+        TopologyError::UnknownNode { node, input } => BuildError::UnknownNode { node, input },
+        TopologyError::TypeMismatch {
+            node,
+            input,
+            expected,
+            found,
+        } => BuildError::TypeMismatch {
+            node,
+            input,
+            expected: expected.name,
+            found: found.name,
+        },
+        TopologyError::NoEntryNode { graph } => BuildError::NoEntryNode { graph },
+        TopologyError::Cycle { path } => BuildError::Cycle { nodes: path },
     }
 }
 
@@ -628,40 +583,6 @@ where
             _p: PhantomData,
         })
     })
-}
-
-/// Kahn's algorithm taking, among the nodes ready to run, the one declared first: the
-/// execution order is deterministic and keeps declaration order wherever the edges allow (so
-/// graphs combined into one run in the order they were added). `None` if there is a cycle.
-fn stable_topological_order(graph: &DiGraph<usize, ()>) -> Option<Vec<NodeIndex>> {
-    use std::cmp::Reverse;
-    use std::collections::BinaryHeap;
-
-    let mut indegree: Vec<usize> = graph
-        .node_indices()
-        .map(|ix| {
-            graph
-                .neighbors_directed(ix, petgraph::Direction::Incoming)
-                .count()
-        })
-        .collect();
-    let mut ready: BinaryHeap<Reverse<(usize, NodeIndex)>> = graph
-        .node_indices()
-        .filter(|ix| indegree[ix.index()] == 0)
-        .map(|ix| Reverse((graph[ix], ix)))
-        .collect();
-    let mut order = Vec::with_capacity(graph.node_count());
-    while let Some(Reverse((_, ix))) = ready.pop() {
-        order.push(ix);
-        for next in graph.neighbors(ix) {
-            let d = &mut indegree[next.index()];
-            *d -= 1;
-            if *d == 0 {
-                ready.push(Reverse((graph[next], next)));
-            }
-        }
-    }
-    (order.len() == graph.node_count()).then_some(order)
 }
 
 fn route_decls<E>(routes: impl IntoIterator<Item = Route<E>>) -> Vec<RouteDecl> {
