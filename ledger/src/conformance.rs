@@ -495,6 +495,28 @@ pub async fn run(harness: &dyn Harness) {
         "{name}: retention of one reactor leaves others alone"
     );
 
+    // A healthy store verifies clean: every record read back with its checksum intact.
+    let report = ledger
+        .verify()
+        .await
+        .unwrap_or_else(|e| panic!("{name}: verify: {e}"));
+    assert!(
+        report.is_ok(),
+        "{name}: a healthy store must verify: {report:?}"
+    );
+    assert!(
+        report.records_checked >= 100,
+        "{name}: verify must read the records: {report:?}"
+    );
+    assert!(
+        report
+            .gaps
+            .iter()
+            .any(|g| g.reactor == "conf-b" && g.kind == "firing" && (g.after, g.before) == (1, 3)),
+        "{name}: verify lists holes in a reactor's ids: {:?}",
+        report.gaps
+    );
+
     // Reopen after close: a persistent backend keeps everything.
     drop(ledger);
     if harness.persistent() {
@@ -532,7 +554,7 @@ pub async fn run(harness: &dyn Harness) {
     }
 }
 
-/// A [`crate::MemoryLedger`] whose first appends fail or panic, for testing what sits on top
+/// A [`crate::MemoryLedger`] whose first appends fail (with a transient error) or panic, for testing what sits on top
 /// of a ledger (writers, reactors) against outages. Reads always work.
 #[derive(Debug, Default)]
 pub struct FaultyLedger {
@@ -580,10 +602,12 @@ impl Ledger for FaultyLedger {
         }
         if Self::take(&self.fail) {
             return Box::pin(async {
-                Err(LedgerError::Backend {
-                    backend: "faulty",
-                    message: "injected outage".into(),
-                })
+                Err(LedgerError::store(
+                    "faulty",
+                    "append",
+                    true,
+                    std::io::Error::new(std::io::ErrorKind::ConnectionReset, "injected outage"),
+                ))
             });
         }
         self.inner.append(records, commit)
@@ -615,5 +639,8 @@ impl Ledger for FaultyLedger {
     }
     fn retain<'a>(&'a self, r: &'a str, p: Retention) -> crate::LedgerFuture<'a, RetainReport> {
         self.inner.retain(r, p)
+    }
+    fn verify(&self) -> crate::LedgerFuture<'_, crate::VerifyReport> {
+        self.inner.verify()
     }
 }

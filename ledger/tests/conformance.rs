@@ -71,33 +71,3 @@ async fn bad_urls_are_clear_errors() {
         }
     }
 }
-
-#[tokio::test]
-async fn a_store_of_another_format_version_is_refused_untouched() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let path = dir.path().join("old");
-    {
-        let db = sled::open(&path).expect("raw sled");
-        db.open_tree("meta")
-            .expect("meta")
-            .insert(b"format", &[99u8])
-            .expect("write version");
-        db.flush().expect("flush");
-    }
-    match SledLedger::open(&path) {
-        Err(e @ LedgerError::IncompatibleFormat { found: 99, .. }) => {
-            assert!(e.to_string().contains("format version 99"), "{e}")
-        }
-        other => panic!("expected IncompatibleFormat, got {other:?}"),
-    }
-    let db = sled::open(&path).expect("raw sled");
-    assert_eq!(
-        db.open_tree("meta")
-            .expect("meta")
-            .get(b"format")
-            .expect("read")
-            .as_deref(),
-        Some(&[99u8][..]),
-        "the refused store is untouched"
-    );
-}

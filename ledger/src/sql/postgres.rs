@@ -22,19 +22,23 @@
 //! - Retention deletes rows; autovacuum makes the space reusable by later inserts (it is not
 //!   given back to the operating system).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use cloacina_codec::{decode, encode, FORMAT_VERSION};
+use futures_util::TryStreamExt;
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection, Executor};
 
+use super::common::{
+    self, check_format, clamp_id, forward_ledger, stage, RowReader, Scan, FORMAT_KEY,
+};
 use crate::{
-    BoundaryQuery, BoundaryRecord, CheckpointRecord, Commit, FiringQuery, FiringRecord, Ledger,
-    LedgerError, LedgerFuture, Record, RetainReport, Retention, SnapshotRecord,
+    BoundaryQuery, BoundaryRecord, CheckpointRecord, Commit, FiringQuery, FiringRecord,
+    LedgerError, Record, RetainReport, Retention, SnapshotRecord, VerifyReport,
+    LEDGER_FORMAT_VERSION,
 };
 
 const BACKEND: &str = "postgres";
@@ -45,20 +49,35 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_CONNECTIONS: u32 = 8;
 /// Tries per append when PostgreSQL aborts it for a deadlock or serialization failure.
 const APPEND_TRIES: u32 = 3;
-const FORMAT_KEY: &str = "format_version";
 
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations/postgres");
 
+/// The tables and columns the ledger needs, checked on open (after the migrations claim to be
+/// applied) and by `verify`.
+const EXPECTED: &[(&str, &[&str])] = &[
+    ("meta", &["key", "value"]),
+    (
+        "boundaries",
+        &["reactor", "seq", "source", "received_at_us", "value", "crc"],
+    ),
+    (
+        "firings",
+        &["reactor", "firing_id", "fired_at_us", "record"],
+    ),
+    ("checkpoints", &["owner", "key", "value", "at_us", "crc"]),
+    ("snapshots", &["reactor", "record"]),
+];
+
 const INSERT_BOUNDARIES: &str = "\
 WITH ins AS (
-    INSERT INTO boundaries (reactor, seq, source, received_at_us, value)
-    SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::text[], $4::bigint[], $5::bytea[])
+    INSERT INTO boundaries (reactor, seq, source, received_at_us, value, crc)
+    SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::text[], $4::bigint[], $5::bytea[], $6::bigint[])
     ON CONFLICT (reactor, seq) DO NOTHING
     RETURNING 1
 ) SELECT count(*) FROM ins";
 
 const STORED_BOUNDARIES: &str = "\
-SELECT b.reactor, b.seq, b.source, b.received_at_us, b.value
+SELECT b.reactor, b.seq, b.source, b.received_at_us, b.value, b.crc
 FROM UNNEST($1::text[], $2::bigint[]) AS k(reactor, seq)
 JOIN boundaries b ON b.reactor = k.reactor AND b.seq = k.seq";
 
@@ -76,9 +95,10 @@ FROM UNNEST($1::text[], $2::bigint[]) AS k(reactor, firing_id)
 JOIN firings f ON f.reactor = k.reactor AND f.firing_id = k.firing_id";
 
 const UPSERT_CHECKPOINTS: &str = "\
-INSERT INTO checkpoints (owner, key, value, at_us)
-SELECT * FROM UNNEST($1::text[], $2::text[], $3::bytea[], $4::bigint[])
-ON CONFLICT (owner, key) DO UPDATE SET value = EXCLUDED.value, at_us = EXCLUDED.at_us";
+INSERT INTO checkpoints (owner, key, value, at_us, crc)
+SELECT * FROM UNNEST($1::text[], $2::text[], $3::bytea[], $4::bigint[], $5::bigint[])
+ON CONFLICT (owner, key) DO UPDATE
+SET value = EXCLUDED.value, at_us = EXCLUDED.at_us, crc = EXCLUDED.crc";
 
 const UPSERT_SNAPSHOTS: &str = "\
 INSERT INTO snapshots (reactor, record)
@@ -86,12 +106,12 @@ SELECT * FROM UNNEST($1::text[], $2::bytea[])
 ON CONFLICT (reactor) DO UPDATE SET record = EXCLUDED.record";
 
 const SELECT_FIRINGS: &str = "\
-SELECT record FROM firings
+SELECT firing_id, record FROM firings
 WHERE reactor = $1 AND firing_id >= $2 AND fired_at_us >= $3 AND fired_at_us <= $4
 ORDER BY firing_id LIMIT $5";
 
 const SELECT_BOUNDARIES: &str = "\
-SELECT seq, source, received_at_us, value FROM boundaries
+SELECT seq, source, received_at_us, value, crc FROM boundaries
 WHERE reactor = $1 AND seq >= $2 AND seq <= $3 AND received_at_us >= $4 AND received_at_us <= $5
 ORDER BY seq LIMIT $6";
 
@@ -140,8 +160,28 @@ fn parse_url(url: &str) -> Result<Target, LedgerError> {
         url: location.clone(),
         reason: reason.to_owned(),
     };
-    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+    let Some(rest) = url
+        .strip_prefix("postgres://")
+        .or_else(|| url.strip_prefix("postgresql://"))
+    else {
         return Err(bad("expected postgres://... or postgresql://..."));
+    };
+    // Host and database are required: without them libpq would quietly pick defaults (a local
+    // socket, a database named after the user) and the ledger would create its schema there.
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let host = rest[..authority_end]
+        .rsplit_once('@')
+        .map_or(&rest[..authority_end], |(_, h)| h);
+    let database = rest[authority_end..]
+        .strip_prefix('/')
+        .map(|p| &p[..p.find(['?', '#']).unwrap_or(p.len())])
+        .unwrap_or("");
+    let needs = "needs a host and a database: postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE[?schema=NAME]";
+    if host.is_empty() || host.starts_with(':') {
+        return Err(bad(&format!("names no host; {needs}")));
+    }
+    if database.is_empty() {
+        return Err(bad(&format!("names no database; {needs}")));
     }
     let (base, query) = url.split_once('?').unwrap_or((url, ""));
     let mut schema = None;
@@ -158,6 +198,12 @@ fn parse_url(url: &str) -> Result<Target, LedgerError> {
         }
     }
     let schema = match schema {
+        Some("") => {
+            return Err(bad(
+                "the `schema` parameter is empty: give a name (schema=NAME) or leave it out \
+                 for the default schema `cloacina`",
+            ))
+        }
         Some(name) => {
             crate::validate_tenant(name)?;
             name.to_owned()
@@ -181,16 +227,19 @@ fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
-fn codec_error(context: String, source: cloacina_codec::CodecError) -> LedgerError {
-    LedgerError::Codec {
-        backend: BACKEND,
-        context,
-        source,
-    }
+/// Whether PostgreSQL's SQLSTATE says trying again may succeed: serialization failure,
+/// deadlock, lock not available, connection exceptions (class 08), insufficient resources
+/// (class 53), operator intervention (shutdown, 57P01-57P03).
+fn transient_code(code: &str, _message: &str) -> bool {
+    matches!(
+        code,
+        "40001" | "40P01" | "55P03" | "57P01" | "57P02" | "57P03"
+    ) || code.starts_with("08")
+        || code.starts_with("53")
 }
 
 /// Whether PostgreSQL aborted the transaction only because of another one (deadlock or
-/// serialization failure): worth trying again.
+/// serialization failure): retried inside `append` at once.
 fn retryable(e: &sqlx::Error) -> bool {
     match e {
         sqlx::Error::Database(db) => matches!(db.code().as_deref(), Some("40P01" | "40001")),
@@ -214,176 +263,43 @@ fn sql(what: &'static str) -> impl FnOnce(sqlx::Error) -> Failure {
     move |e| Failure::Sql(what, e)
 }
 
-/// A batch sorted, de-duplicated, checked and encoded, in the column arrays the bulk
-/// statements bind. Sorting by id makes concurrent batches take row locks in the same order.
-#[derive(Default)]
+/// A staged batch in the column arrays the bulk statements bind.
 struct Batch<'r> {
-    boundaries: Vec<&'r BoundaryRecord>,
+    staged: common::Staged<'r>,
     b_reactor: Vec<&'r str>,
     b_seq: Vec<i64>,
     b_source: Vec<&'r str>,
     b_at: Vec<i64>,
     b_value: Vec<&'r [u8]>,
-    firings: Vec<&'r FiringRecord>,
+    b_crc: Vec<i64>,
     f_reactor: Vec<&'r str>,
     f_id: Vec<i64>,
     f_at: Vec<i64>,
-    f_record: Vec<Vec<u8>>,
-    c_owner: Vec<&'r str>,
-    c_key: Vec<&'r str>,
-    c_value: Vec<&'r [u8]>,
-    c_at: Vec<i64>,
-    s_reactor: Vec<&'r str>,
-    s_record: Vec<Vec<u8>>,
-}
-
-/// Refuses a name PostgreSQL `TEXT` cannot hold.
-fn check_text(record: &Record, field: &str, value: &str) -> Result<(), LedgerError> {
-    if value.contains('\0') {
-        return Err(LedgerError::Backend {
-            backend: BACKEND,
-            message: format!(
-                "{}: its {field} contains a NUL byte, which PostgreSQL text cannot hold",
-                record.describe()
-            ),
-        });
-    }
-    Ok(())
-}
-
-/// A u64 id as BIGINT.
-fn check_id(record: &Record, id: u64) -> Result<i64, LedgerError> {
-    i64::try_from(id).map_err(|_| LedgerError::Backend {
-        backend: BACKEND,
-        message: format!(
-            "{}: id {id} is beyond what PostgreSQL BIGINT holds (2^63 - 1)",
-            record.describe()
-        ),
-    })
-}
-
-fn conflict(record: Record) -> LedgerError {
-    LedgerError::Conflict {
-        backend: BACKEND,
-        record: record.describe(),
-    }
 }
 
 impl<'r> Batch<'r> {
-    fn build(records: &'r [Record]) -> Result<Self, LedgerError> {
-        let mut boundaries: Vec<(&'r Record, &'r BoundaryRecord)> = Vec::new();
-        let mut firings: Vec<(&'r Record, &'r FiringRecord)> = Vec::new();
-        let mut checkpoints: Vec<&'r CheckpointRecord> = Vec::new();
-        let mut snapshots: Vec<(&'r Record, &'r SnapshotRecord)> = Vec::new();
-        for record in records {
-            match record {
-                Record::Boundary(b) => {
-                    check_text(record, "reactor name", &b.reactor)?;
-                    check_text(record, "source name", &b.source)?;
-                    boundaries.push((record, b));
-                }
-                Record::Firing(f) => {
-                    check_text(record, "reactor name", &f.reactor)?;
-                    firings.push((record, f));
-                }
-                Record::Checkpoint(c) => {
-                    check_text(record, "owner", &c.owner)?;
-                    check_text(record, "key", &c.key)?;
-                    checkpoints.push(c);
-                }
-                Record::Snapshot(s) => {
-                    check_text(record, "reactor name", &s.reactor)?;
-                    snapshots.push((record, s));
-                }
-            }
-        }
-        let mut batch = Self::default();
-
-        // Boundaries and firings: by id; the same id twice must be the same record (stable
-        // sort: the later one is the one reported).
-        boundaries.sort_by(|a, b| (&a.1.reactor, a.1.seq).cmp(&(&b.1.reactor, b.1.seq)));
-        for (record, b) in boundaries {
-            if let Some(prev) = batch.boundaries.last() {
-                if prev.reactor == b.reactor && prev.seq == b.seq {
-                    if *prev != b {
-                        return Err(conflict(record.clone()));
-                    }
-                    continue;
-                }
-            }
-            batch.boundaries.push(b);
-            batch.b_reactor.push(&b.reactor);
-            batch.b_seq.push(check_id(record, b.seq)?);
-            batch.b_source.push(&b.source);
-            batch.b_at.push(b.received_at_unix_us);
-            batch.b_value.push(&b.value);
-        }
-        firings.sort_by(|a, b| (&a.1.reactor, a.1.firing_id).cmp(&(&b.1.reactor, b.1.firing_id)));
-        for (record, f) in firings {
-            if let Some(prev) = batch.firings.last() {
-                if prev.reactor == f.reactor && prev.firing_id == f.firing_id {
-                    if *prev != f {
-                        return Err(conflict(record.clone()));
-                    }
-                    continue;
-                }
-            }
-            batch.firings.push(f);
-            batch.f_reactor.push(&f.reactor);
-            batch.f_id.push(check_id(record, f.firing_id)?);
-            batch.f_at.push(f.fired_at_unix_us);
-            batch
-                .f_record
-                .push(encode(f).map_err(|e| codec_error(record.describe(), e))?);
-        }
-
-        // Checkpoints and snapshots: the last of each id in the batch wins.
-        let mut seen = HashSet::new();
-        let mut last: Vec<&CheckpointRecord> = checkpoints
-            .into_iter()
-            .rev()
-            .filter(|c| seen.insert((c.owner.as_str(), c.key.as_str())))
-            .collect();
-        last.sort_by(|a, b| (&a.owner, &a.key).cmp(&(&b.owner, &b.key)));
-        for c in last {
-            batch.c_owner.push(&c.owner);
-            batch.c_key.push(&c.key);
-            batch.c_value.push(&c.value);
-            batch.c_at.push(c.at_unix_us);
-        }
-        let mut seen = HashSet::new();
-        let mut last: Vec<(&Record, &SnapshotRecord)> = snapshots
-            .into_iter()
-            .rev()
-            .filter(|(_, s)| seen.insert(s.reactor.as_str()))
-            .collect();
-        last.sort_by(|a, b| a.1.reactor.cmp(&b.1.reactor));
-        for (record, s) in last {
-            batch.s_reactor.push(&s.reactor);
-            batch
-                .s_record
-                .push(encode(s).map_err(|e| codec_error(record.describe(), e))?);
-        }
-        Ok(batch)
+    fn build(records: &'r [Record]) -> Result<Batch<'r>, LedgerError> {
+        let staged = stage(BACKEND, records, true)?;
+        let b = &staged.boundaries;
+        let f = &staged.firings;
+        Ok(Batch {
+            b_reactor: b.iter().map(|b| b.record.reactor.as_str()).collect(),
+            b_seq: b.iter().map(|b| b.seq).collect(),
+            b_source: b.iter().map(|b| b.record.source.as_str()).collect(),
+            b_at: b.iter().map(|b| b.record.received_at_unix_us).collect(),
+            b_value: b.iter().map(|b| b.record.value.as_slice()).collect(),
+            b_crc: b.iter().map(|b| b.crc).collect(),
+            f_reactor: f.iter().map(|f| f.record.reactor.as_str()).collect(),
+            f_id: f.iter().map(|f| f.id).collect(),
+            f_at: f.iter().map(|f| f.record.fired_at_unix_us).collect(),
+            staged,
+        })
     }
 }
 
-type StoredBoundary = (String, i64, String, i64, Vec<u8>);
+type StoredBoundary = (String, i64, String, i64, Vec<u8>, i64);
 type StoredFiring = (String, i64, Vec<u8>);
 type RetentionRow = (Option<i64>, Option<i64>, Option<Vec<u8>>);
-
-/// A BIGINT read back as the u64 it was stored from.
-fn stored_id(what: &str, id: i64) -> Result<u64, LedgerError> {
-    u64::try_from(id).map_err(|_| LedgerError::Backend {
-        backend: BACKEND,
-        message: format!("{what}: stored id {id} is negative (the table was edited by hand?)"),
-    })
-}
-
-/// A u64 bound as BIGINT: every stored id is below 2^63, so clamping changes no result.
-fn clamp_id(id: u64) -> i64 {
-    i64::try_from(id).unwrap_or(i64::MAX)
-}
 
 /// Connects once, within [`CONNECT_TIMEOUT`]; any failure is [`LedgerError::Unreachable`].
 async fn connect_once(
@@ -471,6 +387,34 @@ impl PostgresLedger {
         self.pool.close().await;
     }
 
+    /// The tables or columns of [`EXPECTED`] missing from `schema`, as `table` or
+    /// `table.column`.
+    async fn missing_tables(
+        conn: &mut PgConnection,
+        schema: &str,
+    ) -> Result<Vec<String>, sqlx::Error> {
+        let present: Vec<(String, String)> = sqlx::query_as(
+            "SELECT table_name::text, column_name::text FROM information_schema.columns \
+             WHERE table_schema = $1",
+        )
+        .bind(schema)
+        .fetch_all(&mut *conn)
+        .await?;
+        let mut missing = Vec::new();
+        for (table, columns) in EXPECTED {
+            if !present.iter().any(|(t, _)| t == table) {
+                missing.push(format!("table `{table}`"));
+                continue;
+            }
+            for column in *columns {
+                if !present.iter().any(|(t, c)| t == table && c == column) {
+                    missing.push(format!("column `{table}.{column}`"));
+                }
+            }
+        }
+        Ok(missing)
+    }
+
     /// The format version stored in `schema`, if its `meta` table has one.
     async fn stored_format(
         conn: &mut PgConnection,
@@ -498,23 +442,14 @@ impl PostgresLedger {
             .map_err(|e| setup_error(target, "cannot read the format version", e))
     }
 
-    fn check_format(target: &Target, stored: Option<i64>) -> Result<(), LedgerError> {
-        match stored {
-            None => Ok(()),
-            Some(v) if v == i64::from(FORMAT_VERSION) => Ok(()),
-            Some(v) => Err(LedgerError::IncompatibleFormat {
-                backend: BACKEND,
-                location: target.location.clone(),
-                found: u8::try_from(v).unwrap_or(u8::MAX),
-                expected: FORMAT_VERSION,
-            }),
-        }
-    }
-
     /// Checks the format version, then creates the schema, migrates it and records the
     /// version, on one connection.
     async fn prepare(conn: &mut PgConnection, target: &Target) -> Result<(), LedgerError> {
-        Self::check_format(target, Self::stored_format(conn, target).await?)?;
+        check_format(
+            BACKEND,
+            Self::stored_format(conn, target).await?,
+            &target.location,
+        )?;
         let schema = quote_ident(&target.schema);
         // Created only if missing: `CREATE SCHEMA IF NOT EXISTS` needs the CREATE privilege on
         // the database even when the schema exists. (`Executor` on the connection and
@@ -543,31 +478,68 @@ impl PostgresLedger {
         conn.execute(search_path.as_str())
             .await
             .map_err(|e| setup_error(target, "cannot set search_path", e))?;
-        MIGRATOR
-            .run_direct(conn)
-            .await
-            .map_err(|e| setup_error(target, "cannot migrate", e))?;
+        MIGRATOR.run_direct(conn).await.map_err(|e| {
+            LedgerError::store(
+                BACKEND,
+                format!(
+                    "cannot migrate schema `{}` at {}",
+                    target.schema, target.location
+                ),
+                false,
+                e,
+            )
+        })?;
         sqlx::query("INSERT INTO meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING")
             .bind(FORMAT_KEY)
-            .bind(i64::from(FORMAT_VERSION))
+            .bind(i64::from(LEDGER_FORMAT_VERSION))
             .execute(&mut *conn)
             .await
             .map_err(|e| setup_error(target, "cannot record the format version", e))?;
         // Another build may have initialized the schema at the same moment.
-        Self::check_format(target, Self::stored_format(conn, target).await?)
+        check_format(
+            BACKEND,
+            Self::stored_format(conn, target).await?,
+            &target.location,
+        )?;
+        // The migration history can claim what the schema no longer has (a table dropped by
+        // hand): refuse it now rather than at the first append.
+        let missing = Self::missing_tables(conn, &target.schema)
+            .await
+            .map_err(|e| setup_error(target, "cannot list the ledger's tables", e))?;
+        if !missing.is_empty() {
+            return Err(LedgerError::Corrupt {
+                backend: BACKEND,
+                location: target.location.clone(),
+                reason: format!(
+                    "schema `{}` lacks {} (its migrations are recorded as applied)",
+                    target.schema,
+                    missing.join(", ")
+                ),
+            });
+        }
+        Ok(())
     }
 
-    fn error(&self, what: &str, e: impl std::fmt::Display) -> LedgerError {
-        LedgerError::Backend {
-            backend: BACKEND,
-            message: format!(
-                "{what} (schema `{}` at {}): {e}",
-                self.schema, self.location
-            ),
+    fn err(&self, what: &str) -> impl Fn(sqlx::Error) -> LedgerError + '_ {
+        let what = what.to_owned();
+        move |e| {
+            common::sql_error(
+                BACKEND,
+                format!("{what} (schema `{}` at {})", self.schema, self.location),
+                e,
+                transient_code,
+            )
         }
     }
 
-    async fn append_batch(&self, records: &[Record], commit: Commit) -> Result<(), LedgerError> {
+    fn rows(&self) -> RowReader<'_> {
+        RowReader {
+            backend: BACKEND,
+            location: &self.location,
+        }
+    }
+
+    async fn append_records(&self, records: &[Record], commit: Commit) -> Result<(), LedgerError> {
         if records.is_empty() {
             return Ok(());
         }
@@ -581,13 +553,14 @@ impl PostgresLedger {
                 Err(Failure::Sql(_, e)) if retryable(&e) && tries < APPEND_TRIES => {
                     tracing::debug!(error = %e, "postgres ledger: append aborted, trying again");
                 }
-                Err(Failure::Sql(what, e)) => return Err(self.error(what, e)),
+                Err(Failure::Sql(what, e)) => return Err(self.err(what)(e)),
             }
         }
     }
 
     /// One try at appending `batch` in one transaction (dropped, so rolled back, on error).
     async fn apply(&self, batch: &Batch<'_>, commit: Commit) -> Result<(), Failure> {
+        let staged = &batch.staged;
         let mut tx = self
             .pool
             .begin()
@@ -599,17 +572,18 @@ impl PostgresLedger {
                 .await
                 .map_err(sql("cannot set synchronous_commit"))?;
         }
-        if !batch.boundaries.is_empty() {
+        if !staged.boundaries.is_empty() {
             let inserted: i64 = sqlx::query_scalar(INSERT_BOUNDARIES)
                 .bind(&batch.b_reactor)
                 .bind(&batch.b_seq)
                 .bind(&batch.b_source)
                 .bind(&batch.b_at)
                 .bind(&batch.b_value)
+                .bind(&batch.b_crc)
                 .fetch_one(&mut *tx)
                 .await
                 .map_err(sql("cannot insert boundaries"))?;
-            if usize::try_from(inserted).ok() != Some(batch.boundaries.len()) {
+            if usize::try_from(inserted).ok() != Some(staged.boundaries.len()) {
                 // Some ids were already stored: they must hold the same records. (Rows this
                 // transaction inserted compare equal; a row retention removed meanwhile is
                 // simply absent.)
@@ -619,30 +593,31 @@ impl PostgresLedger {
                     .fetch_all(&mut *tx)
                     .await
                     .map_err(sql("cannot read stored boundaries"))?;
-                let stored: HashMap<(String, i64), (String, i64, Vec<u8>)> = stored
-                    .into_iter()
-                    .map(|(r, seq, source, at, value)| ((r, seq), (source, at, value)))
-                    .collect();
-                for (b, seq) in batch.boundaries.iter().zip(&batch.b_seq) {
-                    if let Some((source, at, value)) = stored.get(&(b.reactor.clone(), *seq)) {
-                        if *source != b.source || *at != b.received_at_unix_us || *value != b.value
-                        {
-                            return Err(conflict(Record::Boundary((*b).clone())).into());
+                let mut by_id: HashMap<(String, i64), BoundaryRecord> = HashMap::new();
+                for (r, seq, source, at, value, crc) in stored {
+                    let b = self.rows().boundary(&r, seq, source, at, value, crc)?;
+                    by_id.insert((r, seq), b);
+                }
+                for b in &staged.boundaries {
+                    if let Some(s) = by_id.get(&(b.record.reactor.clone(), b.seq)) {
+                        if s != b.record {
+                            return Err(conflict(Record::Boundary(b.record.clone())).into());
                         }
                     }
                 }
             }
         }
-        if !batch.firings.is_empty() {
+        if !staged.firings.is_empty() {
+            let f_record: Vec<&[u8]> = staged.firings.iter().map(|f| f.bytes.as_slice()).collect();
             let inserted: i64 = sqlx::query_scalar(INSERT_FIRINGS)
                 .bind(&batch.f_reactor)
                 .bind(&batch.f_id)
                 .bind(&batch.f_at)
-                .bind(&batch.f_record)
+                .bind(&f_record)
                 .fetch_one(&mut *tx)
                 .await
                 .map_err(sql("cannot insert firings"))?;
-            if usize::try_from(inserted).ok() != Some(batch.firings.len()) {
+            if usize::try_from(inserted).ok() != Some(staged.firings.len()) {
                 let stored: Vec<StoredFiring> = sqlx::query_as(STORED_FIRINGS)
                     .bind(&batch.f_reactor)
                     .bind(&batch.f_id)
@@ -653,39 +628,41 @@ impl PostgresLedger {
                     .into_iter()
                     .map(|(r, id, bytes)| ((r, id), bytes))
                     .collect();
-                for ((f, id), encoded) in batch.firings.iter().zip(&batch.f_id).zip(&batch.f_record)
-                {
-                    let Some(bytes) = stored.get(&(f.reactor.clone(), *id)) else {
+                for f in &staged.firings {
+                    let Some(bytes) = stored.get(&(f.record.reactor.clone(), f.id)) else {
                         continue;
                     };
-                    // Same bytes: same record. Otherwise compare what they decode to.
-                    if bytes != encoded {
-                        let same = decode::<FiringRecord>(bytes)
-                            .map_err(|e| {
-                                codec_error(format!("stored firing {id} of `{}`", f.reactor), e)
-                            })?
-                            .eq(*f);
-                        if !same {
-                            return Err(conflict(Record::Firing((*f).clone())).into());
-                        }
+                    if !common::same_firing(&self.rows(), bytes, f.record, &f.bytes, f.id)? {
+                        return Err(conflict(Record::Firing(f.record.clone())).into());
                     }
                 }
             }
         }
-        if !batch.c_owner.is_empty() {
+        if !staged.checkpoints.is_empty() {
+            let c = &staged.checkpoints;
             sqlx::query(UPSERT_CHECKPOINTS)
-                .bind(&batch.c_owner)
-                .bind(&batch.c_key)
-                .bind(&batch.c_value)
-                .bind(&batch.c_at)
+                .bind(
+                    c.iter()
+                        .map(|c| c.record.owner.as_str())
+                        .collect::<Vec<_>>(),
+                )
+                .bind(c.iter().map(|c| c.record.key.as_str()).collect::<Vec<_>>())
+                .bind(
+                    c.iter()
+                        .map(|c| c.record.value.as_slice())
+                        .collect::<Vec<_>>(),
+                )
+                .bind(c.iter().map(|c| c.record.at_unix_us).collect::<Vec<_>>())
+                .bind(c.iter().map(|c| c.crc).collect::<Vec<_>>())
                 .execute(&mut *tx)
                 .await
                 .map_err(sql("cannot store checkpoints"))?;
         }
-        if !batch.s_reactor.is_empty() {
+        if !staged.snapshots.is_empty() {
+            let s = &staged.snapshots;
             sqlx::query(UPSERT_SNAPSHOTS)
-                .bind(&batch.s_reactor)
-                .bind(&batch.s_record)
+                .bind(s.iter().map(|(r, _)| *r).collect::<Vec<_>>())
+                .bind(s.iter().map(|(_, b)| b.as_slice()).collect::<Vec<_>>())
                 .execute(&mut *tx)
                 .await
                 .map_err(sql("cannot store snapshots"))?;
@@ -693,9 +670,18 @@ impl PostgresLedger {
         tx.commit().await.map_err(sql("cannot commit"))
     }
 
+    async fn flush_all(&self) -> Result<(), LedgerError> {
+        // Writes WAL, so its synchronous commit waits for the WAL flush up to its commit
+        // record, past every earlier commit (see the module docs).
+        sqlx::query(FLUSH)
+            .execute(&self.pool)
+            .await
+            .map_err(self.err("cannot flush"))?;
+        Ok(())
+    }
+
     async fn read_firings(&self, q: &FiringQuery) -> Result<Vec<FiringRecord>, LedgerError> {
-        let from = q.from_id.unwrap_or(0);
-        let Ok(from) = i64::try_from(from) else {
+        let Ok(from) = i64::try_from(q.from_id.unwrap_or(0)) else {
             return Ok(Vec::new());
         };
         let until = match q.until_unix_us {
@@ -706,7 +692,7 @@ impl PostgresLedger {
         if q.reactor.contains('\0') || q.limit == Some(0) {
             return Ok(Vec::new());
         }
-        let rows: Vec<Vec<u8>> = sqlx::query_scalar(SELECT_FIRINGS)
+        let rows: Vec<(i64, Vec<u8>)> = sqlx::query_as(SELECT_FIRINGS)
             .bind(&q.reactor)
             .bind(from)
             .bind(q.since_unix_us.unwrap_or(i64::MIN))
@@ -714,11 +700,9 @@ impl PostgresLedger {
             .bind(q.limit.map(|l| i64::try_from(l).unwrap_or(i64::MAX)))
             .fetch_all(&self.pool)
             .await
-            .map_err(|e| self.error("cannot read firings", e))?;
+            .map_err(self.err("cannot read firings"))?;
         rows.iter()
-            .map(|bytes| {
-                decode(bytes).map_err(|e| codec_error(format!("a firing of `{}`", q.reactor), e))
-            })
+            .map(|(id, bytes)| self.rows().firing(&q.reactor, *id, bytes))
             .collect()
     }
 
@@ -726,17 +710,16 @@ impl PostgresLedger {
         if reactor.contains('\0') {
             return Ok(None);
         }
-        let row: Option<Vec<u8>> = sqlx::query_scalar(
-            "SELECT record FROM firings WHERE reactor = $1 ORDER BY firing_id DESC LIMIT 1",
+        let row: Option<(i64, Vec<u8>)> = sqlx::query_as(
+            "SELECT firing_id, record FROM firings WHERE reactor = $1 \
+             ORDER BY firing_id DESC LIMIT 1",
         )
         .bind(reactor)
         .fetch_optional(&self.pool)
         .await
-        .map_err(|e| self.error("cannot read the last firing", e))?;
-        row.map(|bytes| {
-            decode(&bytes).map_err(|e| codec_error(format!("the last firing of `{reactor}`"), e))
-        })
-        .transpose()
+        .map_err(self.err("cannot read the last firing"))?;
+        row.map(|(id, bytes)| self.rows().firing(reactor, id, &bytes))
+            .transpose()
     }
 
     async fn read_boundaries(&self, q: &BoundaryQuery) -> Result<Vec<BoundaryRecord>, LedgerError> {
@@ -751,7 +734,7 @@ impl PostgresLedger {
         if q.reactor.contains('\0') || q.limit == Some(0) {
             return Ok(Vec::new());
         }
-        let rows: Vec<(i64, String, i64, Vec<u8>)> = sqlx::query_as(SELECT_BOUNDARIES)
+        let rows: Vec<(i64, String, i64, Vec<u8>, i64)> = sqlx::query_as(SELECT_BOUNDARIES)
             .bind(&q.reactor)
             .bind(from)
             .bind(q.through_seq.map_or(i64::MAX, clamp_id))
@@ -760,16 +743,11 @@ impl PostgresLedger {
             .bind(q.limit.map(|l| i64::try_from(l).unwrap_or(i64::MAX)))
             .fetch_all(&self.pool)
             .await
-            .map_err(|e| self.error("cannot read boundaries", e))?;
+            .map_err(self.err("cannot read boundaries"))?;
         rows.into_iter()
-            .map(|(seq, source, at, value)| {
-                Ok(BoundaryRecord {
-                    reactor: q.reactor.clone(),
-                    seq: stored_id("boundary", seq)?,
-                    source,
-                    received_at_unix_us: at,
-                    value,
-                })
+            .map(|(seq, source, at, value, crc)| {
+                self.rows()
+                    .boundary(&q.reactor, seq, source, at, value, crc)
             })
             .collect()
     }
@@ -783,10 +761,8 @@ impl PostgresLedger {
                 .bind(reactor)
                 .fetch_optional(&self.pool)
                 .await
-                .map_err(|e| self.error("cannot read the snapshot", e))?;
-        bytes
-            .map(|b| decode(&b).map_err(|e| codec_error(format!("snapshot of `{reactor}`"), e)))
-            .transpose()
+                .map_err(self.err("cannot read the snapshot"))?;
+        bytes.map(|b| self.rows().snapshot(reactor, &b)).transpose()
     }
 
     async fn read_checkpoint(
@@ -797,22 +773,19 @@ impl PostgresLedger {
         if owner.contains('\0') || key.contains('\0') {
             return Ok(None);
         }
-        let row: Option<(Vec<u8>, i64)> =
-            sqlx::query_as("SELECT value, at_us FROM checkpoints WHERE owner = $1 AND key = $2")
-                .bind(owner)
-                .bind(key)
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(|e| self.error("cannot read the checkpoint", e))?;
-        Ok(row.map(|(value, at_unix_us)| CheckpointRecord {
-            owner: owner.to_owned(),
-            key: key.to_owned(),
-            value,
-            at_unix_us,
-        }))
+        let row: Option<(Vec<u8>, i64, i64)> = sqlx::query_as(
+            "SELECT value, at_us, crc FROM checkpoints WHERE owner = $1 AND key = $2",
+        )
+        .bind(owner)
+        .bind(key)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(self.err("cannot read the checkpoint"))?;
+        row.map(|(value, at, crc)| self.rows().checkpoint(owner, key, value, at, crc))
+            .transpose()
     }
 
-    async fn retain_now(
+    async fn retain_records(
         &self,
         reactor: &str,
         retention: Retention,
@@ -824,25 +797,15 @@ impl PostgresLedger {
             .pool
             .begin()
             .await
-            .map_err(|e| self.error("cannot begin a transaction", e))?;
+            .map_err(self.err("cannot begin a transaction"))?;
         let (max_seq, max_id, snapshot): RetentionRow = sqlx::query_as(RETENTION_BOUNDS)
             .bind(reactor)
             .fetch_one(&mut *tx)
             .await
-            .map_err(|e| self.error("cannot read retention bounds", e))?;
-        let snapshot = match snapshot {
-            Some(bytes) => {
-                let s: SnapshotRecord = decode(&bytes)
-                    .map_err(|e| codec_error(format!("snapshot of `{reactor}`"), e))?;
-                Some((s.last_seq, s.next_firing_id))
-            }
-            None => None,
-        };
-        let cut = retention.cut(
-            stored_id("boundary", max_seq.unwrap_or(0))?,
-            stored_id("firing", max_id.unwrap_or(0))?,
-            snapshot,
-        );
+            .map_err(self.err("cannot read retention bounds"))?;
+        let cut =
+            self.rows()
+                .retention_cut(reactor, retention, max_seq, max_id, snapshot.as_deref())?;
         let mut report = RetainReport::default();
         if cut.boundary_protect > 0 {
             report.boundaries_removed = sqlx::query(DELETE_BOUNDARIES)
@@ -852,7 +815,7 @@ impl PostgresLedger {
                 .bind(cut.older_than_unix_us)
                 .execute(&mut *tx)
                 .await
-                .map_err(|e| self.error("cannot remove boundaries", e))?
+                .map_err(self.err("cannot remove boundaries"))?
                 .rows_affected();
         }
         if cut.firing_protect > 0 {
@@ -863,79 +826,105 @@ impl PostgresLedger {
                 .bind(cut.older_than_unix_us)
                 .execute(&mut *tx)
                 .await
-                .map_err(|e| self.error("cannot remove firings", e))?
+                .map_err(self.err("cannot remove firings"))?
                 .rows_affected();
         }
         tx.commit()
             .await
-            .map_err(|e| self.error("cannot commit retention", e))?;
+            .map_err(self.err("cannot commit retention"))?;
         Ok(report)
     }
-}
 
-fn setup_error(target: &Target, what: &str, e: impl std::fmt::Display) -> LedgerError {
-    LedgerError::Backend {
-        backend: BACKEND,
-        message: format!(
-            "{what} (schema `{}` at {}): {e}",
-            target.schema, target.location
-        ),
-    }
-}
-
-impl Ledger for PostgresLedger {
-    fn backend(&self) -> &'static str {
-        BACKEND
-    }
-
-    fn append<'a>(&'a self, records: &'a [Record], commit: Commit) -> LedgerFuture<'a, ()> {
-        Box::pin(self.append_batch(records, commit))
-    }
-
-    fn flush(&self) -> LedgerFuture<'_, ()> {
-        Box::pin(async move {
-            // Writes WAL, so its synchronous commit waits for the WAL flush up to its commit
-            // record, past every earlier commit (see the module docs).
-            sqlx::query(FLUSH)
-                .execute(&self.pool)
+    /// The expected tables and columns, then every record read back and its checksum
+    /// verified.
+    async fn verify_store(&self) -> Result<VerifyReport, LedgerError> {
+        let mut scan = Scan::new();
+        let mut conn = self
+            .pool
+            .acquire()
+            .await
+            .map_err(self.err("cannot get a connection"))?;
+        let missing = Self::missing_tables(&mut conn, &self.schema)
+            .await
+            .map_err(self.err("cannot list the ledger's tables"))?;
+        drop(conn);
+        if !missing.is_empty() {
+            scan.report.problems.push(format!(
+                "{BACKEND} ledger at {}: schema `{}` lacks {}",
+                self.location,
+                self.schema,
+                missing.join(", ")
+            ));
+            return Ok(scan.finish());
+        }
+        let mut rows = sqlx::query_as::<_, StoredBoundary>(
+            "SELECT reactor, seq, source, received_at_us, value, crc FROM boundaries \
+             ORDER BY reactor, seq",
+        )
+        .fetch(&self.pool);
+        while let Some((reactor, seq, source, at, value, crc)) = rows
+            .try_next()
+            .await
+            .map_err(self.err("cannot scan boundaries"))?
+        {
+            let checked = self.rows().boundary(&reactor, seq, source, at, value, crc);
+            scan.record("boundary", &reactor, seq, checked.map(drop));
+        }
+        drop(rows);
+        let mut rows = sqlx::query_as::<_, StoredFiring>(
+            "SELECT reactor, firing_id, record FROM firings ORDER BY reactor, firing_id",
+        )
+        .fetch(&self.pool);
+        while let Some((reactor, id, bytes)) = rows
+            .try_next()
+            .await
+            .map_err(self.err("cannot scan firings"))?
+        {
+            let checked = self.rows().firing(&reactor, id, &bytes).map(drop);
+            scan.record("firing", &reactor, id, checked);
+        }
+        drop(rows);
+        let snapshots: Vec<(String, Vec<u8>)> =
+            sqlx::query_as("SELECT reactor, record FROM snapshots")
+                .fetch_all(&self.pool)
                 .await
-                .map_err(|e| self.error("cannot flush", e))?;
-            Ok(())
-        })
-    }
-
-    fn firings<'a>(&'a self, query: &'a FiringQuery) -> LedgerFuture<'a, Vec<FiringRecord>> {
-        Box::pin(self.read_firings(query))
-    }
-
-    fn last_firing<'a>(&'a self, reactor: &'a str) -> LedgerFuture<'a, Option<FiringRecord>> {
-        Box::pin(self.read_last_firing(reactor))
-    }
-
-    fn boundaries<'a>(&'a self, query: &'a BoundaryQuery) -> LedgerFuture<'a, Vec<BoundaryRecord>> {
-        Box::pin(self.read_boundaries(query))
-    }
-
-    fn snapshot<'a>(&'a self, reactor: &'a str) -> LedgerFuture<'a, Option<SnapshotRecord>> {
-        Box::pin(self.read_snapshot(reactor))
-    }
-
-    fn checkpoint<'a>(
-        &'a self,
-        owner: &'a str,
-        key: &'a str,
-    ) -> LedgerFuture<'a, Option<CheckpointRecord>> {
-        Box::pin(self.read_checkpoint(owner, key))
-    }
-
-    fn retain<'a>(
-        &'a self,
-        reactor: &'a str,
-        retention: Retention,
-    ) -> LedgerFuture<'a, RetainReport> {
-        Box::pin(self.retain_now(reactor, retention))
+                .map_err(self.err("cannot scan snapshots"))?;
+        for (reactor, bytes) in snapshots {
+            scan.other(self.rows().snapshot(&reactor, &bytes).map(drop));
+        }
+        let checkpoints: Vec<(String, String, Vec<u8>, i64, i64)> =
+            sqlx::query_as("SELECT owner, key, value, at_us, crc FROM checkpoints")
+                .fetch_all(&self.pool)
+                .await
+                .map_err(self.err("cannot scan checkpoints"))?;
+        for (owner, key, value, at, crc) in checkpoints {
+            scan.other(
+                self.rows()
+                    .checkpoint(&owner, &key, value, at, crc)
+                    .map(drop),
+            );
+        }
+        Ok(scan.finish())
     }
 }
+
+fn conflict(record: Record) -> LedgerError {
+    LedgerError::Conflict {
+        backend: BACKEND,
+        record: record.describe(),
+    }
+}
+
+fn setup_error(target: &Target, what: &str, e: sqlx::Error) -> LedgerError {
+    common::sql_error(
+        BACKEND,
+        format!("{what} (schema `{}` at {})", target.schema, target.location),
+        e,
+        transient_code,
+    )
+}
+
+forward_ledger!(PostgresLedger, BACKEND);
 
 #[cfg(test)]
 mod tests {
@@ -977,12 +966,56 @@ mod tests {
             Err(LedgerError::BadUrl { .. })
         ));
         assert!(matches!(
-            parse_url("postgres://h/db?schema="),
-            Err(LedgerError::BadTenant { .. })
-        ));
-        assert!(matches!(
             parse_url("postgres://h/db?schema=t'; DROP TABLE x --"),
             Err(LedgerError::BadTenant { .. })
         ));
+    }
+
+    // An empty `schema=` names the URL (redacted) and the parameter; a URL without a host or
+    // database is refused rather than left to libpq's defaults.
+    #[test]
+    fn empty_schema_and_missing_host_or_database_are_bad_urls() {
+        for (url, says) in [
+            (
+                "postgres://u:hunter2@h/db?schema=",
+                "the `schema` parameter is empty",
+            ),
+            ("postgres://", "names no host"),
+            ("postgresql://u:hunter2@", "names no host"),
+            ("postgres://u@:5432/db", "names no host"),
+            ("postgres:///db", "names no host"),
+            ("postgres://h", "names no database"),
+            ("postgres://u:hunter2@h:5432/", "names no database"),
+            ("postgres://h/?schema=a", "names no database"),
+        ] {
+            match parse_url(url) {
+                Err(e @ LedgerError::BadUrl { .. }) => {
+                    let text = e.to_string();
+                    assert!(text.contains(says), "`{url}`: {text}");
+                    assert!(
+                        text.contains("host and a database") || says.contains("schema"),
+                        "{text}"
+                    );
+                    assert!(!text.contains("hunter2"), "password leaked: {text}");
+                    assert!(
+                        text.contains(&crate::redact_url(url)),
+                        "names the URL: {text}"
+                    );
+                }
+                other => panic!("`{url}`: expected BadUrl, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn sqlstates_are_classified() {
+        for code in [
+            "40001", "40P01", "08006", "08001", "57P01", "53300", "55P03",
+        ] {
+            assert!(transient_code(code, ""), "{code}");
+        }
+        for code in ["23505", "23503", "42P01", "42703", "22P02", "XX001"] {
+            assert!(!transient_code(code, ""), "{code}");
+        }
     }
 }

@@ -28,7 +28,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use cloacina_codec::{decode, encode, FORMAT_VERSION};
+use futures_util::TryStreamExt;
 use sqlx::pool::PoolConnection;
 use sqlx::sqlite::{
     SqliteAutoVacuum, SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
@@ -36,13 +36,17 @@ use sqlx::sqlite::{
 };
 use sqlx::{Connection, Row, Sqlite, SqliteConnection, Transaction};
 
+use super::common::{
+    self, check_format, clamp_id, forward_ledger, stage, RowReader, Scan, SqlBoundary, SqlFiring,
+    Staged, FORMAT_KEY,
+};
 use crate::{
-    BoundaryQuery, BoundaryRecord, CheckpointRecord, Commit, FiringQuery, FiringRecord, Ledger,
-    LedgerError, LedgerFuture, Record, RetainReport, Retention, SnapshotRecord,
+    BoundaryQuery, BoundaryRecord, CheckpointRecord, Commit, FiringQuery, FiringRecord,
+    LedgerError, Record, RetainReport, Retention, SnapshotRecord, VerifyReport,
+    LEDGER_FORMAT_VERSION,
 };
 
 const BACKEND: &str = "sqlite";
-const FORMAT_KEY: &str = "format_version";
 const FLUSH_KEY: &str = "last_flush_us";
 /// Reader connections of a file ledger.
 const READERS: u32 = 4;
@@ -120,40 +124,31 @@ fn parse_url(url: &str) -> Result<Target, LedgerError> {
     Ok(Target::File(path))
 }
 
-fn backend(message: String) -> LedgerError {
-    LedgerError::Backend {
-        backend: BACKEND,
-        message,
+/// SQLite's primary result code of an error code (extended codes carry it in the low byte).
+fn primary_code(code: &str) -> Option<i64> {
+    code.parse::<i64>().ok().map(|c| c & 0xff)
+}
+
+/// `SQLITE_BUSY` (5) and `SQLITE_LOCKED` (6): another connection holds the lock.
+fn transient_code(code: &str, message: &str) -> bool {
+    matches!(primary_code(code), Some(5 | 6))
+        || message.contains("database is locked")
+        || message.contains("database is busy")
+}
+
+/// A sqlx error in `location`: `SQLITE_CORRUPT` (11) and `SQLITE_NOTADB` (26) are
+/// [`LedgerError::Corrupt`], the rest [`LedgerError::Store`].
+fn error(location: &str, what: &str, e: sqlx::Error) -> LedgerError {
+    if let sqlx::Error::Database(db) = &e {
+        if matches!(db.code().as_deref().and_then(primary_code), Some(11 | 26)) {
+            return LedgerError::Corrupt {
+                backend: BACKEND,
+                location: location.to_owned(),
+                reason: format!("{what}: {e}"),
+            };
+        }
     }
-}
-
-fn codec(context: String, source: cloacina_codec::CodecError) -> LedgerError {
-    LedgerError::Codec {
-        backend: BACKEND,
-        context,
-        source,
-    }
-}
-
-/// A u64 id as the i64 SQLite stores.
-fn id_to_sql(id: u64, record: impl FnOnce() -> String) -> Result<i64, LedgerError> {
-    i64::try_from(id).map_err(|_| {
-        backend(format!(
-            "{}: id {id} is above {}, the largest the SQLite ledger stores",
-            record(),
-            i64::MAX
-        ))
-    })
-}
-
-/// A stored id back as u64.
-fn id_from_sql(id: i64, what: impl FnOnce() -> String) -> Result<u64, LedgerError> {
-    u64::try_from(id).map_err(|_| backend(format!("{}: stored id {id} is negative", what())))
-}
-
-/// A bound for a query: ids above `i64::MAX` are clamped (no stored id is that large).
-fn clamp_id(id: u64) -> i64 {
-    i64::try_from(id).unwrap_or(i64::MAX)
+    common::sql_error(BACKEND, format!("{what} in {location}"), e, transient_code)
 }
 
 fn limit_to_sql(limit: Option<usize>) -> i64 {
@@ -194,63 +189,6 @@ fn chunks(len: usize) -> Vec<(usize, usize)> {
     out
 }
 
-/// A firing ready to insert: the record, its encoding and its SQL ids.
-struct EncodedFiring<'r> {
-    record: &'r FiringRecord,
-    id: i64,
-    bytes: Vec<u8>,
-}
-
-/// A boundary ready to insert.
-struct SqlBoundary<'r> {
-    record: &'r BoundaryRecord,
-    seq: i64,
-}
-
-/// An append's records, checked and encoded before the write lock is taken.
-struct Staged<'r> {
-    boundaries: Vec<SqlBoundary<'r>>,
-    firings: Vec<EncodedFiring<'r>>,
-    checkpoints: Vec<&'r CheckpointRecord>,
-    snapshots: Vec<(&'r str, Vec<u8>)>,
-}
-
-fn stage(records: &[Record]) -> Result<Staged<'_>, LedgerError> {
-    let mut staged = Staged {
-        boundaries: Vec::new(),
-        firings: Vec::new(),
-        checkpoints: Vec::new(),
-        snapshots: Vec::new(),
-    };
-    for record in records {
-        match record {
-            Record::Boundary(b) => staged.boundaries.push(SqlBoundary {
-                record: b,
-                seq: id_to_sql(b.seq, || record.describe())?,
-            }),
-            Record::Firing(f) => staged.firings.push(EncodedFiring {
-                record: f,
-                id: id_to_sql(f.firing_id, || record.describe())?,
-                bytes: encode(f).map_err(|e| codec(record.describe(), e))?,
-            }),
-            Record::Checkpoint(c) => staged.checkpoints.push(c),
-            Record::Snapshot(s) => staged.snapshots.push((
-                &s.reactor,
-                encode(s).map_err(|e| codec(record.describe(), e))?,
-            )),
-        }
-    }
-    // Id order makes the inserts append to the b-trees; the sort is stable, so of two
-    // records with one id the earlier in the batch is inserted and the later compared.
-    staged.boundaries.sort_by(|a, b| {
-        (a.record.reactor.as_str(), a.seq).cmp(&(b.record.reactor.as_str(), b.seq))
-    });
-    staged
-        .firings
-        .sort_by(|a, b| (a.record.reactor.as_str(), a.id).cmp(&(b.record.reactor.as_str(), b.id)));
-    Ok(staged)
-}
-
 impl SqliteLedger {
     /// Opens (or creates) the ledger `url` names: `sqlite://PATH` (relative, or absolute as
     /// `sqlite:///abs/path`) or `sqlite://:memory:`. The only query parameter accepted is
@@ -279,7 +217,7 @@ impl SqliteLedger {
             .acquire_timeout(Duration::from_secs(600))
             .connect_with(options)
             .await
-            .map_err(|e| backend(format!("cannot open an in-memory database: {e}")))?;
+            .map_err(|e| error(&location, "cannot open an in-memory database", e))?;
         Self::migrate(location, pool.clone(), pool).await
     }
 
@@ -293,10 +231,10 @@ impl SqliteLedger {
         // version row all write, and must not touch a store this build cannot read.
         let mut check = SqliteConnection::connect_with(&base)
             .await
-            .map_err(|e| backend(format!("cannot open SQLite database {location}: {e}")))?;
+            .map_err(|e| error(&location, "cannot open the SQLite database", e))?;
         let found = read_format(&mut check, &location).await;
         let _ = check.close().await;
-        check_format(found?, &location)?;
+        check_format(BACKEND, found?, &location)?;
 
         let options = base
             .clone()
@@ -311,7 +249,7 @@ impl SqliteLedger {
             .acquire_timeout(Duration::from_secs(600))
             .connect_with(options)
             .await
-            .map_err(|e| backend(format!("cannot open SQLite database {location}: {e}")))?;
+            .map_err(|e| error(&location, "cannot open the SQLite database", e))?;
         // Readers need not set WAL mode (the writer made it the file's mode); they never
         // write, and `query_only` makes sure of it.
         let readers = SqlitePoolOptions::new()
@@ -329,38 +267,33 @@ impl SqliteLedger {
         writer: SqlitePool,
         readers: SqlitePool,
     ) -> Result<Self, LedgerError> {
-        MIGRATOR
-            .run(&writer)
-            .await
-            .map_err(|e| backend(format!("cannot migrate {location}: {e}")))?;
+        MIGRATOR.run(&writer).await.map_err(|e| {
+            LedgerError::store(BACKEND, format!("cannot migrate {location}"), false, e)
+        })?;
         let mut conn = writer
             .acquire()
             .await
-            .map_err(|e| backend(format!("cannot open {location}: {e}")))?;
+            .map_err(|e| error(&location, "cannot open", e))?;
         sqlx::query(
             "INSERT INTO ledger_meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO NOTHING",
         )
         .bind(FORMAT_KEY)
-        .bind(i64::from(FORMAT_VERSION))
+        .bind(i64::from(LEDGER_FORMAT_VERSION))
         .execute(&mut *conn)
         .await
-        .map_err(|e| {
-            backend(format!(
-                "cannot write the format version to {location}: {e}"
-            ))
-        })?;
+        .map_err(|e| error(&location, "cannot write the format version", e))?;
         // Another process may have written the row between our check and here.
         let found = read_format(&mut conn, &location).await?;
         drop(conn);
-        check_format(found, &location)?;
+        check_format(BACKEND, found, &location)?;
         Ok(Self {
             location,
             writer,
             readers,
             write_lock: tokio::sync::Mutex::new(()),
             insert_boundaries: insert_statements(
-                "INSERT INTO boundaries (reactor, seq, source, received_at_us, value)",
-                5,
+                "INSERT INTO boundaries (reactor, seq, source, received_at_us, value, crc)",
+                6,
                 "ON CONFLICT (reactor, seq) DO NOTHING",
             ),
             insert_firings: insert_statements(
@@ -376,15 +309,40 @@ impl SqliteLedger {
         &self.location
     }
 
-    /// Closes every connection (and so, for `:memory:`, the database). Later calls fail.
-    pub async fn close(&self) {
-        self.readers.close().await;
+    /// Waits for appends in progress, checkpoints the WAL into the database file and
+    /// truncates it (`PRAGMA wal_checkpoint(TRUNCATE)`), then closes every connection (and
+    /// so, for `:memory:`, the database). Returns once all are closed; later calls fail.
+    /// The connections are closed even when the checkpoint fails; its error is returned.
+    pub async fn close(&self) -> Result<(), LedgerError> {
+        let _guard = self.write_lock.lock().await;
+        if self.location != ":memory:" {
+            self.readers.close().await;
+        }
+        let checkpoint = match self.writer.acquire().await {
+            Ok(mut conn) if self.location != ":memory:" => {
+                sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+                    .execute(&mut *conn)
+                    .await
+                    .map(drop)
+                    .map_err(self.err("cannot checkpoint the WAL"))
+            }
+            Ok(_) => Ok(()),
+            Err(e) => Err(self.err("cannot get the writer connection")(e)),
+        };
         self.writer.close().await;
+        checkpoint
     }
 
-    fn sql_error(&self, what: &str) -> impl Fn(sqlx::Error) -> LedgerError + '_ {
+    fn err(&self, what: &str) -> impl Fn(sqlx::Error) -> LedgerError + '_ {
         let what = what.to_owned();
-        move |e| backend(format!("{what} in {}: {e}", self.location))
+        move |e| error(&self.location, &what, e)
+    }
+
+    fn rows(&self) -> RowReader<'_> {
+        RowReader {
+            backend: BACKEND,
+            location: &self.location,
+        }
     }
 
     /// Takes the write lock and the writer connection, set to `commit`'s durability.
@@ -397,7 +355,7 @@ impl SqliteLedger {
             .writer
             .acquire()
             .await
-            .map_err(self.sql_error("cannot get the writer connection"))?;
+            .map_err(self.err("cannot get the writer connection"))?;
         // Per transaction, and outside it (SQLite refuses to change it inside one).
         let pragma = match commit {
             Commit::Buffered => "PRAGMA synchronous = NORMAL",
@@ -406,7 +364,7 @@ impl SqliteLedger {
         sqlx::query(pragma)
             .execute(&mut *conn)
             .await
-            .map_err(self.sql_error("cannot set `synchronous`"))?;
+            .map_err(self.err("cannot set `synchronous`"))?;
         Ok((guard, conn))
     }
 
@@ -414,17 +372,17 @@ impl SqliteLedger {
         if records.is_empty() {
             return Ok(());
         }
-        let staged = stage(records)?;
+        let staged = stage(BACKEND, records, false)?;
         let (_guard, mut conn) = self.writer(commit).await?;
         let mut tx = conn
             .begin_with("BEGIN IMMEDIATE")
             .await
-            .map_err(self.sql_error("cannot begin an append"))?;
+            .map_err(self.err("cannot begin an append"))?;
         match self.apply(&mut tx, &staged).await {
             Ok(()) => tx
                 .commit()
                 .await
-                .map_err(self.sql_error("cannot commit an append")),
+                .map_err(self.err("cannot commit an append")),
             Err(e) => {
                 // Dropping the transaction would roll back too, on the connection's next use.
                 let _ = tx.rollback().await;
@@ -447,12 +405,13 @@ impl SqliteLedger {
                     .bind(b.seq)
                     .bind(&b.record.source)
                     .bind(b.record.received_at_unix_us)
-                    .bind(&b.record.value);
+                    .bind(&b.record.value)
+                    .bind(b.crc);
             }
             let done = q
                 .execute(&mut **tx)
                 .await
-                .map_err(self.sql_error("cannot insert boundaries"))?;
+                .map_err(self.err("cannot insert boundaries"))?;
             if done.rows_affected() < rows.len() as u64 {
                 self.compare_boundaries(tx, rows).await?;
             }
@@ -470,23 +429,25 @@ impl SqliteLedger {
             let done = q
                 .execute(&mut **tx)
                 .await
-                .map_err(self.sql_error("cannot insert firings"))?;
+                .map_err(self.err("cannot insert firings"))?;
             if done.rows_affected() < rows.len() as u64 {
                 self.compare_firings(tx, rows).await?;
             }
         }
         for c in &staged.checkpoints {
             sqlx::query(
-                "INSERT INTO checkpoints (owner, key, value, at_us) VALUES (?, ?, ?, ?) \
-                 ON CONFLICT (owner, key) DO UPDATE SET value = excluded.value, at_us = excluded.at_us",
+                "INSERT INTO checkpoints (owner, key, value, at_us, crc) VALUES (?, ?, ?, ?, ?) \
+                 ON CONFLICT (owner, key) DO UPDATE SET value = excluded.value, \
+                 at_us = excluded.at_us, crc = excluded.crc",
             )
-            .bind(&c.owner)
-            .bind(&c.key)
-            .bind(&c.value)
-            .bind(c.at_unix_us)
+            .bind(&c.record.owner)
+            .bind(&c.record.key)
+            .bind(&c.record.value)
+            .bind(c.record.at_unix_us)
+            .bind(c.crc)
             .execute(&mut **tx)
             .await
-            .map_err(self.sql_error("cannot store a checkpoint"))?;
+            .map_err(self.err("cannot store a checkpoint"))?;
         }
         for (reactor, bytes) in &staged.snapshots {
             sqlx::query(
@@ -497,13 +458,12 @@ impl SqliteLedger {
             .bind(bytes)
             .execute(&mut **tx)
             .await
-            .map_err(self.sql_error("cannot store a snapshot"))?;
+            .map_err(self.err("cannot store a snapshot"))?;
         }
         Ok(())
     }
 
-    /// Some rows of an insert were already stored (or repeated in the batch): each row must
-    /// equal what is stored now.
+    /// Some rows of an insert were already stored: each must equal what is stored now.
     async fn compare_boundaries(
         &self,
         tx: &mut Transaction<'_, Sqlite>,
@@ -511,20 +471,16 @@ impl SqliteLedger {
     ) -> Result<(), LedgerError> {
         for b in rows {
             let row = sqlx::query(
-                "SELECT source, received_at_us, value FROM boundaries WHERE reactor = ? AND seq = ?",
+                "SELECT seq, source, received_at_us, value, crc FROM boundaries \
+                 WHERE reactor = ? AND seq = ?",
             )
             .bind(&b.record.reactor)
             .bind(b.seq)
             .fetch_optional(&mut **tx)
             .await
-            .map_err(self.sql_error("cannot read a stored boundary"))?;
+            .map_err(self.err("cannot read a stored boundary"))?;
             let same = match &row {
-                Some(row) => {
-                    let get = |e| self.sql_error("cannot read a stored boundary")(e);
-                    row.try_get::<&str, _>(0).map_err(get)? == b.record.source
-                        && row.try_get::<i64, _>(1).map_err(get)? == b.record.received_at_unix_us
-                        && row.try_get::<&[u8], _>(2).map_err(get)? == b.record.value.as_slice()
-                }
+                Some(row) => self.boundary_from_row(&b.record.reactor, row)? == *b.record,
                 None => false,
             };
             if !same {
@@ -540,10 +496,9 @@ impl SqliteLedger {
     async fn compare_firings(
         &self,
         tx: &mut Transaction<'_, Sqlite>,
-        rows: &[EncodedFiring<'_>],
+        rows: &[SqlFiring<'_>],
     ) -> Result<(), LedgerError> {
         for f in rows {
-            let describe = || Record::Firing(f.record.clone()).describe();
             let stored: Option<Vec<u8>> = sqlx::query_scalar(
                 "SELECT record FROM firings WHERE reactor = ? AND firing_id = ?",
             )
@@ -551,18 +506,15 @@ impl SqliteLedger {
             .bind(f.id)
             .fetch_optional(&mut **tx)
             .await
-            .map_err(self.sql_error("cannot read a stored firing"))?;
+            .map_err(self.err("cannot read a stored firing"))?;
             let same = match stored {
-                Some(bytes) if bytes == f.bytes => true,
-                Some(bytes) => {
-                    decode::<FiringRecord>(&bytes).map_err(|e| codec(describe(), e))? == *f.record
-                }
+                Some(bytes) => common::same_firing(&self.rows(), &bytes, f.record, &f.bytes, f.id)?,
                 None => false,
             };
             if !same {
                 return Err(LedgerError::Conflict {
                     backend: BACKEND,
-                    record: describe(),
+                    record: Record::Firing(f.record.clone()).describe(),
                 });
             }
         }
@@ -579,7 +531,7 @@ impl SqliteLedger {
         .bind(crate::now_unix_us())
         .execute(&mut *conn)
         .await
-        .map_err(self.sql_error("cannot flush"))?;
+        .map_err(self.err("cannot flush"))?;
         Ok(())
     }
 
@@ -600,17 +552,16 @@ impl SqliteLedger {
         .bind(limit_to_sql(q.limit))
         .fetch_all(&self.readers)
         .await
-        .map_err(self.sql_error(&format!("cannot read firings of `{}`", q.reactor)))?;
+        .map_err(self.err(&format!("cannot read firings of `{}`", q.reactor)))?;
         rows.iter()
-            .map(|row| {
-                let id: i64 = row
-                    .try_get(0)
-                    .map_err(self.sql_error("cannot read a firing"))?;
-                let what = || format!("firing {id} of reactor `{}`", q.reactor);
-                let bytes: &[u8] = row.try_get(1).map_err(self.sql_error(&what()))?;
-                decode(bytes).map_err(|e| codec(what(), e))
-            })
+            .map(|row| self.firing_from_row(&q.reactor, row))
             .collect()
+    }
+
+    fn firing_from_row(&self, reactor: &str, row: &SqliteRow) -> Result<FiringRecord, LedgerError> {
+        let id: i64 = row.try_get(0).map_err(self.err("cannot read a firing"))?;
+        let bytes: &[u8] = row.try_get(1).map_err(self.err("cannot read a firing"))?;
+        self.rows().firing(reactor, id, bytes)
     }
 
     async fn read_last_firing(&self, reactor: &str) -> Result<Option<FiringRecord>, LedgerError> {
@@ -621,18 +572,9 @@ impl SqliteLedger {
         .bind(reactor)
         .fetch_optional(&self.readers)
         .await
-        .map_err(self.sql_error(&format!("cannot read the last firing of `{reactor}`")))?;
-        match row {
-            None => Ok(None),
-            Some(row) => {
-                let id: i64 = row
-                    .try_get(0)
-                    .map_err(self.sql_error("cannot read a firing"))?;
-                let what = || format!("firing {id} of reactor `{reactor}`");
-                let bytes: &[u8] = row.try_get(1).map_err(self.sql_error(&what()))?;
-                decode(bytes).map(Some).map_err(|e| codec(what(), e))
-            }
-        }
+        .map_err(self.err(&format!("cannot read the last firing of `{reactor}`")))?;
+        row.map(|row| self.firing_from_row(reactor, &row))
+            .transpose()
     }
 
     async fn read_boundaries(&self, q: &BoundaryQuery) -> Result<Vec<BoundaryRecord>, LedgerError> {
@@ -641,7 +583,7 @@ impl SqliteLedger {
         };
         let through = clamp_id(q.through_seq.unwrap_or(u64::MAX));
         let rows = sqlx::query(
-            "SELECT seq, source, received_at_us, value FROM boundaries \
+            "SELECT seq, source, received_at_us, value, crc FROM boundaries \
              WHERE reactor = ?1 AND seq >= ?2 AND seq <= ?3 \
                AND (?4 IS NULL OR received_at_us >= ?4) AND (?5 IS NULL OR received_at_us < ?5) \
              ORDER BY seq LIMIT ?6",
@@ -654,31 +596,27 @@ impl SqliteLedger {
         .bind(limit_to_sql(q.limit))
         .fetch_all(&self.readers)
         .await
-        .map_err(self.sql_error(&format!("cannot read boundaries of `{}`", q.reactor)))?;
+        .map_err(self.err(&format!("cannot read boundaries of `{}`", q.reactor)))?;
         rows.iter()
             .map(|row| self.boundary_from_row(&q.reactor, row))
             .collect()
     }
 
+    /// A row of `seq, source, received_at_us, value, crc`.
     fn boundary_from_row(
         &self,
         reactor: &str,
         row: &SqliteRow,
     ) -> Result<BoundaryRecord, LedgerError> {
-        let err = |e| {
-            backend(format!(
-                "cannot read a boundary of `{reactor}` in {}: {e}",
-                self.location
-            ))
-        };
-        let seq: i64 = row.try_get(0).map_err(err)?;
-        Ok(BoundaryRecord {
-            reactor: reactor.to_owned(),
-            seq: id_from_sql(seq, || format!("boundary of `{reactor}`"))?,
-            source: row.try_get(1).map_err(err)?,
-            received_at_unix_us: row.try_get(2).map_err(err)?,
-            value: row.try_get(3).map_err(err)?,
-        })
+        let err = self.err("cannot read a boundary");
+        self.rows().boundary(
+            reactor,
+            row.try_get(0).map_err(&err)?,
+            row.try_get(1).map_err(&err)?,
+            row.try_get(2).map_err(&err)?,
+            row.try_get(3).map_err(&err)?,
+            row.try_get(4).map_err(&err)?,
+        )
     }
 
     async fn read_snapshot(&self, reactor: &str) -> Result<Option<SnapshotRecord>, LedgerError> {
@@ -687,10 +625,8 @@ impl SqliteLedger {
                 .bind(reactor)
                 .fetch_optional(&self.readers)
                 .await
-                .map_err(self.sql_error(&format!("cannot read the snapshot of `{reactor}`")))?;
-        bytes
-            .map(|b| decode(&b).map_err(|e| codec(format!("snapshot of reactor `{reactor}`"), e)))
-            .transpose()
+                .map_err(self.err(&format!("cannot read the snapshot of `{reactor}`")))?;
+        bytes.map(|b| self.rows().snapshot(reactor, &b)).transpose()
     }
 
     async fn read_checkpoint(
@@ -698,19 +634,15 @@ impl SqliteLedger {
         owner: &str,
         key: &str,
     ) -> Result<Option<CheckpointRecord>, LedgerError> {
-        let row: Option<(Vec<u8>, i64)> =
-            sqlx::query_as("SELECT value, at_us FROM checkpoints WHERE owner = ? AND key = ?")
+        let row: Option<(Vec<u8>, i64, i64)> =
+            sqlx::query_as("SELECT value, at_us, crc FROM checkpoints WHERE owner = ? AND key = ?")
                 .bind(owner)
                 .bind(key)
                 .fetch_optional(&self.readers)
                 .await
-                .map_err(self.sql_error(&format!("cannot read checkpoint `{key}` of `{owner}`")))?;
-        Ok(row.map(|(value, at_unix_us)| CheckpointRecord {
-            owner: owner.to_owned(),
-            key: key.to_owned(),
-            value,
-            at_unix_us,
-        }))
+                .map_err(self.err(&format!("cannot read checkpoint `{key}` of `{owner}`")))?;
+        row.map(|(value, at, crc)| self.rows().checkpoint(owner, key, value, at, crc))
+            .transpose()
     }
 
     async fn retain_records(
@@ -722,12 +654,12 @@ impl SqliteLedger {
         let mut tx = conn
             .begin_with("BEGIN IMMEDIATE")
             .await
-            .map_err(self.sql_error("cannot begin retention"))?;
+            .map_err(self.err("cannot begin retention"))?;
         let report = match self.cut(&mut tx, reactor, retention).await {
             Ok(report) => {
                 tx.commit()
                     .await
-                    .map_err(self.sql_error("cannot commit retention"))?;
+                    .map_err(self.err("cannot commit retention"))?;
                 report
             }
             Err(e) => {
@@ -741,7 +673,7 @@ impl SqliteLedger {
             sqlx::query("PRAGMA incremental_vacuum")
                 .execute(&mut *conn)
                 .await
-                .map_err(self.sql_error("cannot vacuum after retention"))?;
+                .map_err(self.err("cannot vacuum after retention"))?;
         }
         Ok(report)
     }
@@ -752,34 +684,19 @@ impl SqliteLedger {
         reactor: &str,
         retention: Retention,
     ) -> Result<RetainReport, LedgerError> {
-        let max_seq: Option<i64> =
-            sqlx::query_scalar("SELECT max(seq) FROM boundaries WHERE reactor = ?")
-                .bind(reactor)
-                .fetch_one(&mut **tx)
-                .await
-                .map_err(self.sql_error("cannot read the newest boundary"))?;
-        let max_id: Option<i64> =
-            sqlx::query_scalar("SELECT max(firing_id) FROM firings WHERE reactor = ?")
-                .bind(reactor)
-                .fetch_one(&mut **tx)
-                .await
-                .map_err(self.sql_error("cannot read the newest firing"))?;
-        let snapshot: Option<Vec<u8>> =
-            sqlx::query_scalar("SELECT record FROM snapshots WHERE reactor = ?")
-                .bind(reactor)
-                .fetch_optional(&mut **tx)
-                .await
-                .map_err(self.sql_error("cannot read the snapshot"))?;
-        let snapshot = match snapshot {
-            Some(bytes) => {
-                let s: SnapshotRecord = decode(&bytes)
-                    .map_err(|e| codec(format!("snapshot of reactor `{reactor}`"), e))?;
-                Some((s.last_seq, s.next_firing_id))
-            }
-            None => None,
-        };
-        let as_id = |v: Option<i64>| v.map_or(0, |v| u64::try_from(v).unwrap_or(0));
-        let cut = retention.cut(as_id(max_seq), as_id(max_id), snapshot);
+        let (max_seq, max_id, snapshot): (Option<i64>, Option<i64>, Option<Vec<u8>>) =
+            sqlx::query_as(
+                "SELECT (SELECT max(seq) FROM boundaries WHERE reactor = ?1), \
+                        (SELECT max(firing_id) FROM firings WHERE reactor = ?1), \
+                        (SELECT record FROM snapshots WHERE reactor = ?1)",
+            )
+            .bind(reactor)
+            .fetch_one(&mut **tx)
+            .await
+            .map_err(self.err("cannot read retention bounds"))?;
+        let cut =
+            self.rows()
+                .retention_cut(reactor, retention, max_seq, max_id, snapshot.as_deref())?;
         // Exactly `RetentionCut::removes_boundary` and `removes_firing`.
         let boundaries = sqlx::query(
             "DELETE FROM boundaries WHERE reactor = ?1 AND seq <= ?2 \
@@ -791,7 +708,7 @@ impl SqliteLedger {
         .bind(cut.older_than_unix_us)
         .execute(&mut **tx)
         .await
-        .map_err(self.sql_error("cannot remove boundaries"))?;
+        .map_err(self.err("cannot remove boundaries"))?;
         let firings = sqlx::query(
             "DELETE FROM firings WHERE reactor = ?1 AND firing_id <= ?2 \
              AND (firing_id <= ?3 OR fired_at_us < ?4)",
@@ -802,11 +719,85 @@ impl SqliteLedger {
         .bind(cut.older_than_unix_us)
         .execute(&mut **tx)
         .await
-        .map_err(self.sql_error("cannot remove firings"))?;
+        .map_err(self.err("cannot remove firings"))?;
         Ok(RetainReport {
             boundaries_removed: boundaries.rows_affected(),
             firings_removed: firings.rows_affected(),
         })
+    }
+
+    /// `PRAGMA quick_check`, then every record read back and its checksum verified.
+    async fn verify_store(&self) -> Result<VerifyReport, LedgerError> {
+        let mut scan = Scan::new();
+        let check: Vec<String> = sqlx::query_scalar("PRAGMA quick_check")
+            .fetch_all(&self.readers)
+            .await
+            .map_err(self.err("cannot run quick_check"))?;
+        for line in check.into_iter().filter(|l| l != "ok") {
+            scan.report.problems.push(format!(
+                "{BACKEND} ledger at {}: quick_check: {line}",
+                self.location
+            ));
+        }
+        let mut rows = sqlx::query(
+            "SELECT reactor, seq, source, received_at_us, value, crc FROM boundaries ORDER BY reactor, seq",
+        )
+        .fetch(&self.readers);
+        while let Some(row) = rows
+            .try_next()
+            .await
+            .map_err(self.err("cannot scan boundaries"))?
+        {
+            let reactor: String = row.try_get(0).map_err(self.err("cannot scan boundaries"))?;
+            let seq: i64 = row.try_get(1).map_err(self.err("cannot scan boundaries"))?;
+            let err = self.err("cannot scan boundaries");
+            let checked = (|| {
+                self.rows().boundary(
+                    &reactor,
+                    seq,
+                    row.try_get(2).map_err(&err)?,
+                    row.try_get(3).map_err(&err)?,
+                    row.try_get(4).map_err(&err)?,
+                    row.try_get(5).map_err(&err)?,
+                )
+            })();
+            scan.record("boundary", &reactor, seq, checked.map(drop));
+        }
+        drop(rows);
+        let mut rows = sqlx::query_as::<_, (String, i64, Vec<u8>)>(
+            "SELECT reactor, firing_id, record FROM firings ORDER BY reactor, firing_id",
+        )
+        .fetch(&self.readers);
+        while let Some((reactor, id, bytes)) = rows
+            .try_next()
+            .await
+            .map_err(self.err("cannot scan firings"))?
+        {
+            let checked = self.rows().firing(&reactor, id, &bytes).map(drop);
+            scan.record("firing", &reactor, id, checked);
+        }
+        drop(rows);
+        let snapshots: Vec<(String, Vec<u8>)> =
+            sqlx::query_as("SELECT reactor, record FROM snapshots")
+                .fetch_all(&self.readers)
+                .await
+                .map_err(self.err("cannot scan snapshots"))?;
+        for (reactor, bytes) in snapshots {
+            scan.other(self.rows().snapshot(&reactor, &bytes).map(drop));
+        }
+        let checkpoints: Vec<(String, String, Vec<u8>, i64, i64)> =
+            sqlx::query_as("SELECT owner, key, value, at_us, crc FROM checkpoints")
+                .fetch_all(&self.readers)
+                .await
+                .map_err(self.err("cannot scan checkpoints"))?;
+        for (owner, key, value, at, crc) in checkpoints {
+            scan.other(
+                self.rows()
+                    .checkpoint(&owner, &key, value, at, crc)
+                    .map(drop),
+            );
+        }
+        Ok(scan.finish())
     }
 }
 
@@ -815,10 +806,12 @@ async fn read_format(
     conn: &mut SqliteConnection,
     location: &str,
 ) -> Result<Option<i64>, LedgerError> {
-    let err = |e: sqlx::Error| {
-        backend(format!(
-            "cannot read the format version of {location} (is it a SQLite database?): {e}"
-        ))
+    let err = |e| {
+        error(
+            location,
+            "cannot read the format version (is it a SQLite database?)",
+            e,
+        )
     };
     let has_meta: bool = sqlx::query_scalar(
         "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'ledger_meta')",
@@ -836,65 +829,7 @@ async fn read_format(
         .map_err(err)
 }
 
-fn check_format(found: Option<i64>, location: &str) -> Result<(), LedgerError> {
-    match found {
-        None => Ok(()),
-        Some(v) if v == i64::from(FORMAT_VERSION) => Ok(()),
-        Some(v) => Err(LedgerError::IncompatibleFormat {
-            backend: BACKEND,
-            location: location.to_owned(),
-            // Versions are one byte; anything larger is reported as 255.
-            found: u8::try_from(v).unwrap_or(u8::MAX),
-            expected: FORMAT_VERSION,
-        }),
-    }
-}
-
-impl Ledger for SqliteLedger {
-    fn backend(&self) -> &'static str {
-        BACKEND
-    }
-
-    fn append<'a>(&'a self, records: &'a [Record], commit: Commit) -> LedgerFuture<'a, ()> {
-        Box::pin(self.append_records(records, commit))
-    }
-
-    fn flush(&self) -> LedgerFuture<'_, ()> {
-        Box::pin(self.flush_all())
-    }
-
-    fn firings<'a>(&'a self, query: &'a FiringQuery) -> LedgerFuture<'a, Vec<FiringRecord>> {
-        Box::pin(self.read_firings(query))
-    }
-
-    fn last_firing<'a>(&'a self, reactor: &'a str) -> LedgerFuture<'a, Option<FiringRecord>> {
-        Box::pin(self.read_last_firing(reactor))
-    }
-
-    fn boundaries<'a>(&'a self, query: &'a BoundaryQuery) -> LedgerFuture<'a, Vec<BoundaryRecord>> {
-        Box::pin(self.read_boundaries(query))
-    }
-
-    fn snapshot<'a>(&'a self, reactor: &'a str) -> LedgerFuture<'a, Option<SnapshotRecord>> {
-        Box::pin(self.read_snapshot(reactor))
-    }
-
-    fn checkpoint<'a>(
-        &'a self,
-        owner: &'a str,
-        key: &'a str,
-    ) -> LedgerFuture<'a, Option<CheckpointRecord>> {
-        Box::pin(self.read_checkpoint(owner, key))
-    }
-
-    fn retain<'a>(
-        &'a self,
-        reactor: &'a str,
-        retention: Retention,
-    ) -> LedgerFuture<'a, RetainReport> {
-        Box::pin(self.retain_records(reactor, retention))
-    }
-}
+forward_ledger!(SqliteLedger, BACKEND);
 
 #[cfg(test)]
 mod tests {
@@ -919,6 +854,16 @@ mod tests {
             parse_url("sqlite://x.db?mode=ro"),
             Err(LedgerError::BadUrl { .. })
         ));
+    }
+
+    #[test]
+    fn locked_and_busy_are_transient() {
+        assert!(transient_code("5", ""));
+        assert!(transient_code("517", "")); // SQLITE_BUSY_SNAPSHOT
+        assert!(transient_code("6", ""));
+        assert!(transient_code("", "database is locked"));
+        assert!(!transient_code("19", "UNIQUE constraint failed")); // SQLITE_CONSTRAINT
+        assert!(!transient_code("11", "database disk image is malformed"));
     }
 
     #[test]
