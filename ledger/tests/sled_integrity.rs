@@ -185,12 +185,18 @@ async fn damaged_stores_are_errors_not_panics() {
         write_store(&path, 3000).await;
         let outcome = damage_and_reopen(&path, pattern).await;
         eprintln!("{pattern}: {outcome:?}");
-        if let Outcome::Intact(b, f) = outcome {
-            assert_eq!(
-                (b, f),
-                (3000, 3000),
-                "{pattern}: records lost without an error"
-            );
+        match outcome {
+            Outcome::RefusedAtOpen(text) | Outcome::ReadError(text) => {
+                assert!(text.contains("sled ledger"), "{pattern}: {text}")
+            }
+            Outcome::VerifyFound(problems) => assert!(!problems.is_empty()),
+            Outcome::Intact(b, f) => {
+                assert_eq!(
+                    (b, f),
+                    (3000, 3000),
+                    "{pattern}: records lost without an error"
+                )
+            }
         }
     }
 }
