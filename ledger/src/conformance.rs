@@ -561,6 +561,8 @@ pub struct FaultyLedger {
     inner: crate::MemoryLedger,
     fail: std::sync::atomic::AtomicU64,
     panics: std::sync::atomic::AtomicU64,
+    permanent: bool,
+    attempts: std::sync::atomic::AtomicU64,
 }
 
 impl FaultyLedger {
@@ -570,6 +572,21 @@ impl FaultyLedger {
             fail: n.into(),
             ..Self::default()
         }
+    }
+
+    /// Fails its first `n` appends with a permanent error (`u64::MAX`: every one), then
+    /// stores.
+    pub fn failing_permanently_first(n: u64) -> Self {
+        Self {
+            fail: n.into(),
+            permanent: true,
+            ..Self::default()
+        }
+    }
+
+    /// Appends attempted so far (failed, panicked or stored).
+    pub fn attempts(&self) -> u64 {
+        self.attempts.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Panics in its first `n` appends, then stores.
@@ -597,18 +614,28 @@ impl Ledger for FaultyLedger {
         "faulty"
     }
     fn append<'a>(&'a self, records: &'a [Record], commit: Commit) -> crate::LedgerFuture<'a, ()> {
+        self.attempts
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         if Self::take(&self.panics) {
             panic!("faulty ledger: injected panic");
         }
         if Self::take(&self.fail) {
-            return Box::pin(async {
-                Err(LedgerError::store(
+            let e = if self.permanent {
+                LedgerError::store(
+                    "faulty",
+                    "append",
+                    false,
+                    std::io::Error::new(std::io::ErrorKind::InvalidData, "injected refusal"),
+                )
+            } else {
+                LedgerError::store(
                     "faulty",
                     "append",
                     true,
                     std::io::Error::new(std::io::ErrorKind::ConnectionReset, "injected outage"),
-                ))
-            });
+                )
+            };
+            return Box::pin(async { Err(e) });
         }
         self.inner.append(records, commit)
     }

@@ -367,6 +367,19 @@ pub(crate) fn check_format(
     }
 }
 
+/// A boundary row as the verify scan reads it.
+pub(crate) type BoundaryRow = (String, i64, String, i64, Vec<u8>, i64);
+/// A checkpoint row as the verify scan reads it.
+pub(crate) type CheckpointRow = (String, String, Vec<u8>, i64, i64);
+
+/// The verify scan's queries (the same SQL for both databases).
+pub(crate) const SCAN_BOUNDARIES: &str = "SELECT reactor, seq, source, received_at_us, value, crc \
+     FROM boundaries ORDER BY reactor, seq";
+pub(crate) const SCAN_FIRINGS: &str =
+    "SELECT reactor, firing_id, record FROM firings ORDER BY reactor, firing_id";
+pub(crate) const SCAN_SNAPSHOTS: &str = "SELECT reactor, record FROM snapshots";
+pub(crate) const SCAN_CHECKPOINTS: &str = "SELECT owner, key, value, at_us, crc FROM checkpoints";
+
 /// Collects a verify scan: rows come ordered by `(reactor, id)` per kind.
 pub(crate) struct Scan {
     pub(crate) report: VerifyReport,
@@ -384,7 +397,7 @@ impl Scan {
     }
 
     /// One record read: `checked` is the outcome of reading it back.
-    pub(crate) fn record(
+    fn record(
         &mut self,
         kind: &'static str,
         reactor: &str,
@@ -406,10 +419,39 @@ impl Scan {
     }
 
     /// One record that is not numbered (checkpoint, snapshot).
-    pub(crate) fn other(&mut self, checked: Result<(), LedgerError>) {
+    fn other(&mut self, checked: Result<(), LedgerError>) {
         self.report.records_checked += 1;
         if let Err(e) = checked {
             self.report.problems.push(e.to_string());
+        }
+    }
+
+    /// A boundary row, checked.
+    pub(crate) fn boundary(&mut self, rows: &RowReader<'_>, row: BoundaryRow) {
+        let (reactor, seq, source, at, value, crc) = row;
+        let checked = rows
+            .boundary(&reactor, seq, source, at, value, crc)
+            .map(drop);
+        self.record("boundary", &reactor, seq, checked);
+    }
+
+    /// A firing row, checked.
+    pub(crate) fn firing(&mut self, rows: &RowReader<'_>, reactor: &str, id: i64, bytes: &[u8]) {
+        let checked = rows.firing(reactor, id, bytes).map(drop);
+        self.record("firing", reactor, id, checked);
+    }
+
+    /// Every snapshot row, checked.
+    pub(crate) fn snapshots(&mut self, rows: &RowReader<'_>, all: Vec<(String, Vec<u8>)>) {
+        for (reactor, bytes) in all {
+            self.other(rows.snapshot(&reactor, &bytes).map(drop));
+        }
+    }
+
+    /// Every checkpoint row, checked.
+    pub(crate) fn checkpoints(&mut self, rows: &RowReader<'_>, all: Vec<CheckpointRow>) {
+        for (owner, key, value, at, crc) in all {
+            self.other(rows.checkpoint(&owner, &key, value, at, crc).map(drop));
         }
     }
 
