@@ -50,7 +50,6 @@ const NODE_US_ENV: &str = "CLOACINA_CRASH_NODE_US";
 const PAUSE_ENV: &str = "CLOACINA_CRASH_PAUSE";
 const SEED_ENV: &str = "CLOACINA_CRASH_SEED";
 const ROUNDS_ENV: &str = "CLOACINA_CRASH_ROUNDS";
-const PG_ENV: &str = "CLOACINA_TEST_POSTGRES_URL";
 /// Marks the child's protocol lines among libtest's own output.
 const MARK: &str = "@crash ";
 const REACTOR: &str = "crash";
@@ -820,12 +819,8 @@ impl Store {
 
     /// `None` (and a note why) without a server to test against.
     fn postgres(tag: &str) -> Option<Self> {
-        let Ok(base) = std::env::var(PG_ENV) else {
-            eprintln!(
-                "skipped: {PG_ENV} is not set (e.g. postgres://postgres@127.0.0.1:5432/test)"
-            );
-            return None;
-        };
+        // Skips without a server; fails instead when CLOACINA_REQUIRE_POSTGRES=1 (CI).
+        let base = cloacina::ledger::testing::postgres_url()?;
         let schema = unique(&format!("crash_{tag}"));
         let url = cloacina::ledger::tenant_url(&base, &schema).expect("schema URL");
         Some(Self {

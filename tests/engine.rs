@@ -504,6 +504,9 @@ impl cloacina::ledger::Ledger for OrderLog {
     ) -> cloacina::ledger::LedgerFuture<'a, cloacina::ledger::RetainReport> {
         self.inner.retain(r, p)
     }
+    fn verify(&self) -> cloacina::ledger::LedgerFuture<'_, cloacina::ledger::VerifyReport> {
+        self.inner.verify()
+    }
 }
 
 // A checkpoint goes through the reactor behind the boundaries emitted before it, so the

@@ -495,6 +495,28 @@ pub async fn run(harness: &dyn Harness) {
         "{name}: retention of one reactor leaves others alone"
     );
 
+    // A healthy store verifies clean: every record read back with its checksum intact.
+    let report = ledger
+        .verify()
+        .await
+        .unwrap_or_else(|e| panic!("{name}: verify: {e}"));
+    assert!(
+        report.is_ok(),
+        "{name}: a healthy store must verify: {report:?}"
+    );
+    assert!(
+        report.records_checked >= 100,
+        "{name}: verify must read the records: {report:?}"
+    );
+    assert!(
+        report
+            .gaps
+            .iter()
+            .any(|g| g.reactor == "conf-b" && g.kind == "firing" && (g.after, g.before) == (1, 3)),
+        "{name}: verify lists holes in a reactor's ids: {:?}",
+        report.gaps
+    );
+
     // Reopen after close: a persistent backend keeps everything.
     drop(ledger);
     if harness.persistent() {
@@ -532,13 +554,15 @@ pub async fn run(harness: &dyn Harness) {
     }
 }
 
-/// A [`crate::MemoryLedger`] whose first appends fail or panic, for testing what sits on top
+/// A [`crate::MemoryLedger`] whose first appends fail (with a transient error) or panic, for testing what sits on top
 /// of a ledger (writers, reactors) against outages. Reads always work.
 #[derive(Debug, Default)]
 pub struct FaultyLedger {
     inner: crate::MemoryLedger,
     fail: std::sync::atomic::AtomicU64,
     panics: std::sync::atomic::AtomicU64,
+    permanent: bool,
+    attempts: std::sync::atomic::AtomicU64,
 }
 
 impl FaultyLedger {
@@ -548,6 +572,21 @@ impl FaultyLedger {
             fail: n.into(),
             ..Self::default()
         }
+    }
+
+    /// Fails its first `n` appends with a permanent error (`u64::MAX`: every one), then
+    /// stores.
+    pub fn failing_permanently_first(n: u64) -> Self {
+        Self {
+            fail: n.into(),
+            permanent: true,
+            ..Self::default()
+        }
+    }
+
+    /// Appends attempted so far (failed, panicked or stored).
+    pub fn attempts(&self) -> u64 {
+        self.attempts.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Panics in its first `n` appends, then stores.
@@ -575,16 +614,28 @@ impl Ledger for FaultyLedger {
         "faulty"
     }
     fn append<'a>(&'a self, records: &'a [Record], commit: Commit) -> crate::LedgerFuture<'a, ()> {
+        self.attempts
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         if Self::take(&self.panics) {
             panic!("faulty ledger: injected panic");
         }
         if Self::take(&self.fail) {
-            return Box::pin(async {
-                Err(LedgerError::Backend {
-                    backend: "faulty",
-                    message: "injected outage".into(),
-                })
-            });
+            let e = if self.permanent {
+                LedgerError::store(
+                    "faulty",
+                    "append",
+                    false,
+                    std::io::Error::new(std::io::ErrorKind::InvalidData, "injected refusal"),
+                )
+            } else {
+                LedgerError::store(
+                    "faulty",
+                    "append",
+                    true,
+                    std::io::Error::new(std::io::ErrorKind::ConnectionReset, "injected outage"),
+                )
+            };
+            return Box::pin(async { Err(e) });
         }
         self.inner.append(records, commit)
     }
@@ -615,5 +666,8 @@ impl Ledger for FaultyLedger {
     }
     fn retain<'a>(&'a self, r: &'a str, p: Retention) -> crate::LedgerFuture<'a, RetainReport> {
         self.inner.retain(r, p)
+    }
+    fn verify(&self) -> crate::LedgerFuture<'_, crate::VerifyReport> {
+        self.inner.verify()
     }
 }

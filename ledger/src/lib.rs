@@ -13,7 +13,28 @@
 //! Backends are chosen by URL with [`open`] (or [`open_tenant`] for one tenant's store):
 //! [`MemoryLedger`] (`memory://`), [`SledLedger`] (a path or `sled://PATH`, the embedded
 //! default), [`SqliteLedger`] (`sqlite://PATH`) and [`PostgresLedger`] (`postgres://...`).
-//! Every backend passes the one suite in [`conformance`].
+//! Every backend passes the one suite in [`conformance`]. The SQL backends are behind cargo
+//! features `sqlite` and `postgres` (off by default in this crate; the `cloacina` facade turns
+//! both on); sled and memory are always built.
+//!
+//! Integrity: every stored record carries a crc32 checksum that reads verify (a mismatch is
+//! [`LedgerError::Corrupt`] naming the record), and [`Ledger::verify`] runs the backend's own
+//! check plus a checksum scan of every record. Errors say whether trying again may help
+//! ([`LedgerError::is_transient`]); the [`LedgerWriter`] retries only those.
+//!
+//! ## Metrics
+//!
+//! The [`LedgerWriter`] reports through the [`metrics`](https://docs.rs/metrics) facade (free
+//! when no recorder is installed), every series labelled `reactor` (the label given to
+//! [`LedgerWriter::spawn_labeled`]; empty for [`LedgerWriter::spawn`]):
+//!
+//! | name | kind | meaning |
+//! |---|---|---|
+//! | `cloacina_ledger_records_total` | counter | records appended |
+//! | `cloacina_ledger_append_failures_total` | counter | append attempts that failed |
+//! | `cloacina_ledger_lost_records_total` | counter | records given up on |
+//! | `cloacina_ledger_queue_depth` | gauge | records waiting in the writer's queue (its lag) |
+//! | `cloacina_ledger_commit_seconds` | histogram | one batch: its append (all attempts) and flush |
 //!
 //! ```
 //! use cloacina_ledger::{Commit, FiringOutcome, FiringQuery, FiringRecord, FiringTrigger, Ledger, MemoryLedger, Record};
@@ -33,39 +54,87 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 pub mod conformance;
+mod frame;
 mod memory;
-mod postgres;
 mod records;
 mod sled_backend;
-mod sqlite;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+mod sql;
+#[doc(hidden)]
+pub mod testing;
 mod writer;
 
 pub use memory::MemoryLedger;
-pub use postgres::PostgresLedger;
 pub use records::{
     BoundaryQuery, BoundaryRecord, CheckpointRecord, Commit, FiringOutcome, FiringQuery,
-    FiringRecord, FiringTrigger, Record, RetainReport, Retention, RetentionCut, SnapshotRecord,
+    FiringRecord, FiringTrigger, IdGap, Record, RetainReport, Retention, RetentionCut,
+    SnapshotRecord, VerifyReport,
 };
-pub use sled_backend::SledLedger;
-pub use sqlite::SqliteLedger;
+pub use sled_backend::{SledLedger, SledOptions};
+#[cfg(feature = "postgres")]
+pub use sql::postgres::PostgresLedger;
+#[cfg(feature = "sqlite")]
+pub use sql::sqlite::SqliteLedger;
 pub use writer::{
     AckSender, LedgerWriter, WriterOptions, WriterReport, WriterStatus, APPEND_ATTEMPTS, MAX_BATCH,
 };
+
+/// Version of the ledger's stored layout, kept in every store and checked on open: a store of
+/// another version is refused ([`LedgerError::IncompatibleFormat`]) before anything is written.
+/// Version 2 added a checksum to every record; stores of version 1 are refused.
+pub const LEDGER_FORMAT_VERSION: u8 = 2;
 
 /// A boxed, sendable future (the ledger trait is object-safe so backends are chosen at run
 /// time).
 pub type LedgerFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, LedgerError>> + Send + 'a>>;
 
-/// A ledger operation failed. Says which backend and what.
+/// A ledger operation failed. Says which backend and what, whether trying again may help
+/// ([`LedgerError::is_transient`]), and keeps the underlying error as its
+/// [`source`](std::error::Error::source) where there is one.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum LedgerError {
-    /// The backend failed.
+    /// Something failed that was not classified (kept for callers that build it; counted as
+    /// transient, so a writer retries it). Backends report [`LedgerError::Store`] instead.
     #[error("{backend} ledger: {message}")]
     Backend {
         /// Backend name.
         backend: &'static str,
         /// What failed.
+        message: String,
+    },
+    /// The store (or the driver under it) failed.
+    #[error("{backend} ledger: {message}: {source}")]
+    Store {
+        /// Backend name.
+        backend: &'static str,
+        /// What was being done, and where.
+        message: String,
+        /// Whether trying again may succeed (connection lost, pool timeout, interrupted IO,
+        /// serialization failure, deadlock, database locked or busy).
+        transient: bool,
+        /// The underlying error (`sqlx::Error`, `sled::Error`, `std::io::Error`, ...).
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The store is damaged: a checksum mismatch, a structural check that failed, a file that
+    /// could not be recovered, a schema missing a table. Permanent.
+    #[error("{backend} ledger at {location} is damaged: {reason}")]
+    Corrupt {
+        /// Backend name.
+        backend: &'static str,
+        /// Path or URL (without password).
+        location: String,
+        /// What is wrong, naming the record or table where known.
+        reason: String,
+    },
+    /// The backend cannot store a record as given (an id beyond its integer range, a NUL
+    /// byte in a name). Permanent.
+    #[error("{backend} ledger: {message}")]
+    Rejected {
+        /// Backend name.
+        backend: &'static str,
+        /// Which record and why.
         message: String,
     },
     /// The same record id was appended with different content.
@@ -132,6 +201,92 @@ pub enum LedgerError {
     },
 }
 
+/// Whether trying an operation again may succeed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// Worth retrying: the store may be back (connection lost, pool timeout, interrupted IO,
+    /// serialization failure, deadlock, database locked or busy).
+    Transient,
+    /// Retrying gives the same answer (constraint violation, corruption, codec, conflict,
+    /// format, bad URL, missing table, closed writer).
+    Permanent,
+}
+
+impl LedgerError {
+    /// Whether trying again may succeed. [`LedgerError::Backend`] (unclassified) and
+    /// [`LedgerError::Unreachable`] count as transient.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Store { transient, .. } => *transient,
+            Self::Backend { .. } | Self::Unreachable { .. } => true,
+            Self::Conflict { .. }
+            | Self::IncompatibleFormat { .. }
+            | Self::BadUrl { .. }
+            | Self::Codec { .. }
+            | Self::BadTenant { .. }
+            | Self::Corrupt { .. }
+            | Self::Rejected { .. }
+            | Self::Closed { .. } => false,
+        }
+    }
+
+    /// [`ErrorKind::Transient`] or [`ErrorKind::Permanent`].
+    pub fn kind(&self) -> ErrorKind {
+        if self.is_transient() {
+            ErrorKind::Transient
+        } else {
+            ErrorKind::Permanent
+        }
+    }
+
+    /// A [`LedgerError::Store`] error over any underlying error.
+    pub fn store(
+        backend: &'static str,
+        message: impl Into<String>,
+        transient: bool,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        Self::Store {
+            backend,
+            message: message.into(),
+            transient,
+            source: source.into(),
+        }
+    }
+}
+
+/// `e` and its sources, `: `-separated, skipping a source whose text its parent already shows.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut next = e.source();
+    while let Some(s) = next {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        next = s.source();
+    }
+    out
+}
+
+/// Whether an IO error is worth retrying (interrupted, timed out, connection lost).
+pub(crate) fn io_is_transient(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind as K;
+    matches!(
+        e.kind(),
+        K::Interrupted
+            | K::TimedOut
+            | K::WouldBlock
+            | K::ConnectionReset
+            | K::ConnectionAborted
+            | K::ConnectionRefused
+            | K::NotConnected
+            | K::BrokenPipe
+            | K::UnexpectedEof
+    )
+}
+
 /// An append-only store of engine records.
 ///
 /// Every method is atomic on its own; appends from several tasks may interleave. Records of
@@ -177,17 +332,26 @@ pub trait Ledger: Send + Sync + 'static {
         reactor: &'a str,
         retention: Retention,
     ) -> LedgerFuture<'a, RetainReport>;
+
+    /// Checks the whole store: the backend's own structural check (SQLite `quick_check`,
+    /// sled's tree walk, PostgreSQL's expected tables and columns), then reads every record
+    /// and verifies its checksum. Problems found are listed in the report; an `Err` means the
+    /// check itself could not run. Reads the whole store: for maintenance, not the hot path.
+    fn verify(&self) -> LedgerFuture<'_, VerifyReport>;
 }
 
 /// Opens the ledger a URL names:
 /// - `memory://`: [`MemoryLedger`] (nothing survives the process);
-/// - `sled://PATH`, or a plain filesystem path: [`SledLedger`], the embedded default;
-/// - `sqlite://PATH`: [`SqliteLedger`] (created if missing; migrations applied);
-/// - `postgres://...` or `postgresql://...`: [`PostgresLedger`] (migrations applied; the
-///   query parameter `schema=NAME` keeps the ledger in its own schema).
+/// - `sled://PATH[?cache_mb=N]`, or a plain filesystem path: `SledLedger`, the embedded
+///   default (`cache_mb`: sled's page cache in MiB, default 64; see [`SledOptions`]);
+/// - `sqlite://PATH`: `SqliteLedger` (created if missing; migrations applied; cargo feature
+///   `sqlite`);
+/// - `postgres://USER@HOST[:PORT]/DB[?schema=NAME]` or `postgresql://...`: `PostgresLedger`
+///   (migrations applied; `schema=NAME` keeps the ledger in its own schema; host and database
+///   are required; cargo feature `postgres`).
 ///
-/// A malformed URL, an unknown scheme, an unreachable server or a store of another format
-/// version is an error that says which, and touches nothing.
+/// A malformed URL, an unknown scheme, a backend not built in, an unreachable server or a
+/// store of another format version is an error that says which, and touches nothing.
 pub async fn open(url: &str) -> Result<Arc<dyn Ledger>, LedgerError> {
     let bad = |reason: &str| LedgerError::BadUrl {
         url: redact_url(url),
@@ -205,11 +369,26 @@ pub async fn open(url: &str) -> Result<Arc<dyn Ledger>, LedgerError> {
             "memory:// takes nothing after it (found `{rest}`)"
         ))),
         Some(("sled", "")) => Err(bad("sled:// needs a path, e.g. sled://./data/ledger")),
-        Some(("sled", path)) => Ok(Arc::new(SledLedger::open(path)?)),
+        Some(("sled", rest)) => {
+            let (path, options) = sled_backend::parse_params(rest).map_err(|r| bad(&r))?;
+            Ok(Arc::new(SledLedger::open_with(path, options)?))
+        }
+        #[cfg(feature = "sqlite")]
         Some(("sqlite", _)) => Ok(Arc::new(SqliteLedger::open(url_trimmed).await?)),
+        #[cfg(not(feature = "sqlite"))]
+        Some(("sqlite", _)) => Err(bad(
+            "the SQLite backend is not built in: enable cargo feature `sqlite` \
+             (of cloacina-ledger, or of cloacina, where it is on by default)",
+        )),
+        #[cfg(feature = "postgres")]
         Some(("postgres" | "postgresql", _)) => {
             Ok(Arc::new(PostgresLedger::open(url_trimmed).await?))
         }
+        #[cfg(not(feature = "postgres"))]
+        Some(("postgres" | "postgresql", _)) => Err(bad(
+            "the PostgreSQL backend is not built in: enable cargo feature `postgres` \
+             (of cloacina-ledger, or of cloacina, where it is on by default)",
+        )),
         Some((scheme, _)) => Err(bad(&format!(
             "unknown scheme `{scheme}`; expected memory://, sled://PATH, sqlite://PATH, postgres://... or a path"
         ))),

@@ -298,3 +298,67 @@ impl RetentionCut {
             && (firing_id <= self.firing_count_cut || fired_at_unix_us < self.older_than_unix_us)
     }
 }
+
+/// What [`crate::Ledger::verify`] found.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct VerifyReport {
+    /// Records read and checksum-verified.
+    pub records_checked: u64,
+    /// Damage found: a failed structural check, a checksum mismatch, an undecodable record,
+    /// a missing table. Empty for a healthy store.
+    pub problems: Vec<String>,
+    /// Interior holes in a reactor's ids. Not counted as damage: a writer that gave a batch
+    /// up (`WriterStatus::lost_records`) leaves one, and callers of `append` may number
+    /// sparsely. A reactor numbers its boundaries and firings contiguously, so a hole it did
+    /// not report as lost points at damage. (Retention removes a prefix: never a hole.)
+    pub gaps: Vec<IdGap>,
+}
+
+impl VerifyReport {
+    /// Whether no damage was found (gaps are not damage; see [`VerifyReport::gaps`]).
+    pub fn is_ok(&self) -> bool {
+        self.problems.is_empty()
+    }
+
+    /// Notes the holes in `ids` (ascending) of `reactor`'s `kind` records.
+    pub(crate) fn note_gaps(&mut self, reactor: &str, kind: &'static str, ids: &[u64]) {
+        for pair in ids.windows(2) {
+            if let [a, b] = *pair {
+                if b > a.saturating_add(1) {
+                    self.gaps.push(IdGap {
+                        reactor: reactor.to_owned(),
+                        kind,
+                        after: a,
+                        before: b,
+                    });
+                }
+            }
+        }
+    }
+}
+
+/// Ids missing between two stored records of one reactor: `after + 1 ..= before - 1`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdGap {
+    /// Reactor name.
+    pub reactor: String,
+    /// `"boundary"` or `"firing"`.
+    pub kind: &'static str,
+    /// The last id stored before the hole.
+    pub after: u64,
+    /// The first id stored after it.
+    pub before: u64,
+}
+
+impl std::fmt::Display for IdGap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}s {}..={} of reactor `{}` missing",
+            self.kind,
+            self.after.saturating_add(1),
+            self.before.saturating_sub(1),
+            self.reactor
+        )
+    }
+}

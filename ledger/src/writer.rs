@@ -6,9 +6,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::{Commit, Ledger, LedgerError, Record};
+use crate::{error_chain, Commit, Ledger, LedgerError, Record};
 
 /// Told once the record it went with has been appended (with the writer's [`Commit`]), or
 /// given up on. A `Durable` writer's `Ok` means the record is on stable storage.
@@ -17,7 +17,8 @@ pub type AckSender = oneshot::Sender<Result<(), LedgerError>>;
 /// Records appended per batch at most.
 pub const MAX_BATCH: usize = 4096;
 
-/// Tries per batch before its records are counted as lost.
+/// Tries per batch, when appends fail with transient errors, before its records are counted
+/// as lost. A permanent error ([`LedgerError::is_transient`] false) is not retried.
 pub const APPEND_ATTEMPTS: u32 = 3;
 
 /// How a [`LedgerWriter`] commits.
@@ -80,18 +81,67 @@ pub struct WriterStatus {
 /// [`LedgerWriter::write`] waits only when the bounded queue is full: a slow store slows the
 /// writer's callers rather than losing records. Records are appended in the order they were
 /// queued, up to [`MAX_BATCH`] per append, so one flush or fsync covers every record (and
-/// every caller) in the batch. A failed (or panicking) append is retried ([`APPEND_ATTEMPTS`]
-/// tries with growing pauses); a batch that still fails is counted in
-/// [`WriterStatus::lost_records`], its acknowledgements get the error, and
-/// [`WriterStatus::failing`] stays true until an append succeeds again.
-/// [`LedgerWriter::close`] waits until every record handed over has been appended or given
-/// up on, flushes, and reports.
+/// every caller) in the batch. An append that fails with a transient error (or panics) is
+/// retried ([`APPEND_ATTEMPTS`] tries with growing pauses); a permanent error (a conflict, a
+/// damaged store, a record the backend refuses) is not retried. A batch given up on is
+/// counted in [`WriterStatus::lost_records`], its acknowledgements get the error, it is logged
+/// at error level with its error chain, and [`WriterStatus::failing`] stays true until an
+/// append succeeds again; [`LedgerWriter::watch_status`] and [`LedgerWriter::status_changed`]
+/// tell an idle caller at once. [`LedgerWriter::close`] waits until every record handed over
+/// has been appended or given up on, flushes, and reports. Metrics: see the crate docs.
 #[derive(Debug)]
 pub struct LedgerWriter {
     tx: mpsc::Sender<Entry>,
     task: tokio::task::JoinHandle<WriterReport>,
     status: Arc<StatusCells>,
+    watch: watch::Receiver<WriterStatus>,
     commit: Commit,
+}
+
+/// The writer's metric handles, registered once at spawn (see the crate docs for names).
+struct Metrics {
+    records: metrics::Counter,
+    failures: metrics::Counter,
+    lost: metrics::Counter,
+    queue_depth: metrics::Gauge,
+    commit_seconds: metrics::Histogram,
+}
+
+impl Metrics {
+    fn register(label: &str) -> Self {
+        let reactor = label.to_owned();
+        Self {
+            records: metrics::counter!("cloacina_ledger_records_total", "reactor" => reactor.clone()),
+            failures: metrics::counter!("cloacina_ledger_append_failures_total", "reactor" => reactor.clone()),
+            lost: metrics::counter!("cloacina_ledger_lost_records_total", "reactor" => reactor.clone()),
+            queue_depth: metrics::gauge!("cloacina_ledger_queue_depth", "reactor" => reactor.clone()),
+            commit_seconds: metrics::histogram!("cloacina_ledger_commit_seconds", "reactor" => reactor),
+        }
+    }
+}
+
+impl StatusCells {
+    fn snapshot(&self) -> WriterStatus {
+        WriterStatus {
+            failing: self.failing.load(Ordering::Acquire),
+            failed_appends: self.failed_appends.load(Ordering::Relaxed),
+            lost_records: self.lost_records.load(Ordering::Relaxed),
+            written: self.written.load(Ordering::Relaxed),
+            batches: self.batches.load(Ordering::Relaxed),
+            flushes: self.flushes.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// Publishes the status to watchers; they are woken only when `failing` flipped or
+/// `lost_records` grew.
+fn publish(watch: &watch::Sender<WriterStatus>, cells: &StatusCells) {
+    let now = cells.snapshot();
+    watch.send_if_modified(|seen| {
+        let wake = seen.failing != now.failing || seen.lost_records != now.lost_records;
+        *seen = now;
+        wake
+    });
 }
 
 impl std::fmt::Debug for Entry {
@@ -101,16 +151,27 @@ impl std::fmt::Debug for Entry {
 }
 
 impl LedgerWriter {
-    /// Starts the writer task on the current tokio runtime.
+    /// Starts the writer task on the current tokio runtime; its metrics carry the label
+    /// `reactor=""` (see [`LedgerWriter::spawn_labeled`]).
     pub fn spawn(ledger: Arc<dyn Ledger>, options: WriterOptions) -> Self {
+        Self::spawn_labeled(ledger, options, "")
+    }
+
+    /// Starts the writer task on the current tokio runtime; its metrics carry the label
+    /// `reactor=label` (the reactor it writes for).
+    pub fn spawn_labeled(ledger: Arc<dyn Ledger>, options: WriterOptions, label: &str) -> Self {
         // Clamped: tokio's semaphore caps permits, and a deeper queue only hides a slow store.
         let (tx, rx) = mpsc::channel::<Entry>(options.capacity.clamp(1, 1 << 24));
         let status = Arc::new(StatusCells::default());
-        let task = tokio::spawn(run(ledger, options, rx, Arc::clone(&status)));
+        let (watch_tx, watch) = watch::channel(WriterStatus::default());
+        let cells = Arc::clone(&status);
+        let metrics = Metrics::register(label);
+        let task = tokio::spawn(run(ledger, options, rx, cells, watch_tx, metrics));
         Self {
             tx,
             task,
             status,
+            watch,
             commit: options.commit,
         }
     }
@@ -199,14 +260,28 @@ impl LedgerWriter {
 
     /// How appends are going.
     pub fn status(&self) -> WriterStatus {
-        let s = &self.status;
-        WriterStatus {
-            failing: s.failing.load(Ordering::Acquire),
-            failed_appends: s.failed_appends.load(Ordering::Relaxed),
-            lost_records: s.lost_records.load(Ordering::Relaxed),
-            written: s.written.load(Ordering::Relaxed),
-            batches: s.batches.load(Ordering::Relaxed),
-            flushes: s.flushes.load(Ordering::Relaxed),
+        self.status.snapshot()
+    }
+
+    /// A receiver of the writer's status, woken (`changed()` completes) whenever
+    /// [`WriterStatus::failing`] flips or [`WriterStatus::lost_records`] grows, and closed
+    /// (`changed()` returns `Err`) when the writer task stops. Keep it across waits so that
+    /// no change is missed: a change since the last `borrow_and_update` wakes it at once.
+    pub fn watch_status(&self) -> watch::Receiver<WriterStatus> {
+        let mut rx = self.watch.clone();
+        rx.mark_unchanged();
+        rx
+    }
+
+    /// Completes at the next change of [`WriterStatus::failing`] or
+    /// [`WriterStatus::lost_records`] after this call (it subscribes when called, not when
+    /// first polled), or when the writer task stops. Lets an idle caller learn at once that
+    /// the writer gave a batch up; read [`LedgerWriter::status`] then. For a loop that must
+    /// not miss a change between waits, keep a [`LedgerWriter::watch_status`] receiver.
+    pub fn status_changed(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut rx = self.watch_status();
+        async move {
+            let _ = rx.changed().await;
         }
     }
 
@@ -238,7 +313,6 @@ pub struct WriterReport {
     pub first_error: Option<LedgerError>,
 }
 
-/// One append, with a panicking backend turned into an error.
 /// Runs one ledger call with a panicking backend turned into an error naming `what`. (The
 /// call itself is inside the guard: it may panic before any future exists.)
 async fn guarded<'a>(
@@ -262,6 +336,8 @@ async fn run(
     options: WriterOptions,
     mut rx: mpsc::Receiver<Entry>,
     cells: Arc<StatusCells>,
+    watch: watch::Sender<WriterStatus>,
+    metrics: Metrics,
 ) -> WriterReport {
     let mut entries: Vec<Entry> = Vec::with_capacity(MAX_BATCH);
     let mut records: Vec<Record> = Vec::with_capacity(MAX_BATCH);
@@ -271,6 +347,8 @@ async fn run(
     let mut last_flush = Instant::now();
     let buffered = options.commit == Commit::Buffered;
     while rx.recv_many(&mut entries, MAX_BATCH).await > 0 {
+        metrics.queue_depth.set(rx.len() as f64);
+        let started = Instant::now();
         for entry in entries.drain(..) {
             records.push(entry.record);
             if let Some(ack) = entry.ack {
@@ -291,19 +369,26 @@ async fn run(
                         .fetch_add(records.len() as u64, Ordering::Relaxed);
                     cells.batches.fetch_add(1, Ordering::Relaxed);
                     cells.failing.store(false, Ordering::Release);
+                    metrics.records.increment(records.len() as u64);
                     break Ok(());
                 }
                 Err(e) => {
                     cells.failing.store(true, Ordering::Release);
                     cells.failed_appends.fetch_add(1, Ordering::Relaxed);
-                    tracing::error!(backend = ledger.backend(), records = records.len(), attempt, error = %e, "ledger append failed");
-                    if attempt >= APPEND_ATTEMPTS {
-                        cells
-                            .lost_records
-                            .fetch_add(records.len() as u64, Ordering::Relaxed);
-                        break Err(e);
+                    metrics.failures.increment(1);
+                    let transient = e.is_transient();
+                    if transient && attempt < APPEND_ATTEMPTS {
+                        tracing::warn!(backend = ledger.backend(), records = records.len(), attempt, error = %error_chain(&e), "ledger append failed; trying again");
+                        tokio::time::sleep(Duration::from_millis(10 * 10u64.pow(attempt - 1)))
+                            .await;
+                        continue;
                     }
-                    tokio::time::sleep(Duration::from_millis(10 * 10u64.pow(attempt - 1))).await;
+                    tracing::error!(backend = ledger.backend(), records = records.len(), attempt, transient, error = %error_chain(&e), "ledger append failed; batch given up");
+                    cells
+                        .lost_records
+                        .fetch_add(records.len() as u64, Ordering::Relaxed);
+                    metrics.lost.increment(records.len() as u64);
+                    break Err(e);
                 }
             }
         };
@@ -316,10 +401,12 @@ async fn run(
             }
             Err(e) => {
                 for ack in acks.drain(..) {
-                    let _ = ack.send(Err(LedgerError::Backend {
-                        backend: ledger.backend(),
-                        message: format!("not recorded: {e}"),
-                    }));
+                    let _ = ack.send(Err(LedgerError::store(
+                        ledger.backend(),
+                        "not recorded",
+                        e.is_transient(),
+                        error_chain(&e),
+                    )));
                 }
                 first_error.get_or_insert(e);
             }
@@ -329,7 +416,7 @@ async fn run(
         if let (true, Some(interval)) = (unflushed, options.flush_interval) {
             if rx.is_empty() || last_flush.elapsed() >= interval {
                 if let Err(e) = guarded(&*ledger, "flush", || ledger.flush()).await {
-                    tracing::error!(backend = ledger.backend(), error = %e, "ledger flush failed");
+                    tracing::error!(backend = ledger.backend(), error = %error_chain(&e), "ledger flush failed");
                     cells.failing.store(true, Ordering::Release);
                 } else {
                     cells.flushes.fetch_add(1, Ordering::Relaxed);
@@ -338,10 +425,14 @@ async fn run(
                 last_flush = Instant::now();
             }
         }
+        metrics
+            .commit_seconds
+            .record(started.elapsed().as_secs_f64());
+        publish(&watch, &cells);
     }
     if unflushed || buffered {
         if let Err(e) = guarded(&*ledger, "flush", || ledger.flush()).await {
-            tracing::error!(backend = ledger.backend(), error = %e, "final ledger flush failed");
+            tracing::error!(backend = ledger.backend(), error = %error_chain(&e), "final ledger flush failed");
             first_error.get_or_insert(e);
         }
     }
@@ -363,174 +454,4 @@ pub(crate) fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::conformance::FaultyLedger;
-    use crate::{FiringOutcome, FiringQuery, FiringRecord, FiringTrigger, MemoryLedger};
-
-    fn options(capacity: usize) -> WriterOptions {
-        WriterOptions {
-            capacity,
-            ..WriterOptions::default()
-        }
-    }
-
-    fn firing(reactor: &str, id: u64) -> Record {
-        Record::Firing(FiringRecord {
-            reactor: reactor.into(),
-            firing_id: id,
-            trigger: FiringTrigger::Criteria,
-            inputs: vec![("a".into(), id)],
-            fired_at_unix_us: 0,
-            duration_ns: 0,
-            outcome: FiringOutcome::Completed { outputs: vec![] },
-        })
-    }
-
-    #[tokio::test]
-    async fn writer_appends_everything_in_order_before_close_returns() {
-        let ledger = Arc::new(MemoryLedger::new());
-        let writer = LedgerWriter::spawn(ledger.clone(), options(4));
-        for id in 1..=1000 {
-            writer.write(firing("r", id)).await.expect("write");
-        }
-        writer.write(firing("other", 1)).await.expect("write");
-        let report = writer.close().await;
-        assert_eq!((report.written, report.lost), (1001, 0));
-        assert!(report.first_error.is_none());
-        let ids: Vec<u64> = ledger
-            .firings(&FiringQuery::reactor("r"))
-            .await
-            .expect("read")
-            .iter()
-            .map(|f| f.firing_id)
-            .collect();
-        assert_eq!(ids, (1..=1000).collect::<Vec<_>>());
-        assert_eq!(
-            ledger
-                .firings(&FiringQuery::reactor("other"))
-                .await
-                .expect("read")
-                .len(),
-            1
-        );
-        assert!(ledger
-            .firings(&FiringQuery::reactor("nobody"))
-            .await
-            .expect("read")
-            .is_empty());
-    }
-
-    #[tokio::test]
-    async fn transient_append_failures_are_retried_without_loss() {
-        let ledger = Arc::new(FaultyLedger::failing_first(APPEND_ATTEMPTS as u64 - 1));
-        let writer = LedgerWriter::spawn(ledger.clone(), options(8));
-        for id in 1..=5 {
-            writer.write(firing("r", id)).await.expect("write");
-        }
-        // Let the writer work through its retries before reading its status.
-        for _ in 0..200 {
-            if ledger
-                .firings(&FiringQuery::reactor("r"))
-                .await
-                .expect("read")
-                .len()
-                == 5
-            {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        let status = writer.status();
-        assert_eq!(status.failed_appends, u64::from(APPEND_ATTEMPTS) - 1);
-        assert_eq!(status.lost_records, 0);
-        assert!(!status.failing, "a success clears the failing flag");
-        assert_eq!(writer.close().await.written, 5);
-        assert_eq!(
-            ledger
-                .firings(&FiringQuery::reactor("r"))
-                .await
-                .expect("read")
-                .len(),
-            5
-        );
-    }
-
-    // A panicking backend is retried like a failing one; the writer survives and loses nothing.
-    #[tokio::test]
-    async fn panicking_append_is_a_failed_attempt() {
-        let ledger = Arc::new(FaultyLedger::panicking_first(1));
-        let writer = LedgerWriter::spawn(ledger.clone(), options(64));
-        for id in 1..=20 {
-            writer.write(firing("r", id)).await.expect("write");
-        }
-        let report = writer.close().await;
-        assert_eq!((report.written, report.lost), (20, 0), "{report:?}");
-        assert_eq!(
-            ledger
-                .firings(&FiringQuery::reactor("r"))
-                .await
-                .expect("read")
-                .len(),
-            20
-        );
-    }
-
-    // Counts survive errors: a report says both what was written and what was lost.
-    #[tokio::test]
-    async fn report_counts_written_and_lost() {
-        let ledger = Arc::new(FaultyLedger::failing_first(u64::from(APPEND_ATTEMPTS)));
-        let writer = LedgerWriter::spawn(ledger.clone(), options(1));
-        writer.write(firing("r", 1)).await.expect("write");
-        for _ in 0..400 {
-            if writer.status().lost_records == 1 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        assert!(writer.status().failing);
-        writer.write(firing("r", 2)).await.expect("write");
-        let report = writer.close().await;
-        assert_eq!((report.written, report.lost), (1, 1), "{report:?}");
-        assert!(report.first_error.is_some());
-    }
-
-    // A durable writer acknowledges each record once its batch is appended; many waiting
-    // callers share one batch (group commit).
-    #[tokio::test]
-    async fn acknowledgements_follow_the_append_and_batches_are_shared() {
-        let ledger = Arc::new(MemoryLedger::new());
-        let writer = Arc::new(LedgerWriter::spawn(
-            ledger.clone(),
-            WriterOptions {
-                capacity: 1024,
-                commit: Commit::Durable,
-                flush_interval: None,
-            },
-        ));
-        let mut tasks = Vec::new();
-        for w in 0..32u64 {
-            let writer = Arc::clone(&writer);
-            tasks.push(tokio::spawn(async move {
-                for k in 0..20 {
-                    writer.write_and_wait(firing("g", w * 100 + k)).await?;
-                }
-                Ok::<(), LedgerError>(())
-            }));
-        }
-        for t in tasks {
-            t.await.expect("join").expect("durable write");
-        }
-        assert_eq!(
-            ledger
-                .firings(&FiringQuery::reactor("g"))
-                .await
-                .expect("read")
-                .len(),
-            640
-        );
-        let status = writer.status();
-        assert_eq!(status.written, 640);
-        assert!(status.batches < 640, "callers share batches: {status:?}");
-    }
-}
+mod tests;

@@ -73,31 +73,39 @@ async fn bad_urls_are_clear_errors() {
 }
 
 #[tokio::test]
-async fn a_store_of_another_format_version_is_refused_untouched() {
+async fn sled_urls_take_a_cache_size() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let path = dir.path().join("old");
-    {
-        let db = sled::open(&path).expect("raw sled");
-        db.open_tree("meta")
-            .expect("meta")
-            .insert(b"format", &[99u8])
-            .expect("write version");
-        db.flush().expect("flush");
-    }
-    match SledLedger::open(&path) {
-        Err(e @ LedgerError::IncompatibleFormat { found: 99, .. }) => {
-            assert!(e.to_string().contains("format version 99"), "{e}")
+    let url = format!("sled://{}?cache_mb=8", dir.path().join("c").display());
+    assert_eq!(open(&url).await.expect("cache_mb=8").backend(), "sled");
+    for bad in ["cache_mb=0", "cache_mb=lots", "cache=8"] {
+        let url = format!("sled://{}?{bad}", dir.path().join("d").display());
+        match open(&url).await {
+            Err(e @ LedgerError::BadUrl { .. }) => assert!(e.to_string().contains("cache"), "{e}"),
+            Err(other) => panic!("`{url}`: expected BadUrl, got {other}"),
+            Ok(_) => panic!("`{url}`: opened"),
         }
-        other => panic!("expected IncompatibleFormat, got {other:?}"),
     }
-    let db = sled::open(&path).expect("raw sled");
-    assert_eq!(
-        db.open_tree("meta")
-            .expect("meta")
-            .get(b"format")
-            .expect("read")
-            .as_deref(),
-        Some(&[99u8][..]),
-        "the refused store is untouched"
-    );
+    assert!(!dir.path().join("d").exists(), "a bad URL creates nothing");
+}
+
+// Built without a SQL backend (`cargo test -p cloacina-ledger`), its URLs say which cargo
+// feature to enable. (Under `cargo test --workspace` the facade turns both features on.)
+#[cfg(not(all(feature = "sqlite", feature = "postgres")))]
+#[tokio::test]
+async fn urls_of_backends_not_built_name_the_feature() {
+    let mut urls = Vec::new();
+    if cfg!(not(feature = "sqlite")) {
+        urls.push(("sqlite://x.db", "cargo feature `sqlite`"));
+    }
+    if cfg!(not(feature = "postgres")) {
+        urls.push(("postgres://h/db", "cargo feature `postgres`"));
+    }
+    for (url, says) in urls {
+        match open(url).await {
+            Err(e @ LedgerError::BadUrl { .. }) => assert!(e.to_string().contains(says), "{e}"),
+            Err(other) => panic!("`{url}`: expected BadUrl, got {other}"),
+            Ok(_) => panic!("`{url}`: opened"),
+        }
+    }
+    assert!(!std::path::Path::new("x.db").exists());
 }

@@ -2,7 +2,8 @@
 //! and URL / connection errors.
 //!
 //! Tests that need a server read its URL from `CLOACINA_TEST_POSTGRES_URL` (e.g.
-//! `postgres://postgres@127.0.0.1:5432/test`) and pass with a note when it is unset. Each
+//! `postgres://postgres@127.0.0.1:5432/test`) and pass with a note when it is unset or the
+//! server is unreachable, unless `CLOACINA_REQUIRE_POSTGRES=1` (then they fail). Each
 //! works in a fresh schema of its own and drops it at the end.
 
 use std::future::Future;
@@ -18,16 +19,13 @@ use cloacina_ledger::{
 };
 use sqlx::Connection;
 
-const URL_VAR: &str = "CLOACINA_TEST_POSTGRES_URL";
-
 fn server_url(test: &str) -> Option<String> {
-    match std::env::var(URL_VAR) {
-        Ok(url) if !url.trim().is_empty() => Some(url),
-        _ => {
-            eprintln!("{test}: skipped: set {URL_VAR} (e.g. postgres://postgres@127.0.0.1:5432/test) to run it");
-            None
-        }
+    // Skips (None) without a server, or fails when CLOACINA_REQUIRE_POSTGRES=1.
+    let url = cloacina_ledger::testing::postgres_url();
+    if url.is_none() {
+        eprintln!("{test}: skipped");
     }
+    url
 }
 
 /// A schema name no other test (or run) uses.
@@ -149,7 +147,7 @@ async fn a_foreign_version_is_refused_before_migrating() {
     match open_tenant(&url, &schema).await {
         Err(LedgerError::IncompatibleFormat {
             found: 7, expected, ..
-        }) => assert_eq!(expected, cloacina_codec::FORMAT_VERSION),
+        }) => assert_eq!(expected, cloacina_ledger::LEDGER_FORMAT_VERSION),
         Err(other) => panic!("expected IncompatibleFormat, got {other}"),
         Ok(_) => panic!("expected IncompatibleFormat, the ledger opened"),
     }
@@ -317,7 +315,10 @@ async fn records_postgres_cannot_hold_are_refused_clearly() {
     };
     for (record, says) in [
         (Record::Boundary(with_nul), "NUL"),
-        (Record::Boundary(huge), "BIGINT"),
+        (
+            Record::Boundary(huge),
+            "the largest the postgres ledger stores",
+        ),
     ] {
         match ledger
             .append(
@@ -326,14 +327,15 @@ async fn records_postgres_cannot_hold_are_refused_clearly() {
             )
             .await
         {
-            Err(e @ LedgerError::Backend { .. }) => {
+            Err(e @ LedgerError::Rejected { .. }) => {
                 let text = e.to_string();
                 assert!(
                     text.contains(says) && text.contains(&record.describe()),
                     "{text}"
                 );
+                assert!(!e.is_transient(), "a refused record is not worth retrying");
             }
-            other => panic!("expected a Backend error, got {other:?}"),
+            other => panic!("expected a Rejected error, got {other:?}"),
         }
     }
     assert!(ledger
@@ -519,4 +521,71 @@ async fn without_a_schema_the_ledger_lives_in_schema_cloacina() {
             "snapshots"
         ]
     );
+}
+
+// The migration history can say a table exists that was dropped: refused at open, naming it.
+#[tokio::test]
+async fn a_schema_missing_a_table_is_refused_at_open() {
+    let Some(url) = server_url("a_schema_missing_a_table_is_refused_at_open") else {
+        return;
+    };
+    let schema = fresh_schema("drop");
+    {
+        let ledger = open_tenant(&url, &schema).await.expect("open");
+        ledger
+            .append(&[Record::Boundary(boundary("r", 1))], Commit::Durable)
+            .await
+            .expect("append");
+        let report = ledger.verify().await.expect("verify");
+        assert!(report.is_ok() && report.records_checked == 1, "{report:?}");
+    }
+    let mut conn = raw(&url).await;
+    sqlx::raw_sql(&format!("DROP TABLE \"{schema}\".firings"))
+        .execute(&mut conn)
+        .await
+        .expect("drop a table");
+    match open_tenant(&url, &schema).await {
+        Err(e @ LedgerError::Corrupt { .. }) => {
+            let text = e.to_string();
+            assert!(text.contains("table `firings`"), "{text}");
+            assert!(text.contains(&schema), "{text}");
+        }
+        Err(other) => panic!("expected Corrupt, got {other}"),
+        Ok(_) => panic!("expected Corrupt, the ledger opened"),
+    }
+    drop_schema(&url, &schema).await;
+}
+
+// A value changed behind the ledger's back fails its checksum, on read and in verify.
+#[tokio::test]
+async fn a_changed_row_fails_its_checksum() {
+    let Some(url) = server_url("a_changed_row_fails_its_checksum") else {
+        return;
+    };
+    let schema = fresh_schema("crc");
+    let ledger = open_tenant(&url, &schema).await.expect("open");
+    let records: Vec<Record> = (1..=5)
+        .map(|i| Record::Boundary(boundary("r", i)))
+        .collect();
+    ledger
+        .append(&records, Commit::Durable)
+        .await
+        .expect("append");
+    let mut conn = raw(&url).await;
+    sqlx::raw_sql(&format!(
+        "UPDATE \"{schema}\".boundaries SET value = '\\x00' WHERE seq = 4"
+    ))
+    .execute(&mut conn)
+    .await
+    .expect("tamper");
+    match ledger.boundaries(&BoundaryQuery::reactor("r")).await {
+        Err(e @ LedgerError::Corrupt { .. }) => {
+            assert!(e.to_string().contains("boundary 4 of reactor `r`"), "{e}")
+        }
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+    let report = ledger.verify().await.expect("verify runs");
+    assert_eq!(report.problems.len(), 1, "{report:?}");
+    drop(ledger);
+    drop_schema(&url, &schema).await;
 }

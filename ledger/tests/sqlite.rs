@@ -185,13 +185,17 @@ async fn an_unopenable_path_is_a_clear_error_and_creates_nothing() {
     let dir = tempfile::tempdir().expect("temp dir");
     let missing = dir.path().join("no-such-dir").join("ledger.db");
     match open(&url(&missing)).await {
-        Err(e @ LedgerError::Backend { .. }) => {
+        Err(e @ LedgerError::Store { .. }) => {
             assert!(
                 e.to_string().contains(&missing.display().to_string()),
                 "{e}"
-            )
+            );
+            assert!(
+                std::error::Error::source(&e).is_some(),
+                "keeps sqlx's error"
+            );
         }
-        other => panic!("expected a Backend error, got {:?}", other.map(|_| ())),
+        other => panic!("expected a Store error, got {:?}", other.map(|_| ())),
     }
     assert!(!dir.path().join("no-such-dir").exists());
 
@@ -204,12 +208,12 @@ async fn an_unopenable_path_is_a_clear_error_and_creates_nothing() {
         .collect();
     std::fs::write(&junk, &bytes).expect("write junk");
     match open(&url(&junk)).await {
-        Err(e @ LedgerError::Backend { .. }) => {
+        Err(e @ LedgerError::Corrupt { .. }) => {
             let text = e.to_string();
             assert!(text.contains(&junk.display().to_string()), "{text}");
             assert!(text.contains("not a database"), "{text}");
         }
-        other => panic!("expected a Backend error, got {:?}", other.map(|_| ())),
+        other => panic!("expected a Corrupt error, got {:?}", other.map(|_| ())),
     }
     assert_eq!(
         std::fs::read(&junk).expect("read junk"),
@@ -273,14 +277,14 @@ async fn the_current_format_version_is_recorded() {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("l.db");
     let ledger = SqliteLedger::open(&url(&path)).await.expect("open");
-    ledger.close().await;
+    ledger.close().await.expect("close");
     let mut conn = raw(&path).await;
     let version: i64 =
         sqlx::query_scalar("SELECT value FROM ledger_meta WHERE key = 'format_version'")
             .fetch_one(&mut conn)
             .await
             .expect("read version");
-    assert_eq!(version, i64::from(cloacina_codec::FORMAT_VERSION));
+    assert_eq!(version, i64::from(cloacina_ledger::LEDGER_FORMAT_VERSION));
 }
 
 #[tokio::test]
@@ -333,7 +337,7 @@ async fn a_reopen_sees_a_durable_append() {
             .append(&[Record::Boundary(written.clone())], Commit::Durable)
             .await
             .expect("append");
-        ledger.close().await;
+        ledger.close().await.expect("close");
     }
     let ledger = SqliteLedger::open(&url).await.expect("reopen");
     assert_eq!(
@@ -361,11 +365,11 @@ async fn ids_beyond_i64_are_refused_and_nothing_is_applied() {
         )
         .await;
     match result {
-        Err(e @ LedgerError::Backend { .. }) => assert!(
+        Err(e @ LedgerError::Rejected { .. }) => assert!(
             e.to_string().contains(&u64::MAX.to_string()),
             "names the id: {e}"
         ),
-        other => panic!("expected a Backend error, got {other:?}"),
+        other => panic!("expected a Rejected error, got {other:?}"),
     }
     assert!(ledger
         .boundaries(&BoundaryQuery::reactor("r"))
@@ -426,7 +430,7 @@ async fn retention_gives_space_back() {
         .await
         .expect("retain");
     assert_eq!(report.boundaries_removed, 2000);
-    ledger.close().await;
+    ledger.close().await.expect("close");
     let mut conn = raw(&path).await;
     let free: i64 = sqlx::query_scalar("PRAGMA freelist_count")
         .fetch_one(&mut conn)
@@ -544,4 +548,120 @@ async fn throughput_64_writers() {
             report.written as f64 / secs
         );
     }
+}
+
+// `close` checkpoints the WAL into the database file and truncates it before it returns.
+#[tokio::test]
+async fn close_checkpoints_and_empties_the_wal() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("l.db");
+    let ledger = SqliteLedger::open(&url(&path)).await.expect("open");
+    let records: Vec<Record> = (1..=500)
+        .map(|i| Record::Boundary(boundary("r", i)))
+        .collect();
+    ledger
+        .append(&records, Commit::Durable)
+        .await
+        .expect("append");
+    let wal = dir.path().join("l.db-wal");
+    assert!(
+        std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0) > 0,
+        "the append went to the WAL"
+    );
+    ledger.close().await.expect("close");
+    assert_eq!(
+        std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0),
+        0,
+        "the WAL is empty or gone after close"
+    );
+    assert!(ledger.flush().await.is_err(), "closed");
+    let reopened = SqliteLedger::open(&url(&path)).await.expect("reopen");
+    assert_eq!(
+        reopened
+            .boundaries(&BoundaryQuery::reactor("r"))
+            .await
+            .expect("read")
+            .len(),
+        500
+    );
+}
+
+// Damage that SQLite itself does not notice on reads is found: a changed value fails its
+// checksum on read (naming the record), and verify lists it.
+#[tokio::test]
+async fn a_record_changed_behind_the_ledger_fails_its_checksum() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("l.db");
+    let ledger = SqliteLedger::open(&url(&path)).await.expect("open");
+    let records: Vec<Record> = (1..=20)
+        .flat_map(|i| {
+            [
+                Record::Boundary(boundary("r", i)),
+                Record::Firing(firing("r", i, true)),
+            ]
+        })
+        .collect();
+    ledger
+        .append(&records, Commit::Durable)
+        .await
+        .expect("append");
+    assert!(ledger.verify().await.expect("verify").is_ok());
+    ledger.close().await.expect("close");
+    let mut conn = raw(&path).await;
+    sqlx::query("UPDATE boundaries SET value = x'00' WHERE reactor = 'r' AND seq = 7")
+        .execute(&mut conn)
+        .await
+        .expect("tamper boundary");
+    sqlx::query("UPDATE firings SET record = substr(record, 1, length(record) - 1) || x'00' WHERE firing_id = 3")
+        .execute(&mut conn)
+        .await
+        .expect("tamper firing");
+    conn.close().await.expect("close raw");
+    let ledger = SqliteLedger::open(&url(&path)).await.expect("reopen");
+    match ledger.boundaries(&BoundaryQuery::reactor("r")).await {
+        Err(e @ LedgerError::Corrupt { .. }) => {
+            assert!(e.to_string().contains("boundary 7 of reactor `r`"), "{e}")
+        }
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+    match ledger.firings(&FiringQuery::reactor("r")).await {
+        Err(e @ LedgerError::Corrupt { .. }) => {
+            assert!(e.to_string().contains("firing 3 of reactor `r`"), "{e}")
+        }
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+    let report = ledger.verify().await.expect("verify runs");
+    assert_eq!(report.problems.len(), 2, "{report:?}");
+    assert_eq!(report.records_checked, 40);
+}
+
+// Bytes overwritten inside the file (a damaged page): verify reports it (quick_check and
+// the checksum scan) instead of reads quietly returning fewer records.
+#[tokio::test]
+async fn a_damaged_page_is_found_by_verify() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("l.db");
+    let ledger = SqliteLedger::open(&url(&path)).await.expect("open");
+    let records: Vec<Record> = (1..=3000)
+        .map(|i| Record::Boundary(boundary("r", i)))
+        .collect();
+    ledger
+        .append(&records, Commit::Durable)
+        .await
+        .expect("append");
+    ledger.close().await.expect("close");
+    let mut bytes = std::fs::read(&path).expect("read");
+    let at = bytes.len() / 2 + 100;
+    for b in bytes.iter_mut().skip(at).take(512) {
+        *b ^= 0xa5;
+    }
+    std::fs::write(&path, &bytes).expect("damage");
+    let problems = match SqliteLedger::open(&url(&path)).await {
+        Err(e) => vec![e.to_string()],
+        Ok(ledger) => match ledger.verify().await {
+            Ok(report) => report.problems,
+            Err(e) => vec![e.to_string()],
+        },
+    };
+    assert!(!problems.is_empty(), "the damage must be reported");
 }

@@ -243,7 +243,7 @@ impl ReactorBuilder {
         let stats = Arc::new(ReactorStats::default());
         let _guard = runtime.enter();
         let ledger = ledger.map(|(ledger, queue)| {
-            let writer = LedgerWriter::spawn(
+            let writer = LedgerWriter::spawn_labeled(
                 Arc::clone(&ledger),
                 WriterOptions {
                     capacity: queue,
@@ -254,6 +254,7 @@ impl ReactorBuilder {
                     },
                     ..WriterOptions::default()
                 },
+                &self.name,
             );
             (ledger, writer)
         });

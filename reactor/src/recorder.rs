@@ -12,7 +12,7 @@ use std::time::SystemTime;
 use cloacina_graph_core::{Boundary, SourceDecl, SourceName, TerminalOutputs};
 use cloacina_ledger::{
     AckSender, CheckpointRecord, FiringQuery, FiringRecord, Ledger, LedgerError, LedgerWriter,
-    Record, SnapshotRecord, WriterReport,
+    Record, SnapshotRecord, WriterReport, WriterStatus,
 };
 
 use crate::durable::{self, boundary_record, unix_us, Durability, RecoveryError, RetentionPolicy};
@@ -45,6 +45,8 @@ pub(crate) struct Recorder {
     failing: bool,
     /// Records that never reached the writer (it had stopped, or a value had no encoding).
     unwritten: u64,
+    /// Tells the loop when the writer's status changes, even while no boundary arrives.
+    status: Option<tokio::sync::watch::Receiver<WriterStatus>>,
     stats: Arc<ReactorStats>,
 }
 
@@ -70,8 +72,10 @@ impl Recorder {
             (Some(ledger), Some(policy)) if records_state => Some((Arc::clone(ledger), policy)),
             _ => None,
         };
+        let status = writer.as_ref().map(LedgerWriter::watch_status);
         Self {
             name: setup.name,
+            status,
             writer,
             recover_from,
             durability: setup.durability,
@@ -339,9 +343,16 @@ impl Recorder {
 
     /// Completes when the writer's status changes (an append failed, a batch was given up,
     /// appends recovered); never, without a ledger.
-    pub(crate) async fn status_changed(&self) {
-        // Wired to the writer's status notification once the ledger offers it.
-        std::future::pending().await
+    pub(crate) async fn status_changed(&mut self) {
+        let changed = match &mut self.status {
+            Some(rx) => rx.changed().await.is_ok(),
+            None => false,
+        };
+        if !changed {
+            // No ledger, or the writer is gone (seen by `note_status`): nothing more to watch.
+            self.status = None;
+            std::future::pending::<()>().await;
+        }
     }
 
     /// Closes the writer (every record handed over is appended or given up on), then runs

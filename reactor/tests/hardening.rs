@@ -243,7 +243,7 @@ impl Ledger for BrokenStore {
         _commit: cloacina_ledger::Commit,
     ) -> cloacina_ledger::LedgerFuture<'a, ()> {
         Box::pin(async {
-            Err(cloacina_ledger::LedgerError::Backend {
+            Err(cloacina_ledger::LedgerError::Rejected {
                 backend: "broken",
                 message: "disk on fire".into(),
             })
@@ -289,6 +289,9 @@ impl Ledger for BrokenStore {
         retention: cloacina_ledger::Retention,
     ) -> cloacina_ledger::LedgerFuture<'a, cloacina_ledger::RetainReport> {
         self.0.retain(r, retention)
+    }
+    fn verify(&self) -> cloacina_ledger::LedgerFuture<'_, cloacina_ledger::VerifyReport> {
+        self.0.verify()
     }
 }
 

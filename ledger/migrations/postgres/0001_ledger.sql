@@ -2,6 +2,8 @@
 -- `cloacina`): every tenant has its own set, and its own `_sqlx_migrations` history.
 -- Names are COLLATE "C": byte-order comparisons, the cheapest for keys nobody sorts by.
 -- u64 ids are stored as BIGINT (the backend refuses ids of 2^63 and above).
+-- Whole records (`record`) are codec-encoded and sealed with a crc32; records stored in
+-- columns keep the crc32 of their fields in `crc` (ledger format version 2).
 
 -- `format_version`: the codec format version (cloacina_codec::FORMAT_VERSION) the records
 -- were written with; checked on open before anything is migrated or written.
@@ -17,6 +19,7 @@ CREATE TABLE boundaries (
     source         TEXT COLLATE "C" NOT NULL,
     received_at_us BIGINT NOT NULL,
     value          BYTEA NOT NULL,
+    crc            BIGINT NOT NULL,
     PRIMARY KEY (reactor, seq)
 );
 
@@ -36,6 +39,7 @@ CREATE TABLE checkpoints (
     key   TEXT COLLATE "C" NOT NULL,
     value BYTEA NOT NULL,
     at_us BIGINT NOT NULL,
+    crc   BIGINT NOT NULL,
     PRIMARY KEY (owner, key)
 );
 

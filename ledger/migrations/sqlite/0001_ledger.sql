@@ -1,5 +1,6 @@
 -- The SQLite ledger's tables. Ids (u64 in Rust) are stored as INTEGER (i64); the ledger
--- refuses ids above 2^63 - 1. Whole records are stored codec-encoded (cloacina_codec).
+-- refuses ids above 2^63 - 1. Whole records are stored codec-encoded (cloacina_codec) and
+-- sealed with a crc32; records stored in columns keep the crc32 of their fields in `crc`.
 -- The format version row of `ledger_meta` is written by the ledger after migrating.
 
 CREATE TABLE ledger_meta (
@@ -13,6 +14,7 @@ CREATE TABLE boundaries (
     source         TEXT    NOT NULL,
     received_at_us INTEGER NOT NULL,
     value          BLOB    NOT NULL,
+    crc            INTEGER NOT NULL,
     PRIMARY KEY (reactor, seq)
 ) WITHOUT ROWID;
 
@@ -31,6 +33,7 @@ CREATE TABLE checkpoints (
     key   TEXT    NOT NULL,
     value BLOB    NOT NULL,
     at_us INTEGER NOT NULL,
+    crc   INTEGER NOT NULL,
     PRIMARY KEY (owner, key)
 );
 

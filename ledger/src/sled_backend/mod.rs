@@ -1,6 +1,8 @@
 //! [`SledLedger`]: the embedded default, a sled database in a directory.
 //!
-//! Layout: tree `meta` holds the format version; tree `records` holds everything else under
+//! Layout: the file `cloacina-format` beside sled's own holds the format version (read before
+//! sled opens the directory: sled rewrites its snapshot files on every open, so a store of
+//! another version is refused untouched); tree `meta` holds it too; tree `records` holds everything else under
 //! keys that start with a kind byte, so that one atomic sled batch covers a whole append:
 //!
 //! - `B reactor 0x00 first_seq` and `F reactor 0x00 first_id` (ids big-endian): a *chunk*,
@@ -14,19 +16,33 @@
 //! [`Commit::Durable`] appends end with `Db::flush`, which writes sled's buffers and fsyncs;
 //! one flush covers every record of the batch. [`Commit::Buffered`] appends stay in sled's
 //! memory buffers until the next flush (the writer's, or sled's own every 500 ms).
+//!
+//! Integrity: every value (chunk, checkpoint, snapshot) is sealed with a crc32 that reads
+//! verify. A store whose directory holds sled files but no format marker, or whose `meta`
+//! lost its version, is refused as damaged rather than initialized afresh; a panic inside
+//! sled's recovery (it panics on some damaged logs) is contained and reported as
+//! [`LedgerError::Corrupt`] naming the path.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
-use cloacina_codec::{decode, encode, FORMAT_VERSION};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use crate::frame::{decode_sealed, encode_sealed, frame_error};
 use crate::{
     BoundaryQuery, BoundaryRecord, CheckpointRecord, Commit, FiringQuery, FiringRecord, Ledger,
-    LedgerError, LedgerFuture, Record, RetainReport, Retention, SnapshotRecord,
+    LedgerError, LedgerFuture, Record, RetainReport, Retention, SnapshotRecord, VerifyReport,
+    LEDGER_FORMAT_VERSION,
 };
+
+mod open;
+mod retain;
+mod verify;
+
+pub(crate) use open::parse_params;
+pub use open::SledOptions;
 
 const BACKEND: &str = "sled";
 /// Largest chunk value aimed for. A sled leaf holds up to 16 values and sled writes a page
@@ -34,15 +50,13 @@ const BACKEND: &str = "sled";
 /// blob whose page is later replaced, so large chunks made the store grow without bound
 /// even under retention (measured: 9 -> 120 MiB over 300 rounds). 16 x 6 KiB stays inline.
 const CHUNK_BYTES: usize = 6 << 10;
-/// How long `open` waits for sled's file lock.
-const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
-/// sled's page cache.
-const SLED_CACHE_BYTES: u64 = 64 << 20;
 const FORMAT_KEY: &[u8] = b"format";
 const BOUNDARY: u8 = b'B';
 const FIRING: u8 = b'F';
 const CHECKPOINT: u8 = b'C';
 const SNAPSHOT: u8 = b'S';
+/// Key (in `records`, so that each append's atomic batch bumps it) of the append counter.
+const APPENDS_KEY: &[u8] = b"Mappends";
 
 /// Highest id stored per reactor: `[boundaries, firings]`.
 #[derive(Debug, Default)]
@@ -63,12 +77,63 @@ pub struct SledLedger {
     /// Serializes appends and retention (conflict checks read what they then write), and
     /// caches the highest id stored per `(kind, reactor)`.
     high: Mutex<HighWater>,
+    /// Appends applied so far (also stored under [`APPENDS_KEY`], in each append's batch).
+    appends: std::sync::atomic::AtomicU64,
 }
 
-fn backend_error(path: &Path, what: &str, e: impl std::fmt::Display) -> LedgerError {
-    LedgerError::Backend {
+/// A sled error: `Corruption` is [`LedgerError::Corrupt`]; IO errors are transient as
+/// their kind says; the rest are permanent.
+pub(crate) fn sled_error(path: &Path, what: &str, e: sled::Error) -> LedgerError {
+    match e {
+        sled::Error::Corruption { .. } => open::corrupt(path, format!("{what}: {e}")),
+        sled::Error::Io(io) => {
+            let transient = crate::io_is_transient(&io);
+            LedgerError::store(
+                BACKEND,
+                format!("{what} at {}", path.display()),
+                transient,
+                io,
+            )
+        }
+        other => LedgerError::store(
+            BACKEND,
+            format!("{what} at {}", path.display()),
+            false,
+            other,
+        ),
+    }
+}
+
+fn nul_name(reactor: &str) -> LedgerError {
+    LedgerError::Rejected {
         backend: BACKEND,
-        message: format!("{what} at {}: {e}", path.display()),
+        message: format!("reactor name {reactor:?} contains a NUL byte"),
+    }
+}
+
+/// `kind reactor 0x00 id` back into `(reactor, id)`, for messages.
+fn describe_key(key: &[u8]) -> String {
+    let kind = match key.first() {
+        Some(&BOUNDARY) => "boundaries",
+        Some(&FIRING) => "firings",
+        Some(&CHECKPOINT) => "checkpoint",
+        Some(&SNAPSHOT) => "snapshot",
+        _ => "record",
+    };
+    match key.len().checked_sub(9).filter(|&n| n >= 1 && key[n] == 0) {
+        Some(n) if matches!(key.first(), Some(&BOUNDARY | &FIRING)) => {
+            let mut id = [0u8; 8];
+            id.copy_from_slice(&key[n + 1..]);
+            format!(
+                "{kind} from id {} of reactor `{}`",
+                u64::from_be_bytes(id),
+                String::from_utf8_lossy(&key[1..n])
+            )
+        }
+        _ => format!(
+            "{kind} under key `{}`",
+            String::from_utf8_lossy(key.get(1..).unwrap_or(&[]))
+        ),
     }
 }
 
@@ -126,67 +191,94 @@ impl Chunked for FiringRecord {
 }
 
 impl SledLedger {
-    /// Opens (or creates) the ledger in directory `path`. A store written by another format
-    /// version is refused before anything is written.
+    /// Opens (or creates) the ledger in directory `path` with [`SledOptions::default`].
+    /// A store written by another format version is refused before anything is written.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, LedgerError> {
+        Self::open_with(path, SledOptions::default())
+    }
+
+    /// Opens (or creates) the ledger in directory `path`. Refused, with nothing written:
+    /// a store of another format version ([`LedgerError::IncompatibleFormat`], read from the
+    /// `cloacina-format` file before sled opens anything) and a directory that holds files but
+    /// no marker ([`LedgerError::Corrupt`]). A store sled cannot recover, or whose records
+    /// lost their format version, is [`LedgerError::Corrupt`] naming the path.
+    pub fn open_with(path: impl AsRef<Path>, options: SledOptions) -> Result<Self, LedgerError> {
         let path = path.as_ref().to_path_buf();
-        // sled's page cache defaults to 1 GiB; a ledger is written far more than it is read.
-        let config = sled::Config::new()
-            .path(&path)
-            .cache_capacity(SLED_CACHE_BYTES);
-        // sled locks the store's file; a handle dropped a moment ago (in this process or one
-        // that just exited) can still hold it briefly, so wait a little before giving up.
-        let started = std::time::Instant::now();
-        let db = loop {
-            match config.open() {
-                Ok(db) => break db,
-                Err(e)
-                    if e.to_string().contains("could not acquire lock")
-                        && started.elapsed() < LOCK_WAIT =>
-                {
-                    std::thread::sleep(std::time::Duration::from_millis(20));
-                }
-                Err(e) if e.to_string().contains("could not acquire lock") => {
-                    return Err(backend_error(
-                        &path,
-                        "store in use by another process or handle (lock not released within 2 s)",
-                        e,
-                    ))
-                }
-                Err(e) => return Err(backend_error(&path, "cannot open", e)),
-            }
-        };
+        let found = open::check_marker(&path)?;
+        let db = open::open_db(&path, options)?;
+        // `open_tree` creates a missing tree: look first, so a store that lost its `meta`
+        // tree is not written to.
+        let has_meta = db.tree_names().iter().any(|n| n.as_ref() == b"meta");
+        if !has_meta && found != open::Found::New {
+            return Err(open::corrupt(
+                &path,
+                "sled opened it without its format version: damaged (or its creation was \
+                 interrupted; then delete the directory)",
+            ));
+        }
         let meta = db
             .open_tree("meta")
-            .map_err(|e| backend_error(&path, "cannot open tree `meta`", e))?;
+            .map_err(|e| sled_error(&path, "cannot open tree `meta`", e))?;
         match meta
             .get(FORMAT_KEY)
-            .map_err(|e| backend_error(&path, "cannot read format version", e))?
+            .map_err(|e| sled_error(&path, "cannot read the format version", e))?
         {
-            Some(v) if v.as_ref() == [FORMAT_VERSION] => {}
+            Some(v) if v.as_ref() == [LEDGER_FORMAT_VERSION] => {}
             Some(v) => {
-                return Err(LedgerError::IncompatibleFormat {
-                    backend: BACKEND,
-                    location: path.display().to_string(),
-                    found: v.first().copied().unwrap_or(0),
-                    expected: FORMAT_VERSION,
-                })
+                return Err(open::corrupt(
+                    &path,
+                    format!(
+                        "its marker says format {LEDGER_FORMAT_VERSION} but its records say {:?}",
+                        v.as_ref()
+                    ),
+                ))
+            }
+            None if found == open::Found::New => {
+                meta.insert(FORMAT_KEY, &[LEDGER_FORMAT_VERSION])
+                    .map_err(|e| sled_error(&path, "cannot write the format version", e))?;
+                db.flush()
+                    .map_err(|e| sled_error(&path, "cannot flush", e))?;
             }
             None => {
-                meta.insert(FORMAT_KEY, &[FORMAT_VERSION])
-                    .map_err(|e| backend_error(&path, "cannot write format version", e))?;
-                db.flush()
-                    .map_err(|e| backend_error(&path, "cannot flush", e))?;
+                // sled opened the files as an empty or partial store: never initialize it
+                // afresh over what may be recoverable.
+                return Err(open::corrupt(
+                    &path,
+                    "sled opened it without its format version: damaged (or its creation was \
+                     interrupted; then delete the directory)",
+                ));
             }
         }
         let records = db
             .open_tree("records")
-            .map_err(|e| backend_error(&path, "cannot open tree `records`", e))?;
+            .map_err(|e| sled_error(&path, "cannot open tree `records`", e))?;
+        // sled recovers its log up to the first damaged segment and drops the rest without a
+        // word: a store that holds fewer appends than were flushed lost some.
+        let appends = match records
+            .get(APPENDS_KEY)
+            .map_err(|e| sled_error(&path, "cannot read the append counter", e))?
+        {
+            Some(v) => <[u8; 8]>::try_from(v.as_ref())
+                .map(u64::from_be_bytes)
+                .map_err(|_| open::corrupt(&path, "the append counter is malformed"))?,
+            None => 0,
+        };
+        let durable = open::read_durable(&path);
+        if appends < durable {
+            return Err(open::corrupt(
+                &path,
+                format!(
+                    "sled recovered {appends} appends but {durable} had been flushed: its log \
+                     is damaged and the records after append {appends} are lost"
+                ),
+            ));
+        }
         Ok(Self {
             path,
             db,
             records,
             high: Mutex::new(HighWater::default()),
+            appends: appends.into(),
         })
     }
 
@@ -199,26 +291,27 @@ impl SledLedger {
     pub fn size_on_disk(&self) -> Result<u64, LedgerError> {
         self.db
             .size_on_disk()
-            .map_err(|e| backend_error(&self.path, "cannot read size", e))
+            .map_err(|e| sled_error(&self.path, "cannot read size", e))
     }
 
     fn lock(&self) -> Result<MutexGuard<'_, HighWater>, LedgerError> {
-        self.high.lock().map_err(|_| LedgerError::Backend {
-            backend: BACKEND,
-            message: "append lock poisoned by a panic".into(),
+        self.high.lock().map_err(|_| {
+            LedgerError::store(
+                BACKEND,
+                format!("append lock of {}", self.path.display()),
+                false,
+                "poisoned by a panic",
+            )
         })
     }
 
-    fn read_error(&self, e: impl std::fmt::Display) -> LedgerError {
-        backend_error(&self.path, "read failed", e)
+    fn read_error(&self, e: sled::Error) -> LedgerError {
+        sled_error(&self.path, "read failed", e)
     }
 
     fn decode_chunk<T: Chunked>(&self, key: &[u8], bytes: &[u8]) -> Result<Vec<T>, LedgerError> {
-        decode(bytes).map_err(|source| LedgerError::Codec {
-            backend: BACKEND,
-            context: format!("chunk under key {key:?}"),
-            source,
-        })
+        let location = self.path.display().to_string();
+        decode_sealed(bytes).map_err(frame_error(BACKEND, &location, || describe_key(key)))
     }
 
     fn encode_value<T: Serialize + ?Sized>(
@@ -226,7 +319,7 @@ impl SledLedger {
         what: impl FnOnce() -> String,
         value: &T,
     ) -> Result<Vec<u8>, LedgerError> {
-        encode(value).map_err(|source| LedgerError::Codec {
+        encode_sealed(value).map_err(|source| LedgerError::Codec {
             backend: BACKEND,
             context: what(),
             source,
@@ -277,10 +370,7 @@ impl SledLedger {
         new_high: &mut Vec<(u8, String, u64)>,
     ) -> Result<(), LedgerError> {
         if reactor.as_bytes().contains(&0) {
-            return Err(LedgerError::Backend {
-                backend: BACKEND,
-                message: format!("reactor name {reactor:?} contains a NUL byte"),
-            });
+            return Err(nul_name(reactor));
         }
         records.sort_by_key(|r| r.id());
         // Same id twice in one batch: fine if equal, a conflict if not.
@@ -354,10 +444,24 @@ impl SledLedger {
         // On tokio's blocking pool: sled's own `flush_async` thread pool stalled under
         // concurrent appends in our tests.
         let db = self.db.clone();
-        match tokio::task::spawn_blocking(move || db.flush()).await {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(e)) => Err(backend_error(&self.path, "flush failed", e)),
-            Err(e) => Err(backend_error(&self.path, "flush task failed", e)),
+        let appends = self.appends.load(std::sync::atomic::Ordering::Acquire);
+        let path = self.path.clone();
+        let flushed = move || {
+            db.flush()?;
+            // Every append up to `appends` is now on disk: note it beside the store, so a
+            // later open can tell a log that lost flushed appends.
+            open::write_durable(&path, appends);
+            Ok::<_, sled::Error>(())
+        };
+        match tokio::task::spawn_blocking(flushed).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(sled_error(&self.path, "flush failed", e)),
+            Err(e) => Err(LedgerError::store(
+                BACKEND,
+                format!("flush task at {}", self.path.display()),
+                false,
+                e,
+            )),
         }
     }
 
@@ -418,9 +522,13 @@ impl SledLedger {
             let bytes = self.encode_value(|| "firing chunk".into(), &chunk)?;
             batch.insert(key, bytes);
         }
+        let appends = self.appends.load(std::sync::atomic::Ordering::Acquire) + 1;
+        batch.insert(APPENDS_KEY, &appends.to_be_bytes());
         self.records
             .apply_batch(batch)
-            .map_err(|e| backend_error(&self.path, "append failed", e))?;
+            .map_err(|e| sled_error(&self.path, "append failed", e))?;
+        self.appends
+            .store(appends, std::sync::atomic::Ordering::Release);
         for (kind, reactor, h) in new_high {
             high.of(kind).insert(reactor, h);
         }
@@ -453,40 +561,13 @@ impl SledLedger {
     fn get_one<T: DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, LedgerError> {
         match self.records.get(key).map_err(|e| self.read_error(e))? {
             None => Ok(None),
-            Some(bytes) => decode(&bytes)
-                .map(Some)
-                .map_err(|source| LedgerError::Codec {
-                    backend: BACKEND,
-                    context: format!("record under key {key:?}"),
-                    source,
-                }),
-        }
-    }
-
-    /// Applies `cut` to one kind's chunks of `reactor`; returns how many records went.
-    fn retain_kind<T: Chunked>(
-        &self,
-        reactor: &str,
-        removes: impl Fn(&T) -> bool,
-        batch: &mut sled::Batch,
-    ) -> Result<u64, LedgerError> {
-        let mut removed = 0u64;
-        for entry in self.records.scan_prefix(prefix(T::KIND, reactor)) {
-            let (key, value) = entry.map_err(|e| self.read_error(e))?;
-            let chunk: Vec<T> = self.decode_chunk(&key, &value)?;
-            let before = chunk.len();
-            let kept: Vec<T> = chunk.into_iter().filter(|r| !removes(r)).collect();
-            if kept.len() == before {
-                continue;
-            }
-            removed += (before - kept.len()) as u64;
-            batch.remove(key);
-            if let Some(first) = kept.first() {
-                let bytes = self.encode_value(|| "chunk".into(), &kept)?;
-                batch.insert(chunk_key(T::KIND, reactor, first.id()), bytes);
+            Some(bytes) => {
+                let location = self.path.display().to_string();
+                decode_sealed(&bytes)
+                    .map(Some)
+                    .map_err(frame_error(BACKEND, &location, || describe_key(key)))
             }
         }
-        Ok(removed)
     }
 }
 
@@ -586,89 +667,8 @@ impl Ledger for SledLedger {
             Ok(report)
         })
     }
-}
 
-impl SledLedger {
-    /// Replaces `reactor`'s snapshot with `snapshot`, stored in pieces of at most
-    /// [`CHUNK_BYTES`] (a Sequential queue can make a snapshot megabytes long; as one value it
-    /// would be a sled blob, and sled leaks replaced blobs).
-    fn stage_snapshot(
-        &self,
-        reactor: &str,
-        snapshot: &SnapshotRecord,
-        batch: &mut sled::Batch,
-    ) -> Result<(), LedgerError> {
-        if reactor.as_bytes().contains(&0) {
-            return Err(LedgerError::Backend {
-                backend: BACKEND,
-                message: format!("reactor name {reactor:?} contains a NUL byte"),
-            });
-        }
-        let start = prefix(SNAPSHOT, reactor);
-        for entry in self.records.scan_prefix(&start) {
-            let (key, _) = entry.map_err(|e| self.read_error(e))?;
-            batch.remove(key);
-        }
-        let bytes = self.encode_value(|| format!("snapshot of reactor `{reactor}`"), snapshot)?;
-        for (i, piece) in bytes.chunks(CHUNK_BYTES).enumerate() {
-            let mut key = start.clone();
-            key.extend_from_slice(&(i as u32).to_be_bytes());
-            batch.insert(key, piece);
-        }
-        Ok(())
-    }
-
-    /// Reassembles `reactor`'s snapshot from its pieces.
-    fn read_snapshot(&self, reactor: &str) -> Result<Option<SnapshotRecord>, LedgerError> {
-        let mut bytes = Vec::new();
-        for entry in self.records.scan_prefix(prefix(SNAPSHOT, reactor)) {
-            let (_, piece) = entry.map_err(|e| self.read_error(e))?;
-            bytes.extend_from_slice(&piece);
-        }
-        if bytes.is_empty() {
-            return Ok(None);
-        }
-        decode(&bytes)
-            .map(Some)
-            .map_err(|source| LedgerError::Codec {
-                backend: BACKEND,
-                context: format!("snapshot of reactor `{reactor}`"),
-                source,
-            })
-    }
-
-    fn retain_now(
-        &self,
-        reactor: &str,
-        retention: Retention,
-        snapshot: Option<SnapshotRecord>,
-    ) -> Result<RetainReport, LedgerError> {
-        {
-            let mut high = self.lock()?;
-            let max_seq = self.high_id::<BoundaryRecord>(&mut high, reactor)?;
-            let max_id = self.high_id::<FiringRecord>(&mut high, reactor)?;
-            let cut = retention.cut(
-                max_seq,
-                max_id,
-                snapshot.map(|s| (s.last_seq, s.next_firing_id)),
-            );
-            let mut batch = sled::Batch::default();
-            let report = RetainReport {
-                boundaries_removed: self.retain_kind::<BoundaryRecord>(
-                    reactor,
-                    |b| cut.removes_boundary(b.seq, b.received_at_unix_us),
-                    &mut batch,
-                )?,
-                firings_removed: self.retain_kind::<FiringRecord>(
-                    reactor,
-                    |f| cut.removes_firing(f.firing_id, f.fired_at_unix_us),
-                    &mut batch,
-                )?,
-            };
-            self.records
-                .apply_batch(batch)
-                .map_err(|e| backend_error(&self.path, "retention failed", e))?;
-            Ok(report)
-        }
+    fn verify(&self) -> LedgerFuture<'_, VerifyReport> {
+        Box::pin(async move { self.verify_now() })
     }
 }
