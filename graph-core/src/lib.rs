@@ -14,10 +14,13 @@
 //!   take `Option<&T>` per cache source, other nodes `&T` of their upstreams; routing nodes
 //!   return an enum and only the taken variant's branch runs. [`GraphBuilder::build`] rejects
 //!   cycles, unknown names, graphs without an entry node and edges joining different types,
-//!   naming the culprit ([`BuildError`]).
+//!   naming the culprit ([`BuildError`]); the rules live in `cloacina-topology`, shared with
+//!   the `#[computation_graph]` macro.
 //! - [`CompiledGraph`] is the validated topology resolved into slots; an [`Executor`] fires it
-//!   with no name lookups and no graph walking. A panicking node or one past the per-firing
-//!   timeout yields [`GraphResult::Error`] naming the node; nothing else is affected.
+//!   with no name lookups and no graph walking; independent async branches of a firing run
+//!   concurrently in the firing's task, plain nodes inline. A panicking node or one past the
+//!   per-firing timeout yields [`GraphResult::Error`] naming the node; nothing else is
+//!   affected.
 //!
 //! ```
 //! use std::sync::Arc;
