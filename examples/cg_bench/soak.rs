@@ -130,9 +130,11 @@ pub async fn soak(secs: u64, recording: &Option<Recording>) -> Result<SoakResult
             let s = reactor.stats();
             let now = Instant::now();
             let dt = now.duration_since(last.2).as_secs_f64();
+            let window = rss[rss.len().saturating_sub(5)..].iter().copied().max();
             eprintln!(
-                "soak t={t:>4}s rss {:.1} MB, {:.0} fires/s, {:.0} events in/s (last {dt:.0} s), subscriber missed {} so far",
+                "soak t={t:>4}s rss {:.1} MB (max {:.1} over the last 5 samples), {:.0} fires/s, {:.0} events in/s (last {dt:.0} s), subscriber missed {} so far",
                 rss.last().copied().unwrap_or(0) as f64 / 1048576.0,
+                window.unwrap_or(0) as f64 / 1048576.0,
                 (s.fires - last.0) as f64 / dt,
                 (s.boundaries - last.1) as f64 / dt,
                 s.subscriber_missed,
