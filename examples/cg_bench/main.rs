@@ -33,6 +33,10 @@
 //!   `spin_thread_p99_us` (to graph done), `spin_thread_sub_p50_us`, `spin_thread_sub_p99_us`
 //!   (to subscriber receipt: the subscriber is a tokio task, so this includes a task wake),
 //!   `spin_cpu_cores`.
+//! - **spin baseline**: no engine; a bare std::thread -> spinning std::thread hand-off (tokio
+//!   mpsc, the consumer spins on `try_recv`), same pacing: the floor of any cross-thread
+//!   hand-off on this machine. `spin_baseline_p50_us`, `spin_baseline_p99_us`,
+//!   `spin_vs_baseline_p50` = `spin_thread_p50_us` / `spin_baseline_p50_us`.
 //! - **sequential**: `Sequential`, pushed as fast as `send().await` allows, no subscriber;
 //!   the graph checks that ids arrive consecutively, the harness that fires == events.
 //!   `seq_events_per_s`, `seq_events`, `seq_fires`, `seq_order_violations`, `seq_exactly_once`,
@@ -307,6 +311,19 @@ async fn run_phases(
         .u("spin_thread_missing", sp.missing)
         .f("spin_cpu_cores", sp.cpu_cores, 3)
         .u("spin_us", spin.spin.as_micros() as u64);
+
+    let sb = tokio::task::spawn_blocking(move || {
+        spin_baseline_phase(duration).map_err(|e| e.to_string())
+    })
+    .await??;
+    let (sb50, sb99) = (percentile(&sb, 50.0), percentile(&sb, 99.0));
+    eprintln!(
+        "Spin baseline (bare std::thread -> spinning std::thread hand-off, same pacing), send -> receipt p50/p99: {sb50:.1}/{sb99:.1} us; spin thread/baseline p50 x{:.2}",
+        s50 / sb50
+    );
+    json.f("spin_baseline_p50_us", sb50, 2)
+        .f("spin_baseline_p99_us", sb99, 2)
+        .f("spin_vs_baseline_p50", s50 / sb50, 3);
 
     let seq = sequential_phase(duration, recording, false).await?;
     let seq_rate = seq.events as f64 / seq.elapsed.as_secs_f64();

@@ -479,3 +479,37 @@ pub async fn thread_baseline_phase(duration: Duration) -> Result<Vec<u64>, BoxEr
     latencies.sort_unstable();
     Ok(latencies)
 }
+
+/// The floor the low-latency phase is compared with: a bare std::thread -> spinning
+/// std::thread hand-off (tokio mpsc of 1024, `blocking_send` on the producer, the consumer
+/// spins on `try_recv` and stamps), same pacing. No engine, no graph. Sorted ns.
+pub fn spin_baseline_phase(duration: Duration) -> Result<Vec<u64>, BoxError> {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<u64>(1024);
+    let consumer = std::thread::Builder::new()
+        .name("cg_bench-spin-baseline".into())
+        .spawn(move || {
+            let mut latencies = Vec::with_capacity(duration.as_millis() as usize + 16);
+            loop {
+                match rx.try_recv() {
+                    Ok(sent_ns) => latencies.push(now_ns().saturating_sub(sent_ns)),
+                    Err(tokio::sync::mpsc::error::TryRecvError::Empty) => std::hint::spin_loop(),
+                    Err(tokio::sync::mpsc::error::TryRecvError::Disconnected) => break,
+                }
+            }
+            latencies
+        })?;
+    let sent = paced_thread(duration, |_, sent_ns| tx.blocking_send(sent_ns).is_ok());
+    drop(tx);
+    let mut latencies = consumer
+        .join()
+        .map_err(|_| "spin baseline consumer thread panicked")?;
+    if latencies.len() as u64 != sent {
+        return Err(format!(
+            "spin baseline lost messages: {sent} sent, {} received",
+            latencies.len()
+        )
+        .into());
+    }
+    latencies.sort_unstable();
+    Ok(latencies)
+}

@@ -92,7 +92,23 @@ impl Core {
                 self.refresh_health();
             }
             if let Some(spin) = self.intake.spin {
-                self.spin_for_work(&control, spin);
+                if self.spin_for_work(&control, spin) {
+                    // Boundaries are waiting: take them without going through `select!`
+                    // (whose wake-up registrations cost more than the hand-off itself).
+                    let room = self.room();
+                    while self.intake.buf.len() < room {
+                        match self.intake.rx.try_recv() {
+                            Ok(inb) => self.intake.buf.push(inb),
+                            Err(_) => break,
+                        }
+                    }
+                    if !self.intake.buf.is_empty() {
+                        if self.take_batch(&mut control).await == Flow::Stop {
+                            return Ok(());
+                        }
+                        continue;
+                    }
+                }
             }
             let room = self.room();
             tokio::select! {
@@ -121,18 +137,8 @@ impl Core {
                         self.intake.open = false;
                         continue;
                     }
-                    let mut deferred = Vec::new();
-                    while let Ok(cmd) = control.try_recv() {
-                        match cmd {
-                            Command::Subscribe(s) => self.subscribers.add(s),
-                            other => deferred.push(other),
-                        }
-                    }
-                    self.take_buffered().await;
-                    for cmd in deferred {
-                        if self.ordered(cmd).await == Flow::Stop {
-                            return Ok(());
-                        }
+                    if self.take_batch(&mut control).await == Flow::Stop {
+                        return Ok(());
                     }
                 }
                 () = std::future::ready(()), if self.trigger.owes_firings() => {
@@ -142,12 +148,32 @@ impl Core {
         }
     }
 
+    /// Handles the boundaries in the buffer: subscriptions that arrived meanwhile are
+    /// registered first (so they see these firings), other commands after (the ordering rule).
+    async fn take_batch(&mut self, control: &mut mpsc::UnboundedReceiver<Command>) -> Flow {
+        let mut deferred = Vec::new();
+        while let Ok(cmd) = control.try_recv() {
+            match cmd {
+                Command::Subscribe(s) => self.subscribers.add(s),
+                other => deferred.push(other),
+            }
+        }
+        self.take_buffered().await;
+        for cmd in deferred {
+            if self.ordered(cmd).await == Flow::Stop {
+                return Flow::Stop;
+            }
+        }
+        Flow::Continue
+    }
+
     /// Low-latency mode: waits for work by spinning (no park, no wake-up for the sender) for
     /// up to `spin`; returns as soon as a boundary, a command or a health change is waiting,
     /// or when the spin is over (the `select!` then parks as usual).
-    fn spin_for_work(&self, control: &mpsc::UnboundedReceiver<Command>, spin: Duration) {
+    /// Returns whether boundaries are waiting (and may be taken now).
+    fn spin_for_work(&self, control: &mpsc::UnboundedReceiver<Command>, spin: Duration) -> bool {
         if self.trigger.owes_firings() {
-            return;
+            return false;
         }
         let inbound_counts = self.intake.open && self.room() > 0;
         let board_seen = self.signals.board_seen;
@@ -155,15 +181,15 @@ impl Core {
         let start = Instant::now();
         let mut turns = 0u32;
         loop {
-            if (inbound_counts && !self.intake.rx.is_empty())
-                || !control.is_empty()
-                || board.is_some_and(|b| b.version() != board_seen)
-            {
-                return;
+            if inbound_counts && !self.intake.rx.is_empty() {
+                return true;
+            }
+            if !control.is_empty() || board.is_some_and(|b| b.version() != board_seen) {
+                return false;
             }
             turns = turns.wrapping_add(1);
             if turns % 128 == 0 && start.elapsed() >= spin {
-                return;
+                return false;
             }
             std::hint::spin_loop();
         }
@@ -334,16 +360,23 @@ impl Core {
             Collect::Nothing
         };
         let fired_at = wanted.then(SystemTime::now);
-        let span = tracing::debug_span!("firing", reactor = %self.name, firing = id, manual);
+        // The span costs nothing to skip, but wrapping the firing in a disabled one is not free
+        // on the hot path (tracing's `log` bridge checks on every poll): only when enabled.
+        let span = tracing::enabled!(tracing::Level::DEBUG)
+            .then(|| tracing::debug_span!("firing", reactor = %self.name, firing = id, manual));
         let Execution {
             mut outcome,
             started,
             mut completed,
-        } = self
-            .executor
-            .execute_timed(cache, collect)
-            .instrument(span.clone())
-            .await;
+        } = match &span {
+            None => self.executor.execute_timed(cache, collect).await,
+            Some(span) => {
+                self.executor
+                    .execute_timed(cache, collect)
+                    .instrument(span.clone())
+                    .await
+            }
+        };
         let mut attempts = 1;
         if let FailurePolicy::Retry {
             attempts: max,
@@ -355,11 +388,15 @@ impl Core {
                 tracing::warn!(reactor = %self.name, attempt = attempts, node = error.node(), %error, "firing failed; retrying on the same inputs");
                 self.stats.retries.fetch_add(1, Ordering::Relaxed);
                 tokio::time::sleep(backoff).await;
-                let again = self
-                    .executor
-                    .execute_timed(cache, collect)
-                    .instrument(span.clone())
-                    .await;
+                let again = match &span {
+                    None => self.executor.execute_timed(cache, collect).await,
+                    Some(span) => {
+                        self.executor
+                            .execute_timed(cache, collect)
+                            .instrument(span.clone())
+                            .await
+                    }
+                };
                 (outcome, completed) = (again.outcome, again.completed);
                 attempts += 1;
             }
