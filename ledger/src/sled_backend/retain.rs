@@ -70,11 +70,13 @@ impl SledLedger {
                 boundaries_removed: self.retain_kind::<BoundaryRecord>(
                     reactor,
                     |b| cut.removes_boundary(b.seq, b.received_at_unix_us),
+                    cut.older_than_unix_us == i64::MIN,
                     &mut batch,
                 )?,
                 firings_removed: self.retain_kind::<FiringRecord>(
                     reactor,
                     |f| cut.removes_firing(f.firing_id, f.fired_at_unix_us),
+                    cut.older_than_unix_us == i64::MIN,
                     &mut batch,
                 )?,
             };
@@ -90,6 +92,7 @@ impl SledLedger {
         &self,
         reactor: &str,
         removes: impl Fn(&T) -> bool,
+        id_prefix_only: bool,
         batch: &mut sled::Batch,
     ) -> Result<u64, LedgerError> {
         let mut removed = 0u64;
@@ -99,6 +102,12 @@ impl SledLedger {
             let before = chunk.len();
             let kept: Vec<T> = chunk.into_iter().filter(|r| !removes(r)).collect();
             if kept.len() == before {
+                // Chunks come in id order and a count cut removes a prefix of ids: a chunk
+                // with nothing to remove ends the scan, so retention costs what it removes,
+                // not the whole store. An age cut may meet out-of-order times: scan on.
+                if id_prefix_only {
+                    break;
+                }
                 continue;
             }
             removed += (before - kept.len()) as u64;
