@@ -62,6 +62,7 @@ mod core;
 mod delivery;
 mod durable;
 mod error;
+mod fire;
 mod firing;
 mod handle;
 mod health;

@@ -1,0 +1,190 @@
+//! Firing: runs the graph on the live cache (or on supplied inputs), applies the failure
+//! policy, counts and traces it, queues its ledger record and delivers it to subscribers.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use cloacina_graph_core::{Collect, Execution, Executor, GraphResult, InputCache};
+use cloacina_ledger::{FiringOutcome, FiringRecord, FiringTrigger};
+use tracing::Instrument;
+
+use crate::config::FailurePolicy;
+use crate::core::Core;
+use crate::durable::unix_us;
+use crate::error::ReactorError;
+use crate::firing::{Firing, FiringInput};
+use crate::recorder::encode_outputs;
+
+impl Core {
+    /// Fires once on the live cache, or on `inputs` (a `fire_with`, which leaves the live
+    /// cache and its dirty flags alone). Returns the firing when somebody asked for it.
+    pub(crate) async fn fire(
+        &mut self,
+        manual: bool,
+        inputs: Option<InputCache>,
+    ) -> Option<Arc<Firing>> {
+        let trigger = match (&inputs, manual) {
+            (Some(_), _) => FiringTrigger::Supplied,
+            (None, true) => FiringTrigger::Forced,
+            (None, false) => FiringTrigger::Criteria,
+        };
+        if inputs.is_none() {
+            self.trigger.clear_dirty();
+        }
+        let id = self.counters.next_id;
+        self.counters.next_id += 1;
+        let cache = inputs.as_ref().unwrap_or(self.trigger.cache());
+        let wanted = manual || !self.subscribers.is_empty() || self.recorder.is_recording();
+        let collect = if wanted {
+            Collect::Outputs
+        } else {
+            Collect::Nothing
+        };
+        let fired_at = wanted.then(SystemTime::now);
+        // The span costs nothing to skip, but wrapping the firing in a disabled one is not free
+        // on the hot path (tracing's `log` bridge checks on every poll): only when enabled.
+        let span = tracing::enabled!(tracing::Level::DEBUG)
+            .then(|| tracing::debug_span!("firing", reactor = %self.name, firing = id, manual));
+        let Execution {
+            mut outcome,
+            started,
+            mut completed,
+        } = run_graph(&mut self.executor, cache, collect, span.as_ref()).await;
+        let mut attempts = 1;
+        if let FailurePolicy::Retry {
+            attempts: max,
+            backoff,
+        } = self.failure_policy
+        {
+            while attempts < max {
+                let Err(error) = &outcome else { break };
+                tracing::warn!(reactor = %self.name, attempt = attempts, node = error.node(), %error, "firing failed; retrying on the same inputs");
+                self.stats.retries.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(backoff).await;
+                let again = run_graph(&mut self.executor, cache, collect, span.as_ref()).await;
+                (outcome, completed) = (again.outcome, again.completed);
+                attempts += 1;
+            }
+        }
+        let took = completed.saturating_duration_since(started);
+        self.stats.firing_duration.record(took);
+        self.metrics.firing(outcome.is_ok(), took);
+        self.stats.fires.fetch_add(1, Ordering::Relaxed);
+        if manual {
+            self.stats.manual_fires.fetch_add(1, Ordering::Relaxed);
+        }
+        match &outcome {
+            Ok(_) => {
+                for notify in &self.signals.after_fire {
+                    notify.notify_one();
+                }
+            }
+            Err(error) => {
+                self.stats.errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(reactor = %self.name, firing = id, node = error.node(), %error, "firing failed");
+            }
+        }
+        if !wanted {
+            return None;
+        }
+        let firing = Arc::new(Firing {
+            reactor: Arc::clone(&self.name),
+            id,
+            manual,
+            attempts,
+            inputs: cache
+                .iter()
+                .map(|(source, b)| FiringInput {
+                    source: source.clone(),
+                    seq: b.seq(),
+                })
+                .collect(),
+            fired_at: fired_at.unwrap_or_else(SystemTime::now),
+            started,
+            completed,
+            result: match outcome {
+                Ok(outputs) => GraphResult::Completed { outputs },
+                Err(e) => GraphResult::Error(e),
+            },
+        });
+        self.record(&firing, trigger);
+        self.subscribers
+            .deliver(&self.name, &firing, &self.stats, &self.metrics)
+            .await;
+        Some(firing)
+    }
+
+    /// Queues a firing's record (handed over with the batch's boundary records, after them).
+    fn record(&mut self, firing: &Firing, trigger: FiringTrigger) {
+        if !self.recorder.is_recording() {
+            return;
+        }
+        let outcome = match &firing.result {
+            GraphResult::Completed { outputs } => FiringOutcome::Completed {
+                outputs: encode_outputs(&self.name, outputs),
+            },
+            GraphResult::Error(e) => FiringOutcome::Failed {
+                node: e.node().to_owned(),
+                error: e.to_string(),
+            },
+        };
+        self.recorder.firing(FiringRecord {
+            reactor: self.name.to_string(),
+            firing_id: firing.id,
+            trigger,
+            inputs: firing
+                .inputs
+                .iter()
+                .map(|i| (i.source.as_str().to_owned(), i.seq))
+                .collect(),
+            fired_at_unix_us: unix_us(firing.fired_at),
+            duration_ns: u64::try_from(firing.duration().as_nanos()).unwrap_or(u64::MAX),
+            outcome,
+        });
+    }
+
+    /// Checks a `fire_with` cache against the graph's sources (names and types) and aligns it.
+    pub(crate) fn manual_inputs(&self, cache: &InputCache) -> Result<InputCache, ReactorError> {
+        for (source, boundary) in cache.iter() {
+            let decl = self
+                .graph
+                .source_index(source.as_str())
+                .and_then(|i| self.graph.sources().get(i))
+                .ok_or_else(|| ReactorError::UnknownSource {
+                    reactor: self.name.to_string(),
+                    source_name: source.clone(),
+                })?;
+            let value: &(dyn std::any::Any + Send + Sync) = &**boundary.value();
+            if value.type_id() != decl.type_id {
+                return Err(ReactorError::SourceType {
+                    reactor: self.name.to_string(),
+                    source_name: source.clone(),
+                    expected: decl.type_name,
+                    requested: boundary.type_name(),
+                });
+            }
+        }
+        let mut inputs = self.graph.new_cache();
+        inputs.replace_all(cache);
+        Ok(inputs)
+    }
+}
+
+/// Runs the graph once, inside `span` if tracing wants one.
+async fn run_graph(
+    executor: &mut Executor,
+    cache: &InputCache,
+    collect: Collect,
+    span: Option<&tracing::Span>,
+) -> Execution {
+    match span {
+        None => executor.execute_timed(cache, collect).await,
+        Some(span) => {
+            executor
+                .execute_timed(cache, collect)
+                .instrument(span.clone())
+                .await
+        }
+    }
+}
