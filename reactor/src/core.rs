@@ -219,8 +219,11 @@ impl Core {
     }
 
     /// Takes in every boundary queued when a command arrived (in chunks, within the room
-    /// there is) and fires for them, so the command sees them all.
-    async fn catch_up(&mut self) {
+    /// there is), firing for them as usual, so the command sees them all. `fire_all`
+    /// (`force_fire`, `fire_with`): Sequential also fires every queued boundary first, so the
+    /// manual firing comes after theirs, in order. Other commands (`state`, `pause`, ...) do
+    /// not wait for a backlog to fire: they see it queued.
+    async fn catch_up(&mut self, fire_all: bool) {
         let mut pending = if self.intake.open {
             self.intake.rx.len()
         } else {
@@ -247,14 +250,10 @@ impl Core {
             }
             pending -= took;
             self.after_intake().await;
-            match self.trigger.strategy() {
-                InputStrategy::Latest => self.evaluate().await,
-                InputStrategy::Sequential => self.drain(false, usize::MAX).await,
-            }
+            self.evaluate().await;
             self.maybe_snapshot().await;
         }
-        // Sequential work still queued from before is owed its firings first, too.
-        if self.trigger.owes_firings() {
+        if fire_all && self.trigger.owes_firings() {
             self.drain(false, usize::MAX).await;
         }
     }
@@ -269,7 +268,8 @@ impl Core {
                 return Flow::Stop;
             }
             cmd => {
-                self.catch_up().await;
+                let fire_all = matches!(cmd, Command::ForceFire(_) | Command::FireWith(..));
+                self.catch_up(fire_all).await;
                 self.command(cmd).await;
             }
         }

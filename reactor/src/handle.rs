@@ -155,8 +155,9 @@ impl ReactorHandle {
         subscription
     }
 
-    /// Fires now on the current cache (after taking in every boundary already sent), ignoring
-    /// criteria, pause and warm-up.
+    /// Fires now on the current cache, ignoring criteria, pause and warm-up. Every boundary
+    /// already sent is taken in first; under `Sequential` (unless paused) each queued boundary
+    /// also gets its own firing first, so the forced one comes after theirs, in order.
     pub async fn force_fire(&self) -> Result<Arc<Firing>, ReactorError> {
         self.ask(Command::ForceFire).await
     }
@@ -178,7 +179,9 @@ impl ReactorHandle {
         self.ask(Command::Resume).await
     }
 
-    /// Cache, dirty flags, queue, pause and health, read consistently.
+    /// Cache, dirty flags, queue, pause and health, read consistently, after every boundary
+    /// already sent has been taken in (a Sequential backlog shows in `queued`; it is not fired
+    /// first).
     pub async fn state(&self) -> Result<ReactorState, ReactorError> {
         self.ask(Command::State).await
     }
