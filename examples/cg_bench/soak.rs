@@ -24,6 +24,10 @@ pub struct SoakResult {
     pub rss_end: u64,
     /// Largest RSS sampled after second [`SOAK_WARMUP_SECS`].
     pub rss_max: u64,
+    /// RSS growth from second [`SOAK_WARMUP_SECS`] to the end along the least-squares line
+    /// through every per-second sample from then on, in % of the line's value at the start:
+    /// the trend, whatever phase of the saw-tooth a single sample falls in.
+    pub trend_growth_pct: f64,
     /// Firings and boundaries taken in (all three sources) while the soak ran.
     pub fires: u64,
     pub events: u64,
@@ -163,6 +167,7 @@ pub async fn soak(secs: u64, recording: &Option<Recording>) -> Result<SoakResult
         rss_at_warm: rss.get(warm - 1).copied().unwrap_or(0),
         rss_end: rss.last().copied().unwrap_or(0),
         rss_max: rss.iter().skip(warm).copied().max().unwrap_or(rss_start),
+        trend_growth_pct: trend_growth_pct(&rss, warm),
         fires: after.fires - before.fires,
         events: after.boundaries - before.boundaries,
         lagged,
@@ -171,4 +176,28 @@ pub async fn soak(secs: u64, recording: &Option<Recording>) -> Result<SoakResult
         snapshots: after.snapshots,
         retained_removed: after.retained_removed,
     })
+}
+
+/// See [`SoakResult::trend_growth_pct`]; `rss[i]` was sampled at the end of second `i + 1`.
+fn trend_growth_pct(rss: &[u64], warm: usize) -> f64 {
+    let points: Vec<(f64, f64)> = rss
+        .iter()
+        .enumerate()
+        .skip(warm.saturating_sub(1))
+        .map(|(i, v)| ((i + 1) as f64, *v as f64))
+        .collect();
+    let n = points.len() as f64;
+    if points.len() < 2 {
+        return f64::NAN;
+    }
+    let (mx, my) = (
+        points.iter().map(|p| p.0).sum::<f64>() / n,
+        points.iter().map(|p| p.1).sum::<f64>() / n,
+    );
+    let sxx: f64 = points.iter().map(|p| (p.0 - mx).powi(2)).sum();
+    let sxy: f64 = points.iter().map(|p| (p.0 - mx) * (p.1 - my)).sum();
+    let slope = sxy / sxx;
+    let at = |t: f64| my + slope * (t - mx);
+    let (t0, t1) = (warm as f64, rss.len() as f64);
+    (at(t1) - at(t0)) / at(t0) * 100.0
 }
