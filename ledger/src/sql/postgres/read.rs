@@ -5,22 +5,31 @@ use crate::sql::common::{
     BoundaryRow, SCAN_BOUNDARIES, SCAN_CHECKPOINTS, SCAN_FIRINGS, SCAN_SNAPSHOTS,
 };
 
+/// The id floor and inclusive time ceiling of a range read; `None` when the query can match
+/// nothing (an id past `i64`, `until` at its minimum, a NUL in the name, a limit of 0).
+fn window(
+    reactor: &str,
+    from: Option<u64>,
+    until_unix_us: Option<i64>,
+    limit: Option<usize>,
+) -> Option<(i64, i64)> {
+    let from = i64::try_from(from.unwrap_or(0)).ok()?;
+    let until = match until_unix_us {
+        Some(i64::MIN) => return None,
+        Some(t) => t - 1,
+        None => i64::MAX,
+    };
+    (!reactor.contains('\0') && limit != Some(0)).then_some((from, until))
+}
+
 impl PostgresLedger {
     pub(super) async fn read_firings(
         &self,
         q: &FiringQuery,
     ) -> Result<Vec<FiringRecord>, LedgerError> {
-        let Ok(from) = i64::try_from(q.from_id.unwrap_or(0)) else {
+        let Some((from, until)) = window(&q.reactor, q.from_id, q.until_unix_us, q.limit) else {
             return Ok(Vec::new());
         };
-        let until = match q.until_unix_us {
-            Some(i64::MIN) => return Ok(Vec::new()),
-            Some(t) => t - 1,
-            None => i64::MAX,
-        };
-        if q.reactor.contains('\0') || q.limit == Some(0) {
-            return Ok(Vec::new());
-        }
         let rows: Vec<(i64, Vec<u8>)> = sqlx::query_as(SELECT_FIRINGS)
             .bind(&q.reactor)
             .bind(from)
@@ -58,17 +67,9 @@ impl PostgresLedger {
         &self,
         q: &BoundaryQuery,
     ) -> Result<Vec<BoundaryRecord>, LedgerError> {
-        let Ok(from) = i64::try_from(q.from_seq.unwrap_or(0)) else {
+        let Some((from, until)) = window(&q.reactor, q.from_seq, q.until_unix_us, q.limit) else {
             return Ok(Vec::new());
         };
-        let until = match q.until_unix_us {
-            Some(i64::MIN) => return Ok(Vec::new()),
-            Some(t) => t - 1,
-            None => i64::MAX,
-        };
-        if q.reactor.contains('\0') || q.limit == Some(0) {
-            return Ok(Vec::new());
-        }
         let rows: Vec<(i64, String, i64, Vec<u8>, i64)> = sqlx::query_as(SELECT_BOUNDARIES)
             .bind(&q.reactor)
             .bind(from)
