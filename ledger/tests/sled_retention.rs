@@ -437,3 +437,53 @@ async fn large_snapshots_replaced_repeatedly_stay_bounded() {
         "120 replacements of a ~450 KB snapshot ({written} bytes written): {early} bytes on disk in rounds 20-40, {late} in 100-120"
     );
 }
+
+/// One retention pass much larger than one sled write (which takes 64 chunks): every record
+/// under the cut goes, every record above it stays, in order, also after reopening.
+#[tokio::test]
+async fn a_retention_pass_larger_than_one_write_removes_exactly_the_cut() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("ledger");
+    const N: u64 = 20_000;
+    const KEEP: u64 = 100;
+    {
+        let ledger = SledLedger::open(&path).expect("open");
+        let mut records: Vec<Record> = (1..=N).map(boundary).collect();
+        // Retention never removes what the latest snapshot does not cover.
+        records.push(
+            Position {
+                seq: N,
+                ..Position::default()
+            }
+            .snapshot(),
+        );
+        ledger
+            .append(&records, Commit::Durable)
+            .await
+            .expect("append");
+        let report = ledger
+            .retain(
+                REACTOR,
+                Retention {
+                    keep_last: Some(KEEP),
+                    ..Retention::default()
+                },
+            )
+            .await
+            .expect("retain");
+        assert_eq!(report.boundaries_removed, N - KEEP, "{report:?}");
+        ledger.flush().await.expect("flush");
+    }
+    let ledger = SledLedger::open(&path).expect("reopen");
+    let seqs: Vec<u64> = ledger
+        .boundaries(&BoundaryQuery::reactor(REACTOR))
+        .await
+        .expect("read")
+        .iter()
+        .map(|b| {
+            assert_eq!(b.value, value(b.seq), "boundary {} content", b.seq);
+            b.seq
+        })
+        .collect();
+    assert_eq!(seqs, (N - KEEP + 1..=N).collect::<Vec<_>>());
+}

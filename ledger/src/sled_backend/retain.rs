@@ -2,6 +2,9 @@
 
 use super::*;
 
+/// How many chunks one retention write removes or rewrites (see `retain_kind`).
+const RETAIN_CHUNKS_PER_BATCH: usize = 64;
+
 impl SledLedger {
     /// Replaces `reactor`'s snapshot with `snapshot`, stored in pieces of at most
     /// [`CHUNK_BYTES`] (a Sequential queue can make a snapshot megabytes long; as one value it
@@ -65,37 +68,38 @@ impl SledLedger {
                 max_id,
                 snapshot.map(|s| (s.last_seq, s.next_firing_id)),
             );
-            let mut batch = sled::Batch::default();
             let report = RetainReport {
                 boundaries_removed: self.retain_kind::<BoundaryRecord>(
                     reactor,
                     |b| cut.removes_boundary(b.seq, b.received_at_unix_us),
                     cut.older_than_unix_us == i64::MIN,
-                    &mut batch,
                 )?,
                 firings_removed: self.retain_kind::<FiringRecord>(
                     reactor,
                     |f| cut.removes_firing(f.firing_id, f.fired_at_unix_us),
                     cut.older_than_unix_us == i64::MIN,
-                    &mut batch,
                 )?,
             };
-            self.records
-                .apply_batch(batch)
-                .map_err(|e| sled_error(&self.path, "retention failed", e))?;
             Ok(report)
         }
     }
 
     /// Applies `cut` to one kind's chunks of `reactor`; returns how many records went.
+    ///
+    /// Removals are applied [`RETAIN_CHUNKS_PER_BATCH`] chunks at a time: one sled batch
+    /// holding a whole retention pass (hundreds of thousands of records on a busy reactor)
+    /// is buffered in full inside sled before it is written, a memory spike as large as
+    /// the pass. Each chunk's rewrite is atomic on its own, and a record is either still
+    /// there or gone, so a crash between batches leaves a valid, partly retained store.
     pub(super) fn retain_kind<T: Chunked>(
         &self,
         reactor: &str,
         removes: impl Fn(&T) -> bool,
         id_prefix_only: bool,
-        batch: &mut sled::Batch,
     ) -> Result<u64, LedgerError> {
         let mut removed = 0u64;
+        let mut batch = sled::Batch::default();
+        let mut staged = 0usize;
         for entry in self.records.scan_prefix(prefix(T::KIND, reactor)) {
             let (key, value) = entry.map_err(|e| self.read_error(e))?;
             let chunk: Vec<T> = self.decode_chunk(&key, &value)?;
@@ -116,7 +120,21 @@ impl SledLedger {
                 let bytes = self.encode_value(|| "chunk".into(), &kept)?;
                 batch.insert(chunk_key(T::KIND, reactor, first.id()), bytes);
             }
+            staged += 1;
+            if staged == RETAIN_CHUNKS_PER_BATCH {
+                self.apply_retention(std::mem::take(&mut batch))?;
+                staged = 0;
+            }
+        }
+        if staged > 0 {
+            self.apply_retention(batch)?;
         }
         Ok(removed)
+    }
+
+    fn apply_retention(&self, batch: sled::Batch) -> Result<(), LedgerError> {
+        self.records
+            .apply_batch(batch)
+            .map_err(|e| sled_error(&self.path, "retention failed", e))
     }
 }
