@@ -106,7 +106,7 @@ pub(crate) fn boundary_crc(b: &BoundaryRecord) -> u32 {
 }
 
 /// The checksum of a checkpoint stored in columns.
-#[cfg(any(feature = "sqlite", feature = "postgres", test))]
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub(crate) fn checkpoint_crc(c: &CheckpointRecord) -> u32 {
     field_crc(&[
         c.owner.as_bytes(),
