@@ -157,6 +157,16 @@ pub enum LedgerError {
         /// Version this build reads.
         expected: u8,
     },
+    /// An id-range read found a hole: records between two stored ones are missing (damage,
+    /// or a batch a writer gave up and counted as lost). Read with `allow_gaps` to get what
+    /// is there; [`Ledger::verify`] lists every hole. Permanent.
+    #[error("{backend} ledger: {gap}; read with `allow_gaps` to get the records that are there")]
+    Gap {
+        /// Backend name.
+        backend: &'static str,
+        /// Which ids are missing.
+        gap: IdGap,
+    },
     /// The ledger URL is malformed or names an unknown backend.
     #[error("bad ledger URL `{url}`: {reason}")]
     BadUrl {
@@ -226,6 +236,7 @@ impl LedgerError {
             | Self::BadTenant { .. }
             | Self::Corrupt { .. }
             | Self::Rejected { .. }
+            | Self::Gap { .. }
             | Self::Closed { .. } => false,
         }
     }
@@ -305,14 +316,17 @@ pub trait Ledger: Send + Sync + 'static {
     /// Makes every [`Commit::Buffered`] append so far durable.
     fn flush(&self) -> LedgerFuture<'_, ()>;
 
-    /// Firings matching `query`, oldest (lowest id) first.
+    /// Firings matching `query`, oldest (lowest id) first. A read by id whose result skips
+    /// ids fails with [`LedgerError::Gap`] unless the query [allows gaps](FiringQuery::allow_gaps).
     fn firings<'a>(&'a self, query: &'a FiringQuery) -> LedgerFuture<'a, Vec<FiringRecord>>;
 
     /// The newest (highest-id) firing of `reactor`, if any: where a restarted reactor
     /// continues its firing ids.
     fn last_firing<'a>(&'a self, reactor: &'a str) -> LedgerFuture<'a, Option<FiringRecord>>;
 
-    /// Boundaries matching `query`, in sequence order.
+    /// Boundaries matching `query`, in sequence order. A read by seq whose result skips seqs
+    /// fails with [`LedgerError::Gap`] unless the query
+    /// [allows gaps](BoundaryQuery::allow_gaps).
     fn boundaries<'a>(&'a self, query: &'a BoundaryQuery) -> LedgerFuture<'a, Vec<BoundaryRecord>>;
 
     /// The latest state snapshot of `reactor`.

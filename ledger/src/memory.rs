@@ -122,12 +122,15 @@ impl Ledger for MemoryLedger {
             let Some(m) = store.firings.get(&query.reactor) else {
                 return Ok(Vec::new());
             };
-            Ok(m.range(query.from_id.unwrap_or(0)..)
+            let found: Vec<FiringRecord> = m
+                .range(query.from_id.unwrap_or(0)..)
                 .map(|(_, f)| f)
                 .filter(|f| query.matches(f))
                 .take(query.limit.unwrap_or(usize::MAX))
                 .cloned()
-                .collect())
+                .collect();
+            query.check_gaps(BACKEND, &found)?;
+            Ok(found)
         })
     }
 
@@ -147,12 +150,15 @@ impl Ledger for MemoryLedger {
             let Some(m) = store.boundaries.get(&query.reactor) else {
                 return Ok(Vec::new());
             };
-            Ok(m.range(query.from_seq.unwrap_or(0)..)
+            let found: Vec<BoundaryRecord> = m
+                .range(query.from_seq.unwrap_or(0)..)
                 .map(|(_, b)| b)
                 .filter(|b| query.matches(b))
                 .take(query.limit.unwrap_or(usize::MAX))
                 .cloned()
-                .collect())
+                .collect();
+            query.check_gaps(BACKEND, &found)?;
+            Ok(found)
         })
     }
 

@@ -6,6 +6,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::LedgerError;
+
 /// A boundary a reactor received, in the order it received it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BoundaryRecord {
@@ -167,6 +169,9 @@ pub struct FiringQuery {
     pub until_unix_us: Option<i64>,
     /// At most this many (the oldest that match).
     pub limit: Option<usize>,
+    /// Return what is there even if ids inside the result are missing (see
+    /// [`FiringQuery::allow_gaps`]).
+    pub allow_gaps: bool,
 }
 
 impl FiringQuery {
@@ -176,6 +181,31 @@ impl FiringQuery {
             reactor: reactor.into(),
             ..Self::default()
         }
+    }
+
+    /// Reads past holes instead of failing on them. A reactor numbers its firings
+    /// contiguously, so by default a read by id (no time bound) whose result skips ids fails
+    /// with [`LedgerError::Gap`] naming them, rather than silently returning fewer records.
+    /// Set this to read a store with a known loss (a batch its writer gave up and counted).
+    pub fn allow_gaps(mut self) -> Self {
+        self.allow_gaps = true;
+        self
+    }
+
+    /// Fails with [`LedgerError::Gap`] if `found` (in id order) skips ids and this query
+    /// asked for an id range; every backend calls it on what it read.
+    pub fn check_gaps(
+        &self,
+        backend: &'static str,
+        found: &[FiringRecord],
+    ) -> Result<(), LedgerError> {
+        let by_id = self.since_unix_us.is_none() && self.until_unix_us.is_none();
+        if self.allow_gaps || !by_id {
+            return Ok(());
+        }
+        gaps(&self.reactor, "firing", found.iter().map(|f| f.firing_id))
+            .next()
+            .map_or(Ok(()), |gap| Err(LedgerError::Gap { backend, gap }))
     }
 
     /// Whether `f` matches (the reactor is matched by the backend's key).
@@ -201,6 +231,9 @@ pub struct BoundaryQuery {
     pub until_unix_us: Option<i64>,
     /// At most this many (the oldest that match).
     pub limit: Option<usize>,
+    /// Return what is there even if seqs inside the result are missing (see
+    /// [`BoundaryQuery::allow_gaps`]).
+    pub allow_gaps: bool,
 }
 
 impl BoundaryQuery {
@@ -210,6 +243,32 @@ impl BoundaryQuery {
             reactor: reactor.into(),
             ..Self::default()
         }
+    }
+
+    /// Reads past holes instead of failing on them. A reactor numbers its boundaries
+    /// contiguously, so by default a read by seq (no time bound) whose result skips seqs
+    /// fails with [`LedgerError::Gap`] naming them, rather than silently returning fewer
+    /// records. Set this to read a store with a known loss (a batch its writer gave up and
+    /// counted).
+    pub fn allow_gaps(mut self) -> Self {
+        self.allow_gaps = true;
+        self
+    }
+
+    /// Fails with [`LedgerError::Gap`] if `found` (in seq order) skips seqs and this query
+    /// asked for a seq range; every backend calls it on what it read.
+    pub fn check_gaps(
+        &self,
+        backend: &'static str,
+        found: &[BoundaryRecord],
+    ) -> Result<(), LedgerError> {
+        let by_seq = self.since_unix_us.is_none() && self.until_unix_us.is_none();
+        if self.allow_gaps || !by_seq {
+            return Ok(());
+        }
+        gaps(&self.reactor, "boundary", found.iter().map(|b| b.seq))
+            .next()
+            .map_or(Ok(()), |gap| Err(LedgerError::Gap { backend, gap }))
     }
 
     /// Whether `b` matches (the reactor is matched by the backend's key).
@@ -322,19 +381,29 @@ impl VerifyReport {
 
     /// Notes the holes in `ids` (ascending) of `reactor`'s `kind` records.
     pub(crate) fn note_gaps(&mut self, reactor: &str, kind: &'static str, ids: &[u64]) {
-        for pair in ids.windows(2) {
-            if let [a, b] = *pair {
-                if b > a.saturating_add(1) {
-                    self.gaps.push(IdGap {
-                        reactor: reactor.to_owned(),
-                        kind,
-                        after: a,
-                        before: b,
-                    });
-                }
-            }
-        }
+        self.gaps.extend(gaps(reactor, kind, ids.iter().copied()));
     }
+}
+
+/// The holes in `ids` (ascending): each pair of neighbours more than 1 apart.
+fn gaps<'a>(
+    reactor: &'a str,
+    kind: &'static str,
+    ids: impl Iterator<Item = u64> + 'a,
+) -> impl Iterator<Item = IdGap> + 'a {
+    let mut prev: Option<u64> = None;
+    ids.filter_map(move |id| {
+        let gap = prev
+            .filter(|&p| id > p.saturating_add(1))
+            .map(|after| IdGap {
+                reactor: reactor.to_owned(),
+                kind,
+                after,
+                before: id,
+            });
+        prev = Some(id);
+        gap
+    })
 }
 
 /// Ids missing between two stored records of one reactor: `after + 1 ..= before - 1`.
@@ -352,13 +421,23 @@ pub struct IdGap {
 
 impl std::fmt::Display for IdGap {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{}s {}..={} of reactor `{}` missing",
-            self.kind,
-            self.after.saturating_add(1),
-            self.before.saturating_sub(1),
-            self.reactor
-        )
+        let (first, last) = (self.after.saturating_add(1), self.before.saturating_sub(1));
+        if first == last {
+            write!(
+                f,
+                "{} {first} of reactor `{}` missing",
+                self.kind, self.reactor
+            )
+        } else {
+            let kinds = match self.kind {
+                "boundary" => "boundaries",
+                _ => "firings",
+            };
+            write!(
+                f,
+                "{kinds} {first}..={last} of reactor `{}` missing",
+                self.reactor
+            )
+        }
     }
 }

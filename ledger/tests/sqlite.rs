@@ -665,3 +665,42 @@ async fn a_damaged_page_is_found_by_verify() {
     };
     assert!(!problems.is_empty(), "the damage must be reported");
 }
+
+// Rows gone from the middle (a lost page, a batch a writer gave up): a read by seq fails
+// naming the missing range; with `allow_gaps` it returns what is there.
+#[tokio::test]
+async fn a_hole_in_the_ids_fails_a_read_and_names_the_range() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("l.db");
+    let ledger = SqliteLedger::open(&url(&path)).await.expect("open");
+    let records: Vec<Record> = (1..=3000)
+        .map(|i| Record::Boundary(boundary("r", i)))
+        .collect();
+    ledger
+        .append(&records, Commit::Durable)
+        .await
+        .expect("append");
+    ledger.close().await.expect("close");
+    let mut conn = raw(&path).await;
+    sqlx::query("DELETE FROM boundaries WHERE seq BETWEEN 1409 AND 2000")
+        .execute(&mut conn)
+        .await
+        .expect("remove rows");
+    conn.close().await.expect("close raw");
+    let ledger = SqliteLedger::open(&url(&path)).await.expect("reopen");
+    match ledger.boundaries(&BoundaryQuery::reactor("r")).await {
+        Err(e @ LedgerError::Gap { .. }) => assert!(
+            e.to_string()
+                .contains("boundaries 1409..=2000 of reactor `r` missing"),
+            "{e}"
+        ),
+        other => panic!("expected Gap, got {:?}", other.map(|v| v.len())),
+    }
+    let found = ledger
+        .boundaries(&BoundaryQuery::reactor("r").allow_gaps())
+        .await
+        .expect("read past the hole");
+    assert_eq!(found.len(), 3000 - 592);
+    let report = ledger.verify().await.expect("verify");
+    assert_eq!(report.gaps.len(), 1, "{report:?}");
+}

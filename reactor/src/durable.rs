@@ -199,13 +199,19 @@ pub(crate) async fn recover(
         state.last_seq = snap.last_seq;
         state.next_id = snap.next_firing_id.max(1);
     }
+    // Recovery reads past a hole (a batch a writer gave up and counted as lost must not stop
+    // the reactor from ever starting again) but says so: the hole is named in a warning.
+    let after_snapshot = BoundaryQuery {
+        from_seq: Some(state.last_seq + 1),
+        ..BoundaryQuery::reactor(reactor)
+    };
     let later = ledger
-        .boundaries(&BoundaryQuery {
-            from_seq: Some(state.last_seq + 1),
-            ..BoundaryQuery::reactor(reactor)
-        })
+        .boundaries(&after_snapshot.clone().allow_gaps())
         .await
         .map_err(|e| fail(e.to_string()))?;
+    if let Err(gap) = after_snapshot.check_gaps(ledger.backend(), &later) {
+        tracing::warn!(reactor, error = %gap, "recovering past missing boundaries");
+    }
     for record in &later {
         let (i, b) = decode(reactor, sources, record)?;
         state.last_seq = state.last_seq.max(b.seq());
@@ -218,10 +224,13 @@ pub(crate) async fn recover(
         }
     }
     let firings = ledger
-        .firings(&FiringQuery {
-            from_id: Some(state.next_id),
-            ..FiringQuery::reactor(reactor)
-        })
+        .firings(
+            &FiringQuery {
+                from_id: Some(state.next_id),
+                ..FiringQuery::reactor(reactor)
+            }
+            .allow_gaps(),
+        )
         .await
         .map_err(|e| fail(e.to_string()))?;
     if let Some(last) = firings.last() {

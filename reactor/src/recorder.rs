@@ -389,11 +389,14 @@ async fn last_live_seq(
     while below > 1 {
         let from = below.saturating_sub(PAGE).max(1);
         let page = ledger
-            .firings(&FiringQuery {
-                from_id: Some(from),
-                limit: Some(usize::try_from(below - from).unwrap_or(usize::MAX)),
-                ..FiringQuery::reactor(reactor)
-            })
+            .firings(
+                &FiringQuery {
+                    from_id: Some(from),
+                    limit: Some(usize::try_from(below - from).unwrap_or(usize::MAX)),
+                    ..FiringQuery::reactor(reactor)
+                }
+                .allow_gaps(),
+            )
             .await?;
         if let Some(live) = page
             .iter()

@@ -603,6 +603,7 @@ impl Ledger for SledLedger {
                 }
                 out.len() < limit
             })?;
+            query.check_gaps(BACKEND, &out)?;
             Ok(out)
         })
     }
@@ -632,6 +633,7 @@ impl Ledger for SledLedger {
                 }
                 out.len() < limit
             })?;
+            query.check_gaps(BACKEND, &out)?;
             Ok(out)
         })
     }

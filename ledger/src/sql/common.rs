@@ -508,7 +508,11 @@ macro_rules! forward_ledger {
                 &'a self,
                 query: &'a $crate::FiringQuery,
             ) -> $crate::LedgerFuture<'a, Vec<$crate::FiringRecord>> {
-                Box::pin(self.read_firings(query))
+                Box::pin(async move {
+                    let found = self.read_firings(query).await?;
+                    query.check_gaps($backend, &found)?;
+                    Ok(found)
+                })
             }
             fn last_firing<'a>(
                 &'a self,
@@ -520,7 +524,11 @@ macro_rules! forward_ledger {
                 &'a self,
                 query: &'a $crate::BoundaryQuery,
             ) -> $crate::LedgerFuture<'a, Vec<$crate::BoundaryRecord>> {
-                Box::pin(self.read_boundaries(query))
+                Box::pin(async move {
+                    let found = self.read_boundaries(query).await?;
+                    query.check_gaps($backend, &found)?;
+                    Ok(found)
+                })
             }
             fn snapshot<'a>(
                 &'a self,
