@@ -85,7 +85,7 @@ pub struct ReadmeDoctests;
 pub mod prelude {
     pub use crate::accumulators::{
         Accumulator, AccumulatorContext, AccumulatorError, AccumulatorHealth, BatchConfig,
-        BatchSender, BoundarySender, SendError, TrySendError,
+        BatchSender, BoundarySender, Delivered, SendError, TrySendError,
     };
     pub use crate::graph::{
         source, upstream, CompiledGraph, GraphBuilder, GraphError, GraphResult, InputCache, Route,

@@ -226,6 +226,13 @@ impl<T: Send + Sync + 'static> AccumulatorContext<T> {
         self.sender.source()
     }
 
+    /// This source's delivery watermark: how many boundaries it sent are done (consumed by a
+    /// completed firing and, with a ledger, recorded); see [`crate::Delivered`]. Commit an
+    /// external position (an offset) only up to what it covers.
+    pub fn delivered(&self) -> &Arc<crate::Delivered> {
+        self.sender.delivered()
+    }
+
     /// The typed sender into the reactor.
     pub fn sender(&self) -> &BoundarySender<T> {
         &self.sender

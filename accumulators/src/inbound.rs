@@ -16,6 +16,8 @@ use cloacina_graph_core::{BoundaryValue, SourceName};
 use cloacina_ledger::{AckSender, CheckpointRecord, LedgerError};
 use tokio::sync::mpsc;
 
+use crate::delivered::Delivered;
+
 /// What travels on a reactor's inbound channel, in order.
 pub enum Inbound {
     /// One value on its way to a reactor; the reactor stamps its sequence number and receive
@@ -88,7 +90,14 @@ impl fmt::Debug for Inbound {
 /// Creates a reactor's inbound channel with room for `capacity` boundaries.
 pub fn inbound_channel(capacity: usize) -> (InboundSender, mpsc::Receiver<Inbound>) {
     let (tx, rx) = mpsc::channel(crate::clamp_capacity(capacity));
-    (InboundSender { tx, durable: false }, rx)
+    (
+        InboundSender {
+            tx,
+            durable: false,
+            delivered: Arc::from(Vec::new()),
+        },
+        rx,
+    )
 }
 
 /// Untyped sending half of a reactor's inbound channel; [`InboundSender::typed`] makes a
@@ -97,6 +106,8 @@ pub fn inbound_channel(capacity: usize) -> (InboundSender, mpsc::Receiver<Inboun
 pub struct InboundSender {
     tx: mpsc::Sender<Inbound>,
     durable: bool,
+    /// One delivery watermark per source index (set by the reactor).
+    delivered: Arc<[Arc<Delivered>]>,
 }
 
 impl InboundSender {
@@ -104,6 +115,13 @@ impl InboundSender {
     /// reactor has recorded the boundary durably (for `Sync` reactors).
     pub fn durable(mut self, durable: bool) -> Self {
         self.durable = durable;
+        self
+    }
+
+    /// Gives senders made from this one the reactor's delivery watermarks, one per source
+    /// index (see [`Delivered`]).
+    pub fn with_delivery(mut self, delivered: Arc<[Arc<Delivered>]>) -> Self {
+        self.delivered = delivered;
         self
     }
 
@@ -119,6 +137,11 @@ impl InboundSender {
             index,
             source,
             durable: self.durable,
+            // A sender of a channel no reactor watermarks gets one that never moves.
+            delivered: self
+                .delivered
+                .get(index as usize)
+                .map_or_else(Delivered::new, Arc::clone),
             _t: PhantomData,
         }
     }
@@ -202,6 +225,7 @@ pub struct BoundarySender<T> {
     index: u32,
     source: SourceName,
     durable: bool,
+    delivered: Arc<Delivered>,
     _t: PhantomData<fn(T)>,
 }
 
@@ -212,6 +236,7 @@ impl<T> Clone for BoundarySender<T> {
             index: self.index,
             source: self.source.clone(),
             durable: self.durable,
+            delivered: Arc::clone(&self.delivered),
             _t: PhantomData,
         }
     }
@@ -229,6 +254,12 @@ impl<T: Send + Sync + 'static> BoundarySender<T> {
     /// The source this sender feeds.
     pub fn source(&self) -> &SourceName {
         &self.source
+    }
+
+    /// The source's delivery watermark: how many of its boundaries are done (see
+    /// [`Delivered`]). Shared by every clone of this sender.
+    pub fn delivered(&self) -> &Arc<Delivered> {
+        &self.delivered
     }
 
     fn inbound(&self, value: T, ack: Option<AckSender>) -> Inbound {

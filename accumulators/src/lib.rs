@@ -9,6 +9,9 @@
 //!   (typed sender, shutdown signal, the reactor's after-fire signal, health reporter and
 //!   counters). A stream source (Kafka) fits it unchanged: connect, loop on records, emit,
 //!   report health, stop on shutdown.
+//! - [`Delivered`]: a source's delivery watermark, advanced by the reactor as the boundaries
+//!   it took in are consumed by completed (and, with a ledger, recorded) firings; an
+//!   accumulator commits external positions (offsets) only up to it.
 //! - [`Passthrough`]: no task of its own; the typed, cloneable [`BoundarySender`] sends
 //!   straight into the reactor's queue. A full queue makes `send().await` wait and
 //!   `try_send` hand the value back: nothing is dropped.
@@ -45,6 +48,7 @@ pub fn clamp_capacity(capacity: usize) -> usize {
 
 mod batch;
 mod context;
+mod delivered;
 mod health;
 mod inbound;
 mod polling;
@@ -53,6 +57,7 @@ pub use batch::{Batch, BatchConfig, BatchSender};
 pub use context::{
     Accumulator, AccumulatorContext, AccumulatorError, AccumulatorMetrics, Passthrough,
 };
+pub use delivered::Delivered;
 pub use health::{AccumulatorHealth, HealthBoard, HealthReporter};
 pub use inbound::{
     inbound_channel, BoundarySender, Inbound, InboundSender, SendError, TrySendError,

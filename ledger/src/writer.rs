@@ -51,6 +51,12 @@ struct Entry {
 
 #[derive(Debug, Default)]
 struct StatusCells {
+    /// Records handed over (queued), in order (see [`LedgerWriter::handed`]).
+    handed: AtomicU64,
+    /// Records appended or given up on, in queue order (see [`LedgerWriter::settled`]).
+    settled: AtomicU64,
+    /// Woken after every batch settles (one waiter: see [`LedgerWriter::progressed`]).
+    progress: tokio::sync::Notify,
     failing: AtomicBool,
     failed_appends: AtomicU64,
     lost_records: AtomicU64,
@@ -186,7 +192,9 @@ impl LedgerWriter {
         self.tx
             .send(Entry { record, ack: None })
             .await
-            .map_err(|_| LedgerError::Closed { pending: 1 })
+            .map_err(|_| LedgerError::Closed { pending: 1 })?;
+        self.status.handed.fetch_add(1, Ordering::Relaxed);
+        Ok(())
     }
 
     /// Queues one record and has `ack` told once its batch has been appended (durably, for a
@@ -205,7 +213,10 @@ impl LedgerWriter {
             })
             .await
         {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                self.status.handed.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }
             Err(mpsc::error::SendError(entry)) => match entry.ack {
                 Some(ack) => Err((LedgerError::Closed { pending: 1 }, ack)),
                 None => Ok(()),
@@ -230,6 +241,7 @@ impl LedgerWriter {
                     for (permit, (record, ack)) in permits.zip(rest.by_ref()) {
                         permit.send(Entry { record, ack });
                     }
+                    self.status.handed.fetch_add(want as u64, Ordering::Relaxed);
                 }
                 Err(_) => {
                     for (_, ack) in rest.by_ref() {
@@ -256,6 +268,26 @@ impl LedgerWriter {
     /// Whether the writer task has stopped taking records.
     pub fn is_closed(&self) -> bool {
         self.tx.is_closed()
+    }
+
+    /// Records handed to this writer so far (queued by any `write*` method), in order.
+    pub fn handed(&self) -> u64 {
+        self.status.handed.load(Ordering::Relaxed)
+    }
+
+    /// Records handed to this writer that are settled: appended, or given up on (counted in
+    /// [`WriterStatus::lost_records`]). Records settle in the order they were handed over,
+    /// so a caller that counted its records knows the first `settled()` are done with; if
+    /// `lost_records` is 0, all of those were appended.
+    pub fn settled(&self) -> u64 {
+        self.status.settled.load(Ordering::Acquire)
+    }
+
+    /// Completes after the next batch settles (or at once if one settled since the last
+    /// wait). Meant for one waiter, the writer's owner: a second waiter may take the wake-up.
+    pub fn progressed(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let cells = Arc::clone(&self.status);
+        async move { cells.progress.notified().await }
     }
 
     /// How appends are going.
@@ -411,6 +443,10 @@ async fn run(
                 first_error.get_or_insert(e);
             }
         }
+        cells
+            .settled
+            .fetch_add(records.len() as u64, Ordering::Release);
+        cells.progress.notify_one();
         records.clear();
         // Buffered: flush when the queue runs dry or the interval has passed under load.
         if let (true, Some(interval)) = (unflushed, options.flush_interval) {

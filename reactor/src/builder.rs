@@ -3,7 +3,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use cloacina_accumulators::{inbound_channel, HealthBoard};
+use cloacina_accumulators::{inbound_channel, Delivered, HealthBoard};
 use cloacina_graph_core::{catch_panic, CompiledGraph, Executor, SourceName};
 use cloacina_ledger::{Commit, Ledger, LedgerWriter, WriterOptions};
 use tokio::sync::{mpsc, oneshot, watch, Notify};
@@ -19,6 +19,7 @@ use crate::metrics::ReactorMetrics;
 use crate::recorder::{Counters, Recorder, RecorderSetup};
 use crate::stats::ReactorStats;
 use crate::trigger::Trigger;
+use crate::watermark::Watermarks;
 
 /// Configures a reactor for one compiled graph.
 pub struct ReactorBuilder {
@@ -237,7 +238,10 @@ impl ReactorBuilder {
             .map(|s| s.name.clone())
             .collect();
         let (inbound, inbound_rx) = inbound_channel(self.inbound_capacity);
-        let inbound = inbound.durable(records_state && durability == Durability::Sync);
+        let delivered: Arc<[Arc<Delivered>]> = sources.iter().map(|_| Delivered::new()).collect();
+        let inbound = inbound
+            .durable(records_state && durability == Durability::Sync)
+            .with_delivery(Arc::clone(&delivered));
         let (control, control_rx) = mpsc::unbounded_channel();
         let (health_tx, health_rx) = watch::channel(ReactorHealth::Starting);
         let stats = Arc::new(ReactorStats::default());
@@ -300,6 +304,8 @@ impl ReactorBuilder {
                 board_seen: 0,
                 health: health_tx,
                 after_fire: self.after_fire,
+                watermarks: Watermarks::new(delivered),
+                published_at: std::time::Instant::now(),
             },
             draining: false,
             stats: Arc::clone(&stats),

@@ -20,9 +20,13 @@ use crate::metrics::ReactorMetrics;
 use crate::recorder::{not_recorded, Counters, Recorder};
 use crate::stats::ReactorStats;
 use crate::trigger::{Step, Trigger};
+use crate::watermark::Watermarks;
 
 /// Boundaries taken from the inbound queue per wake-up at most.
 const BATCH: usize = 256;
+
+/// How often a run of firings publishes delivery watermarks (besides once per loop turn).
+const PUBLISH_EVERY: Duration = Duration::from_millis(1);
 
 /// Whether the loop goes on after a command.
 #[derive(PartialEq, Eq)]
@@ -46,6 +50,10 @@ pub(crate) struct Signals {
     pub(crate) board_seen: u64,
     pub(crate) health: watch::Sender<ReactorHealth>,
     pub(crate) after_fire: Vec<Arc<Notify>>,
+    /// The sources' delivery watermarks.
+    pub(crate) watermarks: Watermarks,
+    /// When a firing last published them from inside a run of firings.
+    pub(crate) published_at: Instant,
 }
 
 pub(crate) struct Core {
@@ -86,6 +94,7 @@ impl Core {
             if self.recorder.hand_over().await {
                 self.refresh_health();
             }
+            self.publish_delivery();
             if let Some(spin) = self.intake.spin {
                 if self.spin_for_work(&control, spin) {
                     // Boundaries are waiting: take them without going through `select!`
@@ -106,6 +115,13 @@ impl Core {
                 }
             }
             let room = self.room();
+            // Only while a watermark waits for the writer (no cost otherwise).
+            let progressed = self
+                .signals
+                .watermarks
+                .waiting_for()
+                .and_then(|_| self.recorder.progressed());
+            let waiting = progressed.is_some();
             tokio::select! {
                 biased;
                 cmd = control.recv() => {
@@ -126,6 +142,9 @@ impl Core {
                     if self.recorder.note_status() {
                         self.refresh_health();
                     }
+                }
+                () = async { if let Some(p) = progressed { p.await } }, if waiting => {
+                    // Published at the top of the loop.
                 }
                 n = self.intake.rx.recv_many(&mut self.intake.buf, room), if self.intake.open && room > 0 => {
                     if n == 0 {
@@ -182,11 +201,51 @@ impl Core {
             if !control.is_empty() || board.is_some_and(|b| b.version() != board_seen) {
                 return false;
             }
+            if self.delivery_settled() {
+                return false;
+            }
             turns = turns.wrapping_add(1);
             if turns % 128 == 0 && start.elapsed() >= spin {
                 return false;
             }
             std::hint::spin_loop();
+        }
+    }
+
+    /// Publishes the delivery watermarks: at once without a ledger; with one, once the
+    /// writer has settled the records of the firings they stand for.
+    fn publish_delivery(&mut self) {
+        match self.recorder.delivery_position() {
+            None => self.signals.watermarks.publish_now(),
+            Some((handed, settled, lost)) => {
+                self.signals.watermarks.recorded(handed, settled, lost);
+            }
+        }
+    }
+
+    /// Inside a run of firings (a Sequential backlog), publishes the watermarks (handing the
+    /// records over first) at most every [`PUBLISH_EVERY`], judged by the firing's own
+    /// completion time (no clock read): a slow graph's progress is seen while it works
+    /// through a backlog, not when the batch ends.
+    pub(crate) async fn publish_if_due(&mut self, completed: Instant) {
+        if completed.saturating_duration_since(self.signals.published_at) < PUBLISH_EVERY {
+            return;
+        }
+        self.signals.published_at = completed;
+        if self.recorder.hand_over().await {
+            self.refresh_health();
+        }
+        self.publish_delivery();
+    }
+
+    /// Whether the writer has settled what the oldest pending watermark waits for.
+    fn delivery_settled(&self) -> bool {
+        match (
+            self.signals.watermarks.waiting_for(),
+            self.recorder.delivery_position(),
+        ) {
+            (Some(pos), Some((_, settled, _))) => settled >= pos,
+            _ => false,
         }
     }
 
@@ -516,7 +575,14 @@ impl Core {
         }
         // A final snapshot: a restart resumes exactly here without replaying boundaries.
         self.snapshot().await;
+        self.publish_delivery();
+        let recording = self.recorder.is_recording();
         let (written, unwritten) = self.recorder.close().await;
+        if recording {
+            // Closed: everything handed over has settled.
+            let lost = unwritten > 0 || written.as_ref().is_some_and(|r| r.lost > 0);
+            self.signals.watermarks.recorded(u64::MAX, u64::MAX, lost);
+        }
         let mut report = ShutdownReport {
             fires: self.stats.fires.load(Ordering::Relaxed),
             boundaries: self.stats.boundaries.load(Ordering::Relaxed),

@@ -74,6 +74,11 @@ impl Core {
         if manual {
             self.stats.manual_fires.fetch_add(1, Ordering::Relaxed);
         }
+        if inputs.is_none() {
+            // Completed or dead-lettered (both failure policies record a failure with its
+            // inputs): what the live cache held is consumed.
+            self.signals.watermarks.fired(self.trigger.applied());
+        }
         match &outcome {
             Ok(_) => {
                 for notify in &self.signals.after_fire {
@@ -86,6 +91,9 @@ impl Core {
             }
         }
         if !wanted {
+            if inputs.is_none() {
+                self.publish_if_due(completed).await;
+            }
             return None;
         }
         let firing = Arc::new(Firing {
@@ -112,6 +120,9 @@ impl Core {
         self.subscribers
             .deliver(&self.name, &firing, &self.stats, &self.metrics)
             .await;
+        if inputs.is_none() {
+            self.publish_if_due(completed).await;
+        }
         Some(firing)
     }
 

@@ -72,6 +72,7 @@ mod replay;
 mod stats;
 mod subscription;
 mod trigger;
+mod watermark;
 
 pub use builder::ReactorBuilder;
 pub use config::{

@@ -322,6 +322,24 @@ impl Recorder {
         Ok(())
     }
 
+    /// Where the ledger writer stands for delivery watermarks: records handed over, records
+    /// settled (read after `handed`), and whether any record was lost (read after
+    /// `settled`, so a loss inside it is seen). `None` without a ledger (or once closed).
+    pub(crate) fn delivery_position(&self) -> Option<(u64, u64, bool)> {
+        let writer = self.writer.as_ref()?;
+        let handed = writer.handed();
+        let settled = writer.settled();
+        let lost = self.unwritten > 0 || writer.status().lost_records > 0;
+        Some((handed, settled, lost))
+    }
+
+    /// Completes after the writer settles its next batch; `None` without a ledger.
+    pub(crate) fn progressed(
+        &self,
+    ) -> Option<impl std::future::Future<Output = ()> + Send + 'static> {
+        self.writer.as_ref().map(LedgerWriter::progressed)
+    }
+
     /// Publishes the writer's counters; returns whether the failing state changed.
     pub(crate) fn note_status(&mut self) -> bool {
         let Some(writer) = &self.writer else {

@@ -37,6 +37,11 @@ pub(crate) struct Trigger {
     queue_limit: usize,
     paused: bool,
     warmed: bool,
+    /// Per source: boundaries of this life applied to the cache (Latest: taken in;
+    /// Sequential: stepped from the queue). What a firing on the live cache consumes.
+    applied: Vec<u64>,
+    /// Per source: restored (earlier life's) queue entries not stepped yet; not counted.
+    restored: Vec<u64>,
 }
 
 impl Trigger {
@@ -50,6 +55,7 @@ impl Trigger {
         queue_limit: usize,
     ) -> Self {
         let n_watched = watched.iter().filter(|w| **w).count();
+        let sources = watched.len();
         Self {
             strategy,
             when_all,
@@ -62,6 +68,8 @@ impl Trigger {
             queue_limit: queue_limit.max(1),
             paused: false,
             warmed: false,
+            applied: vec![0; sources],
+            restored: vec![0; sources],
         }
     }
 
@@ -91,8 +99,26 @@ impl Trigger {
             InputStrategy::Latest => {
                 self.cache.set_at(index, boundary);
                 self.mark_dirty(index);
+                self.count_applied(index);
             }
             InputStrategy::Sequential => self.queue.push_back((index, boundary)),
+        }
+    }
+
+    /// Per source, this life's boundaries applied to the cache so far: what a firing on the
+    /// live cache now would consume (the delivery watermark's input).
+    pub(crate) fn applied(&self) -> &[u64] {
+        &self.applied
+    }
+
+    fn count_applied(&mut self, index: usize) {
+        match self.restored.get_mut(index) {
+            Some(left) if *left > 0 => *left -= 1,
+            _ => {
+                if let Some(n) = self.applied.get_mut(index) {
+                    *n += 1;
+                }
+            }
         }
     }
 
@@ -160,6 +186,7 @@ impl Trigger {
         };
         self.cache.set_at(index, boundary);
         self.mark_dirty(index);
+        self.count_applied(index);
         Step::Applied {
             fire: self.criteria_met(),
         }
@@ -202,6 +229,11 @@ impl Trigger {
         for (index, d) in dirty.iter().enumerate() {
             if *d {
                 self.mark_dirty(index);
+            }
+        }
+        for (index, _) in &queue {
+            if let Some(n) = self.restored.get_mut(*index) {
+                *n += 1;
             }
         }
         self.queue = queue;
@@ -249,6 +281,29 @@ mod tests {
 
     fn value(t: &Trigger, index: usize) -> Option<u64> {
         t.cache().at(index).and_then(|b| b.get::<u64>().copied())
+    }
+
+    #[test]
+    fn applied_counts_this_lifes_boundaries_only() {
+        let mut t = trigger(InputStrategy::Sequential, false, 8);
+        let restored: VecDeque<(usize, Boundary)> =
+            [(0, Boundary::new(1, 1u64)), (1, Boundary::new(2, 2u64))].into();
+        t.restore(vec![None, None], &[false, false], restored);
+        t.offer(0, Boundary::new(3, 3u64));
+        assert_eq!(t.applied(), [0, 0], "queued is not applied");
+        t.step(false);
+        t.step(false);
+        assert_eq!(
+            t.applied(),
+            [0, 0],
+            "restored entries are an earlier life's"
+        );
+        t.step(false);
+        assert_eq!(t.applied(), [1, 0]);
+        let mut l = trigger(InputStrategy::Latest, false, 8);
+        l.offer(1, Boundary::new(1, 1u64));
+        l.offer(1, Boundary::new(2, 2u64));
+        assert_eq!(l.applied(), [0, 2], "Latest: coalesced ones count too");
     }
 
     #[test]

@@ -13,6 +13,8 @@ use cloacina_reactor::{
     Durability, Firing, InputStrategy, LowLatency, ReactorHandle, Subscription, TryRecvError,
 };
 
+mod common;
+
 const PATIENCE: Duration = Duration::from_secs(10);
 
 fn echo(x: Option<&u64>) -> u64 {
@@ -230,78 +232,13 @@ async fn low_latency_mode_fires_everything_in_order_and_shuts_down() {
     assert!(r.sender::<u64>("x").expect("sender").is_closed());
 }
 
-/// A store whose appends always fail (reads work, and find nothing).
-struct BrokenStore(cloacina_ledger::MemoryLedger);
-
-impl Ledger for BrokenStore {
-    fn backend(&self) -> &'static str {
-        "broken"
-    }
-    fn append<'a>(
-        &'a self,
-        _records: &'a [cloacina_ledger::Record],
-        _commit: cloacina_ledger::Commit,
-    ) -> cloacina_ledger::LedgerFuture<'a, ()> {
-        Box::pin(async {
-            Err(cloacina_ledger::LedgerError::Rejected {
-                backend: "broken",
-                message: "disk on fire".into(),
-            })
-        })
-    }
-    fn flush(&self) -> cloacina_ledger::LedgerFuture<'_, ()> {
-        self.0.flush()
-    }
-    fn firings<'a>(
-        &'a self,
-        q: &'a FiringQuery,
-    ) -> cloacina_ledger::LedgerFuture<'a, Vec<cloacina_ledger::FiringRecord>> {
-        self.0.firings(q)
-    }
-    fn last_firing<'a>(
-        &'a self,
-        r: &'a str,
-    ) -> cloacina_ledger::LedgerFuture<'a, Option<cloacina_ledger::FiringRecord>> {
-        self.0.last_firing(r)
-    }
-    fn boundaries<'a>(
-        &'a self,
-        q: &'a cloacina_ledger::BoundaryQuery,
-    ) -> cloacina_ledger::LedgerFuture<'a, Vec<cloacina_ledger::BoundaryRecord>> {
-        self.0.boundaries(q)
-    }
-    fn snapshot<'a>(
-        &'a self,
-        r: &'a str,
-    ) -> cloacina_ledger::LedgerFuture<'a, Option<cloacina_ledger::SnapshotRecord>> {
-        self.0.snapshot(r)
-    }
-    fn checkpoint<'a>(
-        &'a self,
-        o: &'a str,
-        k: &'a str,
-    ) -> cloacina_ledger::LedgerFuture<'a, Option<cloacina_ledger::CheckpointRecord>> {
-        self.0.checkpoint(o, k)
-    }
-    fn retain<'a>(
-        &'a self,
-        r: &'a str,
-        retention: cloacina_ledger::Retention,
-    ) -> cloacina_ledger::LedgerFuture<'a, cloacina_ledger::RetainReport> {
-        self.0.retain(r, retention)
-    }
-    fn verify(&self) -> cloacina_ledger::LedgerFuture<'_, cloacina_ledger::VerifyReport> {
-        self.0.verify()
-    }
-}
-
 /// When the writer gives a batch up, an idle reactor turns Degraded and counts the loss at
 /// once, not when the next boundary happens to arrive.
 #[tokio::test]
 async fn idle_reactor_reports_a_given_up_batch_at_once() {
     let r = ReactorHandle::builder(echo_graph())
         .ledger(
-            Arc::new(BrokenStore(cloacina_ledger::MemoryLedger::new())),
+            Arc::new(common::BrokenStore(cloacina_ledger::MemoryLedger::new())),
             64,
         )
         .spawn()
