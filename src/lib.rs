@@ -65,11 +65,11 @@ pub use cloacina_workflow_layer as workflow;
 pub use inventory;
 
 use accumulators::{
-    Accumulator, AccumulatorContext, AccumulatorError, AccumulatorHealth, AccumulatorMetrics,
-    Batch, BatchConfig, BatchSender, BoundarySender, HealthBoard, HealthReporter, Passthrough,
-    Polling,
+    Accumulator, AccumulatorContext, AccumulatorError, AccumulatorFactory, AccumulatorHealth,
+    AccumulatorMetrics, Batch, BatchConfig, BatchSender, BoundarySender, HealthBoard,
+    HealthReporter, Passthrough, Polling, RestartPolicy,
 };
-use graph::{catch_panic, BuildError, CompiledGraph, SourceName};
+use graph::{BuildError, CompiledGraph, SourceName};
 use ledger::Ledger;
 use reactor::{
     InputStrategy, ReactionCriteria, ReactorBuilder, ReactorError, ReactorHandle, ShutdownReport,
@@ -84,8 +84,9 @@ pub struct ReadmeDoctests;
 /// Everything a typical program needs.
 pub mod prelude {
     pub use crate::accumulators::{
-        Accumulator, AccumulatorContext, AccumulatorError, AccumulatorHealth, BatchConfig,
-        BatchSender, BoundarySender, Delivered, SendError, TrySendError,
+        Accumulator, AccumulatorContext, AccumulatorError, AccumulatorFactory, AccumulatorHealth,
+        BatchConfig, BatchSender, BoundarySender, Delivered, RestartPolicy, SendError,
+        TrySendError,
     };
     pub use crate::graph::{
         source, upstream, CompiledGraph, GraphBuilder, GraphError, GraphResult, InputCache, Route,
@@ -171,10 +172,25 @@ struct Wiring<'a> {
     after_fire: Option<Arc<Notify>>,
     health: HealthReporter,
     metrics: Arc<AccumulatorMetrics>,
+    restart: RestartPolicy,
 }
 
 type SpawnFn =
     Box<dyn FnOnce(Wiring<'_>) -> Result<JoinHandle<Result<(), AccumulatorError>>, Error> + Send>;
+
+/// A factory whose first instance was made ahead (at registration).
+struct FirstThen<F: AccumulatorFactory> {
+    first: Option<F::Accumulator>,
+    rest: F,
+}
+
+impl<F: AccumulatorFactory> AccumulatorFactory for FirstThen<F> {
+    type Accumulator = F::Accumulator;
+
+    fn create(&mut self) -> Option<F::Accumulator> {
+        self.first.take().or_else(|| self.rest.create())
+    }
+}
 
 struct Pending {
     source: SourceName,
@@ -189,6 +205,7 @@ pub struct EmbeddedGraphBuilder {
     reactor: ReactorBuilder,
     ledger: Option<Arc<dyn Ledger>>,
     ledger_queue: usize,
+    restart: RestartPolicy,
     pending: Vec<Pending>,
     batch_senders: HashMap<SourceName, Box<dyn Any + Send + Sync>>,
 }
@@ -293,39 +310,54 @@ impl EmbeddedGraphBuilder {
         self
     }
 
-    /// Feeds `source` with any [`Accumulator`].
-    pub fn accumulator<A: Accumulator>(mut self, source: impl Into<SourceName>, acc: A) -> Self {
+    /// How failed accumulators registered with a factory are restarted (default: backoff
+    /// from 1 s doubling to 60 s, Failed after 5 consecutive failures).
+    pub fn restart_policy(mut self, policy: RestartPolicy) -> Self {
+        self.restart = policy;
+        self
+    }
+
+    /// Feeds `source` with one [`Accumulator`] instance. It runs under supervision, but one
+    /// instance cannot be replaced: if it fails, the source is marked Failed. Register a
+    /// factory with [`EmbeddedGraphBuilder::accumulator_factory`] to have it restarted.
+    pub fn accumulator<A: Accumulator>(self, source: impl Into<SourceName>, acc: A) -> Self {
+        self.accumulator_factory(source, accumulators::Once::new(acc))
+    }
+
+    /// Feeds `source` with instances from `factory` (any `FnMut() -> A`): a fresh one at
+    /// start and after each failure, under the [`EmbeddedGraphBuilder::restart_policy`]
+    /// (restore, run, close; exponential backoff; Failed after too many consecutive
+    /// failures). A failing accumulator is restarted alone: the reactor shows Degraded
+    /// meanwhile and keeps running.
+    pub fn accumulator_factory<F: AccumulatorFactory>(
+        mut self,
+        source: impl Into<SourceName>,
+        mut factory: F,
+    ) -> Self {
+        type Out<F> = <<F as AccumulatorFactory>::Accumulator as Accumulator>::Output;
         let source = source.into();
-        let after_fire = acc.wants_after_fire();
+        // The first instance is made now: it says whether it wants the after-fire signal.
+        let first = factory.create();
+        let after_fire = first.as_ref().is_some_and(Accumulator::wants_after_fire);
+        let factory = FirstThen {
+            first,
+            rest: factory,
+        };
         let name = source.clone();
         let spawn: SpawnFn = Box::new(move |w: Wiring<'_>| {
-            let sender = w.reactor.sender::<A::Output>(name.as_str())?;
-            let reporter = w.health.clone();
+            let sender = w.reactor.sender::<Out<F>>(name.as_str())?;
             let mut ctx = AccumulatorContext::new(sender, w.shutdown, w.after_fire, w.health)
                 .with_metrics(w.metrics);
             if let Some(ledger) = w.ledger {
                 ctx = ctx.with_checkpoints(ledger, format!("{}/{name}", w.reactor.name()));
             }
-            Ok(tokio::spawn(async move {
-                match catch_panic(acc.run(ctx)).await {
-                    Ok(result) => result,
-                    Err(message) => {
-                        reporter.set(AccumulatorHealth::Disconnected);
-                        tracing::error!(source = %name, %message, "accumulator panicked");
-                        Err(AccumulatorError::Failed {
-                            source_name: name,
-                            message: format!("panicked: {message}"),
-                        })
-                    }
-                }
-            }))
+            Ok(tokio::spawn(accumulators::supervise(
+                factory, ctx, w.restart,
+            )))
         });
         self.pending.push(Pending {
             source,
-            output: (
-                TypeId::of::<A::Output>(),
-                std::any::type_name::<A::Output>(),
-            ),
+            output: (TypeId::of::<Out<F>>(), std::any::type_name::<Out<F>>()),
             after_fire,
             spawn,
         });
@@ -438,6 +470,7 @@ impl EmbeddedGraphBuilder {
                 after_fire: notify,
                 health: reporter,
                 metrics: Arc::clone(&m),
+                restart: self.restart,
             })?;
             metrics.push((p.source.clone(), m));
             tasks.push((p.source, task));
@@ -488,6 +521,7 @@ impl EmbeddedGraph {
             reactor: ReactorBuilder::new(Arc::clone(&graph)),
             ledger: None,
             ledger_queue: 65_536,
+            restart: RestartPolicy::default(),
             graph,
             pending: Vec::new(),
             batch_senders: HashMap::new(),

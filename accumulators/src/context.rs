@@ -65,6 +65,7 @@ pub struct AccumulatorMetrics {
     boundaries: AtomicU64,
     last_event_unix_us: AtomicI64,
     failures: AtomicU64,
+    restarts: AtomicU64,
 }
 
 impl AccumulatorMetrics {
@@ -80,6 +81,16 @@ impl AccumulatorMetrics {
     /// Counts a failure of the accumulator's own source (e.g. a panicking poll function).
     pub fn record_failure(&self) {
         self.failures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a restart by the supervisor.
+    pub fn record_restart(&self) {
+        self.restarts.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Times the supervisor restarted the accumulator after a failure.
+    pub fn restarts(&self) -> u64 {
+        self.restarts.load(Ordering::Relaxed)
     }
 
     /// Events taken in.
@@ -115,6 +126,7 @@ pub struct AccumulatorContext<T> {
 }
 
 /// Where an accumulator's checkpoints go.
+#[derive(Clone)]
 struct Checkpoints {
     ledger: Arc<dyn Ledger>,
     owner: String,
@@ -145,6 +157,19 @@ impl<T: Send + Sync + 'static> AccumulatorContext<T> {
             health,
             metrics: Arc::default(),
             checkpoints: None,
+        }
+    }
+
+    /// Another context on the same sender, signals, health, counters and checkpoints: what
+    /// the supervisor hands each fresh instance.
+    pub(crate) fn duplicate(&self) -> Self {
+        Self {
+            sender: self.sender.clone(),
+            shutdown: self.shutdown.clone(),
+            after_fire: self.after_fire.clone(),
+            health: self.health.clone(),
+            metrics: Arc::clone(&self.metrics),
+            checkpoints: self.checkpoints.clone(),
         }
     }
 
@@ -295,9 +320,11 @@ impl<T: Send + Sync + 'static> AccumulatorContext<T> {
 
 /// A long-running producer of boundaries for one source.
 ///
-/// `run` is spawned once by the engine; it emits through the context, reports health, and
-/// returns when [`AccumulatorContext::shutdown_requested`] completes, after delivering
-/// everything it has accepted.
+/// The engine starts it under supervision (see [`crate::supervise`]): `restore`, then `run`,
+/// which emits through the context, reports health, and returns when
+/// [`AccumulatorContext::shutdown_requested`] completes, after delivering everything it has
+/// accepted (its close phase). An instance that fails or panics is replaced by a fresh one
+/// from its factory.
 pub trait Accumulator: Send + 'static {
     /// Type of the boundaries it emits.
     type Output: Send + Sync + 'static;
@@ -305,6 +332,17 @@ pub trait Accumulator: Send + 'static {
     /// Whether it wants the reactor's after-fire signal.
     fn wants_after_fire(&self) -> bool {
         false
+    }
+
+    /// Restores state before [`Accumulator::run`] (read a checkpoint with
+    /// [`AccumulatorContext::last_checkpoint`], a stored offset, ...); called on every
+    /// (re)start by the supervisor. An error is a failed start, restarted like a failed run.
+    fn restore(
+        &mut self,
+        ctx: &AccumulatorContext<Self::Output>,
+    ) -> impl Future<Output = Result<(), AccumulatorError>> + Send {
+        let _ = ctx;
+        std::future::ready(Ok(()))
     }
 
     /// Runs until shutdown.

@@ -19,7 +19,11 @@ pub enum AccumulatorHealth {
     Disconnected,
     /// Has no event source of its own; fed by in-process pushes only.
     SocketOnly,
-    /// Stopped (shutdown or failure).
+    /// Failed; the supervisor restarts it after a backoff.
+    Restarting,
+    /// Failed too many times in a row; the supervisor gave up on it.
+    Failed,
+    /// Stopped (shutdown).
     Stopped,
 }
 

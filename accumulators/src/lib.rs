@@ -52,6 +52,7 @@ mod delivered;
 mod health;
 mod inbound;
 mod polling;
+pub mod supervise;
 
 pub use batch::{Batch, BatchConfig, BatchSender};
 pub use context::{
@@ -63,3 +64,4 @@ pub use inbound::{
     inbound_channel, BoundarySender, Inbound, InboundSender, SendError, TrySendError,
 };
 pub use polling::Polling;
+pub use supervise::{supervise, AccumulatorFactory, Once, RestartPolicy};

@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use cloacina_accumulators::{HealthBoard, Inbound};
+use cloacina_accumulators::{AccumulatorHealth, HealthBoard, Inbound};
 use cloacina_graph_core::{Boundary, CompiledGraph, Executor, SourceName};
 use tokio::sync::{mpsc, watch, Notify};
 
@@ -493,13 +493,15 @@ impl Core {
             }
             None => Vec::new(),
         };
-        let not_ready: Vec<SourceName> = states
+        let not_ready: Vec<(SourceName, AccumulatorHealth)> = states
             .iter()
             .filter(|(_, h)| !h.is_ready())
-            .map(|(s, _)| s.clone())
+            .cloned()
             .collect();
         let health = if !self.trigger.is_warmed() && !not_ready.is_empty() {
-            ReactorHealth::Warming { waiting: not_ready }
+            ReactorHealth::Warming {
+                waiting: not_ready.into_iter().map(|(s, _)| s).collect(),
+            }
         } else {
             self.trigger.warm();
             // While shutting down, accumulators stop one by one: that is not a degradation.
@@ -508,7 +510,7 @@ impl Core {
             } else {
                 not_ready
                     .iter()
-                    .map(|s| format!("accumulator `{s}` not live"))
+                    .map(|(s, h)| format!("accumulator `{s}` not live ({h:?})"))
                     .collect()
             };
             if self.recorder.is_failing() {
