@@ -57,6 +57,9 @@ pub mod registry;
 
 pub use cloacina_accumulators as accumulators;
 pub use cloacina_graph_core as graph;
+/// Kafka in: [`kafka::KafkaSource`] (cargo feature `kafka`, on by default).
+#[cfg(feature = "kafka")]
+pub use cloacina_kafka as kafka;
 pub use cloacina_ledger as ledger;
 pub use cloacina_macros::{computation_graph, reactor};
 pub use cloacina_reactor as reactor;

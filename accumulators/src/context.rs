@@ -292,6 +292,14 @@ impl<T: Send + Sync + 'static> AccumulatorContext<T> {
         Ok(())
     }
 
+    /// Emits one boundary if the reactor's queue has room, without waiting (for a consumer
+    /// thread that pauses its source on backpressure); a full queue hands the value back.
+    pub fn try_emit(&self, value: T) -> Result<(), crate::TrySendError<T>> {
+        self.sender.try_send(value)?;
+        self.metrics.boundaries.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
     /// Reports health.
     pub fn set_health(&self, health: AccumulatorHealth) {
         self.health.set(health);

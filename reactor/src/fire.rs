@@ -31,6 +31,11 @@ impl Core {
         };
         if inputs.is_none() {
             self.trigger.clear_dirty();
+            if !self.recorder.is_recording() {
+                // Before a firing that may take long, what earlier ones consumed is
+                // published (cheap: only if it moved; no clock read, no allocation).
+                self.signals.watermarks.publish_now();
+            }
         }
         let id = self.counters.next_id;
         self.counters.next_id += 1;

@@ -1,0 +1,45 @@
+//! # cloacina-kafka
+//!
+//! Kafka topics as the boundaries of a reactor's source, through librdkafka (`rdkafka`).
+//!
+//! [`KafkaSource`] is an [`Accumulator`](cloacina_accumulators::Accumulator): register it with
+//! `EmbeddedGraphBuilder::accumulator_factory(source, move || kafka.clone())` so that a failed
+//! consumer is restarted alone. It consumes on a dedicated OS thread (a `BaseConsumer` polled
+//! in a loop: the case librdkafka is fastest at), decodes each record with a [`Decoder`]
+//! (serde JSON, the engine codec, or a function that may also filter), and sends the value
+//! into the reactor's queue without blocking the poll loop.
+//!
+//! **Commit-after-fire.** Auto-commit is off. A record's offset is committed only once the
+//! reactor's delivery watermark (`cloacina_accumulators::Delivered`) reports its boundary
+//! done: consumed by a firing that completed (or was dead-lettered by the failure policy)
+//! and, with a ledger, recorded. Filtered and undecodable records are committed once
+//! everything before them is. Commits are made every `commit_every` (200 ms), on revoke (for
+//! the revoked partitions, before they go) and on close (after waiting up to
+//! `close_timeout` for the records in flight).
+//!
+//! **Guarantee**: at-least-once to the graph and its subscribers. A crash, or a rebalance
+//! while records are in flight, re-delivers the records after the last commit: at most what
+//! was consumed in the last `commit_every` plus what was in flight. Nothing is lost: a record
+//! is never committed before its firing is done.
+//!
+//! **Backpressure**: when the reactor's queue is full the source pauses its partitions
+//! (`pause`), keeps polling (group membership, callbacks) and resumes them once the held
+//! record is taken: bounded memory, nothing dropped, no busy loop.
+//!
+//! **Bad input**: a record the decoder rejects is a dead letter: counted
+//! ([`KafkaStats::dead_letters`]), logged at `error` with topic, partition, offset, key and
+//! reason, and its offset committed; it never stops the stream. An unknown topic or
+//! unreachable brokers at start is an error naming them (the supervisor restarts the source
+//! with backoff, then marks it Failed). While every broker is down the source reports
+//! `Disconnected` (the reactor is Degraded) and `Live` again once records flow.
+
+mod consumer;
+mod decode;
+mod offsets;
+mod source;
+
+pub use decode::{DecodeResult, Decoder, KafkaRecord};
+pub use source::{KafkaSource, KafkaStats, StartFrom};
+
+/// librdkafka through `rdkafka`, re-exported for tests and tools (the mock cluster, producers).
+pub use rdkafka;

@@ -1,0 +1,200 @@
+//! [`KafkaSource`]: the stream accumulator's configuration, counters and `Accumulator` impl.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use cloacina_accumulators::{Accumulator, AccumulatorContext, AccumulatorError, AccumulatorHealth};
+use serde::de::DeserializeOwned;
+
+use crate::consumer;
+use crate::decode::Decoder;
+
+/// Where a consumer group with no committed offset starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StartFrom {
+    /// The oldest record kept (`auto.offset.reset=earliest`, the default).
+    #[default]
+    Earliest,
+    /// Only records produced from now on (`auto.offset.reset=latest`).
+    Latest,
+}
+
+/// Counters of one Kafka source (shared: read them while it runs).
+#[derive(Debug, Default)]
+pub struct KafkaStats {
+    pub(crate) records: AtomicU64,
+    pub(crate) boundaries: AtomicU64,
+    pub(crate) filtered: AtomicU64,
+    pub(crate) dead_letters: AtomicU64,
+    pub(crate) commits: AtomicU64,
+    pub(crate) commit_failures: AtomicU64,
+    pub(crate) pauses: AtomicU64,
+    pub(crate) rebalances: AtomicU64,
+}
+
+impl KafkaStats {
+    /// Records consumed.
+    pub fn records(&self) -> u64 {
+        self.records.load(Ordering::Relaxed)
+    }
+    /// Records sent to the reactor as boundaries.
+    pub fn boundaries(&self) -> u64 {
+        self.boundaries.load(Ordering::Relaxed)
+    }
+    /// Records the decoder filtered out.
+    pub fn filtered(&self) -> u64 {
+        self.filtered.load(Ordering::Relaxed)
+    }
+    /// Records that failed to decode (dead letters).
+    pub fn dead_letters(&self) -> u64 {
+        self.dead_letters.load(Ordering::Relaxed)
+    }
+    /// Offset commits made.
+    pub fn commits(&self) -> u64 {
+        self.commits.load(Ordering::Relaxed)
+    }
+    /// Offset commits that failed (retried with the next commit).
+    pub fn commit_failures(&self) -> u64 {
+        self.commit_failures.load(Ordering::Relaxed)
+    }
+    /// Times the source paused its partitions because the reactor's queue was full.
+    pub fn pauses(&self) -> u64 {
+        self.pauses.load(Ordering::Relaxed)
+    }
+    /// Partition assignments and revocations seen.
+    pub fn rebalances(&self) -> u64 {
+        self.rebalances.load(Ordering::Relaxed)
+    }
+}
+
+/// A Kafka topic (or several) as the boundaries of one source: an `Accumulator` that
+/// consumes on a dedicated OS thread with librdkafka, commits offsets only past records
+/// whose boundaries the reactor reports done (commit-after-fire), and pauses its partitions
+/// while the reactor's queue is full. See the crate docs for the guarantees.
+#[derive(Debug, Clone)]
+pub struct KafkaSource<T> {
+    pub(crate) brokers: String,
+    pub(crate) group_id: String,
+    pub(crate) topics: Vec<String>,
+    pub(crate) start: StartFrom,
+    pub(crate) settings: Vec<(String, String)>,
+    pub(crate) decoder: Decoder<T>,
+    pub(crate) commit_every: Duration,
+    pub(crate) close_timeout: Duration,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) max_held: usize,
+    pub(crate) stats: Arc<KafkaStats>,
+}
+
+impl<T: DeserializeOwned + Send + Sync + 'static> KafkaSource<T> {
+    /// Consumes `topics` in group `group_id` from `brokers` (`host:port,...`), decoding each
+    /// payload as JSON.
+    pub fn json(brokers: impl Into<String>, group_id: impl Into<String>, topics: &[&str]) -> Self {
+        Self::new(brokers, group_id, topics, Decoder::json())
+    }
+}
+
+impl<T: Send + Sync + 'static> KafkaSource<T> {
+    /// Consumes `topics` in group `group_id` from `brokers`, with `decoder`. A topic written
+    /// `^regex` subscribes to every topic matching it (librdkafka's pattern subscription).
+    pub fn new(
+        brokers: impl Into<String>,
+        group_id: impl Into<String>,
+        topics: &[&str],
+        decoder: Decoder<T>,
+    ) -> Self {
+        Self {
+            brokers: brokers.into(),
+            group_id: group_id.into(),
+            topics: topics.iter().map(|t| (*t).to_owned()).collect(),
+            start: StartFrom::default(),
+            settings: Vec::new(),
+            decoder,
+            commit_every: Duration::from_millis(200),
+            close_timeout: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(10),
+            max_held: 4096,
+            stats: Arc::default(),
+        }
+    }
+
+    /// Where to start without a committed offset (default `Earliest`).
+    pub fn start_from(mut self, start: StartFrom) -> Self {
+        self.start = start;
+        self
+    }
+
+    /// Passes a librdkafka setting through as-is (`security.protocol`, `fetch.min.bytes`,
+    /// ...). `enable.auto.commit` and `enable.auto.offset.store` are always `false`: offsets
+    /// are committed by commit-after-fire only.
+    pub fn set(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.settings.push((key.into(), value.into()));
+        self
+    }
+
+    /// How often done offsets are committed (default 200 ms; also on revoke and on close).
+    pub fn commit_every(mut self, every: Duration) -> Self {
+        self.commit_every = every;
+        self
+    }
+
+    /// On shutdown, how long to wait for the reactor to finish the records in flight before
+    /// the final commit (default 10 s); what is not done by then is read again on restart.
+    pub fn close_timeout(mut self, timeout: Duration) -> Self {
+        self.close_timeout = timeout;
+        self
+    }
+
+    /// How long the start-up check (brokers reachable, topics exist) may take (default 10 s).
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// Records held in the source while the reactor's queue is full before its partitions
+    /// are paused (default 4,096; resumed at half). Memory while paused is bounded by this
+    /// plus librdkafka's prefetch queue (`queued.max.messages.kbytes`, settable with
+    /// [`KafkaSource::set`]).
+    pub fn max_held(mut self, records: usize) -> Self {
+        self.max_held = records.max(1);
+        self
+    }
+
+    /// The source's counters (shared with every clone, and with the running consumer).
+    pub fn stats(&self) -> Arc<KafkaStats> {
+        Arc::clone(&self.stats)
+    }
+}
+
+impl<T: Send + Sync + 'static> Accumulator for KafkaSource<T> {
+    type Output = T;
+
+    async fn run(self, ctx: AccumulatorContext<T>) -> Result<(), AccumulatorError> {
+        ctx.set_health(AccumulatorHealth::Connecting);
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+        let source = ctx.source().clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("cloacina-kafka-{source}"))
+            .spawn(move || {
+                let result = consumer::run(&self, &ctx);
+                if result.is_err() {
+                    ctx.set_health(AccumulatorHealth::Disconnected);
+                }
+                let _ = done_tx.send(result);
+            })
+            .map_err(|e| AccumulatorError::Failed {
+                source_name: source.clone(),
+                message: format!("cannot start the consumer thread: {e}"),
+            })?;
+        let result = done_rx.await.unwrap_or_else(|_| {
+            Err(AccumulatorError::Failed {
+                source_name: source.clone(),
+                message: "the consumer thread panicked".into(),
+            })
+        });
+        // The thread has sent its result: it is ending; reap it off the async thread.
+        let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        result
+    }
+}
