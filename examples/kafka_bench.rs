@@ -1,0 +1,554 @@
+//! Kafka benchmark: the stream accumulator against a raw rdkafka consumer, in one run.
+//!
+//! ```text
+//! cargo run --release --example kafka_bench -- --messages 400000 --partitions 8
+//! cargo run --release --example kafka_bench -- --ledger sled:///tmp/kb --brokers 127.0.0.1:9092
+//! ```
+//!
+//! Options: `--messages N` (400,000), `--partitions P` (8), `--brokers HOST:PORT` (default: an
+//! in-process librdkafka mock cluster), `--ledger URL` (adds the ledger phase; durability
+//! Batched), `--latency-secs S` (5).
+//!
+//! Produces N records (64-byte payloads, unique keys "0".."N-1") into a fresh topic, then
+//! reads them all from the beginning, each phase with its own consumer group:
+//! - `raw_consume_per_s`: a bare `BaseConsumer` polling on this thread, no processing;
+//! - `pipeline_per_s`: `KafkaSource` (its consumer thread, key decoded as the value) into a
+//!   2-node `Sequential` graph with commit-after-fire, a subscriber counting firings;
+//! - `ledger_pipeline_per_s` (with `--ledger`): the same, recording into the ledger.
+//!
+//! Rates run from the first record (or firing) to the last. `lost` and `duplicated` count
+//! keys the graph saw zero times or more than once, over every pipeline phase.
+//! Latency phase: records produced at 1,000/s to a second topic read by the pipeline and by a
+//! raw consumer at once; `lat_*` is produce call to graph done, `sub_lat_*` to subscriber
+//! receipt, `raw_lat_*` produce call to the raw consumer's receipt (the first second is
+//! warm-up, not measured; both consumers set `fetch.wait.max.ms=5`, since the mock cluster
+//! answers a fetch only when its wait expires). Human-readable lines go to stderr; the last stdout line is JSON.
+
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cloacina::kafka::rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use cloacina::kafka::rdkafka::client::DefaultClientContext;
+use cloacina::kafka::rdkafka::config::ClientConfig;
+use cloacina::kafka::rdkafka::consumer::{BaseConsumer, Consumer};
+use cloacina::kafka::rdkafka::message::Message;
+use cloacina::kafka::rdkafka::mocking::MockCluster;
+use cloacina::kafka::rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use cloacina::kafka::{Decoder, KafkaRecord, KafkaSource};
+use cloacina::prelude::*;
+
+const USAGE: &str = "usage: kafka_bench [--messages N] [--partitions P] [--brokers HOST:PORT] \
+[--ledger URL] [--latency-secs S]";
+
+/// Every consumer here (raw and pipeline alike) long-polls at most this long: the mock
+/// cluster answers a fetch only when its wait expires, so the default 500 ms would be the
+/// latency of both.
+const FETCH_WAIT_MS: &str = "5";
+
+struct Args {
+    messages: u64,
+    partitions: i32,
+    brokers: Option<String>,
+    ledger: Option<String>,
+    latency_secs: u64,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut args = Args {
+        messages: 400_000,
+        partitions: 8,
+        brokers: None,
+        ledger: None,
+        latency_secs: 5,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = || {
+            it.next()
+                .ok_or_else(|| format!("{flag} needs a value; {USAGE}"))
+        };
+        match flag.as_str() {
+            "--messages" => {
+                args.messages = value()?.parse().map_err(|e| format!("--messages: {e}"))?
+            }
+            "--partitions" => {
+                args.partitions = value()?.parse().map_err(|e| format!("--partitions: {e}"))?
+            }
+            "--brokers" => args.brokers = Some(value()?),
+            "--ledger" => args.ledger = Some(value()?),
+            "--latency-secs" => {
+                args.latency_secs = value()?
+                    .parse()
+                    .map_err(|e| format!("--latency-secs: {e}"))?
+            }
+            other => return Err(format!("unknown option {other}; {USAGE}")),
+        }
+    }
+    Ok(args)
+}
+
+/// Creates `topic` on real brokers (the mock cluster creates its own).
+async fn create_topic(brokers: &str, topic: &str, partitions: i32) -> Result<(), String> {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .map_err(|e| e.to_string())?;
+    let results = admin
+        .create_topics(
+            &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    for r in results {
+        r.map_err(|(t, e)| format!("create topic {t}: {e}"))?;
+    }
+    Ok(())
+}
+
+fn producer(brokers: &str) -> BaseProducer {
+    ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("linger.ms", "5")
+        .set("queue.buffering.max.messages", "1000000")
+        .create()
+        .expect("producer")
+}
+
+/// Sends one record, waiting for room in the producer's queue.
+fn send(producer: &BaseProducer, topic: &str, key: &str, payload: &[u8], partition: i32) {
+    loop {
+        let record = BaseRecord::<str, [u8]>::to(topic)
+            .key(key)
+            .payload(payload)
+            .partition(partition);
+        match producer.send(record) {
+            Ok(()) => return,
+            Err(_) => {
+                producer.poll(Duration::from_millis(5));
+            }
+        }
+    }
+}
+
+fn produce_all(brokers: &str, topic: &str, n: u64, partitions: i32) -> f64 {
+    let p = producer(brokers);
+    let payload = [b'x'; 64];
+    let start = Instant::now();
+    for i in 0..n {
+        send(
+            &p,
+            topic,
+            &i.to_string(),
+            &payload,
+            (i % partitions as u64) as i32,
+        );
+    }
+    p.flush(Duration::from_secs(120)).expect("flush");
+    n as f64 / start.elapsed().as_secs_f64()
+}
+
+fn key_id(record: &KafkaRecord<'_>) -> Result<Option<u64>, String> {
+    let key = record.key.ok_or("record without a key")?;
+    std::str::from_utf8(key)
+        .ok()
+        .and_then(|k| k.parse().ok())
+        .map(Some)
+        .ok_or_else(|| "key is not a number".into())
+}
+
+/// Reads `n` records with a bare consumer; records per second from the first to the last.
+fn raw_consume(brokers: &str, topic: &str, group: &str, n: u64) -> f64 {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", group)
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .set("fetch.wait.max.ms", FETCH_WAIT_MS)
+        .create()
+        .expect("consumer");
+    consumer.subscribe(&[topic]).expect("subscribe");
+    let (mut got, mut first) = (0u64, None);
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while got < n && Instant::now() < deadline {
+        if let Some(Ok(_)) = consumer.poll(Duration::from_millis(100)) {
+            first.get_or_insert_with(Instant::now);
+            got += 1;
+        }
+    }
+    let secs = first.map_or(f64::NAN, |f| f.elapsed().as_secs_f64());
+    got as f64 / secs
+}
+
+/// Per key: how many times the graph saw it; and when (ns since `base`) things happened.
+struct Seen {
+    count: Vec<AtomicU8>,
+    done_ns: Vec<AtomicU64>,
+}
+
+impl Seen {
+    fn new(n: u64) -> Arc<Self> {
+        Arc::new(Self {
+            count: (0..n).map(|_| AtomicU8::new(0)).collect(),
+            done_ns: (0..n).map(|_| AtomicU64::new(0)).collect(),
+        })
+    }
+}
+
+fn graph(seen: Arc<Seen>, base: Instant) -> CompiledGraph {
+    GraphBuilder::new("kafka_bench")
+        .node("id", (source::<u64>("n"),), |n: Option<&u64>| {
+            n.copied().unwrap_or(0)
+        })
+        .node("check", (upstream::<u64>("id"),), move |id: &u64| {
+            if let Some(c) = seen.count.get(*id as usize) {
+                c.fetch_add(1, Ordering::Relaxed);
+                seen.done_ns[*id as usize]
+                    .store(base.elapsed().as_nanos() as u64, Ordering::Relaxed);
+            }
+            *id
+        })
+        .build()
+        .expect("graph")
+}
+
+/// Runs the pipeline over the first `n` keys of `topic`; returns firings per second (first to
+/// last firing) and fills `seen`. `sub_ns` (if given) gets each key's subscriber receipt time.
+/// One pipeline run's parameters.
+struct Phase<'a> {
+    brokers: &'a str,
+    topic: &'a str,
+    group: String,
+    n: u64,
+    ledger: Option<Arc<dyn cloacina::ledger::Ledger>>,
+    seen: Arc<Seen>,
+    base: Instant,
+    /// Each key's subscriber receipt time, if wanted.
+    sub_ns: Option<Arc<Vec<AtomicU64>>>,
+    /// Told once the consumer has its partitions.
+    ready: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+async fn pipeline(phase: Phase<'_>) -> f64 {
+    let Phase {
+        brokers,
+        topic,
+        group,
+        n,
+        ledger,
+        seen,
+        base,
+        sub_ns,
+        ready,
+    } = phase;
+    let group = group.as_str();
+    let max_held: usize = std::env::var("KB_MAX_HELD")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(4096);
+    let kafka = KafkaSource::new(brokers, group, &[topic], Decoder::from_fn(key_id))
+        .max_held(max_held)
+        .set("fetch.wait.max.ms", FETCH_WAIT_MS);
+    let stats = kafka.stats();
+    let mut builder = EmbeddedGraph::builder(graph(seen, base))
+        .strategy(InputStrategy::Sequential)
+        .accumulator_factory("n", move || kafka.clone());
+    if let Some(ledger) = ledger {
+        builder = builder.ledger(ledger);
+    }
+    if std::env::var("KB_SPIN").is_ok() {
+        builder = builder.low_latency(cloacina::reactor::LowLatency::default());
+    }
+    let engine = builder.start().expect("start");
+    let mut sub = engine.subscribe();
+    if let Some(ready) = ready {
+        // Ready once the group has assigned the partitions (joining takes seconds).
+        while stats.rebalances() == 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let _ = ready.send(());
+    }
+    let (mut got, mut first) = (0u64, None);
+    // One timer for the whole phase (a timeout per receive would cost more than the receive).
+    let _ = tokio::time::timeout(Duration::from_secs(300), async {
+        while got < n {
+            match sub.recv().await {
+                Some(Ok(f)) => {
+                    first.get_or_insert_with(Instant::now);
+                    got += 1;
+                    if std::env::var("KB_TRACE").is_ok() && got % 50_000 == 0 {
+                        eprintln!("  {got} at {:?}", first.map(|f| f.elapsed()));
+                    }
+                    if let (Some(sub_ns), GraphResult::Completed { outputs }) = (&sub_ns, &f.result)
+                    {
+                        if let Some(id) = outputs.get::<u64>("check") {
+                            if let Some(slot) = sub_ns.get(*id as usize) {
+                                slot.store(base.elapsed().as_nanos() as u64, Ordering::Relaxed);
+                            }
+                        }
+                    }
+                }
+                Some(Err(lagged)) => eprintln!("subscriber lagged: {lagged:?}"),
+                None => break,
+            }
+        }
+    })
+    .await;
+    let secs = first.map_or(f64::NAN, |f| f.elapsed().as_secs_f64());
+    engine.shutdown().await.expect("shutdown");
+    eprintln!(
+        "  source: {} records, {} pauses, {} commits",
+        stats.records(),
+        stats.pauses(),
+        stats.commits()
+    );
+    got as f64 / secs
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn lat_us(produced: &[AtomicU64], at: &[AtomicU64], from: usize) -> Vec<f64> {
+    let mut v: Vec<f64> = produced
+        .iter()
+        .zip(at)
+        .skip(from)
+        .filter_map(|(p, a)| {
+            let (p, a) = (p.load(Ordering::Relaxed), a.load(Ordering::Relaxed));
+            (p > 0 && a >= p).then(|| (a - p) as f64 / 1000.0)
+        })
+        .collect();
+    v.sort_by(f64::total_cmp);
+    v
+}
+
+fn count_seen(seen: &Seen) -> (u64, u64) {
+    let (mut lost, mut dup) = (0, 0);
+    for c in &seen.count {
+        match c.load(Ordering::Relaxed) {
+            0 => lost += 1,
+            k => dup += u64::from(k - 1),
+        }
+    }
+    (lost, dup)
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let args = match parse_args() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("{e}");
+            std::process::exit(2);
+        }
+    };
+    let run = std::process::id();
+    let mock = match &args.brokers {
+        Some(_) => None,
+        None => Some(MockCluster::new(1).expect("mock cluster")),
+    };
+    let brokers = match (&args.brokers, &mock) {
+        (Some(b), _) => b.clone(),
+        (None, Some(m)) => m.bootstrap_servers(),
+        (None, None) => unreachable!("a mock cluster when no brokers are given"),
+    };
+    let topic = format!("bench-{run}");
+    let lat_topic = format!("latency-{run}");
+    for t in [&topic, &lat_topic] {
+        match &mock {
+            Some(m) => m.create_topic(t, args.partitions, 1).expect("topic"),
+            None => create_topic(&brokers, t, args.partitions)
+                .await
+                .expect("topic"),
+        }
+    }
+    let n = args.messages;
+    let (b, t) = (brokers.clone(), topic.clone());
+    let produce_per_s =
+        tokio::task::spawn_blocking(move || produce_all(&b, &t, n, args.partitions))
+            .await
+            .expect("produce");
+    eprintln!("produced {n} records at {produce_per_s:.0}/s");
+
+    let (b, t) = (brokers.clone(), topic.clone());
+    let raw = tokio::task::spawn_blocking(move || raw_consume(&b, &t, &format!("raw-{run}"), n))
+        .await
+        .expect("raw");
+    eprintln!("raw consumer: {raw:.0} records/s");
+
+    let base = Instant::now();
+    let seen = Seen::new(n);
+    let piped = pipeline(Phase {
+        brokers: &brokers,
+        topic: &topic,
+        group: format!("pipe-{run}"),
+        n,
+        ledger: None,
+        seen: Arc::clone(&seen),
+        base,
+        sub_ns: None,
+        ready: None,
+    })
+    .await;
+    let (mut lost, mut duplicated) = count_seen(&seen);
+    eprintln!(
+        "pipeline: {piped:.0} firings/s (ratio {:.2}), lost {lost}, duplicated {duplicated}",
+        piped / raw
+    );
+
+    let mut ledger_rate = None;
+    if let Some(url) = &args.ledger {
+        let ledger = cloacina::ledger::open(url).await.expect("ledger");
+        let seen = Seen::new(n);
+        let rate = pipeline(Phase {
+            brokers: &brokers,
+            topic: &topic,
+            group: format!("ledger-{run}"),
+            n,
+            ledger: Some(ledger),
+            seen: Arc::clone(&seen),
+            base,
+            sub_ns: None,
+            ready: None,
+        })
+        .await;
+        let (l, d) = count_seen(&seen);
+        lost += l;
+        duplicated += d;
+        eprintln!("pipeline with ledger {url}: {rate:.0} firings/s (ratio {:.2}), lost {l}, duplicated {d}", rate / raw);
+        ledger_rate = Some(rate);
+    }
+
+    // Latency: 1,000 records/s for latency_secs (+1 s warm-up), read by both at once.
+    let total = (args.latency_secs + 1) * 1000;
+    let produced: Arc<Vec<AtomicU64>> = Arc::new((0..total).map(|_| AtomicU64::new(0)).collect());
+    let raw_at: Arc<Vec<AtomicU64>> = Arc::new((0..total).map(|_| AtomicU64::new(0)).collect());
+    let sub_at: Arc<Vec<AtomicU64>> = Arc::new((0..total).map(|_| AtomicU64::new(0)).collect());
+    let lat_seen = Seen::new(total);
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    let pipe = {
+        let (b, t, s, sub) = (
+            brokers.clone(),
+            lat_topic.clone(),
+            Arc::clone(&lat_seen),
+            Arc::clone(&sub_at),
+        );
+        tokio::spawn(async move {
+            pipeline(Phase {
+                brokers: &b,
+                topic: &t,
+                group: format!("lat-pipe-{run}"),
+                n: total,
+                ledger: None,
+                seen: s,
+                base,
+                sub_ns: Some(sub),
+                ready: Some(ready_tx),
+            })
+            .await
+        })
+    };
+    let _ = ready_rx.await;
+    let (raw_ready_tx, raw_ready_rx) = std::sync::mpsc::channel::<()>();
+    let raw_thread = {
+        let (b, t, at) = (brokers.clone(), lat_topic.clone(), Arc::clone(&raw_at));
+        std::thread::spawn(move || {
+            let consumer: BaseConsumer = ClientConfig::new()
+                .set("bootstrap.servers", &b)
+                .set("group.id", format!("lat-raw-{run}"))
+                .set("auto.offset.reset", "earliest")
+                .set("enable.auto.commit", "false")
+                .set("fetch.wait.max.ms", FETCH_WAIT_MS)
+                .create()
+                .expect("consumer");
+            consumer.subscribe(&[t.as_str()]).expect("subscribe");
+            let mut ready = Some(raw_ready_tx);
+            let (mut got, deadline) = (0u64, Instant::now() + Duration::from_secs(120));
+            while got < total && Instant::now() < deadline {
+                let polled = consumer.poll(Duration::from_millis(10));
+                if ready.is_some() && consumer.assignment().is_ok_and(|a| a.count() > 0) {
+                    if let Some(r) = ready.take() {
+                        let _ = r.send(());
+                    }
+                }
+                if let Some(Ok(m)) = polled {
+                    let now = base.elapsed().as_nanos() as u64;
+                    if let Some(id) = m
+                        .key()
+                        .and_then(|k| std::str::from_utf8(k).ok())
+                        .and_then(|k| k.parse::<usize>().ok())
+                    {
+                        if let Some(slot) = at.get(id) {
+                            slot.store(now, Ordering::Relaxed);
+                        }
+                    }
+                    got += 1;
+                }
+            }
+        })
+    };
+    let _ = tokio::task::spawn_blocking(move || raw_ready_rx.recv_timeout(Duration::from_secs(60)))
+        .await;
+    {
+        let (b, t, p) = (brokers.clone(), lat_topic.clone(), Arc::clone(&produced));
+        let partitions = args.partitions;
+        tokio::task::spawn_blocking(move || {
+            let producer: BaseProducer = ClientConfig::new()
+                .set("bootstrap.servers", &b)
+                .set("linger.ms", "0")
+                .create()
+                .expect("producer");
+            let payload = [b'x'; 64];
+            let start = Instant::now();
+            for i in 0..total {
+                let due = start + Duration::from_millis(i);
+                while Instant::now() < due {
+                    producer.poll(Duration::from_micros(100));
+                }
+                p[i as usize].store(base.elapsed().as_nanos() as u64, Ordering::Relaxed);
+                send(
+                    &producer,
+                    &t,
+                    &i.to_string(),
+                    &payload,
+                    (i % partitions as u64) as i32,
+                );
+                producer.poll(Duration::ZERO);
+            }
+            producer.flush(Duration::from_secs(30)).expect("flush");
+        })
+        .await
+        .expect("latency producer");
+    }
+    let _ = pipe.await;
+    let _ = raw_thread.join();
+    let warm = 1000usize;
+    let done = lat_us(&produced, &lat_seen.done_ns, warm);
+    let sub = lat_us(&produced, &sub_at, warm);
+    let raw_lat = lat_us(&produced, &raw_at, warm);
+    eprintln!(
+        "latency (produce call ->): graph done p50 {:.0} us p99 {:.0} us; subscriber p50 {:.0} p99 {:.0}; raw consumer p50 {:.0} p99 {:.0} ({} / {} / {} samples)",
+        percentile(&done, 0.5), percentile(&done, 0.99), percentile(&sub, 0.5), percentile(&sub, 0.99),
+        percentile(&raw_lat, 0.5), percentile(&raw_lat, 0.99), done.len(), sub.len(), raw_lat.len()
+    );
+    let json = format!(
+        "{{\"broker\":\"{}\",\"messages\":{n},\"partitions\":{},\"produce_per_s\":{produce_per_s:.0},\"raw_consume_per_s\":{raw:.0},\"pipeline_per_s\":{piped:.0},\"ratio\":{:.3},\"ledger_pipeline_per_s\":{},\"ledger_ratio\":{},\"lat_p50_us\":{:.0},\"lat_p99_us\":{:.0},\"sub_lat_p50_us\":{:.0},\"sub_lat_p99_us\":{:.0},\"raw_lat_p50_us\":{:.0},\"raw_lat_p99_us\":{:.0},\"lat_samples\":{},\"lost\":{lost},\"duplicated\":{duplicated}}}",
+        if mock.is_some() { "mock" } else { brokers.as_str() },
+        args.partitions,
+        piped / raw,
+        ledger_rate.map_or("null".into(), |r| format!("{r:.0}")),
+        ledger_rate.map_or("null".into(), |r| format!("{:.3}", r / raw)),
+        percentile(&done, 0.5), percentile(&done, 0.99), percentile(&sub, 0.5), percentile(&sub, 0.99),
+        percentile(&raw_lat, 0.5), percentile(&raw_lat, 0.99), done.len(),
+    );
+    println!("{json}");
+    if lost > 0 || duplicated > 0 {
+        std::process::exit(1);
+    }
+}
