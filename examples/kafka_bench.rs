@@ -22,7 +22,9 @@
 //! raw consumer at once; `lat_*` is produce call to graph done, `sub_lat_*` to subscriber
 //! receipt, `raw_lat_*` produce call to the raw consumer's receipt (the first second is
 //! warm-up, not measured; both consumers set `fetch.wait.max.ms=5`, since the mock cluster
-//! answers a fetch only when its wait expires). Human-readable lines go to stderr; the last stdout line is JSON.
+//! answers a fetch only when its wait expires). The raw consumers also get
+//! `fetch.queue.backoff.ms=10`, as `KafkaSource` sets by default (librdkafka's 1 s default
+//! stalls any consumer that falls behind its fetcher). Human-readable lines go to stderr; the last stdout line is JSON.
 
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
@@ -166,6 +168,7 @@ fn raw_consume(brokers: &str, topic: &str, group: &str, n: u64) -> f64 {
         .set("auto.offset.reset", "earliest")
         .set("enable.auto.commit", "false")
         .set("fetch.wait.max.ms", FETCH_WAIT_MS)
+        .set("fetch.queue.backoff.ms", "10")
         .create()
         .expect("consumer");
     consumer.subscribe(&[topic]).expect("subscribe");
@@ -243,13 +246,9 @@ async fn pipeline(phase: Phase<'_>) -> f64 {
         ready,
     } = phase;
     let group = group.as_str();
-    let max_held: usize = std::env::var("KB_MAX_HELD")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(4096);
     let kafka = KafkaSource::new(brokers, group, &[topic], Decoder::from_fn(key_id))
-        .max_held(max_held)
-        .set("fetch.wait.max.ms", FETCH_WAIT_MS);
+        .set("fetch.wait.max.ms", FETCH_WAIT_MS)
+        .set("fetch.queue.backoff.ms", "10");
     let stats = kafka.stats();
     let mut builder = EmbeddedGraph::builder(graph(seen, base))
         .strategy(InputStrategy::Sequential)
@@ -465,6 +464,7 @@ async fn main() {
                 .set("auto.offset.reset", "earliest")
                 .set("enable.auto.commit", "false")
                 .set("fetch.wait.max.ms", FETCH_WAIT_MS)
+                .set("fetch.queue.backoff.ms", "10")
                 .create()
                 .expect("consumer");
             consumer.subscribe(&[t.as_str()]).expect("subscribe");

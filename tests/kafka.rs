@@ -236,8 +236,8 @@ async fn undecodable_records_are_dead_letters_and_the_stream_goes_on() {
     drop(c.mock);
 }
 
-/// A reactor queue of 8 behind a slower graph: the source holds at most 512 records, then
-/// pauses its partitions instead of buffering more, and every record still fires once.
+/// A reactor queue of 8 behind a slower graph: the source waits for room, pauses its
+/// partitions when the reactor stays full, and every record still fires exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_reactor_queue_pauses_the_partitions_and_nothing_is_lost() {
     let c = cluster("flood", 4);
@@ -246,15 +246,16 @@ async fn a_full_reactor_queue_pauses_the_partitions_and_nothing_is_lost() {
         .async_node("echo", (source::<u64>("n"),), |n: Option<&u64>| {
             let v = n.copied().unwrap_or(0);
             async move {
-                if v % 500 == 0 {
-                    tokio::time::sleep(Duration::from_millis(5)).await;
+                // Stalls longer than the source waits for room (20 ms) before pausing.
+                if v % 1000 == 0 {
+                    tokio::time::sleep(Duration::from_millis(40)).await;
                 }
                 v
             }
         })
         .build()
         .expect("graph");
-    let source = KafkaSource::<u64>::json(&c.brokers, "g4", &["flood"]).max_held(512);
+    let source = KafkaSource::<u64>::json(&c.brokers, "g4", &["flood"]);
     let stats = source.stats();
     let engine = EmbeddedGraph::builder(graph)
         .strategy(InputStrategy::Sequential)

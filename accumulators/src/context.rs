@@ -300,6 +300,18 @@ impl<T: Send + Sync + 'static> AccumulatorContext<T> {
         Ok(())
     }
 
+    /// Emits one boundary from a plain OS thread, blocking at most `timeout` while the
+    /// reactor's queue is full (see [`BoundarySender::send_timeout`]); hands it back then.
+    pub fn emit_timeout(
+        &self,
+        value: T,
+        timeout: std::time::Duration,
+    ) -> Result<(), crate::TrySendError<T>> {
+        self.sender.send_timeout(value, timeout)?;
+        self.metrics.boundaries.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
     /// Reports health.
     pub fn set_health(&self, health: AccumulatorHealth) {
         self.health.set(health);

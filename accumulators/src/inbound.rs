@@ -320,6 +320,39 @@ impl<T: Send + Sync + 'static> BoundarySender<T> {
         block_on(self.send(value))
     }
 
+    /// Sends a value from a plain OS thread, blocking it at most `timeout` while the
+    /// reactor's queue is full; then hands the value back as [`TrySendError::Full`]. For a
+    /// consumer thread that must also serve its client between waits: it wakes as soon as
+    /// there is room (no polling). Like `try_send`, it does not wait for a `Sync` reactor's
+    /// durable recording. On a thread that runs a tokio runtime it does not block: it is
+    /// `try_send`.
+    pub fn send_timeout(
+        &self,
+        value: T,
+        timeout: std::time::Duration,
+    ) -> Result<(), TrySendError<T>> {
+        match self.tx.try_reserve() {
+            Ok(permit) => {
+                permit.send(self.inbound(value, None));
+                return Ok(());
+            }
+            Err(mpsc::error::TrySendError::Closed(())) => return Err(TrySendError::Closed(value)),
+            Err(mpsc::error::TrySendError::Full(())) => {}
+        }
+        if tokio::runtime::Handle::try_current().is_ok() {
+            return Err(TrySendError::Full(value));
+        }
+        let deadline = std::time::Instant::now() + timeout;
+        match block_on_until(self.tx.reserve(), deadline) {
+            Some(Ok(permit)) => {
+                permit.send(self.inbound(value, None));
+                Ok(())
+            }
+            Some(Err(_)) => Err(TrySendError::Closed(value)),
+            None => Err(TrySendError::Full(value)),
+        }
+    }
+
     /// Sends a value, waiting while the reactor's queue is full. For a reactor with `Sync`
     /// durability it then waits until the boundary is durably recorded (group commit: many
     /// senders share one flush).
@@ -380,16 +413,18 @@ impl<T: Send + Sync + 'static> BoundarySender<T> {
 /// Runs `fut` to completion on this thread, parking it while the future is pending. For
 /// senders on plain OS threads; the futures it runs (a queue place, an acknowledgement) need
 /// no runtime.
-fn block_on<F: Future>(fut: F) -> F::Output {
-    struct Unpark(std::thread::Thread);
-    impl Wake for Unpark {
-        fn wake(self: Arc<Self>) {
-            self.0.unpark();
-        }
-        fn wake_by_ref(self: &Arc<Self>) {
-            self.0.unpark();
-        }
+struct Unpark(std::thread::Thread);
+
+impl Wake for Unpark {
+    fn wake(self: Arc<Self>) {
+        self.0.unpark();
     }
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.0.unpark();
+    }
+}
+
+fn block_on<F: Future>(fut: F) -> F::Output {
     let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
     let mut cx = Context::from_waker(&waker);
     let mut fut = std::pin::pin!(fut);
@@ -402,8 +437,28 @@ fn block_on<F: Future>(fut: F) -> F::Output {
     }
 }
 
+/// [`block_on`] until `deadline`: `None` if the future was not ready by then (it is dropped,
+/// which withdraws its wait).
+fn block_on_until<F: Future>(fut: F, deadline: std::time::Instant) -> Option<F::Output> {
+    let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
+    let mut cx = Context::from_waker(&waker);
+    let mut fut = std::pin::pin!(fut);
+    loop {
+        if let Poll::Ready(out) = fut.as_mut().poll(&mut cx) {
+            return Some(out);
+        }
+        let now = std::time::Instant::now();
+        if now >= deadline {
+            return None;
+        }
+        std::thread::park_timeout(deadline - now);
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     #[tokio::test]
@@ -456,6 +511,31 @@ mod tests {
         drop(rx);
         let err = s.send_blocking(7).expect_err("closed");
         assert_eq!(err.into_value(), Some(7));
+    }
+
+    #[test]
+    fn send_timeout_hands_the_value_back_when_full_and_wakes_on_room() {
+        let (tx, mut rx) = inbound_channel(1);
+        let s = tx.typed::<u64>(0, "t".into());
+        s.send_timeout(1, Duration::from_millis(10)).expect("room");
+        let started = std::time::Instant::now();
+        assert_eq!(
+            s.send_timeout(2, Duration::from_millis(30)),
+            Err(TrySendError::Full(2))
+        );
+        assert!(started.elapsed() >= Duration::from_millis(30), "it waited");
+        // Room appears while it waits: it goes through well before the timeout.
+        let taker = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(20));
+            let first = rx.blocking_recv();
+            let second = rx.blocking_recv();
+            (first.is_some(), second.is_some())
+        });
+        let started = std::time::Instant::now();
+        s.send_timeout(3, Duration::from_secs(10))
+            .expect("sent once there was room");
+        assert!(started.elapsed() < Duration::from_secs(5));
+        assert_eq!(taker.join().expect("taker"), (true, true));
     }
 
     #[tokio::test]

@@ -20,8 +20,9 @@ use crate::source::{KafkaSource, StartFrom};
 
 /// How long one poll waits (bounds how late a shutdown or a commit is noticed).
 const POLL: Duration = Duration::from_millis(50);
-/// Poll wait while records are held on backpressure (retries them this often).
-const PAUSED_POLL: Duration = Duration::from_millis(2);
+/// How long the thread waits for room in the reactor's queue before it serves the client
+/// (callbacks, rebalances) again.
+const HOLD_WAIT: Duration = Duration::from_millis(20);
 
 /// What the librdkafka callbacks (run inside `poll`, on this thread) share with the loop.
 struct SourceContext {
@@ -145,6 +146,7 @@ pub(crate) fn run<T: Send + Sync + 'static>(
     let mut paused = false;
     let mut live = false;
     let mut last_commit = Instant::now();
+    let mut seen_rebalances = 0u64;
     loop {
         if ctx.is_shutdown() {
             break;
@@ -153,9 +155,10 @@ pub(crate) fn run<T: Send + Sync + 'static>(
             shared.commit(&consumer, None);
             last_commit = Instant::now();
         }
-        // Backpressure: offer what is held before taking more.
+        // Backpressure: offer what is held before taking more, waiting (parked, woken as
+        // soon as the reactor makes room) up to HOLD_WAIT for each.
         while let Some(front) = held.pop_front() {
-            match offer(ctx, &shared, front)? {
+            match offer(ctx, &shared, front, HOLD_WAIT)? {
                 None => {}
                 Some(back) => {
                     held.push_front(back);
@@ -163,12 +166,23 @@ pub(crate) fn run<T: Send + Sync + 'static>(
                 }
             }
         }
-        // Resume at half: the refetch overlaps the reactor working through the rest.
-        if paused && held.len() <= src.max_held / 2 {
+        // Waited HOLD_WAIT without room: the reactor is well behind. Pause the partitions so
+        // librdkafka stops fetching too (bounded memory on both sides); resume once every
+        // held record is in.
+        if !held.is_empty() && !paused {
+            set_paused(&consumer, true)?;
+            paused = true;
+            shared.stats.pauses.fetch_add(1, Ordering::Relaxed);
+        } else if held.is_empty() && paused {
             set_paused(&consumer, false)?;
             paused = false;
         }
-        let wait = if held.is_empty() { POLL } else { PAUSED_POLL };
+        // Still full after waiting: only serve the client (callbacks, rebalances) now.
+        let wait = if held.is_empty() {
+            POLL
+        } else {
+            Duration::ZERO
+        };
         match consumer.poll(wait) {
             None => {}
             Some(Err(e)) => {
@@ -223,21 +237,18 @@ pub(crate) fn run<T: Send + Sync + 'static>(
                     }
                 };
                 if held.is_empty() {
-                    if let Some(back) = offer(ctx, &shared, item)? {
+                    if let Some(back) = offer(ctx, &shared, item, Duration::ZERO)? {
                         held.push_back(back);
                     }
                 } else {
                     held.push_back(item);
                 }
-                if held.len() >= src.max_held && !paused {
-                    set_paused(&consumer, true)?;
-                    paused = true;
-                    shared.stats.pauses.fetch_add(1, Ordering::Relaxed);
-                }
             }
         }
-        // Records held for partitions revoked meanwhile are the new owner's now.
-        if !held.is_empty() {
+        // Records held for partitions revoked meanwhile are the new owner's now (checked only
+        // after a rebalance: a scan per record would cost O(held) each).
+        let rebalances = shared.stats.rebalances.load(Ordering::Relaxed);
+        if rebalances != seen_rebalances && !held.is_empty() {
             let tracker = shared.tracker();
             held.retain(|h| match h {
                 Held::Value {
@@ -246,6 +257,7 @@ pub(crate) fn run<T: Send + Sync + 'static>(
                 Held::Skip { .. } => true,
             });
         }
+        seen_rebalances = rebalances;
         let down = shared.brokers_down.load(Ordering::Acquire);
         let health = if down {
             AccumulatorHealth::Disconnected
@@ -261,11 +273,13 @@ pub(crate) fn run<T: Send + Sync + 'static>(
     Ok(())
 }
 
-/// Offers one held item to the reactor; hands it back if the queue is full.
+/// Offers one item to the reactor, waiting up to `wait` for room; hands it back if the
+/// queue is still full.
 fn offer<T: Send + Sync + 'static>(
     ctx: &AccumulatorContext<T>,
     shared: &SourceContext,
     item: Held<T>,
+    wait: Duration,
 ) -> Result<Option<Held<T>>, AccumulatorError> {
     match item {
         Held::Skip { slot, offset } => {
@@ -277,7 +291,7 @@ fn offer<T: Send + Sync + 'static>(
             generation,
             offset,
             value,
-        } => match ctx.try_emit(value) {
+        } => match ctx.emit_timeout(value, wait) {
             Ok(()) => {
                 shared.tracker().took(slot, offset, true);
                 shared.stats.boundaries.fetch_add(1, Ordering::Relaxed);

@@ -22,9 +22,10 @@
 //! was consumed in the last `commit_every` plus what was in flight. Nothing is lost: a record
 //! is never committed before its firing is done.
 //!
-//! **Backpressure**: when the reactor's queue is full the source pauses its partitions
-//! (`pause`), keeps polling (group membership, callbacks) and resumes them once the held
-//! record is taken: bounded memory, nothing dropped, no busy loop.
+//! **Backpressure**: when the reactor's queue is full the consumer thread parks until there is
+//! room (`BoundarySender::send_timeout`: woken by the reactor, no polling), serving the client
+//! every 20 ms; if the queue stays full it pauses its partitions (`pause`) and resumes them
+//! once the held records are in: bounded memory, nothing dropped, no busy loop.
 //!
 //! **Bad input**: a record the decoder rejects is a dead letter: counted
 //! ([`KafkaStats::dead_letters`]), logged at `error` with topic, partition, offset, key and

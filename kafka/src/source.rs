@@ -83,7 +83,6 @@ pub struct KafkaSource<T> {
     pub(crate) commit_every: Duration,
     pub(crate) close_timeout: Duration,
     pub(crate) connect_timeout: Duration,
-    pub(crate) max_held: usize,
     pub(crate) stats: Arc<KafkaStats>,
 }
 
@@ -114,7 +113,6 @@ impl<T: Send + Sync + 'static> KafkaSource<T> {
             commit_every: Duration::from_millis(200),
             close_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(10),
-            max_held: 4096,
             stats: Arc::default(),
         }
     }
@@ -149,15 +147,6 @@ impl<T: Send + Sync + 'static> KafkaSource<T> {
     /// How long the start-up check (brokers reachable, topics exist) may take (default 10 s).
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = timeout;
-        self
-    }
-
-    /// Records held in the source while the reactor's queue is full before its partitions
-    /// are paused (default 4,096; resumed at half). Memory while paused is bounded by this
-    /// plus librdkafka's prefetch queue (`queued.max.messages.kbytes`, settable with
-    /// [`KafkaSource::set`]).
-    pub fn max_held(mut self, records: usize) -> Self {
-        self.max_held = records.max(1);
         self
     }
 
