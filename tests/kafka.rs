@@ -350,3 +350,45 @@ async fn two_consumers_share_a_group_through_a_rebalance() {
     );
     drop(c.mock);
 }
+
+/// Broker loss: the source reports Disconnected (the reactor turns Degraded) while the only
+/// broker is down, and Live again once records flow after it returns; nothing is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_loss_is_disconnected_and_recovers() {
+    let c = cluster("flaky", 1);
+    produce(&c.brokers, "flaky", 1, 0, &numbers(0..100));
+    let source = KafkaSource::<u64>::json(&c.brokers, "g7", &["flaky"]);
+    let engine = start(source);
+    let mut sub = engine.subscribe();
+    let mut seen = HashMap::new();
+    collect(&mut sub, 100, &mut seen).await;
+    c.mock.broker_down(1).expect("broker down");
+    let health_is = |want: AccumulatorHealth| {
+        let engine = &engine;
+        async move {
+            tokio::time::timeout(PATIENCE, async {
+                while engine.accumulator_health()[0].1 != want {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            })
+            .await
+            .unwrap_or_else(|_| panic!("never {want:?}: {:?}", engine.accumulator_health()))
+        }
+    };
+    health_is(AccumulatorHealth::Disconnected).await;
+    assert!(
+        matches!(
+            engine.reactor().health(),
+            cloacina::reactor::ReactorHealth::Degraded { .. }
+        ),
+        "{:?}",
+        engine.reactor().health()
+    );
+    c.mock.broker_up(1).expect("broker up");
+    produce(&c.brokers, "flaky", 1, 100, &numbers(100..200));
+    collect(&mut sub, 200, &mut seen).await;
+    health_is(AccumulatorHealth::Live).await;
+    engine.shutdown().await.expect("shutdown");
+    assert!(seen.values().all(|n| *n == 1));
+    drop(c.mock);
+}
