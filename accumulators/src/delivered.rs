@@ -2,7 +2,9 @@
 //!
 //! A reactor keeps one [`Delivered`] watermark per source: the number of that source's
 //! boundaries, counted in the order the reactor took them in, that were consumed by a firing
-//! which completed and, with a ledger, whose record was appended. An accumulator that is the
+//! which completed and, with a ledger, whose record is durable (`Sync`: its append returned;
+//! `Batched`: the writer's next flush, at most 100 ms later, covered it; so a process killed
+//! at any point never has the watermark ahead of its store). An accumulator that is the
 //! only sender of its source counts its own sends; `delivered() == k` then means its first `k`
 //! sends are done, and it may commit whatever external position (a Kafka offset) covers them.
 //!

@@ -12,7 +12,7 @@
 //! **Commit-after-fire.** Auto-commit is off. A record's offset is committed only once the
 //! reactor's delivery watermark (`cloacina_accumulators::Delivered`) reports its boundary
 //! done: consumed by a firing that completed (or was dead-lettered by the failure policy)
-//! and, with a ledger, recorded. Filtered and undecodable records are committed once
+//! and, with a ledger, durably recorded. Filtered and undecodable records are committed once
 //! everything before them is. Commits are made every `commit_every` (200 ms), on revoke (for
 //! the revoked partitions, before they go) and on close (after waiting up to
 //! `close_timeout` for the records in flight).

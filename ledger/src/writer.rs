@@ -275,10 +275,12 @@ impl LedgerWriter {
         self.status.handed.load(Ordering::Relaxed)
     }
 
-    /// Records handed to this writer that are settled: appended, or given up on (counted in
-    /// [`WriterStatus::lost_records`]). Records settle in the order they were handed over,
-    /// so a caller that counted its records knows the first `settled()` are done with; if
-    /// `lost_records` is 0, all of those were appended.
+    /// Records handed to this writer that are settled: durable, or given up on (counted in
+    /// [`WriterStatus::lost_records`]). Durable means appended with [`Commit::Durable`], or,
+    /// for a [`Commit::Buffered`] writer with a flush interval, covered by a flush that
+    /// returned (a buffered writer without one settles at append). Records settle in the
+    /// order they were handed over, so a caller that counted its records knows the first
+    /// `settled()` are done with; if `lost_records` is 0, all of those are durable.
     pub fn settled(&self) -> u64 {
         self.status.settled.load(Ordering::Acquire)
     }
@@ -378,6 +380,9 @@ async fn run(
     let mut unflushed = false;
     let mut last_flush = Instant::now();
     let buffered = options.commit == Commit::Buffered;
+    // Buffered batches appended but not yet covered by a flush (see `LedgerWriter::settled`).
+    let flushes_buffered = buffered && options.flush_interval.is_some();
+    let mut unflushed_records = 0u64;
     while rx.recv_many(&mut entries, MAX_BATCH).await > 0 {
         metrics.queue_depth.set(rx.len() as f64);
         let started = Instant::now();
@@ -424,6 +429,11 @@ async fn run(
                 }
             }
         };
+        let outcome_kind = if outcome.is_ok() {
+            BatchEnd::Appended
+        } else {
+            BatchEnd::GivenUp
+        };
         match outcome {
             Ok(()) => {
                 unflushed |= buffered;
@@ -443,10 +453,11 @@ async fn run(
                 first_error.get_or_insert(e);
             }
         }
-        cells
-            .settled
-            .fetch_add(records.len() as u64, Ordering::Release);
-        cells.progress.notify_one();
+        // Settled: given up, or durable. A buffered batch is durable once a flush covers it.
+        match (&outcome_kind, flushes_buffered) {
+            (BatchEnd::Appended, true) => unflushed_records += records.len() as u64,
+            _ => settle(&cells, records.len() as u64),
+        }
         records.clear();
         // Buffered: flush when the queue runs dry or the interval has passed under load.
         if let (true, Some(interval)) = (unflushed, options.flush_interval) {
@@ -456,6 +467,7 @@ async fn run(
                     cells.failing.store(true, Ordering::Release);
                 } else {
                     cells.flushes.fetch_add(1, Ordering::Relaxed);
+                    settle(&cells, std::mem::take(&mut unflushed_records));
                 }
                 unflushed = false;
                 last_flush = Instant::now();
@@ -470,12 +482,28 @@ async fn run(
         if let Err(e) = guarded(&*ledger, "flush", || ledger.flush()).await {
             tracing::error!(backend = ledger.backend(), error = %error_chain(&e), "final ledger flush failed");
             first_error.get_or_insert(e);
+        } else {
+            settle(&cells, std::mem::take(&mut unflushed_records));
         }
     }
     WriterReport {
         written: cells.written.load(Ordering::Relaxed),
         lost: cells.lost_records.load(Ordering::Relaxed),
         first_error,
+    }
+}
+
+/// How a batch ended, for settling.
+enum BatchEnd {
+    Appended,
+    GivenUp,
+}
+
+/// `n` more records (in queue order) are settled: wakes the owner.
+fn settle(cells: &StatusCells, n: u64) {
+    if n > 0 {
+        cells.settled.fetch_add(n, Ordering::Release);
+        cells.progress.notify_one();
     }
 }
 
