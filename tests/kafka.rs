@@ -392,3 +392,50 @@ async fn broker_loss_is_disconnected_and_recovers() {
     assert!(seen.values().all(|n| *n == 1));
     drop(c.mock);
 }
+
+/// Kafka in, Kafka out: every firing's output is produced to the output topic, once (an
+/// idempotent producer, a graceful shutdown that flushes), keyed as asked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sink_produces_every_output_once() {
+    let c = cluster("in", 2);
+    c.mock.create_topic("out", 2, 1).expect("out topic");
+    produce(&c.brokers, "in", 2, 0, &numbers(0..500));
+    let engine = start(KafkaSource::<u64>::json(&c.brokers, "g8", &["in"]));
+    let sink = cloacina::kafka::KafkaSink::<u64>::json(&c.brokers, "out", "echo")
+        .key_with(|n| (n % 7).to_string())
+        .spawn(engine.subscribe())
+        .expect("sink");
+    tokio::time::timeout(PATIENCE, async {
+        while sink.stats().delivered() < 500 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("every output delivered");
+    engine.shutdown().await.expect("shutdown");
+    let stats = Arc::clone(sink.stats());
+    sink.finish().await.expect("sink flushed");
+    assert_eq!((stats.produced(), stats.failed()), (500, 0));
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &c.brokers)
+        .set("group.id", "reader")
+        // Closing a group member waits out its session on the mock cluster (45 s default).
+        .set("session.timeout.ms", "6000")
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .expect("consumer");
+    consumer.subscribe(&["out"]).expect("subscribe");
+    let mut seen: HashMap<u64, u32> = HashMap::new();
+    let deadline = std::time::Instant::now() + PATIENCE;
+    while seen.values().sum::<u32>() < 500 && std::time::Instant::now() < deadline {
+        use cloacina::kafka::rdkafka::message::Message;
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
+            let n: u64 = serde_json::from_slice(m.payload().expect("payload")).expect("json");
+            assert_eq!(m.key(), Some((n % 7).to_string().as_bytes()), "keyed");
+            *seen.entry(n).or_default() += 1;
+        }
+    }
+    assert_eq!(seen.len(), 500);
+    assert!(seen.values().all(|n| *n == 1), "each output once");
+    drop(c.mock);
+}

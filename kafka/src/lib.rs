@@ -1,6 +1,7 @@
 //! # cloacina-kafka
 //!
-//! Kafka topics as the boundaries of a reactor's source, through librdkafka (`rdkafka`).
+//! Kafka topics as the boundaries of a reactor's source, and firings' outputs back to a
+//! topic ([`KafkaSink`]), through librdkafka (`rdkafka`).
 //!
 //! [`KafkaSource`] is an [`Accumulator`](cloacina_accumulators::Accumulator): register it with
 //! `EmbeddedGraphBuilder::accumulator_factory(source, move || kafka.clone())` so that a failed
@@ -37,9 +38,11 @@
 mod consumer;
 mod decode;
 mod offsets;
+mod sink;
 mod source;
 
 pub use decode::{DecodeResult, Decoder, KafkaRecord};
+pub use sink::{KafkaSink, SinkHandle, SinkStats};
 pub use source::{KafkaSource, KafkaStats, StartFrom};
 
 /// librdkafka through `rdkafka`, re-exported for tests and tools (the mock cluster, producers).
