@@ -160,8 +160,8 @@ fn key_id(record: &KafkaRecord<'_>) -> Result<Option<u64>, String> {
         .ok_or_else(|| "key is not a number".into())
 }
 
-/// Reads `n` records with a bare consumer; records per second from the first to the last.
-fn raw_consume(brokers: &str, topic: &str, group: &str, n: u64) -> f64 {
+/// A bare consumer of `topic` in `group`, from the beginning.
+fn raw_consumer(brokers: &str, group: &str, topic: &str) -> BaseConsumer {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", group)
@@ -172,6 +172,12 @@ fn raw_consume(brokers: &str, topic: &str, group: &str, n: u64) -> f64 {
         .create()
         .expect("consumer");
     consumer.subscribe(&[topic]).expect("subscribe");
+    consumer
+}
+
+/// Reads `n` records with a bare consumer; records per second from the first to the last.
+fn raw_consume(brokers: &str, topic: &str, group: &str, n: u64) -> f64 {
+    let consumer = raw_consumer(brokers, group, topic);
     let (mut got, mut first) = (0u64, None);
     let deadline = Instant::now() + Duration::from_secs(300);
     while got < n && Instant::now() < deadline {
@@ -458,16 +464,7 @@ async fn main() {
     let raw_thread = {
         let (b, t, at) = (brokers.clone(), lat_topic.clone(), Arc::clone(&raw_at));
         std::thread::spawn(move || {
-            let consumer: BaseConsumer = ClientConfig::new()
-                .set("bootstrap.servers", &b)
-                .set("group.id", format!("lat-raw-{run}"))
-                .set("auto.offset.reset", "earliest")
-                .set("enable.auto.commit", "false")
-                .set("fetch.wait.max.ms", FETCH_WAIT_MS)
-                .set("fetch.queue.backoff.ms", "10")
-                .create()
-                .expect("consumer");
-            consumer.subscribe(&[t.as_str()]).expect("subscribe");
+            let consumer = raw_consumer(&b, &format!("lat-raw-{run}"), &t);
             let mut ready = Some(raw_ready_tx);
             let (mut got, deadline) = (0u64, Instant::now() + Duration::from_secs(120));
             while got < total && Instant::now() < deadline {

@@ -199,13 +199,15 @@ impl FiringQuery {
         backend: &'static str,
         found: &[FiringRecord],
     ) -> Result<(), LedgerError> {
-        let by_id = self.since_unix_us.is_none() && self.until_unix_us.is_none();
-        if self.allow_gaps || !by_id {
-            return Ok(());
-        }
-        gaps(&self.reactor, "firing", found.iter().map(|f| f.firing_id))
-            .next()
-            .map_or(Ok(()), |gap| Err(LedgerError::Gap { backend, gap }))
+        let checked =
+            !self.allow_gaps && self.since_unix_us.is_none() && self.until_unix_us.is_none();
+        first_gap_error(
+            backend,
+            checked,
+            &self.reactor,
+            "firing",
+            found.iter().map(|f| f.firing_id),
+        )
     }
 
     /// Whether `f` matches (the reactor is matched by the backend's key).
@@ -262,13 +264,15 @@ impl BoundaryQuery {
         backend: &'static str,
         found: &[BoundaryRecord],
     ) -> Result<(), LedgerError> {
-        let by_seq = self.since_unix_us.is_none() && self.until_unix_us.is_none();
-        if self.allow_gaps || !by_seq {
-            return Ok(());
-        }
-        gaps(&self.reactor, "boundary", found.iter().map(|b| b.seq))
-            .next()
-            .map_or(Ok(()), |gap| Err(LedgerError::Gap { backend, gap }))
+        let checked =
+            !self.allow_gaps && self.since_unix_us.is_none() && self.until_unix_us.is_none();
+        first_gap_error(
+            backend,
+            checked,
+            &self.reactor,
+            "boundary",
+            found.iter().map(|b| b.seq),
+        )
     }
 
     /// Whether `b` matches (the reactor is matched by the backend's key).
@@ -383,6 +387,22 @@ impl VerifyReport {
     pub(crate) fn note_gaps(&mut self, reactor: &str, kind: &'static str, ids: &[u64]) {
         self.gaps.extend(gaps(reactor, kind, ids.iter().copied()));
     }
+}
+
+/// `Err(Gap)` for the first hole in `ids` if `checked`; the one check both queries run.
+fn first_gap_error(
+    backend: &'static str,
+    checked: bool,
+    reactor: &str,
+    kind: &'static str,
+    ids: impl Iterator<Item = u64>,
+) -> Result<(), LedgerError> {
+    if !checked {
+        return Ok(());
+    }
+    gaps(reactor, kind, ids)
+        .next()
+        .map_or(Ok(()), |gap| Err(LedgerError::Gap { backend, gap }))
 }
 
 /// The holes in `ids` (ascending): each pair of neighbours more than 1 apart.
