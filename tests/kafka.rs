@@ -219,7 +219,10 @@ async fn undecodable_records_are_dead_letters_and_the_stream_goes_on() {
         })
         .collect();
     produce(&c.brokers, "mixed", 2, 0, &payloads);
-    let source = KafkaSource::<u64>::json(&c.brokers, "g3", &["mixed"]);
+    c.mock
+        .create_topic("dead", 1, 1)
+        .expect("dead-letter topic");
+    let source = KafkaSource::<u64>::json(&c.brokers, "g3", &["mixed"]).dead_letter_topic("dead");
     let stats: Arc<KafkaStats> = source.stats();
     let engine = start(source);
     let mut sub = engine.subscribe();
@@ -233,6 +236,36 @@ async fn undecodable_records_are_dead_letters_and_the_stream_goes_on() {
         300,
         "dead letters are committed past"
     );
+    assert_eq!(stats.dead_letters_unsent(), 0);
+    // Every dead letter is in the dead-letter topic, with its payload and why.
+    let reader: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &c.brokers)
+        .set("group.id", "dead-reader")
+        .set("session.timeout.ms", "6000")
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .expect("consumer");
+    reader.subscribe(&["dead"]).expect("subscribe");
+    let mut dead = Vec::new();
+    let deadline = std::time::Instant::now() + PATIENCE;
+    while dead.len() < 30 && std::time::Instant::now() < deadline {
+        use cloacina::kafka::rdkafka::message::{Headers, Message};
+        if let Some(Ok(m)) = reader.poll(Duration::from_millis(100)) {
+            let payload = String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned();
+            let error = m
+                .headers()
+                .and_then(|h| h.iter().find(|h| h.key == "cloacina-error"))
+                .and_then(|h| h.value)
+                .map(|v| String::from_utf8_lossy(v).into_owned());
+            assert!(payload.starts_with("not json"), "{payload}");
+            assert!(
+                error.is_some_and(|e| e.contains("not JSON")),
+                "a reason header"
+            );
+            dead.push(payload);
+        }
+    }
+    assert_eq!(dead.len(), 30);
     drop(c.mock);
 }
 

@@ -14,6 +14,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
+use crate::dead_letter::DeadLetters;
 use crate::decode::KafkaRecord;
 use crate::offsets::OffsetTracker;
 use crate::source::{KafkaSource, StartFrom};
@@ -141,6 +142,10 @@ pub(crate) fn run<T: Send + Sync + 'static>(
         message,
     };
     let consumer = connect(src, ctx).map_err(&fail)?;
+    let dead_letters = match &src.dead_letter_topic {
+        Some(topic) => Some(DeadLetters::new(&src.brokers, topic).map_err(&fail)?),
+        None => None,
+    };
     let shared = consumer.context().clone();
     let mut held: VecDeque<Held<T>> = VecDeque::new();
     let mut paused = false;
@@ -221,6 +226,15 @@ pub(crate) fn run<T: Send + Sync + 'static>(
                     }
                     Err(reason) => {
                         shared.stats.dead_letters.fetch_add(1, Ordering::Relaxed);
+                        if let Some(dead) = &dead_letters {
+                            if let Err(e) = dead.send(&record, &reason) {
+                                shared
+                                    .stats
+                                    .dead_letters_unsent
+                                    .fetch_add(1, Ordering::Relaxed);
+                                tracing::error!(source = %source, error = %e, "dead letter not sent to its topic (logged here only)");
+                            }
+                        }
                         tracing::error!(
                             source = %source,
                             topic = record.topic,

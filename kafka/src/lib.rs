@@ -30,12 +30,16 @@
 //!
 //! **Bad input**: a record the decoder rejects is a dead letter: counted
 //! ([`KafkaStats::dead_letters`]), logged at `error` with topic, partition, offset, key and
-//! reason, and its offset committed; it never stops the stream. An unknown topic or
+//! reason, copied to the dead-letter topic if one is set ([`KafkaSource::dead_letter_topic`]:
+//! same key and payload, headers `cloacina-error`, `-topic`, `-partition`, `-offset`,
+//! acknowledged before its offset is committed), and committed past; it never stops the
+//! stream. An unknown topic or
 //! unreachable brokers at start is an error naming them (the supervisor restarts the source
 //! with backoff, then marks it Failed). While every broker is down the source reports
 //! `Disconnected` (the reactor is Degraded) and `Live` again once records flow.
 
 mod consumer;
+mod dead_letter;
 mod decode;
 mod offsets;
 mod sink;

@@ -27,6 +27,7 @@ pub struct KafkaStats {
     pub(crate) boundaries: AtomicU64,
     pub(crate) filtered: AtomicU64,
     pub(crate) dead_letters: AtomicU64,
+    pub(crate) dead_letters_unsent: AtomicU64,
     pub(crate) commits: AtomicU64,
     pub(crate) commit_failures: AtomicU64,
     pub(crate) pauses: AtomicU64,
@@ -49,6 +50,10 @@ impl KafkaStats {
     /// Records that failed to decode (dead letters).
     pub fn dead_letters(&self) -> u64 {
         self.dead_letters.load(Ordering::Relaxed)
+    }
+    /// Dead letters that could not be produced to the dead-letter topic (logged only).
+    pub fn dead_letters_unsent(&self) -> u64 {
+        self.dead_letters_unsent.load(Ordering::Relaxed)
     }
     /// Offset commits made.
     pub fn commits(&self) -> u64 {
@@ -83,6 +88,7 @@ pub struct KafkaSource<T> {
     pub(crate) commit_every: Duration,
     pub(crate) close_timeout: Duration,
     pub(crate) connect_timeout: Duration,
+    pub(crate) dead_letter_topic: Option<String>,
     pub(crate) stats: Arc<KafkaStats>,
 }
 
@@ -113,6 +119,7 @@ impl<T: Send + Sync + 'static> KafkaSource<T> {
             commit_every: Duration::from_millis(200),
             close_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(10),
+            dead_letter_topic: None,
             stats: Arc::default(),
         }
     }
@@ -147,6 +154,14 @@ impl<T: Send + Sync + 'static> KafkaSource<T> {
     /// How long the start-up check (brokers reachable, topics exist) may take (default 10 s).
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = timeout;
+        self
+    }
+
+    /// Copies each record the decoder rejects to `topic` on the same brokers (same key and
+    /// payload; headers `cloacina-error`, `cloacina-topic`, `cloacina-partition`,
+    /// `cloacina-offset`), waiting for the acknowledgement before its offset is committed.
+    pub fn dead_letter_topic(mut self, topic: impl Into<String>) -> Self {
+        self.dead_letter_topic = Some(topic.into());
         self
     }
 
