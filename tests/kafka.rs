@@ -409,14 +409,17 @@ async fn broker_loss_is_disconnected_and_recovers() {
         }
     };
     health_is(AccumulatorHealth::Disconnected).await;
-    assert!(
-        matches!(
+    // The reactor takes the change in on its own loop: wait for it rather than race it.
+    tokio::time::timeout(PATIENCE, async {
+        while !matches!(
             engine.reactor().health(),
             cloacina::reactor::ReactorHealth::Degraded { .. }
-        ),
-        "{:?}",
-        engine.reactor().health()
-    );
+        ) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("reactor never Degraded: {:?}", engine.reactor().health()));
     c.mock.broker_up(1).expect("broker up");
     produce(&c.brokers, "flaky", 1, 100, &numbers(100..200));
     collect(&mut sub, 200, &mut seen).await;
