@@ -7,7 +7,9 @@
 //!
 //! Options: `--messages N` (400,000), `--partitions P` (8), `--brokers HOST:PORT` (default: an
 //! in-process librdkafka mock cluster), `--ledger URL` (adds the ledger phase; durability
-//! Batched), `--latency-secs S` (5).
+//! Batched), `--latency-secs S` (5), `--batch-records B` (producer batch size, librdkafka's
+//! default when absent; `--batch-records 1` for `tansu` 0.6, which skips the rest of a record
+//! batch when a fetch starts inside it, as a consumer resuming a paused partition does).
 //!
 //! Produces N records (64-byte payloads, unique keys "0".."N-1") into a fresh topic, then
 //! reads them all from the beginning, each phase with its own consumer group:
@@ -41,7 +43,7 @@ use cloacina::kafka::{Decoder, KafkaRecord, KafkaSource};
 use cloacina::prelude::*;
 
 const USAGE: &str = "usage: kafka_bench [--messages N] [--partitions P] [--brokers HOST:PORT] \
-[--ledger URL] [--latency-secs S]";
+[--ledger URL] [--latency-secs S] [--batch-records B]";
 
 /// Every consumer here (raw and pipeline alike) long-polls at most this long: the mock
 /// cluster answers a fetch only when its wait expires, so the default 500 ms would be the
@@ -54,6 +56,7 @@ struct Args {
     brokers: Option<String>,
     ledger: Option<String>,
     latency_secs: u64,
+    batch_records: Option<u32>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -63,6 +66,7 @@ fn parse_args() -> Result<Args, String> {
         brokers: None,
         ledger: None,
         latency_secs: 5,
+        batch_records: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -79,6 +83,13 @@ fn parse_args() -> Result<Args, String> {
             }
             "--brokers" => args.brokers = Some(value()?),
             "--ledger" => args.ledger = Some(value()?),
+            "--batch-records" => {
+                args.batch_records = Some(
+                    value()?
+                        .parse()
+                        .map_err(|e| format!("--batch-records: {e}"))?,
+                )
+            }
             "--latency-secs" => {
                 args.latency_secs = value()?
                     .parse()
@@ -109,13 +120,19 @@ async fn create_topic(brokers: &str, topic: &str, partitions: i32) -> Result<(),
     Ok(())
 }
 
+/// Producer batch size (`--batch-records`), if set: read once by every producer here.
+static BATCH_RECORDS: std::sync::OnceLock<Option<u32>> = std::sync::OnceLock::new();
+
 fn producer(brokers: &str) -> BaseProducer {
-    ClientConfig::new()
+    let mut config = ClientConfig::new();
+    config
         .set("bootstrap.servers", brokers)
         .set("linger.ms", "5")
-        .set("queue.buffering.max.messages", "1000000")
-        .create()
-        .expect("producer")
+        .set("queue.buffering.max.messages", "1000000");
+    if let Some(Some(n)) = BATCH_RECORDS.get() {
+        config.set("batch.num.messages", n.to_string());
+    }
+    config.create().expect("producer")
 }
 
 /// Sends one record, waiting for room in the producer's queue.
@@ -353,6 +370,7 @@ async fn main() {
             std::process::exit(2);
         }
     };
+    let _ = BATCH_RECORDS.set(args.batch_records);
     let run = std::process::id();
     let mock = match &args.brokers {
         Some(_) => None,

@@ -352,7 +352,10 @@ impl EmbeddedGraphBuilder {
             let mut ctx = AccumulatorContext::new(sender, w.shutdown, w.after_fire, w.health)
                 .with_metrics(w.metrics);
             if let Some(ledger) = w.ledger {
-                ctx = ctx.with_checkpoints(ledger, format!("{}/{name}", w.reactor.name()));
+                ctx = ctx.with_checkpoints(
+                    ledger,
+                    accumulators::checkpoint_owner(w.reactor.name(), name.as_str()),
+                );
             }
             Ok(tokio::spawn(accumulators::supervise(
                 factory, ctx, w.restart,

@@ -4,94 +4,17 @@
 //! reactor queue pauses the partitions, an unknown topic is a clear error, and two consumers
 //! of one group share the partitions through a rebalance.
 
+mod kafka_common;
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cloacina::kafka::rdkafka::config::ClientConfig;
 use cloacina::kafka::rdkafka::consumer::{BaseConsumer, Consumer};
-use cloacina::kafka::rdkafka::mocking::MockCluster;
-use cloacina::kafka::rdkafka::producer::{BaseProducer, BaseRecord, Producer};
-use cloacina::kafka::rdkafka::{Offset, TopicPartitionList};
 use cloacina::kafka::{KafkaSource, KafkaStats};
 use cloacina::prelude::*;
-
-const PATIENCE: Duration = Duration::from_secs(30);
-
-struct Cluster {
-    // Kept alive for the test; dropped last.
-    mock: MockCluster<'static, cloacina::kafka::rdkafka::producer::DefaultProducerContext>,
-    brokers: String,
-}
-
-fn cluster(topic: &str, partitions: i32) -> Cluster {
-    let mock = MockCluster::new(1).expect("mock cluster");
-    mock.create_topic(topic, partitions, 1).expect("topic");
-    let brokers = mock.bootstrap_servers();
-    Cluster { mock, brokers }
-}
-
-/// Produces `payloads` to `topic` (keys "0", "1", ... from `first_key`), round-robin over
-/// partitions, and waits until all are acknowledged.
-fn produce(brokers: &str, topic: &str, partitions: i32, first_key: u64, payloads: &[String]) {
-    let producer: BaseProducer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("linger.ms", "5")
-        .create()
-        .expect("producer");
-    for (i, payload) in payloads.iter().enumerate() {
-        let key = (first_key + i as u64).to_string();
-        let partition = (i as i32) % partitions;
-        loop {
-            let record = BaseRecord::<String, String>::to(topic)
-                .key(&key)
-                .payload(payload)
-                .partition(partition);
-            match producer.send(record) {
-                Ok(()) => break,
-                Err((_, _)) => {
-                    producer.poll(Duration::from_millis(10));
-                }
-            }
-        }
-    }
-    producer.flush(Duration::from_secs(30)).expect("flush");
-}
-
-fn numbers(range: std::ops::Range<u64>) -> Vec<String> {
-    range.map(|n| n.to_string()).collect()
-}
-
-/// Committed offsets of `group` on `topic`, per partition (0 where none).
-fn committed(brokers: &str, group: &str, topic: &str, partitions: i32) -> Vec<i64> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", group)
-        .create()
-        .expect("consumer");
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..partitions {
-        tpl.add_partition(topic, p);
-    }
-    let got = consumer
-        .committed_offsets(tpl, Duration::from_secs(10))
-        .expect("committed offsets");
-    (0..partitions)
-        .map(|p| match got.find_partition(topic, p).map(|e| e.offset()) {
-            Some(Offset::Offset(o)) => o,
-            _ => 0,
-        })
-        .collect()
-}
-
-fn echo_graph() -> CompiledGraph {
-    GraphBuilder::new("kafka")
-        .node("echo", (source::<u64>("n"),), |n: Option<&u64>| {
-            n.copied().unwrap_or(0)
-        })
-        .build()
-        .expect("graph")
-}
+use kafka_common::{cluster, committed, echo_graph, numbers, produce, PATIENCE};
 
 /// Counts each value the subscriber receives, until `want` distinct values are seen.
 async fn collect(sub: &mut Subscription, want: usize, seen: &mut HashMap<u64, u32>) {

@@ -141,6 +141,46 @@ impl std::fmt::Debug for Checkpoints {
     }
 }
 
+/// Reads where the ledger says a source's lanes resume (see
+/// [`AccumulatorContext::position_reader`] and [`crate::SourcePosition`]).
+#[derive(Clone)]
+pub struct PositionReader {
+    ledger: Arc<dyn Ledger>,
+    owner: String,
+    source: SourceName,
+}
+
+impl std::fmt::Debug for PositionReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PositionReader")
+            .field("owner", &self.owner)
+            .finish()
+    }
+}
+
+impl PositionReader {
+    /// The `next` of the last boundary of `lane` the ledger holds, if any.
+    pub async fn get(&self, lane: u64) -> Result<Option<i64>, AccumulatorError> {
+        let key = crate::position_key(lane);
+        let error = |reason: String| AccumulatorError::Checkpoint {
+            source_name: self.source.clone(),
+            key: key.clone(),
+            reason,
+        };
+        match self
+            .ledger
+            .checkpoint(&self.owner, &key)
+            .await
+            .map_err(|e| error(e.to_string()))?
+        {
+            None => Ok(None),
+            Some(record) => codec::decode(&record.value)
+                .map(Some)
+                .map_err(|e| error(e.to_string())),
+        }
+    }
+}
+
 impl<T: Send + Sync + 'static> AccumulatorContext<T> {
     /// Assembles a context. `after_fire` is notified by the reactor after each successful
     /// firing, if the accumulator asked for it.
@@ -310,6 +350,40 @@ impl<T: Send + Sync + 'static> AccumulatorContext<T> {
         self.sender.send_timeout(value, timeout)?;
         self.metrics.boundaries.fetch_add(1, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// [`AccumulatorContext::emit_timeout`] for a value read at `position` of an external
+    /// stream: the reactor records the position with the boundary, in the same ledger
+    /// append (see [`crate::SourcePosition`]); read it back with
+    /// [`AccumulatorContext::recorded_position`] to resume exactly past what was recorded.
+    pub fn emit_timeout_at(
+        &self,
+        value: T,
+        position: crate::SourcePosition,
+        timeout: std::time::Duration,
+    ) -> Result<(), crate::TrySendError<T>> {
+        self.sender.send_timeout_at(value, position, timeout)?;
+        self.metrics.boundaries.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Where to resume `lane`: the `next` of the last boundary of that lane the ledger holds
+    /// (`None`: no ledger, the reactor records no boundaries, or nothing recorded yet).
+    pub async fn recorded_position(&self, lane: u64) -> Result<Option<i64>, AccumulatorError> {
+        match self.position_reader() {
+            Some(reader) => reader.get(lane).await,
+            None => Ok(None),
+        }
+    }
+
+    /// A reader of this source's recorded positions that can be moved to another thread (a
+    /// consumer thread reading them at each partition assignment); `None` without a ledger.
+    pub fn position_reader(&self) -> Option<PositionReader> {
+        self.checkpoints.as_ref().map(|c| PositionReader {
+            ledger: Arc::clone(&c.ledger),
+            owner: c.owner.clone(),
+            source: self.sender.source().clone(),
+        })
     }
 
     /// Reports health.

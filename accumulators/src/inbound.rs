@@ -17,6 +17,7 @@ use cloacina_ledger::{AckSender, CheckpointRecord, LedgerError};
 use tokio::sync::mpsc;
 
 use crate::delivered::Delivered;
+use crate::position::SourcePosition;
 
 /// What travels on a reactor's inbound channel, in order.
 pub enum Inbound {
@@ -31,6 +32,9 @@ pub enum Inbound {
         type_name: &'static str,
         /// Told once the boundary is durably recorded (senders of `Sync` reactors wait on it).
         ack: Option<AckSender>,
+        /// Where in an external stream it came from, recorded with it (see
+        /// [`SourcePosition`]).
+        position: Option<SourcePosition>,
     },
     /// An accumulator checkpoint: recorded after every boundary sent before it, so a stored
     /// checkpoint is never ahead of the boundaries it covers.
@@ -263,11 +267,21 @@ impl<T: Send + Sync + 'static> BoundarySender<T> {
     }
 
     fn inbound(&self, value: T, ack: Option<AckSender>) -> Inbound {
+        self.positioned(value, ack, None)
+    }
+
+    fn positioned(
+        &self,
+        value: T,
+        ack: Option<AckSender>,
+        position: Option<SourcePosition>,
+    ) -> Inbound {
         Inbound::Boundary {
             source: self.index,
             value: Arc::new(value),
             type_name: std::any::type_name::<T>(),
             ack,
+            position,
         }
     }
 
@@ -331,9 +345,30 @@ impl<T: Send + Sync + 'static> BoundarySender<T> {
         value: T,
         timeout: std::time::Duration,
     ) -> Result<(), TrySendError<T>> {
+        self.send_timeout_from(value, None, timeout)
+    }
+
+    /// [`BoundarySender::send_timeout`] for a value that came from `position` of an external
+    /// stream: the reactor records the position in the same ledger append as the boundary
+    /// (see [`SourcePosition`]), so a restart can resume exactly past what the ledger holds.
+    pub fn send_timeout_at(
+        &self,
+        value: T,
+        position: SourcePosition,
+        timeout: std::time::Duration,
+    ) -> Result<(), TrySendError<T>> {
+        self.send_timeout_from(value, Some(position), timeout)
+    }
+
+    fn send_timeout_from(
+        &self,
+        value: T,
+        position: Option<SourcePosition>,
+        timeout: std::time::Duration,
+    ) -> Result<(), TrySendError<T>> {
         match self.tx.try_reserve() {
             Ok(permit) => {
-                permit.send(self.inbound(value, None));
+                permit.send(self.positioned(value, None, position));
                 return Ok(());
             }
             Err(mpsc::error::TrySendError::Closed(())) => return Err(TrySendError::Closed(value)),
@@ -345,7 +380,7 @@ impl<T: Send + Sync + 'static> BoundarySender<T> {
         let deadline = std::time::Instant::now() + timeout;
         match block_on_until(self.tx.reserve(), deadline) {
             Some(Ok(permit)) => {
-                permit.send(self.inbound(value, None));
+                permit.send(self.positioned(value, None, position));
                 Ok(())
             }
             Some(Err(_)) => Err(TrySendError::Closed(value)),

@@ -52,11 +52,13 @@ mod delivered;
 mod health;
 mod inbound;
 mod polling;
+mod position;
 pub mod supervise;
 
 pub use batch::{Batch, BatchConfig, BatchSender};
 pub use context::{
     Accumulator, AccumulatorContext, AccumulatorError, AccumulatorMetrics, Passthrough,
+    PositionReader,
 };
 pub use delivered::Delivered;
 pub use health::{AccumulatorHealth, HealthBoard, HealthReporter};
@@ -64,4 +66,5 @@ pub use inbound::{
     inbound_channel, BoundarySender, Inbound, InboundSender, SendError, TrySendError,
 };
 pub use polling::Polling;
+pub use position::{checkpoint_owner, lane_id, position_key, SourcePosition};
 pub use supervise::{supervise, AccumulatorFactory, Once, RestartPolicy};

@@ -6,12 +6,14 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use cloacina_accumulators::{
-    AccumulatorContext, AccumulatorError, AccumulatorHealth, Delivered, TrySendError,
+    AccumulatorContext, AccumulatorError, AccumulatorHealth, Delivered, PositionReader,
+    SourcePosition, TrySendError,
 };
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
+use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 use crate::dead_letter::DeadLetters;
@@ -24,6 +26,8 @@ const POLL: Duration = Duration::from_millis(50);
 /// How long the thread waits for room in the reactor's queue before it serves the client
 /// (callbacks, rebalances) again.
 const HOLD_WAIT: Duration = Duration::from_millis(20);
+/// Tries of the final commit at close (100 ms of client service between them).
+const CLOSE_COMMIT_ATTEMPTS: u32 = 20;
 
 /// What the librdkafka callbacks (run inside `poll`, on this thread) share with the loop.
 struct SourceContext {
@@ -33,6 +37,11 @@ struct SourceContext {
     brokers_down: AtomicBool,
     stats: Arc<crate::source::KafkaStats>,
     source: String,
+    /// The ledger's source positions, read at each assignment (with the runtime that
+    /// drives the ledger's I/O): `None` without a ledger.
+    positions: Option<(PositionReader, tokio::runtime::Handle)>,
+    /// How long an assignment waits for records of an earlier one to finish.
+    settle_timeout: Duration,
 }
 
 impl SourceContext {
@@ -41,30 +50,33 @@ impl SourceContext {
     }
 
     /// Commits what is done for `only` (or every assigned partition), synchronously.
-    fn commit(&self, consumer: &BaseConsumer<SourceContext>, only: Option<(&str, i32)>) {
+    /// Returns false if the commit failed (what it covered is committed by a later one).
+    fn commit(&self, consumer: &BaseConsumer<SourceContext>, only: Option<(&str, i32)>) -> bool {
         let due = {
             let mut tracker = self.tracker();
             tracker.delivered(self.delivered.get());
             tracker.due(only)
         };
         if due.is_empty() {
-            return;
+            return true;
         }
         let mut tpl = TopicPartitionList::new();
         for (topic, partition, offset) in &due {
             if let Err(e) = tpl.add_partition_offset(topic, *partition, Offset::Offset(*offset)) {
                 tracing::warn!(source = %self.source, %topic, partition, error = %e, "bad offset");
-                return;
+                return false;
             }
         }
         match consumer.commit(&tpl, CommitMode::Sync) {
             Ok(()) => {
                 self.tracker().committed(&due);
                 self.stats.commits.fetch_add(1, Ordering::Relaxed);
+                true
             }
             Err(e) => {
                 self.stats.commit_failures.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(source = %self.source, error = %e, "offset commit failed; retried with the next one");
+                false
             }
         }
     }
@@ -82,13 +94,142 @@ impl ClientContext for SourceContext {
     }
 }
 
+impl SourceContext {
+    /// With a ledger: moves each newly assigned partition to where the ledger says its
+    /// recorded boundaries end (effectively-once into the ledger), unless the group's
+    /// committed offset is further (work another member did since is not redone). Records
+    /// this consumer took from it in an earlier assignment are let finish first (bounded by
+    /// the close timeout), so the ledger's position covers them. Returns the partitions
+    /// moved, with where they resume (recorded: they may be committed).
+    fn resume_from_ledger(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        tpl: &mut TopicPartitionList,
+    ) -> Vec<(String, i32, i64)> {
+        let Some((reader, runtime)) = &self.positions else {
+            return Vec::new();
+        };
+        self.settle_in_flight(tpl);
+        let mut recorded = Vec::new();
+        for elem in tpl.elements() {
+            let (topic, partition) = (elem.topic(), elem.partition());
+            let lane = cloacina_accumulators::lane_id(topic, partition);
+            match runtime.block_on(reader.get(lane)) {
+                Ok(Some(next)) => recorded.push((topic.to_owned(), partition, next)),
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(source = %self.source, topic, partition, error = %e, "cannot read the ledger's position; resuming from the committed offset");
+                }
+            }
+        }
+        if recorded.is_empty() {
+            return recorded;
+        }
+        let committed = consumer.committed_offsets(tpl.clone(), Duration::from_secs(10));
+        recorded.retain(|(topic, partition, next)| {
+            let group_at = committed
+                .as_ref()
+                .ok()
+                .and_then(|c| c.find_partition(topic, *partition))
+                .and_then(|e| match e.offset() {
+                    Offset::Offset(o) => Some(o),
+                    _ => None,
+                });
+            if group_at.is_some_and(|o| o >= *next) {
+                return false;
+            }
+            if let Err(e) = tpl.set_partition_offset(topic, *partition, Offset::Offset(*next)) {
+                tracing::warn!(source = %self.source, %topic, partition, error = %e, "cannot resume from the ledger's position");
+                return false;
+            }
+            tracing::info!(source = %self.source, %topic, partition, offset = next, committed = ?group_at, "resuming past the records the ledger holds");
+            true
+        });
+        recorded
+    }
+
+    /// Waits (up to the close timeout) until no record this consumer took from the
+    /// partitions of `tpl` is still in the reactor's hands.
+    fn settle_in_flight(&self, tpl: &TopicPartitionList) {
+        let deadline = Instant::now() + self.settle_timeout;
+        loop {
+            let pending: usize = {
+                let mut tracker = self.tracker();
+                tracker.delivered(self.delivered.get());
+                tpl.elements()
+                    .iter()
+                    .map(|e| tracker.in_flight_of(e.topic(), e.partition()))
+                    .sum()
+            };
+            if pending == 0 {
+                return;
+            }
+            if Instant::now() >= deadline {
+                tracing::warn!(source = %self.source, pending, "records of an earlier assignment still in flight; they may be recorded twice");
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+}
+
 impl ConsumerContext for SourceContext {
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        // rdkafka's default, with the assigned offsets moved to the ledger's positions first.
+        let cooperative = matches!(
+            consumer.rebalance_protocol(),
+            rdkafka::consumer::RebalanceProtocol::Cooperative
+        );
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                let resumed = self.resume_from_ledger(consumer, tpl);
+                self.pre_rebalance(consumer, &Rebalance::Assign(tpl));
+                let assigned = if cooperative {
+                    consumer.incremental_assign(tpl)
+                } else {
+                    consumer.assign(tpl)
+                };
+                if let Err(e) = assigned {
+                    tracing::error!(source = %self.source, error = %e, "cannot take the assigned partitions");
+                }
+                self.post_rebalance(consumer, &Rebalance::Assign(tpl));
+                let mut tracker = self.tracker();
+                for (topic, partition, next) in &resumed {
+                    tracker.resumed(topic, *partition, *next);
+                }
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                self.pre_rebalance(consumer, &Rebalance::Revoke(tpl));
+                let released = if cooperative {
+                    consumer.incremental_unassign(tpl)
+                } else {
+                    consumer.unassign()
+                };
+                if let Err(e) = released {
+                    tracing::error!(source = %self.source, error = %e, "cannot release the revoked partitions");
+                }
+                self.post_rebalance(consumer, &Rebalance::Revoke(tpl));
+            }
+            other => {
+                let code: RDKafkaErrorCode = other.into();
+                let rebalance = Rebalance::Error(KafkaError::Rebalance(code));
+                self.pre_rebalance(consumer, &rebalance);
+                self.post_rebalance(consumer, &rebalance);
+            }
+        }
+    }
+
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(tpl) = rebalance {
             self.stats.rebalances.fetch_add(1, Ordering::Relaxed);
             // Done work is committed before the partitions go; undone work is not.
             for elem in tpl.elements() {
-                self.commit(consumer, Some((elem.topic(), elem.partition())));
+                let _ = self.commit(consumer, Some((elem.topic(), elem.partition())));
             }
             let mut tracker = self.tracker();
             for elem in tpl.elements() {
@@ -121,6 +262,7 @@ enum Held<T> {
     Value {
         slot: u32,
         generation: u32,
+        lane: u64,
         offset: i64,
         value: T,
     },
@@ -135,13 +277,25 @@ enum Held<T> {
 pub(crate) fn run<T: Send + Sync + 'static>(
     src: &KafkaSource<T>,
     ctx: &AccumulatorContext<T>,
+    runtime: tokio::runtime::Handle,
 ) -> Result<(), AccumulatorError> {
     let source = ctx.source().clone();
     let fail = |message: String| AccumulatorError::Failed {
         source_name: source.clone(),
         message,
     };
-    let consumer = connect(src, ctx).map_err(&fail)?;
+    if ctx.position_reader().is_some() {
+        // A restarted instance: the boundaries earlier instances sent must be recorded
+        // before the ledger's positions are read, or they would be read (and recorded) again.
+        let deadline = Instant::now() + src.close_timeout;
+        while ctx.delivered().get() < ctx.metrics().boundaries()
+            && Instant::now() < deadline
+            && !ctx.is_shutdown()
+        {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    let consumer = connect(src, ctx, runtime).map_err(&fail)?;
     let dead_letters = match &src.dead_letter_topic {
         Some(topic) => Some(DeadLetters::new(&src.brokers, topic).map_err(&fail)?),
         None => None,
@@ -157,7 +311,7 @@ pub(crate) fn run<T: Send + Sync + 'static>(
             break;
         }
         if last_commit.elapsed() >= src.commit_every {
-            shared.commit(&consumer, None);
+            let _ = shared.commit(&consumer, None);
             last_commit = Instant::now();
         }
         // Backpressure: offer what is held before taking more, waiting (parked, woken as
@@ -205,15 +359,16 @@ pub(crate) fn run<T: Send + Sync + 'static>(
                     payload: msg.payload(),
                     timestamp_ms: msg.timestamp().to_millis(),
                 };
-                let (slot, generation) = {
+                let (slot, generation, lane) = {
                     let mut tracker = shared.tracker();
                     let slot = tracker.slot(record.topic, record.partition);
-                    (slot, tracker.generation(slot))
+                    (slot, tracker.generation(slot), tracker.lane(slot))
                 };
                 let item = match src.decoder.decode(&record) {
                     Ok(Some(value)) => Held::Value {
                         slot,
                         generation,
+                        lane,
                         offset: record.offset,
                         value,
                     },
@@ -303,9 +458,17 @@ fn offer<T: Send + Sync + 'static>(
         Held::Value {
             slot,
             generation,
+            lane,
             offset,
             value,
-        } => match ctx.emit_timeout(value, wait) {
+        } => match ctx.emit_timeout_at(
+            value,
+            SourcePosition {
+                lane,
+                next: offset + 1,
+            },
+            wait,
+        ) {
             Ok(()) => {
                 shared.tracker().took(slot, offset, true);
                 shared.stats.boundaries.fetch_add(1, Ordering::Relaxed);
@@ -314,6 +477,7 @@ fn offer<T: Send + Sync + 'static>(
             Err(TrySendError::Full(value)) => Ok(Some(Held::Value {
                 slot,
                 generation,
+                lane,
                 offset,
                 value,
             })),
@@ -351,6 +515,7 @@ fn set_paused(consumer: &BaseConsumer<SourceContext>, pause: bool) -> Result<(),
 fn connect<T: Send + Sync + 'static>(
     src: &KafkaSource<T>,
     ctx: &AccumulatorContext<T>,
+    runtime: tokio::runtime::Handle,
 ) -> Result<BaseConsumer<SourceContext>, String> {
     let mut config = ClientConfig::new();
     config
@@ -381,6 +546,8 @@ fn connect<T: Send + Sync + 'static>(
         brokers_down: AtomicBool::new(false),
         stats: Arc::clone(&src.stats),
         source: ctx.source().to_string(),
+        positions: ctx.position_reader().map(|reader| (reader, runtime)),
+        settle_timeout: src.close_timeout,
     };
     let consumer: BaseConsumer<SourceContext> = config
         .create_with_context(context)
@@ -430,7 +597,18 @@ fn close<T: Send + Sync + 'static>(
         // Keeps the group membership alive while the reactor finishes.
         let _ = consumer.poll(Duration::from_millis(5));
     }
-    shared.commit(consumer, None);
+    // The last commit may meet a rebalance in progress (another member joining or leaving):
+    // serve the client and try again, or the next owner repeats what already fired.
+    for attempt in 1..=CLOSE_COMMIT_ATTEMPTS {
+        if shared.commit(consumer, None) {
+            break;
+        }
+        if attempt == CLOSE_COMMIT_ATTEMPTS {
+            tracing::warn!(source = %ctx.source(), "final offset commit failed; the next owner reads the uncommitted records again");
+            break;
+        }
+        let _ = consumer.poll(Duration::from_millis(100));
+    }
     consumer.unsubscribe();
     ctx.set_health(AccumulatorHealth::Stopped);
 }

@@ -23,6 +23,13 @@
 //! was consumed in the last `commit_every` plus what was in flight. Nothing is lost: a record
 //! is never committed before its firing is done.
 //!
+//! **Effectively-once into a ledger.** Each boundary is sent with its partition's position
+//! (`cloacina_accumulators::SourcePosition`); the reactor records the partition's next
+//! offset in the same atomic append as the boundaries. On every assignment the source lets
+//! records of an earlier assignment finish, reads the ledger's position of each partition
+//! and starts there when it is past the group's committed offset: nothing reaches the
+//! ledger twice, whatever the group's commits say (a new group included).
+//!
 //! **Backpressure**: when the reactor's queue is full the consumer thread parks until there is
 //! room (`BoundarySender::send_timeout`: woken by the reactor, no polling), serving the client
 //! every 20 ms; if the queue stays full it pauses its partitions (`pause`) and resumes them

@@ -25,6 +25,8 @@ struct InFlight {
 struct Partition {
     topic: String,
     partition: i32,
+    /// Its lane id in the ledger's source positions.
+    lane: u64,
     generation: u32,
     assigned: bool,
     /// One past the last record done (what a commit stores), if any is.
@@ -55,6 +57,7 @@ impl OffsetTracker {
         self.partitions.push(Partition {
             topic: topic.to_owned(),
             partition,
+            lane: cloacina_accumulators::lane_id(topic, partition),
             generation: 0,
             assigned: true,
             committable: None,
@@ -80,6 +83,36 @@ impl OffsetTracker {
         if let Some(p) = self.partitions.get_mut(slot) {
             p.assigned = false;
         }
+    }
+
+    /// Records of `topic`/`partition` taken (in any assignment) and not done yet.
+    pub(crate) fn in_flight_of(&self, topic: &str, partition: i32) -> usize {
+        match self
+            .partitions
+            .iter()
+            .position(|p| p.partition == partition && p.topic == topic)
+        {
+            Some(slot) => self
+                .in_flight
+                .iter()
+                .filter(|r| r.slot as usize == slot)
+                .count(),
+            None => 0,
+        }
+    }
+
+    /// The partition (just assigned) resumes at `next`, past records the ledger already
+    /// holds: they may be committed (the reactor fires them from the ledger after a crash).
+    pub(crate) fn resumed(&mut self, topic: &str, partition: i32, next: i64) {
+        let slot = self.slot(topic, partition) as usize;
+        if let Some(p) = self.partitions.get_mut(slot) {
+            p.committable = Some(p.committable.map_or(next, |c| c.max(next)));
+        }
+    }
+
+    /// The slot's lane id (see `cloacina_accumulators::SourcePosition`).
+    pub(crate) fn lane(&self, slot: u32) -> u64 {
+        self.partitions.get(slot as usize).map_or(0, |p| p.lane)
     }
 
     /// The slot's current generation.

@@ -178,10 +178,11 @@ impl<T: Send + Sync + 'static> Accumulator for KafkaSource<T> {
         ctx.set_health(AccumulatorHealth::Connecting);
         let (done_tx, done_rx) = tokio::sync::oneshot::channel();
         let source = ctx.source().clone();
+        let runtime = tokio::runtime::Handle::current();
         let thread = std::thread::Builder::new()
             .name(format!("cloacina-kafka-{source}"))
             .spawn(move || {
-                let result = consumer::run(&self, &ctx);
+                let result = consumer::run(&self, &ctx, runtime);
                 if result.is_err() {
                     ctx.set_health(AccumulatorHealth::Disconnected);
                 }

@@ -47,6 +47,9 @@ impl Default for WriterOptions {
 struct Entry {
     record: Record,
     ack: Option<AckSender>,
+    /// Whether this record ends its group: a batch never ends inside a group (see
+    /// [`LedgerWriter::write_all`]).
+    ends_group: bool,
 }
 
 #[derive(Debug, Default)]
@@ -86,7 +89,7 @@ pub struct WriterStatus {
 ///
 /// [`LedgerWriter::write`] waits only when the bounded queue is full: a slow store slows the
 /// writer's callers rather than losing records. Records are appended in the order they were
-/// queued, up to [`MAX_BATCH`] per append, so one flush or fsync covers every record (and
+/// queued, up to [`MAX_BATCH`] per append (more only to finish a group: see [`LedgerWriter::write_all`]), so one flush or fsync covers every record (and
 /// every caller) in the batch. An append that fails with a transient error (or panics) is
 /// retried ([`APPEND_ATTEMPTS`] tries with growing pauses); a permanent error (a conflict, a
 /// damaged store, a record the backend refuses) is not retried. A batch given up on is
@@ -190,7 +193,11 @@ impl LedgerWriter {
     /// Queues one record, waiting while the queue is full.
     pub async fn write(&self, record: Record) -> Result<(), LedgerError> {
         self.tx
-            .send(Entry { record, ack: None })
+            .send(Entry {
+                record,
+                ack: None,
+                ends_group: true,
+            })
             .await
             .map_err(|_| LedgerError::Closed { pending: 1 })?;
         self.status.handed.fetch_add(1, Ordering::Relaxed);
@@ -210,6 +217,7 @@ impl LedgerWriter {
             .send(Entry {
                 record,
                 ack: Some(ack),
+                ends_group: true,
             })
             .await
         {
@@ -225,8 +233,10 @@ impl LedgerWriter {
     }
 
     /// Queues many records in order, taking queue places in bulk (cheaper than one
-    /// [`LedgerWriter::write`] each), waiting while the queue is full. Each record's `ack`, if
-    /// any, is told as for [`LedgerWriter::write_acked`]. Returns how many records could not be
+    /// [`LedgerWriter::write`] each), waiting while the queue is full. The records are one
+    /// **group**: they are appended in one batch (atomically, on every backend), even past
+    /// [`MAX_BATCH`], so a crash leaves all of them or none. Each record's `ack`, if any, is
+    /// told as for [`LedgerWriter::write_acked`]. Returns how many records could not be
     /// handed over because the writer has stopped (their acks get the error).
     pub async fn write_all(&self, entries: &mut Vec<(Record, Option<AckSender>)>) -> usize {
         let mut lost = 0;
@@ -238,8 +248,14 @@ impl LedgerWriter {
             }
             match self.tx.reserve_many(want).await {
                 Ok(permits) => {
-                    for (permit, (record, ack)) in permits.zip(rest.by_ref()) {
-                        permit.send(Entry { record, ack });
+                    // The last chunk's last record ends the group.
+                    let group_ends_at = (rest.len() == want).then_some(want - 1);
+                    for (i, (permit, (record, ack))) in permits.zip(rest.by_ref()).enumerate() {
+                        permit.send(Entry {
+                            record,
+                            ack,
+                            ends_group: group_ends_at == Some(i),
+                        });
                     }
                     self.status.handed.fetch_add(want as u64, Ordering::Relaxed);
                 }
@@ -384,6 +400,13 @@ async fn run(
     let flushes_buffered = buffered && options.flush_interval.is_some();
     let mut unflushed_records = 0u64;
     while rx.recv_many(&mut entries, MAX_BATCH).await > 0 {
+        // A batch ends only where a group does: take the rest of an unfinished group (its
+        // sender is queueing it right now), so the group is appended atomically.
+        while entries.last().is_some_and(|e| !e.ends_group) {
+            if rx.recv_many(&mut entries, MAX_BATCH).await == 0 {
+                break;
+            }
+        }
         metrics.queue_depth.set(rx.len() as f64);
         let started = Instant::now();
         for entry in entries.drain(..) {

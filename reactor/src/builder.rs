@@ -286,6 +286,7 @@ impl ReactorBuilder {
                 retention,
                 runtime: runtime.clone(),
                 stats: Arc::clone(&stats),
+                sources: Arc::clone(&sources),
             }),
             subscribers: Subscribers::default(),
             failure_policy: self.failure_policy,

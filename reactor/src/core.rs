@@ -338,13 +338,14 @@ impl Core {
     /// Stamps a boundary, has its ledger record queued (if state is recorded), and hands it
     /// to the trigger.
     fn accept(&mut self, inb: Inbound, received_at: SystemTime) {
-        let (index, value, type_name, ack) = match inb {
+        let (index, value, type_name, ack, position) = match inb {
             Inbound::Boundary {
                 source,
                 value,
                 type_name,
                 ack,
-            } => (source as usize, value, type_name, ack),
+                position,
+            } => (source as usize, value, type_name, ack, position),
             Inbound::Checkpoint { record, ack } => {
                 self.recorder.checkpoint(record, ack);
                 return;
@@ -362,7 +363,8 @@ impl Core {
         let boundary = Boundary::from_erased(self.counters.last_seq, received_at, value, type_name);
         self.stats.boundaries.fetch_add(1, Ordering::Relaxed);
         self.metrics.boundary(index);
-        self.recorder.boundary(decl, &boundary, ack);
+        self.recorder
+            .boundary(index as u32, decl, &boundary, ack, position);
         self.trigger.offer(index, boundary);
     }
 

@@ -67,6 +67,7 @@ mod firing;
 mod handle;
 mod health;
 mod metrics;
+mod positions;
 mod recorder;
 mod replay;
 mod stats;

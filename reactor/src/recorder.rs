@@ -9,6 +9,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use cloacina_accumulators::SourcePosition;
 use cloacina_graph_core::{Boundary, SourceDecl, SourceName, TerminalOutputs};
 use cloacina_ledger::{
     AckSender, CheckpointRecord, FiringQuery, FiringRecord, Ledger, LedgerError, LedgerWriter,
@@ -16,6 +17,7 @@ use cloacina_ledger::{
 };
 
 use crate::durable::{self, boundary_record, unix_us, Durability, RecoveryError, RetentionPolicy};
+use crate::positions::PendingPositions;
 use crate::stats::ReactorStats;
 use crate::trigger::Trigger;
 
@@ -36,6 +38,9 @@ pub(crate) struct Recorder {
     durability: Durability,
     /// Records (with their senders' acknowledgements) waiting to be handed to the writer.
     outbox: Vec<(Record, Option<AckSender>)>,
+    /// Source positions of the boundaries in the outbox: the newest `next` per
+    /// `(source index, lane)`, recorded as checkpoints at the end of the same hand-over.
+    positions: PendingPositions,
     snapshot_every: u64,
     since_snapshot: u64,
     retention: Option<(Arc<dyn Ledger>, RetentionPolicy)>,
@@ -59,6 +64,8 @@ pub(crate) struct RecorderSetup {
     pub(crate) retention: Option<RetentionPolicy>,
     pub(crate) runtime: tokio::runtime::Handle,
     pub(crate) stats: Arc<ReactorStats>,
+    /// The graph's sources, by index.
+    pub(crate) sources: Arc<[SourceName]>,
 }
 
 impl Recorder {
@@ -74,6 +81,7 @@ impl Recorder {
         };
         let status = writer.as_ref().map(LedgerWriter::watch_status);
         Self {
+            positions: PendingPositions::new(&setup.name, &setup.sources),
             name: setup.name,
             status,
             writer,
@@ -108,11 +116,15 @@ impl Recorder {
 
     /// Queues the record of an accepted boundary, with its sender's acknowledgement; a
     /// sender waiting for durability is told at once if the boundary cannot be recorded.
+    /// A `position` (where in an external stream the boundary came from) is recorded in
+    /// the same append as the boundary (see [`Recorder::hand_over`]).
     pub(crate) fn boundary(
         &mut self,
+        source: u32,
         decl: &SourceDecl,
         boundary: &Boundary,
         ack: Option<AckSender>,
+        position: Option<SourcePosition>,
     ) {
         if !self.records_state() {
             if let Some(ack) = ack {
@@ -125,7 +137,12 @@ impl Recorder {
         }
         self.since_snapshot += 1;
         match boundary_record(&self.name, decl, boundary) {
-            Ok(record) => self.outbox.push((Record::Boundary(record), ack)),
+            Ok(record) => {
+                self.outbox.push((Record::Boundary(record), ack));
+                if let Some(p) = position {
+                    self.positions.note(source, p);
+                }
+            }
             Err(reason) => {
                 // Accepted in memory, but it cannot be recorded: say so loudly.
                 tracing::error!(reactor = %self.name, seq = boundary.seq(), %reason, "boundary not recorded");
@@ -153,16 +170,21 @@ impl Recorder {
         }
     }
 
-    /// Hands what the outbox holds to the writer, in order; waits only if the writer's queue
-    /// is full. Returns whether the ledger's failing state changed.
+    /// Hands what the outbox holds to the writer, in order, as one group the writer appends
+    /// atomically; waits only if the writer's queue is full. The source positions of the
+    /// boundaries in it end the group (one checkpoint per lane that moved), so the ledger
+    /// never holds a boundary without its position, nor a position ahead of its boundaries.
+    /// Returns whether the ledger's failing state changed.
     pub(crate) async fn hand_over(&mut self) -> bool {
         if self.outbox.is_empty() {
             return false;
         }
         let Some(writer) = &self.writer else {
             self.outbox.clear();
+            self.positions.clear();
             return false;
         };
+        self.positions.drain_into(&self.name, &mut self.outbox);
         let lost = writer.write_all(&mut self.outbox).await as u64;
         if lost > 0 {
             self.unwritten += lost;

@@ -281,3 +281,24 @@ fn errors_say_whether_to_retry() {
     };
     assert_eq!(outage.kind(), crate::ErrorKind::Transient);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_is_appended_in_one_batch_even_past_the_batch_limit() {
+    // A queue smaller than the group, and a group past MAX_BATCH: the writer takes the
+    // group in pieces as it is queued, but appends it once (atomically).
+    let ledger = Arc::new(FaultyLedger::failing_first(0));
+    let writer = LedgerWriter::spawn(ledger.clone(), options(1000));
+    let n = MAX_BATCH as u64 * 2 + 7;
+    let mut group: Vec<(Record, Option<AckSender>)> =
+        (1..=n).map(|id| (firing("r", id), None)).collect();
+    assert_eq!(writer.write_all(&mut group).await, 0);
+    let report = writer.close().await;
+    assert_eq!((report.written, report.lost), (n, 0));
+    assert_eq!(ledger.attempts(), 1, "one append for the whole group");
+    let stored = ledger
+        .firings(&FiringQuery::reactor("r"))
+        .await
+        .expect("read")
+        .len() as u64;
+    assert_eq!(stored, n);
+}
