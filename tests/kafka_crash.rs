@@ -13,8 +13,6 @@
 //! printed).
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Read};
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -131,44 +129,13 @@ fn next(seed: &mut u64) -> u64 {
     *seed
 }
 
-fn spawn_child(brokers: &str, ledger: &std::path::Path, last: bool) -> std::process::Child {
-    let mut cmd = Command::new(std::env::current_exe().expect("test binary"));
-    cmd.args([
-        "--exact",
-        "kafka_crash_child",
-        "--nocapture",
-        "--test-threads=1",
-    ])
-    .env(CHILD_ENV, brokers)
-    .env(LEDGER_ENV, ledger)
-    .stdout(Stdio::piped())
-    .stderr(Stdio::inherit());
+fn spawn_child(brokers: &str, ledger: &std::path::Path, last: bool) -> kafka_common::Child {
+    let ledger = ledger.to_string_lossy();
+    let mut envs = vec![(CHILD_ENV, brokers), (LEDGER_ENV, ledger.as_ref())];
     if last {
-        cmd.env(FINAL_ENV, "1");
+        envs.push((FINAL_ENV, "1"));
     }
-    cmd.spawn().expect("child")
-}
-
-/// Waits for `line` on the child's stdout (within `patience`).
-fn wait_for(child: &mut std::process::Child, line: &str, patience: Duration) -> bool {
-    let Some(stdout) = child.stdout.take() else {
-        return false;
-    };
-    let (tx, rx) = std::sync::mpsc::channel();
-    let want = format!("CRASH {line}");
-    std::thread::spawn(move || {
-        let mut reader = BufReader::new(stdout);
-        let mut buf = String::new();
-        while reader.read_line(&mut buf).is_ok_and(|n| n > 0) {
-            if buf.trim_end().ends_with(&want) {
-                let _ = tx.send(());
-            }
-            buf.clear();
-        }
-        // Drain the rest so the child never blocks on a full pipe.
-        let _ = reader.read_to_end(&mut Vec::new());
-    });
-    rx.recv_timeout(patience).is_ok()
+    kafka_common::Child::spawn("kafka_crash_child", &envs)
 }
 
 #[test]
@@ -230,13 +197,13 @@ fn kill_rounds(brokers: &str, broker_kind: &str) {
     for round in 0..rounds {
         let mut child = spawn_child(&brokers, &ledger_path, false);
         assert!(
-            wait_for(&mut child, "assigned", Duration::from_secs(60)),
+            child.wait_for("CRASH assigned", Duration::from_secs(60)),
             "round {round}: the child never got its partitions"
         );
         let delay = Duration::from_millis(50 + next(&mut seed) % 450);
         std::thread::sleep(delay);
-        child.kill().expect("SIGKILL");
-        let _ = child.wait();
+        child.process.kill().expect("SIGKILL");
+        let _ = child.process.wait();
         let committed = committed_total(&brokers);
         if committed > 0 && committed < RECORDS as i64 {
             killed_after_progress += 1;
@@ -245,10 +212,10 @@ fn kill_rounds(brokers: &str, broker_kind: &str) {
     }
     let mut child = spawn_child(&brokers, &ledger_path, true);
     assert!(
-        wait_for(&mut child, "done", Duration::from_secs(180)),
+        child.wait_for("CRASH done", Duration::from_secs(180)),
         "the last child did not finish"
     );
-    let status = child.wait().expect("wait");
+    let status = child.process.wait().expect("wait");
     assert!(status.success(), "last child: {status:?}");
 
     let ledger = SledLedger::open(&ledger_path).expect("reopen the ledger");

@@ -6,13 +6,12 @@ mod kafka_common;
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use cloacina::accumulators::{checkpoint_owner, lane_id, position_key};
 use cloacina::kafka::KafkaSource;
 use cloacina::ledger::{BoundaryQuery, Ledger, SledLedger};
 use cloacina::prelude::*;
-use kafka_common::{cluster, committed, echo_graph, numbers, produce, PATIENCE};
+use kafka_common::{cluster, committed, echo_graph, fired, numbers, produce};
 
 fn start(source: KafkaSource<u64>, ledger: Arc<dyn Ledger>) -> EmbeddedGraph {
     EmbeddedGraph::builder(echo_graph())
@@ -29,32 +28,6 @@ fn source(brokers: &str, group: &str) -> KafkaSource<u64> {
         .set("heartbeat.interval.ms", "500")
 }
 
-/// Fires until `want` distinct values were seen, then a little longer (to catch repeats).
-async fn fired(engine: &EmbeddedGraph, want: usize) -> HashMap<u64, u32> {
-    let mut sub = engine.subscribe();
-    let mut seen: HashMap<u64, u32> = HashMap::new();
-    let note = |f: &Firing, seen: &mut HashMap<u64, u32>| {
-        if let GraphResult::Completed { outputs } = &f.result {
-            *seen
-                .entry(*outputs.get::<u64>("echo").expect("echo"))
-                .or_default() += 1;
-        }
-    };
-    tokio::time::timeout(PATIENCE, async {
-        while seen.len() < want {
-            let f = sub.recv().await.expect("open").expect("not lagged");
-            note(&f, &mut seen);
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("only {} of {want} values fired", seen.len()));
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    while let Ok(f) = sub.try_recv() {
-        note(&f, &mut seen);
-    }
-    seen
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_resumes_from_the_ledger_and_records_nothing_twice() {
     let c = cluster("ledgered", 4);
@@ -65,7 +38,8 @@ async fn a_restart_resumes_from_the_ledger_and_records_nothing_twice() {
 
     let engine = start(source(&c.brokers, "g1"), Arc::clone(&ledger));
     let reactor = engine.reactor().name().to_owned();
-    let seen = fired(&engine, 1000).await;
+    let mut sub = engine.subscribe();
+    let seen = fired(&mut sub, 1000).await;
     engine.shutdown().await.expect("shutdown");
     assert!(seen.values().all(|n| *n == 1));
 
@@ -85,7 +59,8 @@ async fn a_restart_resumes_from_the_ledger_and_records_nothing_twice() {
     // says where its records end, so only the 500 new ones are read.
     produce(&c.brokers, "ledgered", 4, 1000, &numbers(1000..1500));
     let engine = start(source(&c.brokers, "g2"), Arc::clone(&ledger));
-    let later = fired(&engine, 500).await;
+    let mut sub = engine.subscribe();
+    let later = fired(&mut sub, 500).await;
     engine.shutdown().await.expect("shutdown");
     let mut values: Vec<u64> = later.keys().copied().collect();
     values.sort_unstable();

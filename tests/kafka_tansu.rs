@@ -17,7 +17,9 @@ use cloacina::kafka::rdkafka::message::Message;
 use cloacina::kafka::{KafkaSink, KafkaSource};
 use cloacina::ledger::{BoundaryQuery, Ledger, SledLedger};
 use cloacina::prelude::*;
-use kafka_common::{committed, echo_graph, numbers, produce_unbatched as produce, Tansu, PATIENCE};
+use kafka_common::{
+    committed, echo_graph, fired, numbers, produce_unbatched as produce, Tansu, PATIENCE,
+};
 
 fn start(source: KafkaSource<u64>, ledger: Option<Arc<dyn Ledger>>) -> EmbeddedGraph {
     let mut builder = EmbeddedGraph::builder(echo_graph())
@@ -27,31 +29,6 @@ fn start(source: KafkaSource<u64>, ledger: Option<Arc<dyn Ledger>>) -> EmbeddedG
         builder = builder.ledger(ledger);
     }
     builder.start().expect("start")
-}
-
-/// Values of the firings seen until `want` distinct ones, then half a second more.
-async fn fired(sub: &mut Subscription, want: usize) -> HashMap<u64, u32> {
-    let mut seen: HashMap<u64, u32> = HashMap::new();
-    let note = |f: &Firing, seen: &mut HashMap<u64, u32>| {
-        if let GraphResult::Completed { outputs } = &f.result {
-            *seen
-                .entry(*outputs.get::<u64>("echo").expect("echo"))
-                .or_default() += 1;
-        }
-    };
-    tokio::time::timeout(PATIENCE, async {
-        while seen.len() < want {
-            let f = sub.recv().await.expect("open").expect("not lagged");
-            note(&f, &mut seen);
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("only {} of {want} values fired", seen.len()));
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    while let Ok(f) = sub.try_recv() {
-        note(&f, &mut seen);
-    }
-    seen
 }
 
 /// Every value of `topic`, read from the start by a fresh group.

@@ -30,6 +30,10 @@
 //! and starts there when it is past the group's committed offset: nothing reaches the
 //! ledger twice, whatever the group's commits say (a new group included).
 //!
+//! **Exactly-once topic to topic**: [`ExactlyOnce`] joins a source and a [`KafkaSink`]; the
+//! sink commits the source's offsets in the Kafka transaction that carries the outputs of
+//! the records behind them.
+//!
 //! **Backpressure**: when the reactor's queue is full the consumer thread parks until there is
 //! room (`BoundarySender::send_timeout`: woken by the reactor, no polling), serving the client
 //! every 20 ms; if the queue stays full it pauses its partitions (`pause`) and resumes them
@@ -48,11 +52,14 @@
 mod consumer;
 mod dead_letter;
 mod decode;
+mod exactly_once;
+mod group;
 mod offsets;
 mod sink;
 mod source;
 
 pub use decode::{DecodeResult, Decoder, KafkaRecord};
+pub use exactly_once::ExactlyOnce;
 pub use sink::{KafkaSink, SinkHandle, SinkStats};
 pub use source::{KafkaSource, KafkaStats, StartFrom};
 

@@ -89,6 +89,7 @@ pub struct KafkaSource<T> {
     pub(crate) close_timeout: Duration,
     pub(crate) connect_timeout: Duration,
     pub(crate) dead_letter_topic: Option<String>,
+    pub(crate) exactly_once: Option<crate::ExactlyOnce>,
     pub(crate) stats: Arc<KafkaStats>,
 }
 
@@ -120,6 +121,7 @@ impl<T: Send + Sync + 'static> KafkaSource<T> {
             close_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(10),
             dead_letter_topic: None,
+            exactly_once: None,
             stats: Arc::default(),
         }
     }
@@ -162,6 +164,15 @@ impl<T: Send + Sync + 'static> KafkaSource<T> {
     /// `cloacina-offset`), waiting for the acknowledgement before its offset is committed.
     pub fn dead_letter_topic(mut self, topic: impl Into<String>) -> Self {
         self.dead_letter_topic = Some(topic.into());
+        self
+    }
+
+    /// Joins this source to a [`crate::KafkaSink`] given the same `link`: the sink commits
+    /// this source's offsets in the transaction that carries the outputs of the records
+    /// behind them (exactly-once topic to topic; see [`crate::ExactlyOnce`]). The source
+    /// then commits nothing itself, and consumes only once the sink is attached.
+    pub fn exactly_once(mut self, link: &crate::ExactlyOnce) -> Self {
+        self.exactly_once = Some(link.clone());
         self
     }
 

@@ -233,3 +233,76 @@ impl Drop for Tansu {
         let _ = self.child.wait();
     }
 }
+
+/// This test binary run again as a child process, for one test (`--exact name`): stdin and
+/// stdout piped, its stdout lines read on a thread of their own.
+pub struct Child {
+    pub process: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl Child {
+    /// Starts the test `name` of this binary with `envs` set.
+    pub fn spawn(name: &str, envs: &[(&str, &str)]) -> Self {
+        use std::io::BufRead;
+        let mut cmd = std::process::Command::new(std::env::current_exe().expect("test binary"));
+        cmd.args(["--exact", name, "--nocapture", "--test-threads=1"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit());
+        for (key, value) in envs {
+            cmd.env(key, value);
+        }
+        let mut process = cmd.spawn().expect("child");
+        let stdout = process.stdout.take().expect("piped stdout");
+        let (tx, lines) = std::sync::mpsc::channel();
+        // Reads to the end, so the child never blocks on a full pipe.
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                let _ = tx.send(line);
+            }
+        });
+        Self { process, lines }
+    }
+
+    /// Waits (up to `patience`) for a line of the child's stdout ending with `want`.
+    pub fn wait_for(&self, want: &str, patience: Duration) -> bool {
+        let deadline = std::time::Instant::now() + patience;
+        while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.trim_end().ends_with(want) => return true,
+                Ok(_) => {}
+                Err(_) => return false,
+            }
+        }
+        false
+    }
+}
+
+/// Values of the firings seen until `want` distinct ones, then half a second more.
+pub async fn fired(sub: &mut Subscription, want: usize) -> std::collections::HashMap<u64, u32> {
+    let mut seen: std::collections::HashMap<u64, u32> = std::collections::HashMap::new();
+    let note = |f: &Firing, seen: &mut std::collections::HashMap<u64, u32>| {
+        if let GraphResult::Completed { outputs } = &f.result {
+            *seen
+                .entry(*outputs.get::<u64>("echo").expect("echo"))
+                .or_default() += 1;
+        }
+    };
+    tokio::time::timeout(PATIENCE, async {
+        while seen.len() < want {
+            let f = sub.recv().await.expect("open").expect("not lagged");
+            note(&f, &mut seen);
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("only {} of {want} values fired", seen.len()));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    while let Ok(f) = sub.try_recv() {
+        note(&f, &mut seen);
+    }
+    seen
+}
