@@ -168,6 +168,10 @@ impl SourceContext {
     /// Waits (up to the close timeout) until no record this consumer took from the
     /// partitions of `tpl` is still in the reactor's hands.
     fn settle_in_flight(&self, tpl: &TopicPartitionList) {
+        if self.transactional {
+            // Exactly-once: records retire as the sink commits them, not by the watermark.
+            return;
+        }
         let deadline = Instant::now() + self.settle_timeout;
         loop {
             let pending: usize = {
