@@ -105,10 +105,7 @@ fn kafka_crash_child() {
             .accumulator_factory("n", move || kafka.clone())
             .start()
             .expect("start");
-        while stats.rebalances() == 0 {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        println!("CRASH assigned");
+        kafka_common::announce_assigned(&stats, "CRASH assigned").await;
         if !last {
             std::future::pending::<()>().await;
         }

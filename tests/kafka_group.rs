@@ -85,10 +85,7 @@ fn kafka_group_child() {
             .accumulator_factory("n", move || kafka.clone())
             .start()
             .expect("start");
-        while stats.rebalances() == 0 {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        println!("GROUP assigned");
+        kafka_common::announce_assigned(&stats, "GROUP assigned").await;
         let deadline = Instant::now() + Duration::from_secs(120);
         while !stop.load(Ordering::Relaxed)
             && Instant::now() < deadline

@@ -4,12 +4,11 @@
 
 mod kafka_common;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use cloacina::accumulators::{checkpoint_owner, lane_id, position_key};
 use cloacina::kafka::KafkaSource;
-use cloacina::ledger::{BoundaryQuery, Ledger, SledLedger};
+use cloacina::ledger::{Ledger, SledLedger};
 use cloacina::prelude::*;
 use kafka_common::{cluster, committed, echo_graph, fired, numbers, produce};
 
@@ -78,15 +77,7 @@ async fn a_restart_resumes_from_the_ledger_and_records_nothing_twice() {
         1500
     );
 
-    let boundaries = ledger
-        .boundaries(&BoundaryQuery::reactor(reactor))
-        .await
-        .expect("read boundaries");
-    let mut counts: HashMap<u64, u32> = HashMap::new();
-    for b in &boundaries {
-        let v: u64 = cloacina::graph::codec::decode(&b.value).expect("a u64");
-        *counts.entry(v).or_default() += 1;
-    }
+    let counts = kafka_common::recorded_values(&*ledger, &reactor).await;
     assert_eq!(counts.len(), 1500);
     assert!(counts.values().all(|n| *n == 1), "a record recorded twice");
     drop(c.mock);

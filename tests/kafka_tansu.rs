@@ -15,7 +15,7 @@ use cloacina::kafka::rdkafka::config::ClientConfig;
 use cloacina::kafka::rdkafka::consumer::{BaseConsumer, Consumer};
 use cloacina::kafka::rdkafka::message::Message;
 use cloacina::kafka::{KafkaSink, KafkaSource};
-use cloacina::ledger::{BoundaryQuery, Ledger, SledLedger};
+use cloacina::ledger::{Ledger, SledLedger};
 use cloacina::prelude::*;
 use kafka_common::{
     committed, echo_graph, fired, numbers, produce_unbatched as produce, Tansu, PATIENCE,
@@ -127,15 +127,7 @@ async fn a_ledger_records_each_record_once_across_groups_on_tansu() {
     engine.shutdown().await.expect("shutdown");
     assert_eq!(later.len(), 300, "only the new records were read");
 
-    let mut counts: HashMap<u64, u32> = HashMap::new();
-    for b in ledger
-        .boundaries(&BoundaryQuery::reactor(reactor))
-        .await
-        .expect("read")
-    {
-        let v: u64 = cloacina::graph::codec::decode(&b.value).expect("a u64");
-        *counts.entry(v).or_default() += 1;
-    }
+    let counts = kafka_common::recorded_values(&*ledger, &reactor).await;
     assert_eq!(counts.len(), 1300);
     assert!(counts.values().all(|n| *n == 1), "a record recorded twice");
 }

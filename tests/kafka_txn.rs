@@ -59,10 +59,7 @@ fn kafka_txn_child() {
             .exactly_once(&link, "txn-pipeline", Duration::from_millis(100))
             .spawn(engine.subscribe())
             .expect("sink");
-        while stats.rebalances() == 0 {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        println!("TXN assigned");
+        kafka_common::announce_assigned(&stats, "TXN assigned").await;
         if !last {
             std::future::pending::<()>().await;
         }

@@ -306,3 +306,29 @@ pub async fn fired(sub: &mut Subscription, want: usize) -> std::collections::Has
     }
     seen
 }
+
+/// Waits until the source got its first partitions, then prints `line` (a child's signal to
+/// its parent).
+pub async fn announce_assigned(stats: &cloacina::kafka::KafkaStats, line: &str) {
+    while stats.rebalances() == 0 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    println!("{line}");
+}
+
+/// How often each value was recorded as a boundary of `reactor` in `ledger`.
+pub async fn recorded_values(
+    ledger: &dyn cloacina::ledger::Ledger,
+    reactor: &str,
+) -> std::collections::HashMap<u64, u32> {
+    let mut counts = std::collections::HashMap::new();
+    for b in ledger
+        .boundaries(&cloacina::ledger::BoundaryQuery::reactor(reactor))
+        .await
+        .expect("read boundaries")
+    {
+        let v: u64 = cloacina::graph::codec::decode(&b.value).expect("a u64");
+        *counts.entry(v).or_default() += 1;
+    }
+    counts
+}
