@@ -94,7 +94,7 @@ pub(crate) fn run<T: Send + Sync + 'static>(
             ));
         }
         if last_commit.elapsed() >= src.commit_every {
-            let _ = shared.commit(&consumer, None);
+            let _ = shared.commit(&consumer);
             last_commit = Instant::now();
         }
         // Backpressure: offer what is held before taking more, waiting (parked, woken as
@@ -374,7 +374,7 @@ fn close<T: Send + Sync + 'static>(
             if shared.transactional {
                 // Exactly-once: the sink retires records and commits them in its
                 // transactions; wait until it has committed everything taken.
-                tracker.in_flight() + tracker.due(None).len()
+                tracker.in_flight() + tracker.due().len()
             } else {
                 tracker.delivered(shared.delivered.get());
                 tracker.in_flight()
@@ -392,7 +392,7 @@ fn close<T: Send + Sync + 'static>(
     // The last commit may meet a rebalance in progress (another member joining or leaving):
     // serve the client and try again, or the next owner repeats what already fired.
     for attempt in 1..=CLOSE_COMMIT_ATTEMPTS {
-        if shared.commit(consumer, None) {
+        if shared.commit(consumer) {
             break;
         }
         if attempt == CLOSE_COMMIT_ATTEMPTS {

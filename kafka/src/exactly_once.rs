@@ -100,5 +100,5 @@ impl ExactlyOnce {
 /// The due offsets of a tracker once `boundaries` boundaries are done.
 pub(crate) fn due_after(tracker: &mut OffsetTracker, boundaries: u64) -> Vec<(String, i32, i64)> {
     tracker.delivered(boundaries);
-    tracker.due(None)
+    tracker.due()
 }

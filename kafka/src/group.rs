@@ -58,13 +58,9 @@ impl SourceContext {
         self.tracker.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Commits what is done for `only` (or every assigned partition), synchronously.
-    /// Returns false if the commit failed (what it covered is committed by a later one).
-    pub(crate) fn commit(
-        &self,
-        consumer: &BaseConsumer<SourceContext>,
-        only: Option<(&str, i32)>,
-    ) -> bool {
+    /// Commits what is done on every assigned partition, synchronously. Returns false if
+    /// the commit failed (what it covered is committed by a later one).
+    pub(crate) fn commit(&self, consumer: &BaseConsumer<SourceContext>) -> bool {
         if self.transactional {
             // The sink commits, in its transactions.
             return true;
@@ -72,7 +68,7 @@ impl SourceContext {
         let due = {
             let mut tracker = self.tracker();
             tracker.delivered(self.delivered.get());
-            tracker.due(only)
+            tracker.due()
         };
         if due.is_empty() {
             return true;
@@ -249,10 +245,12 @@ impl ConsumerContext for SourceContext {
         if let Rebalance::Revoke(tpl) = rebalance {
             self.stats.rebalances.fetch_add(1, Ordering::Relaxed);
             self.revocations.fetch_add(1, Ordering::AcqRel);
-            // Done work is committed before the partitions go; undone work is not.
-            for elem in tpl.elements() {
-                let _ = self.commit(consumer, Some((elem.topic(), elem.partition())));
-            }
+            // The records in flight from these partitions are let finish first (bounded by
+            // the close timeout), so the next owner starts after them rather than firing
+            // them again; then what is done is committed before the partitions go, and
+            // what is not done (past the bound) is not.
+            self.settle_in_flight(tpl);
+            let _ = self.commit(consumer);
             let mut tracker = self.tracker();
             for elem in tpl.elements() {
                 tracker.revoked(elem.topic(), elem.partition());

@@ -170,12 +170,11 @@ impl OffsetTracker {
     }
 
     /// Assigned partitions whose committable offset is past what was committed, with that
-    /// offset: what a commit should store now. `only`: just this partition.
-    pub(crate) fn due(&self, only: Option<(&str, i32)>) -> Vec<(String, i32, i64)> {
+    /// offset: what a commit should store now.
+    pub(crate) fn due(&self) -> Vec<(String, i32, i64)> {
         self.partitions
             .iter()
             .filter(|p| p.assigned)
-            .filter(|p| only.is_none_or(|(t, n)| p.partition == n && p.topic == t))
             .filter_map(|p| match (p.committable, p.committed) {
                 (Some(c), Some(done)) if c <= done => None,
                 (Some(c), _) => Some((p.topic.clone(), p.partition, c)),
@@ -210,16 +209,16 @@ mod tests {
         t.took(b, 5, true);
         t.took(a, 11, false); // filtered: no boundary
         t.took(a, 12, true);
-        assert!(t.due(None).is_empty());
+        assert!(t.due().is_empty());
         t.delivered(1);
-        assert_eq!(t.due(None), [("t".into(), 0, 11)]);
+        assert_eq!(t.due(), [("t".into(), 0, 11)]);
         t.delivered(2);
         // b's record, then a's filtered one, leave; a's 12 still waits.
-        assert_eq!(t.due(None), [("t".into(), 0, 12), ("t".into(), 1, 6)]);
-        t.committed(&t.due(None));
-        assert!(t.due(None).is_empty());
+        assert_eq!(t.due(), [("t".into(), 0, 12), ("t".into(), 1, 6)]);
+        t.committed(&t.due());
+        assert!(t.due().is_empty());
         t.delivered(3);
-        assert_eq!(t.due(None), [("t".into(), 0, 13)]);
+        assert_eq!(t.due(), [("t".into(), 0, 13)]);
         assert_eq!(t.in_flight(), 0);
     }
 
@@ -230,7 +229,7 @@ mod tests {
         t.took(a, 100, true);
         t.revoked("t", 0);
         t.delivered(1);
-        assert!(t.due(None).is_empty(), "not ours any more");
+        assert!(t.due().is_empty(), "not ours any more");
         t.assigned("t", 0);
         t.took(a, 50, true); // the new owner's position (another process committed 50)
         t.took(a, 101, true);
@@ -238,18 +237,8 @@ mod tests {
         t.assigned("t", 0);
         t.delivered(3);
         assert!(
-            t.due(None).is_empty(),
+            t.due().is_empty(),
             "records of earlier assignments move nothing"
         );
-    }
-
-    #[test]
-    fn due_can_be_narrowed_to_one_partition() {
-        let mut t = OffsetTracker::default();
-        let (a, b) = (t.slot("t", 0), t.slot("u", 0));
-        t.took(a, 1, true);
-        t.took(b, 1, true);
-        t.delivered(2);
-        assert_eq!(t.due(Some(("u", 0))), [("u".into(), 0, 2)]);
     }
 }

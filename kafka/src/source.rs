@@ -148,6 +148,7 @@ impl<T: Send + Sync + 'static> KafkaSource<T> {
 
     /// On shutdown, how long to wait for the reactor to finish the records in flight before
     /// the final commit (default 10 s); what is not done by then is read again on restart.
+    /// The same bound applies when partitions are revoked in a rebalance.
     pub fn close_timeout(mut self, timeout: Duration) -> Self {
         self.close_timeout = timeout;
         self
