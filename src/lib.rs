@@ -102,7 +102,9 @@ pub mod prelude {
         SubscribeOptions, Subscription, TryRecvError,
     };
     pub use crate::registry::Registry;
-    pub use crate::workflow::{invoke_graph, Context};
+    pub use crate::workflow::{
+        invoke_graph, Context, ContextError, FnTask, Task, TaskError, Workflow, WorkflowError,
+    };
     pub use crate::{computation_graph, reactor};
     pub use crate::{EmbeddedGraph, EngineReport, Error};
 }
