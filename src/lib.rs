@@ -103,7 +103,8 @@ pub mod prelude {
     };
     pub use crate::registry::Registry;
     pub use crate::workflow::{
-        invoke_graph, Context, ContextError, FnTask, Task, TaskError, Workflow, WorkflowError,
+        invoke_graph, Context, ContextError, FnTask, Task, TaskError, TaskState, Workflow,
+        WorkflowError, WorkflowExecutionResult, WorkflowStatus,
     };
     pub use crate::{computation_graph, reactor};
     pub use crate::{EmbeddedGraph, EngineReport, Error};

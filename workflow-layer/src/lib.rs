@@ -9,11 +9,15 @@
 //! - [`Workflow`] / [`Workflow::builder`]: a DAG of tasks validated by the same topology
 //!   code as computation graphs (duplicate ids, unknown dependencies, cycles with their
 //!   path), with a deterministic order and a content-based version;
+//! - [`ExecutionState`]: the sans-IO core of an execution (which tasks are ready, each
+//!   task's input, what a failure skips), and [`Workflow::run`], which drives it in this
+//!   process without recording anything, returning a [`WorkflowExecutionResult`];
 //! - [`invoke_graph`]: runs a trigger-less computation graph on a context: each source the
 //!   graph reads is taken from the context key of the same name (absent key: the entry node
 //!   sees `None`), and each terminal output is written back under its node's name.
 //!
-//! The runner, its store in the ledger and the macros come with the workflow issues.
+//! The durable runner, its store in the ledger, retries, trigger rules and the macros come
+//! with the workflow issues.
 //!
 //! ```
 //! use std::sync::Arc;
@@ -32,11 +36,15 @@
 //! ```
 
 mod context;
+mod execution;
 mod invoke;
+mod run;
 mod task;
 mod workflow;
 
 pub use context::{Context, ContextError};
+pub use execution::{ExecutionState, TaskState, WorkflowStatus};
 pub use invoke::{invoke_graph, InvokeError};
+pub use run::{TaskResult, WorkflowExecutionResult};
 pub use task::{FnTask, Task, TaskError, TaskFuture};
 pub use workflow::{Workflow, WorkflowBuilder, WorkflowError};

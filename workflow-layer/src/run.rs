@@ -1,0 +1,224 @@
+//! [`Workflow::run`]: one execution in this process, nothing recorded, driving the sans-IO
+//! [`ExecutionState`]; and what an execution returns.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use serde_json::Value;
+
+use crate::{Context, ExecutionState, TaskError, TaskState, Workflow, WorkflowStatus};
+
+/// How one task of an execution ended.
+#[derive(Debug, Clone)]
+pub struct TaskResult {
+    /// The task's id.
+    pub task_id: String,
+    /// Its final state.
+    pub state: TaskState,
+    /// Times it was started (0 if skipped).
+    pub attempts: u32,
+    /// The error of its last attempt, if it failed.
+    pub error: Option<String>,
+    /// When its last attempt started and ended (`None` if it never ran).
+    pub started: Option<SystemTime>,
+    /// See `started`.
+    pub ended: Option<SystemTime>,
+}
+
+/// What an execution of a workflow ended with.
+#[derive(Debug, Clone)]
+pub struct WorkflowExecutionResult {
+    /// The execution's id.
+    pub execution_id: u64,
+    /// The workflow's name.
+    pub workflow_name: String,
+    /// The workflow's content-based version.
+    pub workflow_version: String,
+    /// Completed, or Failed if a task failed.
+    pub status: WorkflowStatus,
+    /// When it started.
+    pub start_time: SystemTime,
+    /// When its last task finished.
+    pub end_time: SystemTime,
+    /// `end_time - start_time`.
+    pub duration: Duration,
+    /// The input merged with every completed task's output, in execution order.
+    pub final_context: Context<Value>,
+    /// Each task's outcome, in declaration order.
+    pub task_results: Vec<TaskResult>,
+}
+
+/// Ids of in-process executions (the durable runner takes its ids from its store).
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+impl Workflow {
+    /// Runs the workflow once in this process on `input`, recording nothing: tasks whose
+    /// dependencies completed run concurrently (on the calling task), each sees `input`
+    /// merged with its dependencies' outputs in their declaration order; a failed task's
+    /// dependants are skipped; a panicking task fails that task only. For executions that
+    /// survive a crash, the durable runner (to come) runs the same core over the ledger.
+    pub async fn run(&self, input: Context<Value>) -> WorkflowExecutionResult {
+        let start_time = SystemTime::now();
+        let tasks = self.tasks();
+        let mut state = ExecutionState::new(self);
+        let mut results: Vec<TaskResult> = tasks
+            .iter()
+            .map(|t| TaskResult {
+                task_id: t.id().to_owned(),
+                state: TaskState::NotStarted,
+                attempts: 0,
+                error: None,
+                started: None,
+                ended: None,
+            })
+            .collect();
+        let mut running = FuturesUnordered::new();
+        loop {
+            for i in state.start_ready() {
+                let task = Arc::clone(&tasks[i]);
+                let mut ctx = state.input_for(i, &input);
+                results[i].attempts += 1;
+                results[i].started = Some(SystemTime::now());
+                running.push(async move {
+                    let outcome = cloacina_graph_core::catch_panic(task.execute(&mut ctx))
+                        .await
+                        .unwrap_or_else(|message| Err(TaskError::Panicked { message }));
+                    (i, outcome, ctx)
+                });
+            }
+            let Some((i, outcome, output)) = running.next().await else {
+                break;
+            };
+            results[i].ended = Some(SystemTime::now());
+            match outcome {
+                Ok(()) => state.completed(i, output),
+                Err(e) => {
+                    tracing::warn!(workflow = self.name(), task = results[i].task_id, error = %e, "task failed");
+                    results[i].error = Some(e.to_string());
+                    state.failed(i);
+                }
+            }
+        }
+        for (result, s) in results.iter_mut().zip(state.states()) {
+            result.state = *s;
+        }
+        let end_time = SystemTime::now();
+        WorkflowExecutionResult {
+            execution_id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            workflow_name: self.name().to_owned(),
+            workflow_version: self.version().to_owned(),
+            status: state.status(),
+            start_time,
+            end_time,
+            duration: end_time.duration_since(start_time).unwrap_or_default(),
+            final_context: state.final_context(&input),
+            task_results: results,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::FnTask;
+    use serde_json::json;
+
+    fn set(id: &'static str, deps: &[&str]) -> FnTask {
+        FnTask::new(id, deps.to_vec(), move |mut ctx: Context| async move {
+            ctx.insert_or_update(id, json!(true));
+            ctx.insert_or_update("last", json!(id));
+            Ok(ctx)
+        })
+    }
+
+    #[tokio::test]
+    async fn independent_tasks_run_concurrently() {
+        // Both wait for each other: only a concurrent run finishes.
+        let barrier = Arc::new(tokio::sync::Barrier::new(2));
+        let waits = |id: &'static str| {
+            let barrier = Arc::clone(&barrier);
+            FnTask::new(id, [] as [&str; 0], move |ctx: Context| {
+                let barrier = Arc::clone(&barrier);
+                async move {
+                    barrier.wait().await;
+                    Ok(ctx)
+                }
+            })
+        };
+        let wf = Workflow::builder("par")
+            .task(waits("x"))
+            .task(waits("y"))
+            .build()
+            .expect("valid");
+        let result = tokio::time::timeout(Duration::from_secs(10), wf.run(Context::new()))
+            .await
+            .expect("x and y ran together");
+        assert_eq!(result.status, WorkflowStatus::Completed);
+    }
+
+    #[tokio::test]
+    async fn a_panicking_task_fails_alone_and_its_dependants_are_skipped() {
+        let boom = FnTask::new("boom", [] as [&str; 0], |_ctx: Context| async move {
+            if true {
+                panic!("task exploded");
+            }
+            Ok(Context::new())
+        });
+        let wf = Workflow::builder("p")
+            .task(boom)
+            .task(set("after", &["boom"]))
+            .task(set("fine", &[]))
+            .build()
+            .expect("valid");
+        let result = wf.run(Context::new()).await;
+        assert_eq!(result.status, WorkflowStatus::Failed);
+        let states: Vec<(&str, TaskState)> = result
+            .task_results
+            .iter()
+            .map(|r| (r.task_id.as_str(), r.state))
+            .collect();
+        assert_eq!(
+            states,
+            [
+                ("boom", TaskState::Failed),
+                ("after", TaskState::Skipped),
+                ("fine", TaskState::Completed)
+            ]
+        );
+        let error = result.task_results[0].error.as_deref().unwrap_or("");
+        assert!(error.contains("task exploded"), "{error}");
+        assert_eq!(result.task_results[1].attempts, 0);
+        assert_eq!(result.final_context.get("fine"), Some(&json!(true)));
+    }
+
+    #[tokio::test]
+    async fn outputs_flow_to_dependants_and_into_the_final_context() {
+        let wf = Workflow::builder("chain")
+            .task(set("a", &[]))
+            .task(set("b", &["a"]))
+            .task(FnTask::new("check", ["b"], |mut ctx: Context| async move {
+                // Sees the input and both upstream outputs.
+                for key in ["seed", "a", "b"] {
+                    if ctx.get(key).is_none() {
+                        return Err(TaskError::invalid(format!("missing {key}")));
+                    }
+                }
+                ctx.insert("checked", json!(true))?;
+                Ok(ctx)
+            }))
+            .build()
+            .expect("valid");
+        let mut input = Context::new();
+        input.insert("seed", json!(1)).expect("new key");
+        let result = wf.run(input).await;
+        assert_eq!(result.status, WorkflowStatus::Completed, "{result:?}");
+        assert_eq!(result.workflow_version, wf.version());
+        assert_eq!(
+            result.final_context.to_json().expect("json"),
+            json!({"seed": 1, "a": true, "b": true, "last": "b", "checked": true})
+        );
+        assert!(result.task_results.iter().all(|r| r.attempts == 1));
+    }
+}
