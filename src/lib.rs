@@ -103,7 +103,8 @@ pub mod prelude {
     };
     pub use crate::registry::Registry;
     pub use crate::workflow::{
-        invoke_graph, Context, ContextError, FnTask, Task, TaskError, TaskState, Workflow,
+        invoke_graph, BackoffStrategy, Context, ContextError, FnTask, RetryCondition, RetryPolicy,
+        Task, TaskError, TaskResult, TaskState, TriggerRule, ValueOperator, Workflow,
         WorkflowError, WorkflowExecutionResult, WorkflowStatus,
     };
     pub use crate::{computation_graph, reactor};

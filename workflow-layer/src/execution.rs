@@ -5,7 +5,7 @@
 
 use serde_json::Value;
 
-use crate::{Context, Workflow};
+use crate::{Context, TriggerRule, Workflow};
 
 /// Where one task of an execution stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -60,6 +60,9 @@ pub enum WorkflowStatus {
 /// The execution state of one run of a workflow (sans-IO).
 #[derive(Debug, Clone)]
 pub struct ExecutionState {
+    initial: Context<Value>,
+    ids: Vec<String>,
+    rules: Vec<Option<TriggerRule>>,
     states: Vec<TaskState>,
     outputs: Vec<Option<Context<Value>>>,
     /// Per task: dependencies not final yet.
@@ -74,8 +77,9 @@ pub struct ExecutionState {
 }
 
 impl ExecutionState {
-    /// A fresh execution of `workflow`: tasks without dependencies are Ready.
-    pub fn new(workflow: &Workflow) -> Self {
+    /// A fresh execution of `workflow` on `initial`: tasks without dependencies are Ready
+    /// (or Skipped, if their trigger rule does not hold on `initial`).
+    pub fn new(workflow: &Workflow, initial: Context<Value>) -> Self {
         let tasks = workflow.tasks();
         let position = |id: &str| tasks.iter().position(|t| t.id() == id);
         let deps: Vec<Vec<usize>> = tasks
@@ -97,26 +101,28 @@ impl ExecutionState {
             }
         }
         let waiting: Vec<usize> = deps.iter().map(Vec::len).collect();
-        let states = waiting
-            .iter()
-            .map(|&w| {
-                if w == 0 {
-                    TaskState::Ready
-                } else {
-                    TaskState::NotStarted
-                }
-            })
-            .collect();
         let order = workflow.order().filter_map(|t| position(t.id())).collect();
-        Self {
-            states,
+        let mut state = Self {
+            initial,
+            ids: tasks.iter().map(|t| t.id().to_owned()).collect(),
+            rules: tasks.iter().map(|t| t.trigger_rule().cloned()).collect(),
+            states: vec![TaskState::NotStarted; tasks.len()],
             outputs: vec![None; tasks.len()],
             waiting,
             deps,
             dependents,
             order,
             unfinished: tasks.len(),
+        };
+        let roots: Vec<usize> = (0..tasks.len())
+            .filter(|&i| state.waiting[i] == 0)
+            .collect();
+        for i in roots {
+            if state.decide(i) {
+                state.release(i);
+            }
         }
+        state
     }
 
     /// Each task's state, in the workflow's declaration order.
@@ -136,10 +142,10 @@ impl ExecutionState {
         started
     }
 
-    /// The input of task `i`: `initial` merged with its dependencies' outputs in their
-    /// declaration order (a later dependency wins on a shared key).
-    pub fn input_for(&self, i: usize, initial: &Context<Value>) -> Context<Value> {
-        let mut input = initial.clone();
+    /// The input of task `i`: the execution's input merged with its dependencies' outputs
+    /// in their declaration order (a later dependency wins on a shared key).
+    pub fn input_for(&self, i: usize) -> Context<Value> {
+        let mut input = self.initial.clone();
         for &d in self.deps.get(i).map_or(&[][..], Vec::as_slice) {
             if let Some(Some(output)) = self.outputs.get(d) {
                 input.merge(output);
@@ -185,9 +191,9 @@ impl ExecutionState {
         }
     }
 
-    /// `initial` merged with every completed task's output, in execution order.
-    pub fn final_context(&self, initial: &Context<Value>) -> Context<Value> {
-        let mut ctx = initial.clone();
+    /// The execution's input merged with every completed task's output, in execution order.
+    pub fn final_context(&self) -> Context<Value> {
+        let mut ctx = self.initial.clone();
         for &i in &self.order {
             if let Some(output) = &self.outputs[i] {
                 ctx.merge(output);
@@ -209,25 +215,48 @@ impl ExecutionState {
         }
     }
 
-    /// `i` is final: decides each dependant left with no dependency pending.
-    fn release(&mut self, i: usize) {
-        let mut finished = vec![i];
+    /// `first` is final: decides each dependant left with no dependency pending, and so on
+    /// through the tasks that decision skips (a worklist: no recursion on deep chains).
+    fn release(&mut self, first: usize) {
+        let mut finished = vec![first];
         while let Some(done) = finished.pop() {
             for k in 0..self.dependents[done].len() {
                 let next = self.dependents[done][k];
                 self.waiting[next] -= 1;
-                if self.waiting[next] > 0 || self.states[next].is_final() {
-                    continue;
-                }
-                let all_completed = self.deps[next]
-                    .iter()
-                    .all(|&d| self.states[d] == TaskState::Completed);
-                if all_completed {
-                    self.states[next] = TaskState::Ready;
-                } else if self.finish(next, TaskState::Skipped) {
+                if self.waiting[next] == 0 && self.decide(next) {
                     finished.push(next);
                 }
             }
+        }
+    }
+
+    /// Every dependency of `i` is final: Ready if its trigger rule holds (without a rule:
+    /// if every dependency completed), Skipped otherwise. Returns true if it was skipped
+    /// (its dependants are to be released).
+    fn decide(&mut self, i: usize) -> bool {
+        if self.states[i] != TaskState::NotStarted {
+            return false;
+        }
+        let runs = match &self.rules[i] {
+            None => self.deps[i]
+                .iter()
+                .all(|&d| self.states[d] == TaskState::Completed),
+            Some(rule) => {
+                let input = self.input_for(i);
+                let state = |id: &str| {
+                    self.ids
+                        .iter()
+                        .position(|t| t == id)
+                        .map(|p| self.states[p])
+                };
+                rule.evaluate(&state, &input)
+            }
+        };
+        if runs {
+            self.states[i] = TaskState::Ready;
+            false
+        } else {
+            self.finish(i, TaskState::Skipped)
         }
     }
 }
@@ -262,7 +291,7 @@ mod tests {
     #[test]
     fn a_diamond_runs_in_waves_and_merges_in_dependency_declaration_order() {
         let wf = diamond();
-        let mut ex = ExecutionState::new(&wf);
+        let mut ex = ExecutionState::new(&wf, Context::new());
         assert_eq!(ex.start_ready(), [0]);
         assert!(ex.start_ready().is_empty(), "a is running");
         ex.completed(0, ctx(&[("k", json!("a"))]));
@@ -271,7 +300,7 @@ mod tests {
         ex.completed(1, ctx(&[("k", json!("b")), ("b", json!(1))]));
         assert_eq!(ex.start_ready(), [3]);
         // d declares c then b: b's value wins on the shared key.
-        let input = ex.input_for(3, &ctx(&[("k", json!("input"))]));
+        let input = ex.input_for(3);
         assert_eq!(
             input.to_json().expect("json"),
             json!({"k": "b", "b": 1, "c": 1})
@@ -280,7 +309,7 @@ mod tests {
         assert!(ex.is_finished());
         assert_eq!(ex.status(), WorkflowStatus::Completed);
         assert_eq!(
-            ex.final_context(&Context::new()).to_json().expect("json"),
+            ex.final_context().to_json().expect("json"),
             json!({"k": "c", "b": 1, "c": 1, "d": 1}),
             "merged in execution order a, b, c, d"
         );
@@ -295,7 +324,7 @@ mod tests {
             .task(t("other", &[]))
             .build()
             .expect("valid");
-        let mut ex = ExecutionState::new(&wf);
+        let mut ex = ExecutionState::new(&wf, Context::new());
         assert_eq!(ex.start_ready(), [0, 3]);
         ex.failed(0);
         assert_eq!(
@@ -312,6 +341,6 @@ mod tests {
         ex.completed(3, ctx(&[("late", json!(1))])); // a duplicate report changes nothing
         assert!(ex.is_finished());
         assert_eq!(ex.status(), WorkflowStatus::Failed);
-        assert!(ex.final_context(&Context::new()).is_empty());
+        assert!(ex.final_context().is_empty());
     }
 }

@@ -38,13 +38,20 @@
 mod context;
 mod execution;
 mod invoke;
+mod retry;
 mod run;
 mod task;
+mod trigger;
 mod workflow;
 
 pub use context::{Context, ContextError};
 pub use execution::{ExecutionState, TaskState, WorkflowStatus};
 pub use invoke::{invoke_graph, InvokeError};
+pub use retry::{BackoffStrategy, RetryCondition, RetryPolicy, RetryPolicyBuilder};
 pub use run::{TaskResult, WorkflowExecutionResult};
 pub use task::{FnTask, Task, TaskError, TaskFuture};
+pub use trigger::{
+    all, always, any, context_value, none, task_failed, task_skipped, task_success, TriggerRule,
+    ValueOperator,
+};
 pub use workflow::{Workflow, WorkflowBuilder, WorkflowError};

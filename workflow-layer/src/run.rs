@@ -59,10 +59,12 @@ impl Workflow {
     /// merged with its dependencies' outputs in their declaration order; a failed task's
     /// dependants are skipped; a panicking task fails that task only. For executions that
     /// survive a crash, the durable runner (to come) runs the same core over the ledger.
+    ///
+    /// Retry delays and task timeouts use tokio's timer: the runtime needs it enabled.
     pub async fn run(&self, input: Context<Value>) -> WorkflowExecutionResult {
         let start_time = SystemTime::now();
         let tasks = self.tasks();
-        let mut state = ExecutionState::new(self);
+        let mut state = ExecutionState::new(self, input);
         let mut results: Vec<TaskResult> = tasks
             .iter()
             .map(|t| TaskResult {
@@ -78,24 +80,18 @@ impl Workflow {
         loop {
             for i in state.start_ready() {
                 let task = Arc::clone(&tasks[i]);
-                let mut ctx = state.input_for(i, &input);
-                results[i].attempts += 1;
                 results[i].started = Some(SystemTime::now());
-                running.push(async move {
-                    let outcome = cloacina_graph_core::catch_panic(task.execute(&mut ctx))
-                        .await
-                        .unwrap_or_else(|message| Err(TaskError::Panicked { message }));
-                    (i, outcome, ctx)
-                });
+                running.push(run_attempts(task, state.input_for(i), i));
             }
-            let Some((i, outcome, output)) = running.next().await else {
+            let Some((i, attempts, outcome)) = running.next().await else {
                 break;
             };
             results[i].ended = Some(SystemTime::now());
+            results[i].attempts = attempts;
             match outcome {
-                Ok(()) => state.completed(i, output),
+                Ok(output) => state.completed(i, output),
                 Err(e) => {
-                    tracing::warn!(workflow = self.name(), task = results[i].task_id, error = %e, "task failed");
+                    tracing::warn!(workflow = self.name(), task = results[i].task_id, attempts, error = %e, "task failed");
                     results[i].error = Some(e.to_string());
                     state.failed(i);
                 }
@@ -113,8 +109,46 @@ impl Workflow {
             start_time,
             end_time,
             duration: end_time.duration_since(start_time).unwrap_or_default(),
-            final_context: state.final_context(&input),
+            final_context: state.final_context(),
             task_results: results,
+        }
+    }
+}
+
+/// Runs task `i` on `input` until it succeeds or its retry policy gives up, each attempt
+/// under the task's timeout, a panic caught as that attempt's failure. Returns the attempts
+/// made and the output or the last error.
+async fn run_attempts(
+    task: Arc<dyn crate::Task>,
+    mut input: Context<Value>,
+    i: usize,
+) -> (usize, u32, Result<Context<Value>, TaskError>) {
+    let policy = task.retry_policy();
+    let mut attempt = 0u32;
+    loop {
+        attempt += 1;
+        // The input is kept for a retry; the last possible attempt takes it.
+        let mut ctx = if attempt < policy.max_attempts {
+            input.clone()
+        } else {
+            std::mem::take(&mut input)
+        };
+        let run = cloacina_graph_core::catch_panic(task.execute(&mut ctx));
+        let outcome = match task.timeout() {
+            Some(after) => tokio::time::timeout(after, run)
+                .await
+                .unwrap_or(Ok(Err(TaskError::Timeout { after }))),
+            None => run.await,
+        }
+        .unwrap_or_else(|message| Err(TaskError::Panicked { message }));
+        match outcome {
+            Ok(()) => return (i, attempt, Ok(ctx)),
+            Err(e) if policy.should_retry(attempt, &e) => {
+                let delay = policy.delay_after(attempt, fastrand::f64());
+                tracing::info!(task = task.id(), attempt, error = %e, ?delay, "task failed; retrying");
+                tokio::time::sleep(delay).await;
+            }
+            Err(e) => return (i, attempt, Err(e)),
         }
     }
 }
@@ -220,5 +254,159 @@ mod tests {
             json!({"seed": 1, "a": true, "b": true, "last": "b", "checked": true})
         );
         assert!(result.task_results.iter().all(|r| r.attempts == 1));
+    }
+
+    #[tokio::test]
+    async fn failures_are_retried_by_policy_and_timeouts_stop_an_attempt() {
+        use crate::{RetryCondition, RetryPolicy};
+        use std::sync::atomic::AtomicU32;
+        let runs = Arc::new(AtomicU32::new(0));
+        let counted = Arc::clone(&runs);
+        let flaky = FnTask::new("flaky", [] as [&str; 0], move |ctx: Context| {
+            let n = counted.fetch_add(1, Ordering::SeqCst) + 1;
+            async move {
+                if n < 3 {
+                    Err(TaskError::failed("connection reset"))
+                } else {
+                    Ok(ctx)
+                }
+            }
+        })
+        .retry_policy(
+            RetryPolicy::builder()
+                .max_attempts(5)
+                .initial_delay(Duration::from_millis(1))
+                .retry_condition(RetryCondition::TransientOnly)
+                .build(),
+        );
+        let slow = FnTask::new("slow", [] as [&str; 0], |ctx: Context| async move {
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            Ok(ctx)
+        })
+        .timeout(Duration::from_millis(20))
+        .retry_policy(
+            RetryPolicy::builder()
+                .max_attempts(2)
+                .initial_delay(Duration::from_millis(1))
+                .build(),
+        );
+        let invalid = FnTask::new("invalid", [] as [&str; 0], |_ctx: Context| async move {
+            Err(TaskError::invalid("bad input"))
+        })
+        .retry_policy(
+            RetryPolicy::builder()
+                .max_attempts(4)
+                .retry_condition(RetryCondition::TransientOnly)
+                .build(),
+        );
+        let wf = Workflow::builder("retries")
+            .task(flaky)
+            .task(slow)
+            .task(invalid)
+            .build()
+            .expect("valid");
+        let result = wf.run(Context::new()).await;
+        let r = |id: &str| {
+            result
+                .task_results
+                .iter()
+                .find(|r| r.task_id == id)
+                .expect("task")
+        };
+        assert_eq!(
+            (r("flaky").state, r("flaky").attempts),
+            (TaskState::Completed, 3)
+        );
+        assert_eq!(runs.load(Ordering::SeqCst), 3);
+        assert_eq!(
+            (r("slow").state, r("slow").attempts),
+            (TaskState::Failed, 2)
+        );
+        assert!(r("slow")
+            .error
+            .as_deref()
+            .unwrap_or("")
+            .contains("timed out"));
+        assert_eq!(
+            (r("invalid").state, r("invalid").attempts),
+            (TaskState::Failed, 1),
+            "not transient: no retry"
+        );
+        assert_eq!(result.status, WorkflowStatus::Failed);
+    }
+
+    #[tokio::test]
+    async fn trigger_rules_decide_what_runs_after_a_failure() {
+        use crate::{always, context_value, task_failed, task_success, ValueOperator};
+        let fails = FnTask::new("a", [] as [&str; 0], |_ctx: Context| async move {
+            Err(TaskError::failed("a broke"))
+        });
+        let wf = Workflow::builder("rules")
+            .task(fails)
+            .task(set("default", &["a"]))
+            .task(set("on_success", &["a"]).trigger_rule(task_success("a")))
+            .task(set("fallback", &["a"]).trigger_rule(task_failed("a")))
+            .task(set("cleanup", &["a"]).trigger_rule(always()))
+            .task(set("after_skip", &["default"]))
+            .task(set("gated", &[]).trigger_rule(context_value(
+                "score",
+                ValueOperator::GreaterThan,
+                json!(80),
+            )))
+            .build()
+            .expect("valid");
+        let run = |score: i64| {
+            let wf = wf.clone();
+            async move {
+                let mut input = Context::new();
+                input.insert("score", json!(score)).expect("new key");
+                let result = wf.run(input).await;
+                let states: Vec<(String, TaskState)> = result
+                    .task_results
+                    .iter()
+                    .map(|r| (r.task_id.clone(), r.state))
+                    .collect();
+                (result.status, states)
+            }
+        };
+        let (status, states) = run(81).await;
+        assert_eq!(status, WorkflowStatus::Failed);
+        let expect = |gated: TaskState| {
+            [
+                ("a", TaskState::Failed),
+                ("default", TaskState::Skipped),
+                ("on_success", TaskState::Skipped),
+                ("fallback", TaskState::Completed),
+                ("cleanup", TaskState::Completed),
+                ("after_skip", TaskState::Skipped),
+                ("gated", gated),
+            ]
+            .map(|(id, s)| (id.to_owned(), s))
+        };
+        assert_eq!(states, expect(TaskState::Completed));
+        let (_, states) = run(80).await;
+        assert_eq!(
+            states,
+            expect(TaskState::Skipped),
+            "80 is not greater than 80"
+        );
+    }
+
+    #[tokio::test]
+    async fn skipped_tasks_alone_leave_the_workflow_completed() {
+        use crate::{context_value, ValueOperator};
+        let wf = Workflow::builder("skips")
+            .task(set("only_if_flag", &[]).trigger_rule(context_value(
+                "flag",
+                ValueOperator::Exists,
+                Value::Null,
+            )))
+            .task(set("then", &["only_if_flag"]))
+            .task(set("always_runs", &[]))
+            .build()
+            .expect("valid");
+        let result = wf.run(Context::new()).await;
+        assert_eq!(result.status, WorkflowStatus::Completed);
+        assert_eq!(result.task_results[1].state, TaskState::Skipped);
     }
 }

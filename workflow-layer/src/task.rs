@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::{Context, ContextError, InvokeError};
+use crate::{Context, ContextError, InvokeError, RetryPolicy, TriggerRule};
 
 /// Why a task failed. `?` on a [`ContextError`] or an [`InvokeError`] inside a task gives
 /// one of these.
@@ -87,6 +87,23 @@ pub trait Task: Send + Sync + 'static {
     fn code_fingerprint(&self) -> Option<&str> {
         None
     }
+
+    /// How a failure is retried (default: one attempt, no retry).
+    fn retry_policy(&self) -> RetryPolicy {
+        RetryPolicy::default()
+    }
+
+    /// When the task runs once its dependencies are final (default, `None`: only if every
+    /// dependency completed; otherwise it is Skipped).
+    fn trigger_rule(&self) -> Option<&TriggerRule> {
+        None
+    }
+
+    /// How long one attempt may run before it is stopped and fails with
+    /// [`TaskError::Timeout`] (default: no limit).
+    fn timeout(&self) -> Option<Duration> {
+        None
+    }
 }
 
 type BoxedFn = dyn Fn(Context<Value>) -> Pin<Box<dyn Future<Output = Result<Context<Value>, TaskError>> + Send>>
@@ -108,6 +125,9 @@ pub struct FnTask {
     id: String,
     dependencies: Vec<String>,
     fingerprint: Option<String>,
+    retry: RetryPolicy,
+    rule: Option<TriggerRule>,
+    timeout: Option<Duration>,
     run: Box<BoxedFn>,
 }
 
@@ -124,6 +144,9 @@ impl FnTask {
             id: id.into(),
             dependencies: dependencies.into_iter().map(Into::into).collect(),
             fingerprint: None,
+            retry: RetryPolicy::default(),
+            rule: None,
+            timeout: None,
             run: Box::new(move |ctx| Box::pin(run(ctx))),
         }
     }
@@ -132,6 +155,24 @@ impl FnTask {
     /// closure's behaviour changes).
     pub fn fingerprint(mut self, fingerprint: impl Into<String>) -> Self {
         self.fingerprint = Some(fingerprint.into());
+        self
+    }
+
+    /// Sets the retry policy.
+    pub fn retry_policy(mut self, policy: RetryPolicy) -> Self {
+        self.retry = policy;
+        self
+    }
+
+    /// Sets the trigger rule.
+    pub fn trigger_rule(mut self, rule: TriggerRule) -> Self {
+        self.rule = Some(rule);
+        self
+    }
+
+    /// Sets the per-attempt timeout.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
         self
     }
 }
@@ -164,5 +205,17 @@ impl Task for FnTask {
 
     fn code_fingerprint(&self) -> Option<&str> {
         self.fingerprint.as_deref()
+    }
+
+    fn retry_policy(&self) -> RetryPolicy {
+        self.retry.clone()
+    }
+
+    fn trigger_rule(&self) -> Option<&TriggerRule> {
+        self.rule.as_ref()
+    }
+
+    fn timeout(&self) -> Option<Duration> {
+        self.timeout
     }
 }

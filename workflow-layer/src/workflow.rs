@@ -40,6 +40,16 @@ pub enum WorkflowError {
         /// The missing dependency.
         dependency: String,
     },
+    /// A trigger rule refers to a task that is not a dependency of its task.
+    #[error("workflow `{workflow}`: the trigger rule of `{task}` refers to `{referenced}`, which is not among its dependencies")]
+    RuleNotADependency {
+        /// The workflow.
+        workflow: String,
+        /// The task whose rule it is.
+        task: String,
+        /// The id the rule names.
+        referenced: String,
+    },
     /// The dependencies form a cycle.
     #[error("workflow `{workflow}`: dependency cycle {}", path.join(" -> "))]
     Cycle {
@@ -212,6 +222,22 @@ impl WorkflowBuilder {
                 path,
             },
         })?;
+        for task in &self.tasks {
+            let Some(rule) = task.trigger_rule() else {
+                continue;
+            };
+            if let Some(referenced) = rule
+                .referenced_tasks()
+                .into_iter()
+                .find(|r| !task.dependencies().iter().any(|d| d == r))
+            {
+                return Err(WorkflowError::RuleNotADependency {
+                    workflow,
+                    task: task.id().to_owned(),
+                    referenced: referenced.to_owned(),
+                });
+            }
+        }
         let version = version(&workflow, &self.tasks);
         Ok(Workflow {
             name: workflow,
@@ -295,6 +321,13 @@ mod tests {
             "workflow `w`: task `a` is declared twice"
         );
         assert_eq!(err(Workflow::builder("w")), "workflow `w` has no tasks");
+        assert_eq!(
+            err(Workflow::builder("w")
+                .task(t("a", &[]))
+                .task(t("b", &[]))
+                .task(t("c", &["a"]).trigger_rule(crate::task_failed("b")))),
+            "workflow `w`: the trigger rule of `c` refers to `b`, which is not among its dependencies"
+        );
         assert_eq!(
             err(Workflow::builder(" ").task(t("a", &[]))),
             "a workflow needs a name"
