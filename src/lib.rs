@@ -61,7 +61,7 @@ pub use cloacina_graph_core as graph;
 #[cfg(feature = "kafka")]
 pub use cloacina_kafka as kafka;
 pub use cloacina_ledger as ledger;
-pub use cloacina_macros::{computation_graph, reactor};
+pub use cloacina_macros::{computation_graph, reactor, task, workflow};
 pub use cloacina_reactor as reactor;
 pub use cloacina_workflow_layer as workflow;
 #[doc(hidden)]
@@ -107,7 +107,7 @@ pub mod prelude {
         Task, TaskError, TaskResult, TaskState, TriggerRule, ValueOperator, Workflow,
         WorkflowError, WorkflowExecutionResult, WorkflowStatus,
     };
-    pub use crate::{computation_graph, reactor};
+    pub use crate::{computation_graph, reactor, task, workflow};
     pub use crate::{EmbeddedGraph, EngineReport, Error};
 }
 

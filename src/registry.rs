@@ -48,8 +48,42 @@ pub struct GraphEntry {
 /// Adds a graph's nodes to a builder, each name prefixed.
 pub type AddToFn = fn(GraphBuilder, &str) -> GraphBuilder;
 
+/// A workflow declared with `#[workflow]` (link-time entry).
+#[derive(Debug)]
+pub struct WorkflowEntry {
+    /// Workflow name.
+    pub name: &'static str,
+    /// Builds the workflow.
+    pub build: fn() -> Result<crate::workflow::Workflow, crate::workflow::WorkflowError>,
+    /// Where it is declared (file, line, column).
+    pub site: Site,
+}
+
 inventory::collect!(ReactorEntry);
 inventory::collect!(GraphEntry);
+inventory::collect!(WorkflowEntry);
+
+/// Names of the workflows declared with `#[workflow]` in this binary, sorted.
+pub fn declared_workflows() -> Vec<&'static str> {
+    let mut names: Vec<&'static str> = inventory::iter::<WorkflowEntry>
+        .into_iter()
+        .map(|e| e.name)
+        .collect();
+    names.sort_unstable();
+    names.dedup();
+    names
+}
+
+/// The workflow `name` declared with `#[workflow]` in this binary (`None` if there is
+/// none); the runner finds declared workflows this way, with no registration call.
+pub fn declared_workflow(
+    name: &str,
+) -> Option<Result<crate::workflow::Workflow, crate::workflow::WorkflowError>> {
+    inventory::iter::<WorkflowEntry>
+        .into_iter()
+        .find(|e| e.name == name)
+        .map(|e| (e.build)())
+}
 
 /// A reactor declaration held by a [`Registry`].
 #[derive(Debug, Clone)]

@@ -1,4 +1,4 @@
-//! Compile-fail UI tests for `#[reactor]` and `#[computation_graph]`: every invalid
+//! Compile-fail UI tests for `#[reactor]`, `#[computation_graph]`, `#[task]` and `#[workflow]`: every invalid
 //! declaration is rejected at compile time, with the error on the offending name or type.
 //!
 //! Regenerate the expected `.stderr` files with `TRYBUILD=overwrite cargo test --test ui`.

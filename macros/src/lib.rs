@@ -1,8 +1,9 @@
 //! # cloacina-macros
 //!
-//! Declarative front ends for cloacina's computation graphs. They expand to the builder API
-//! of `cloacina-graph-core` (there is no second engine) and reject invalid declarations at
-//! compile time, with the error on the offending name:
+//! Declarative front ends for cloacina's computation graphs and workflows. They expand to
+//! the builder APIs of `cloacina-graph-core` and `cloacina-workflow-layer` (there is no
+//! second engine) and reject invalid declarations at compile time, with the error on the
+//! offending name:
 //!
 //! - `#[reactor(name = "...", accumulators = [a, b], criteria = when_any(a, b))]` on a struct:
 //!   names a reactor, its accumulators and its reaction criteria (`when_any` / `when_all`,
@@ -11,6 +12,12 @@
 //!   node functions: declares the topology, checks it (cycles, nodes without a function,
 //!   functions outside the topology, no entry node, unknown routing variants, inputs and
 //!   outputs whose types do not line up), generates `graph()` / `build()` and registers it.
+//! - `#[task(...)]` on an `async fn(&mut Context<Value>) -> Result<(), TaskError>`: adds a
+//!   unit struct `<fn>_task` implementing `Task` (retries, trigger rules, timeout from the
+//!   keys; unknown keys and rules naming non-dependencies are errors).
+//! - `#[workflow(name, description)]` on an inline module of `#[task]` functions: checks the
+//!   task DAG with `cloacina-topology` (duplicates, unknown dependencies, cycles), generates
+//!   `NAME` / `workflow()` and registers it.
 //!
 //! Topology grammar, one statement per comma:
 //!
@@ -40,12 +47,15 @@
 //!
 //! Layout: `parse` reads the attributes and the topology, `validate` checks the topology with
 //! `cloacina-topology` (the rules `GraphBuilder::build` applies at run time), and
-//! `expand_reactor` / `expand_graph` generate the code.
+//! `expand_reactor` / `expand_graph` generate the code; `task_attr` and `workflow_attr` hold
+//! the workflow macros.
 
 mod expand_graph;
 mod expand_reactor;
 mod parse;
+mod task_attr;
 mod validate;
+mod workflow_attr;
 
 use proc_macro::TokenStream;
 use syn::{Ident, ItemMod};
@@ -75,6 +85,35 @@ pub fn computation_graph(attr: TokenStream, item: TokenStream) -> TokenStream {
     let args = syn::parse_macro_input!(attr as GraphArgs);
     let module = syn::parse_macro_input!(item as ItemMod);
     match expand_graph::expand_graph(args, module) {
+        Ok(tokens) => tokens.into(),
+        Err(e) => e.to_compile_error().into(),
+    }
+}
+
+/// Declares a workflow task on an `async fn name(ctx: &mut Context<Value>) -> Result<(),
+/// TaskError>`: keys `id` (default: the function's name), `dependencies = ["a", ..]`,
+/// `retry_policy = <expr>` or the shorthand `retry_attempts` / `retry_backoff` (`"fixed"`,
+/// `"linear"`, `"exponential"`) / `retry_delay_ms`, `trigger_rules = all(task_success("a"),
+/// context_value("score", greater_than, 80))`, `timeout = <Duration expr>`. Generates a unit
+/// struct `<name>_task` implementing `Task`.
+#[proc_macro_attribute]
+pub fn task(attr: TokenStream, item: TokenStream) -> TokenStream {
+    let args = syn::parse_macro_input!(attr as task_attr::TaskArgs);
+    let function = syn::parse_macro_input!(item as syn::ItemFn);
+    match task_attr::expand_task(args, function) {
+        Ok(tokens) => tokens.into(),
+        Err(e) => e.to_compile_error().into(),
+    }
+}
+
+/// Declares a workflow over the `#[task]` functions of an inline module (`name`,
+/// `description`): checks its DAG at compile time, generates `NAME` and `workflow()`, and
+/// registers it at startup.
+#[proc_macro_attribute]
+pub fn workflow(attr: TokenStream, item: TokenStream) -> TokenStream {
+    let args = syn::parse_macro_input!(attr as workflow_attr::WorkflowArgs);
+    let module = syn::parse_macro_input!(item as ItemMod);
+    match workflow_attr::expand_workflow(args, module) {
         Ok(tokens) => tokens.into(),
         Err(e) => e.to_compile_error().into(),
     }

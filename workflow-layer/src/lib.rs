@@ -55,3 +55,7 @@ pub use trigger::{
     ValueOperator,
 };
 pub use workflow::{Workflow, WorkflowBuilder, WorkflowError};
+
+/// serde_json, for code `#[task]` generates (context values are `serde_json::Value`).
+#[doc(hidden)]
+pub use serde_json;

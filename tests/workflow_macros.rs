@@ -1,0 +1,107 @@
+//! `#[workflow]` / `#[task]` as SPEC.md writes them: the module registers itself, tasks use
+//! `?`, retries / trigger rules / timeouts come from the attribute keys.
+
+#![allow(missing_docs)]
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use cloacina::prelude::*;
+use serde_json::{json, Value};
+
+static FLAKY_RUNS: AtomicU32 = AtomicU32::new(0);
+
+#[workflow(name = "etl", description = "demo")]
+pub mod etl {
+    use super::*;
+
+    #[task(dependencies = [])] // id defaults to the function name
+    pub async fn extract(ctx: &mut Context<Value>) -> Result<(), TaskError> {
+        ctx.insert("raw", json!([1, 2, 3]))?;
+        Ok(())
+    }
+
+    #[task(dependencies = ["extract"],
+           retry_policy = RetryPolicy::builder().max_attempts(3).initial_delay(Duration::from_millis(1)).build())]
+    pub async fn load(ctx: &mut Context<Value>) -> Result<(), TaskError> {
+        if FLAKY_RUNS.fetch_add(1, Ordering::SeqCst) == 0 {
+            return Err(TaskError::failed("connection reset"));
+        }
+        let n = ctx.get("raw").and_then(Value::as_array).map_or(0, Vec::len);
+        ctx.insert("loaded", json!(n))?;
+        Ok(())
+    }
+
+    #[task(id = "report", dependencies = ["load"],
+           trigger_rules = all(task_success("load"), context_value("loaded", greater_than, 2)),
+           timeout = Duration::from_secs(5))]
+    pub async fn summarize(ctx: &mut Context<Value>) -> Result<(), TaskError> {
+        ctx.insert("report", json!("done"))?;
+        Ok(())
+    }
+
+    #[task(dependencies = ["load"], trigger_rules = task_failed("load"),
+           retry_attempts = 2, retry_backoff = "fixed", retry_delay_ms = 1)]
+    pub async fn alert(ctx: &mut Context<Value>) -> Result<(), TaskError> {
+        ctx.insert("alerted", json!(true))?;
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_declared_workflow_is_found_by_name_and_runs() {
+    assert!(cloacina::registry::declared_workflows().contains(&"etl"));
+    let wf = cloacina::registry::declared_workflow("etl")
+        .expect("registered at startup")
+        .expect("valid");
+    assert_eq!(wf.name(), etl::NAME);
+    assert_eq!(wf.description(), "demo");
+    assert_eq!(
+        wf.order().map(|t| t.id()).collect::<Vec<_>>(),
+        ["extract", "load", "report", "alert"]
+    );
+    assert_eq!(
+        wf.task("load").expect("load").retry_policy().max_attempts,
+        3
+    );
+    assert_eq!(
+        wf.task("report").expect("report").timeout(),
+        Some(Duration::from_secs(5))
+    );
+
+    let result = wf.run(Context::new()).await;
+    assert_eq!(result.status, WorkflowStatus::Completed, "{result:?}");
+    let by_id = |id: &str| {
+        result
+            .task_results
+            .iter()
+            .find(|r| r.task_id == id)
+            .map(|r| (r.state, r.attempts))
+    };
+    assert_eq!(
+        by_id("load"),
+        Some((TaskState::Completed, 2)),
+        "retried once"
+    );
+    assert_eq!(by_id("report"), Some((TaskState::Completed, 1)));
+    assert_eq!(by_id("alert"), Some((TaskState::Skipped, 0)));
+    assert_eq!(result.final_context.get("report"), Some(&json!("done")));
+    assert_eq!(result.final_context.get("loaded"), Some(&json!(3)));
+}
+
+#[test]
+fn the_version_follows_the_code() {
+    let a = etl::workflow().expect("valid");
+    let b = etl::workflow().expect("valid");
+    assert_eq!(a.version(), b.version());
+    assert!(etl::load_task.code_fingerprint().is_some());
+    assert_ne!(
+        etl::load_task.code_fingerprint(),
+        etl::extract_task.code_fingerprint()
+    );
+}
+
+#[test]
+fn unknown_workflows_are_none() {
+    assert!(cloacina::registry::declared_workflow("nope").is_none());
+}
