@@ -63,6 +63,30 @@ inventory::collect!(ReactorEntry);
 inventory::collect!(GraphEntry);
 inventory::collect!(WorkflowEntry);
 
+/// The trigger-less graph `name` declared with `#[computation_graph]` (no `trigger`) in this
+/// binary, built once and shared; what `#[task(invokes = "name")]` runs. An error names the
+/// graph: not declared, bound to a reactor, or invalid.
+pub fn declared_triggerless_graph(name: &str) -> Result<Arc<CompiledGraph>, String> {
+    static BUILT: std::sync::Mutex<BTreeMap<&'static str, Arc<CompiledGraph>>> =
+        std::sync::Mutex::new(BTreeMap::new());
+    let entry = inventory::iter::<GraphEntry>
+        .into_iter()
+        .find(|e| e.name == name)
+        .ok_or_else(|| format!("no computation graph `{name}` is declared in this binary"))?;
+    if let Some(reactor) = entry.trigger {
+        return Err(format!(
+            "graph `{name}` is bound to reactor `{reactor}`; a task can invoke only a trigger-less graph"
+        ));
+    }
+    let mut built = BUILT.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(graph) = built.get(entry.name) {
+        return Ok(Arc::clone(graph));
+    }
+    let graph = Arc::new((entry.build)().map_err(|e| format!("graph `{name}`: {e}"))?);
+    built.insert(entry.name, Arc::clone(&graph));
+    Ok(graph)
+}
+
 /// Names of the workflows declared with `#[workflow]` in this binary, sorted.
 pub fn declared_workflows() -> Vec<&'static str> {
     let mut names: Vec<&'static str> = inventory::iter::<WorkflowEntry>

@@ -105,3 +105,64 @@ fn the_version_follows_the_code() {
 fn unknown_workflows_are_none() {
     assert!(cloacina::registry::declared_workflow("nope").is_none());
 }
+
+// A trigger-less graph a task invokes (CG-T-02): the doc's ×1.5 graph.
+#[computation_graph(graph = { scale(input_value) })]
+pub mod scaling {
+    pub fn scale(input_value: Option<&f64>) -> f64 {
+        input_value.copied().unwrap_or(0.0) * 1.5
+    }
+}
+
+#[workflow(name = "scoring")]
+pub mod scoring {
+    use super::*;
+
+    #[task(dependencies = [])]
+    pub async fn fetch(ctx: &mut Context<Value>) -> Result<(), TaskError> {
+        ctx.insert("input_value", json!(2.0))?;
+        Ok(())
+    }
+
+    #[task(dependencies = ["fetch"], invokes = computation_graph("scaling"))]
+    pub async fn score(ctx: &mut Context<Value>) -> Result<(), TaskError> {
+        ctx.insert("pre_work", json!(true))?; // runs before the graph
+        Ok(())
+    }
+
+    #[task(dependencies = ["score"])]
+    pub async fn publish(ctx: &mut Context<Value>) -> Result<(), TaskError> {
+        let value = ctx.get("scale").cloned().unwrap_or(Value::Null);
+        ctx.insert("output", json!({"published": true, "value": value}))?;
+        Ok(())
+    }
+
+    #[task(dependencies = [], invokes = "no_such_graph")]
+    pub async fn broken(ctx: &mut Context<Value>) -> Result<(), TaskError> {
+        let _ = ctx;
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_task_invokes_a_trigger_less_graph_after_its_body() {
+    let wf = scoring::workflow().expect("valid");
+    let result = wf.run(Context::new()).await;
+    assert_eq!(
+        result.final_context.get("output"),
+        Some(&json!({"published": true, "value": 3.0}))
+    );
+    assert_eq!(result.final_context.get("pre_work"), Some(&json!(true)));
+    let broken = result
+        .task_results
+        .iter()
+        .find(|r| r.task_id == "broken")
+        .expect("broken");
+    assert_eq!(broken.state, TaskState::Failed);
+    let error = broken.error.as_deref().unwrap_or("");
+    assert!(
+        error.contains("no computation graph `no_such_graph`"),
+        "{error}"
+    );
+    assert_eq!(result.status, WorkflowStatus::Failed);
+}

@@ -94,8 +94,9 @@ pub fn computation_graph(attr: TokenStream, item: TokenStream) -> TokenStream {
 /// TaskError>`: keys `id` (default: the function's name), `dependencies = ["a", ..]`,
 /// `retry_policy = <expr>` or the shorthand `retry_attempts` / `retry_backoff` (`"fixed"`,
 /// `"linear"`, `"exponential"`) / `retry_delay_ms`, `trigger_rules = all(task_success("a"),
-/// context_value("score", greater_than, 80))`, `timeout = <Duration expr>`. Generates a unit
-/// struct `<name>_task` implementing `Task`.
+/// context_value("score", greater_than, 80))`, `timeout = <Duration expr>`, `invokes =
+/// "graph"` (after the function, runs that trigger-less `#[computation_graph]` on the context
+/// and merges its terminal outputs). Generates a unit struct `<name>_task` implementing `Task`.
 #[proc_macro_attribute]
 pub fn task(attr: TokenStream, item: TokenStream) -> TokenStream {
     let args = syn::parse_macro_input!(attr as task_attr::TaskArgs);

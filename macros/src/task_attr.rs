@@ -10,7 +10,7 @@ use syn::{bracketed, parenthesized, Expr, Ident, Lit, LitStr, Token};
 use crate::name_of;
 
 /// The keys `#[task]` accepts.
-const KEYS: &str = "id, dependencies, retry_policy, retry_attempts, retry_backoff, retry_delay_ms, trigger_rules, timeout";
+const KEYS: &str = "id, dependencies, retry_policy, retry_attempts, retry_backoff, retry_delay_ms, trigger_rules, timeout, invokes";
 
 /// A parsed trigger rule (ids keep their spans for errors).
 pub(crate) enum Rule {
@@ -138,6 +138,7 @@ pub(crate) struct TaskArgs {
     retry_delay_ms: Option<Expr>,
     pub(crate) rule: Option<Rule>,
     timeout: Option<Expr>,
+    invokes: Option<LitStr>,
 }
 
 impl Parse for TaskArgs {
@@ -151,6 +152,7 @@ impl Parse for TaskArgs {
             retry_delay_ms: None,
             rule: None,
             timeout: None,
+            invokes: None,
         };
         let mut seen: Vec<String> = Vec::new();
         while !input.is_empty() {
@@ -179,6 +181,23 @@ impl Parse for TaskArgs {
                 "retry_delay_ms" => args.retry_delay_ms = Some(input.parse()?),
                 "trigger_rules" => args.rule = Some(input.parse()?),
                 "timeout" => args.timeout = Some(input.parse()?),
+                "invokes" => {
+                    // `invokes = "name"` or `invokes = computation_graph("name")`.
+                    if input.peek(LitStr) {
+                        args.invokes = Some(input.parse()?);
+                    } else {
+                        let head: Ident = input.parse()?;
+                        if head != "computation_graph" {
+                            return Err(syn::Error::new(
+                                head.span(),
+                                "expected `invokes = \"graph\"` or `invokes = computation_graph(\"graph\")`",
+                            ));
+                        }
+                        let content;
+                        parenthesized!(content in input);
+                        args.invokes = Some(content.parse()?);
+                    }
+                }
                 other => {
                     return Err(syn::Error::new(
                         key.span(),
@@ -328,6 +347,20 @@ pub(crate) fn expand_task(args: TaskArgs, function: syn::ItemFn) -> syn::Result<
             }
         }
     });
+    let body = match &args.invokes {
+        // The function runs first, then the graph on the same context; its terminal outputs
+        // land under their node names.
+        Some(graph) => quote! {
+            ::std::boxed::Box::pin(async move {
+                #name(ctx).await?;
+                let graph = ::cloacina::registry::declared_triggerless_graph(#graph)
+                    .map_err(#wf::TaskError::failed)?;
+                #wf::invoke_graph(&graph, ctx).await?;
+                ::core::result::Result::Ok(())
+            })
+        },
+        None => quote!(::std::boxed::Box::pin(#name(ctx))),
+    };
     let doc = format!("The task `{id}` (declared by `#[task]` on `{name}`).");
     Ok(quote! {
         #function
@@ -352,7 +385,7 @@ pub(crate) fn expand_task(args: TaskArgs, function: syn::ItemFn) -> syn::Result<
                 &'a self,
                 ctx: &'a mut #wf::Context<#wf::serde_json::Value>,
             ) -> #wf::TaskFuture<'a> {
-                ::std::boxed::Box::pin(#name(ctx))
+                #body
             }
 
             fn code_fingerprint(&self) -> ::core::option::Option<&str> {
