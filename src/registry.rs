@@ -69,10 +69,18 @@ inventory::collect!(WorkflowEntry);
 pub fn declared_triggerless_graph(name: &str) -> Result<Arc<CompiledGraph>, String> {
     static BUILT: std::sync::Mutex<BTreeMap<&'static str, Arc<CompiledGraph>>> =
         std::sync::Mutex::new(BTreeMap::new());
-    let entry = inventory::iter::<GraphEntry>
+    let mut found = inventory::iter::<GraphEntry>
         .into_iter()
-        .find(|e| e.name == name)
+        .filter(|e| e.name == name);
+    let entry = found
+        .next()
         .ok_or_else(|| format!("no computation graph `{name}` is declared in this binary"))?;
+    if let Some(other) = found.next() {
+        return Err(format!(
+            "graph `{name}` is declared twice ({}:{} and {}:{})",
+            entry.site.0, entry.site.1, other.site.0, other.site.1
+        ));
+    }
     if let Some(reactor) = entry.trigger {
         return Err(format!(
             "graph `{name}` is bound to reactor `{reactor}`; a task can invoke only a trigger-less graph"
@@ -87,26 +95,36 @@ pub fn declared_triggerless_graph(name: &str) -> Result<Arc<CompiledGraph>, Stri
     Ok(graph)
 }
 
-/// Names of the workflows declared with `#[workflow]` in this binary, sorted.
+/// Names of the workflows declared with `#[workflow]` in this binary, sorted (a name
+/// declared twice is listed twice: [`declared_workflow`] refuses it).
 pub fn declared_workflows() -> Vec<&'static str> {
     let mut names: Vec<&'static str> = inventory::iter::<WorkflowEntry>
         .into_iter()
         .map(|e| e.name)
         .collect();
     names.sort_unstable();
-    names.dedup();
     names
 }
 
 /// The workflow `name` declared with `#[workflow]` in this binary (`None` if there is
-/// none); the runner finds declared workflows this way, with no registration call.
+/// none); the runner finds declared workflows this way, with no registration call. Two
+/// declarations of one name are an error naming both places.
 pub fn declared_workflow(
     name: &str,
 ) -> Option<Result<crate::workflow::Workflow, crate::workflow::WorkflowError>> {
-    inventory::iter::<WorkflowEntry>
+    let mut found = inventory::iter::<WorkflowEntry>
         .into_iter()
-        .find(|e| e.name == name)
-        .map(|e| (e.build)())
+        .filter(|e| e.name == name);
+    let first = found.next()?;
+    if let Some(second) = found.next() {
+        let at = |s: Site| format!("{}:{}:{}", s.0, s.1, s.2);
+        return Some(Err(crate::workflow::WorkflowError::DeclaredTwice {
+            workflow: name.to_owned(),
+            first: at(first.site),
+            second: at(second.site),
+        }));
+    }
+    Some((first.build)())
 }
 
 /// A reactor declaration held by a [`Registry`].

@@ -33,7 +33,8 @@ pub mod etl {
     }
 
     #[task(id = "report", dependencies = ["load"],
-           trigger_rules = all(task_success("load"), context_value("loaded", greater_than, 2)),
+           trigger_rules = all(task_success("load"), context_value("loaded", greater_than, 2),
+                               context_value("loaded", greater_than, -5)),
            timeout = Duration::from_secs(5))]
     pub async fn summarize(ctx: &mut Context<Value>) -> Result<(), TaskError> {
         ctx.insert("report", json!("done"))?;

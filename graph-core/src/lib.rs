@@ -71,6 +71,6 @@ pub use builder::{BuildError, GraphBuilder, Route};
 pub use cache::{CacheTypeError, InputCache};
 pub use codec::CodecError;
 pub use compiled::{Collect, CompiledGraph, Execution, Executor, SourceDecl};
-pub use node::{catch_panic, source, upstream, Source, Upstream};
+pub use node::{catch_panic, panic_message, source, upstream, Source, Upstream};
 pub use result::{GraphError, GraphResult, TerminalOutput, TerminalOutputs};
 pub use source::SourceName;

@@ -441,7 +441,8 @@ pub(crate) trait ErasedNode: Send + Sync {
     fn run<'a>(&'a self, ctx: &'a FireCtx<'a>) -> NodeRun<'a>;
 }
 
-pub(crate) fn panic_message(payload: Box<dyn Any + Send>) -> String {
+/// The message of a caught panic (its `&str` or `String` payload).
+pub fn panic_message(payload: Box<dyn Any + Send>) -> String {
     if let Some(s) = payload.downcast_ref::<&str>() {
         (*s).to_owned()
     } else if let Some(s) = payload.downcast_ref::<String>() {

@@ -99,9 +99,10 @@ pub fn computation_graph(attr: TokenStream, item: TokenStream) -> TokenStream {
 /// and merges its terminal outputs). Generates a unit struct `<name>_task` implementing `Task`.
 #[proc_macro_attribute]
 pub fn task(attr: TokenStream, item: TokenStream) -> TokenStream {
+    let tokens = proc_macro2::TokenStream::from(attr.clone());
     let args = syn::parse_macro_input!(attr as task_attr::TaskArgs);
     let function = syn::parse_macro_input!(item as syn::ItemFn);
-    match task_attr::expand_task(args, function) {
+    match task_attr::expand_task(&tokens, args, function) {
         Ok(tokens) => tokens.into(),
         Err(e) => e.to_compile_error().into(),
     }

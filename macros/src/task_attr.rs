@@ -5,7 +5,7 @@ use proc_macro2::TokenStream as TokenStream2;
 use quote::{format_ident, quote};
 use syn::parse::{Parse, ParseStream};
 use syn::punctuated::Punctuated;
-use syn::{bracketed, parenthesized, Expr, Ident, Lit, LitStr, Token};
+use syn::{bracketed, parenthesized, Expr, Ident, LitStr, Token};
 
 use crate::name_of;
 
@@ -17,7 +17,7 @@ pub(crate) enum Rule {
     Always,
     Combine(&'static str, Vec<Rule>),
     TaskState(&'static str, LitStr),
-    ContextValue(LitStr, Ident, Option<Lit>),
+    ContextValue(LitStr, Ident, Option<Expr>),
 }
 
 impl Parse for Rule {
@@ -50,7 +50,7 @@ impl Parse for Rule {
                 content.parse::<Token![,]>()?;
                 let op: Ident = content.parse()?;
                 let value = if content.parse::<Option<Token![,]>>()?.is_some() && !content.is_empty() {
-                    Some(content.parse::<Lit>()?)
+                    Some(content.parse::<Expr>()?)
                 } else {
                     None
                 };
@@ -109,7 +109,7 @@ impl Rule {
                 };
                 let needs_value = !matches!(variant, "Exists" | "NotExists");
                 let value = match (value, needs_value) {
-                    (Some(v), true) => quote!(#wf::serde_json::Value::from(#v)),
+                    (Some(v), true) => quote!(#wf::serde_json::json!(#v)),
                     (None, false) => quote!(#wf::serde_json::Value::Null),
                     (None, true) => {
                         return Err(syn::Error::new(
@@ -277,9 +277,10 @@ impl TaskArgs {
     }
 }
 
-/// FNV-1a over the function's tokens: the task's code fingerprint (stable across builds).
-fn fingerprint(function: &syn::ItemFn) -> String {
-    let text = quote!(#function).to_string();
+/// FNV-1a over the attribute's and the function's tokens: the task's code fingerprint
+/// (stable across builds; any change to the declaration changes it).
+fn fingerprint(attr: &TokenStream2, function: &syn::ItemFn) -> String {
+    let text = format!("{attr}\n{}", quote!(#function));
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     for byte in text.bytes() {
         hash ^= u64::from(byte);
@@ -290,7 +291,11 @@ fn fingerprint(function: &syn::ItemFn) -> String {
 
 /// Expands `#[task]` on `function`: the function stays, and a unit struct named
 /// `<function>_task` implements `Task` by calling it.
-pub(crate) fn expand_task(args: TaskArgs, function: syn::ItemFn) -> syn::Result<TokenStream2> {
+pub(crate) fn expand_task(
+    attr: &TokenStream2,
+    args: TaskArgs,
+    function: syn::ItemFn,
+) -> syn::Result<TokenStream2> {
     if function.sig.asyncness.is_none() {
         return Err(syn::Error::new_spanned(
             function.sig.fn_token,
@@ -322,7 +327,7 @@ pub(crate) fn expand_task(args: TaskArgs, function: syn::ItemFn) -> syn::Result<
     }
     let task_type = format_ident!("{}_task", name);
     let wf = quote!(::cloacina::workflow);
-    let fp = fingerprint(&function);
+    let fp = fingerprint(attr, &function);
     let retry = args.retry()?.map(|policy| {
         quote! {
             fn retry_policy(&self) -> #wf::RetryPolicy { #policy }
@@ -350,16 +355,17 @@ pub(crate) fn expand_task(args: TaskArgs, function: syn::ItemFn) -> syn::Result<
     let body = match &args.invokes {
         // The function runs first, then the graph on the same context; its terminal outputs
         // land under their node names.
+        // The graph is found first: a wrong name fails before the body's side effects.
         Some(graph) => quote! {
             ::std::boxed::Box::pin(async move {
-                #name(ctx).await?;
                 let graph = ::cloacina::registry::declared_triggerless_graph(#graph)
                     .map_err(#wf::TaskError::failed)?;
-                #wf::invoke_graph(&graph, ctx).await?;
+                #name(__cloacina_ctx).await?;
+                #wf::invoke_graph(&graph, __cloacina_ctx).await?;
                 ::core::result::Result::Ok(())
             })
         },
-        None => quote!(::std::boxed::Box::pin(#name(ctx))),
+        None => quote!(::std::boxed::Box::pin(#name(__cloacina_ctx))),
     };
     let doc = format!("The task `{id}` (declared by `#[task]` on `{name}`).");
     Ok(quote! {
@@ -383,7 +389,7 @@ pub(crate) fn expand_task(args: TaskArgs, function: syn::ItemFn) -> syn::Result<
 
             fn execute<'a>(
                 &'a self,
-                ctx: &'a mut #wf::Context<#wf::serde_json::Value>,
+                __cloacina_ctx: &'a mut #wf::Context<#wf::serde_json::Value>,
             ) -> #wf::TaskFuture<'a> {
                 #body
             }

@@ -85,11 +85,11 @@ impl ExecutionState {
         let deps: Vec<Vec<usize>> = tasks
             .iter()
             .map(|t| {
+                // A dependency listed twice counts once, at its last place (later wins).
                 let mut ds: Vec<usize> = Vec::new();
                 for d in t.dependencies().iter().filter_map(|d| position(d)) {
-                    if !ds.contains(&d) {
-                        ds.push(d);
-                    }
+                    ds.retain(|&k| k != d);
+                    ds.push(d);
                 }
                 ds
             })

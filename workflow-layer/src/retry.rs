@@ -96,17 +96,18 @@ impl RetryPolicy {
 
     /// Whether a task that failed its `attempt`-th run (from 1) with `error` runs again.
     pub fn should_retry(&self, attempt: u32, error: &TaskError) -> bool {
-        if attempt >= self.max_attempts || matches!(error, TaskError::Panicked { .. }) {
+        if attempt >= self.max_attempts || is_panic(error) {
             return false;
         }
         match &self.retry_condition {
             RetryCondition::AllErrors => true,
             RetryCondition::Never => false,
             RetryCondition::TransientOnly => {
-                matches!(error, TaskError::Timeout { .. }) || {
-                    let text = error.to_string().to_lowercase();
-                    TRANSIENT.iter().any(|w| text.contains(w))
-                }
+                matches!(error, TaskError::Timeout { .. })
+                    || failure_text(error).is_some_and(|text| {
+                        let text = text.to_lowercase();
+                        TRANSIENT.iter().any(|w| contains_words(&text, w))
+                    })
             }
             RetryCondition::ErrorPattern(patterns) => {
                 let text = error.to_string().to_lowercase();
@@ -137,6 +138,37 @@ impl RetryPolicy {
         };
         Duration::try_from_secs_f64(jittered).unwrap_or(self.max_delay)
     }
+}
+
+/// A panic, the task's own or a node's of a graph it invoked: never retried.
+fn is_panic(error: &TaskError) -> bool {
+    matches!(
+        error,
+        TaskError::Panicked { .. }
+            | TaskError::Graph(crate::InvokeError::Graph {
+                error: cloacina_graph_core::GraphError::NodePanicked { .. },
+                ..
+            })
+    )
+}
+
+/// The text [`RetryCondition::TransientOnly`] reads: what the work itself reported (not
+/// context keys or validation messages).
+fn failure_text(error: &TaskError) -> Option<String> {
+    match error {
+        TaskError::ExecutionFailed { message } => Some(message.clone()),
+        TaskError::Graph(crate::InvokeError::Graph { error, .. }) => Some(error.to_string()),
+        _ => None,
+    }
+}
+
+/// Whether `phrase` occurs in `text` as whole words ("busy" is not in "business").
+fn contains_words(text: &str, phrase: &str) -> bool {
+    text.match_indices(phrase).any(|(at, _)| {
+        let before = text[..at].chars().next_back();
+        let after = text[at + phrase.len()..].chars().next();
+        !before.is_some_and(char::is_alphanumeric) && !after.is_some_and(char::is_alphanumeric)
+    })
 }
 
 /// Builds a [`RetryPolicy`] (see [`RetryPolicy::builder`]).
@@ -240,6 +272,11 @@ mod tests {
         assert!(transient.should_retry(1, &failed("Connection refused")));
         assert!(transient.should_retry(1, &TaskError::Timeout { after: ms(1) }));
         assert!(!transient.should_retry(1, &failed("invalid input")));
+        assert!(!transient.should_retry(1, &failed("business rule violated")));
+        assert!(!transient.should_retry(
+            1,
+            &TaskError::Context(crate::ContextError::KeyExists("connection_id".into()))
+        ));
         let never = RetryPolicy::builder()
             .max_attempts(5)
             .retry_condition(RetryCondition::Never)

@@ -21,9 +21,9 @@ pub struct TaskResult {
     pub attempts: u32,
     /// The error of its last attempt, if it failed.
     pub error: Option<String>,
-    /// When its last attempt started and ended (`None` if it never ran).
+    /// When its first attempt started (`None` if it never ran).
     pub started: Option<SystemTime>,
-    /// See `started`.
+    /// When its last attempt ended (`None` if it never ran).
     pub ended: Option<SystemTime>,
 }
 
@@ -60,7 +60,9 @@ impl Workflow {
     /// dependants are skipped; a panicking task fails that task only. For executions that
     /// survive a crash, the durable runner (to come) runs the same core over the ledger.
     ///
-    /// Retry delays and task timeouts use tokio's timer: the runtime needs it enabled.
+    /// Each attempt runs as a tokio task (so a timeout stops even a task that blocks its
+    /// thread, on a multi-thread runtime): call it inside a tokio runtime with the timer
+    /// enabled.
     pub async fn run(&self, input: Context<Value>) -> WorkflowExecutionResult {
         let start_time = SystemTime::now();
         let tasks = self.tasks();
@@ -115,34 +117,37 @@ impl Workflow {
     }
 }
 
-/// Runs task `i` on `input` until it succeeds or its retry policy gives up, each attempt
-/// under the task's timeout, a panic caught as that attempt's failure. Returns the attempts
-/// made and the output or the last error.
+/// Runs task `i` on `input` until it succeeds or its retry policy gives up. Each attempt is
+/// a tokio task of its own: a panic anywhere in it (even before its future exists) fails
+/// that attempt only, and a timeout aborts it even if it blocks its worker thread. Returns
+/// the attempts made and the output or the last error.
 async fn run_attempts(
     task: Arc<dyn crate::Task>,
     mut input: Context<Value>,
     i: usize,
 ) -> (usize, u32, Result<Context<Value>, TaskError>) {
-    let policy = task.retry_policy();
+    let settings = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        (task.retry_policy(), task.timeout())
+    }));
+    let (policy, timeout) = match settings {
+        Ok(settings) => settings,
+        Err(payload) => {
+            let message = cloacina_graph_core::panic_message(payload);
+            return (i, 0, Err(TaskError::Panicked { message }));
+        }
+    };
     let mut attempt = 0u32;
     loop {
         attempt += 1;
         // The input is kept for a retry; the last possible attempt takes it.
-        let mut ctx = if attempt < policy.max_attempts {
+        let ctx = if attempt < policy.max_attempts {
             input.clone()
         } else {
             std::mem::take(&mut input)
         };
-        let run = cloacina_graph_core::catch_panic(task.execute(&mut ctx));
-        let outcome = match task.timeout() {
-            Some(after) => tokio::time::timeout(after, run)
-                .await
-                .unwrap_or(Ok(Err(TaskError::Timeout { after }))),
-            None => run.await,
-        }
-        .unwrap_or_else(|message| Err(TaskError::Panicked { message }));
+        let outcome = run_one(Arc::clone(&task), ctx, timeout).await;
         match outcome {
-            Ok(()) => return (i, attempt, Ok(ctx)),
+            Ok(output) => return (i, attempt, Ok(output)),
             Err(e) if policy.should_retry(attempt, &e) => {
                 let delay = policy.delay_after(attempt, fastrand::f64());
                 tracing::info!(task = task.id(), attempt, error = %e, ?delay, "task failed; retrying");
@@ -150,6 +155,35 @@ async fn run_attempts(
             }
             Err(e) => return (i, attempt, Err(e)),
         }
+    }
+}
+
+/// One attempt, spawned: `Ok(output)`, its error, `Panicked`, or `Timeout` (then aborted).
+async fn run_one(
+    task: Arc<dyn crate::Task>,
+    mut ctx: Context<Value>,
+    timeout: Option<Duration>,
+) -> Result<Context<Value>, TaskError> {
+    let mut handle = tokio::spawn(async move {
+        let outcome = task.execute(&mut ctx).await;
+        outcome.map(|()| ctx)
+    });
+    let joined = match timeout {
+        Some(after) => match tokio::time::timeout(after, &mut handle).await {
+            Ok(joined) => joined,
+            Err(_) => {
+                handle.abort();
+                return Err(TaskError::Timeout { after });
+            }
+        },
+        None => handle.await,
+    };
+    match joined {
+        Ok(outcome) => outcome,
+        Err(e) if e.is_panic() => Err(TaskError::Panicked {
+            message: cloacina_graph_core::panic_message(e.into_panic()),
+        }),
+        Err(e) => Err(TaskError::failed(format!("the task was stopped: {e}"))),
     }
 }
 
@@ -408,5 +442,47 @@ mod tests {
         let result = wf.run(Context::new()).await;
         assert_eq!(result.status, WorkflowStatus::Completed);
         assert_eq!(result.task_results[1].state, TaskState::Skipped);
+    }
+
+    /// A hand-written task that panics before returning its future, and one that blocks its
+    /// thread past its timeout: each fails alone, and the run ends.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn panics_outside_the_future_and_blocking_tasks_fail_alone() {
+        struct Eager;
+        impl crate::Task for Eager {
+            fn id(&self) -> &str {
+                "eager"
+            }
+            fn dependencies(&self) -> &[String] {
+                &[]
+            }
+            fn execute<'a>(&'a self, _ctx: &'a mut Context<Value>) -> crate::TaskFuture<'a> {
+                panic!("before any future")
+            }
+        }
+        let blocking = FnTask::new("blocking", [] as [&str; 0], |ctx: Context| async move {
+            std::thread::sleep(Duration::from_millis(1500));
+            Ok(ctx)
+        })
+        .timeout(Duration::from_millis(50));
+        let wf = Workflow::builder("hard")
+            .task(Eager)
+            .task(blocking)
+            .task(set("fine", &[]))
+            .build()
+            .expect("valid");
+        let result = wf.run(Context::new()).await;
+        let states: Vec<TaskState> = result.task_results.iter().map(|r| r.state).collect();
+        assert_eq!(
+            states,
+            [TaskState::Failed, TaskState::Failed, TaskState::Completed]
+        );
+        let errors: Vec<&str> = result
+            .task_results
+            .iter()
+            .map(|r| r.error.as_deref().unwrap_or(""))
+            .collect();
+        assert!(errors[0].contains("before any future"), "{errors:?}");
+        assert!(errors[1].contains("timed out"), "{errors:?}");
     }
 }

@@ -50,6 +50,16 @@ pub enum WorkflowError {
         /// The id the rule names.
         referenced: String,
     },
+    /// Two `#[workflow]` declarations share the name.
+    #[error("workflow `{workflow}` is declared twice ({first} and {second})")]
+    DeclaredTwice {
+        /// The workflow.
+        workflow: String,
+        /// Where the first declaration is (file:line:column).
+        first: String,
+        /// Where the second is.
+        second: String,
+    },
     /// The dependencies form a cycle.
     #[error("workflow `{workflow}`: dependency cycle {}", path.join(" -> "))]
     Cycle {
@@ -117,10 +127,10 @@ impl Workflow {
         &self.description
     }
 
-    /// The content-based version: 16 hex digits of a SHA-256 over the name, each task's id,
-    /// its dependencies in declaration order and its code fingerprint, tasks taken in id
-    /// order (declaring the same tasks in another order is the same workflow). Recorded with
-    /// every execution.
+    /// The content-based version: 16 hex digits of a SHA-256 over the name and, per task in
+    /// declaration order (which breaks ties in the execution order, so it is content), its
+    /// id, dependencies, code fingerprint, retry policy, trigger rule and timeout. Recorded
+    /// with every execution.
     pub fn version(&self) -> &str {
         &self.version
     }
@@ -258,15 +268,20 @@ fn version(name: &str, tasks: &[Arc<dyn Task>]) -> String {
         hasher.update(bytes);
     };
     field(name.as_bytes());
-    let mut sorted: Vec<&Arc<dyn Task>> = tasks.iter().collect();
-    sorted.sort_by(|a, b| a.id().cmp(b.id()));
-    for task in sorted {
+    for task in tasks {
         field(task.id().as_bytes());
         field(&(task.dependencies().len() as u64).to_le_bytes());
         for dep in task.dependencies() {
             field(dep.as_bytes());
         }
         field(task.code_fingerprint().unwrap_or("").as_bytes());
+        // Serializing these plain data types cannot fail; an empty field if it ever did.
+        let policy = serde_json::to_vec(&task.retry_policy()).unwrap_or_default();
+        field(&policy);
+        let rule = serde_json::to_vec(&task.trigger_rule()).unwrap_or_default();
+        field(&rule);
+        let timeout = task.timeout().map_or(u128::MAX, |t| t.as_nanos());
+        field(&timeout.to_le_bytes());
     }
     let digest = hasher.finalize();
     let mut hex = String::with_capacity(16);
@@ -346,8 +361,29 @@ mod tests {
         let base = build(vec![t("a", &[]), t("b", &["a"])]);
         assert_eq!(
             base,
+            build(vec![t("a", &[]), t("b", &["a"])]),
+            "same content"
+        );
+        assert_ne!(
+            base,
             build(vec![t("b", &["a"]), t("a", &[])]),
-            "order of declaration"
+            "declaration order"
+        );
+        assert_ne!(
+            base,
+            build(vec![
+                t("a", &[]),
+                t("b", &["a"]).timeout(std::time::Duration::from_secs(1))
+            ]),
+            "a timeout"
+        );
+        assert_ne!(
+            base,
+            build(vec![
+                t("a", &[]),
+                t("b", &["a"]).trigger_rule(crate::always())
+            ]),
+            "a trigger rule"
         );
         assert_ne!(base, build(vec![t("a", &[]), t("b", &[])]), "a dependency");
         assert_ne!(base, build(vec![t("a", &[]), t("c", &["a"])]), "a task id");
