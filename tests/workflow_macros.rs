@@ -167,3 +167,30 @@ async fn a_task_invokes_a_trigger_less_graph_after_its_body() {
     );
     assert_eq!(result.status, WorkflowStatus::Failed);
 }
+
+// `#[task]` outside a `#[workflow]` module: the generated `<fn>_task` goes into a builder.
+#[task(id = "double", dependencies = ["seed"], retry_attempts = 2, retry_backoff = "linear", retry_delay_ms = 1)]
+pub async fn double_it(ctx: &mut Context<Value>) -> Result<(), TaskError> {
+    let n = ctx.get("n").and_then(Value::as_i64).unwrap_or(0);
+    ctx.insert_or_update("n", json!(n * 2));
+    Ok(())
+}
+
+#[task]
+pub async fn seed(ctx: &mut Context<Value>) -> Result<(), TaskError> {
+    ctx.insert("n", json!(21))?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn standalone_tasks_go_into_a_builder() {
+    let wf = Workflow::builder("standalone")
+        .task(double_it_task)
+        .task(seed_task)
+        .build()
+        .expect("valid");
+    assert_eq!(seed_task.id(), "seed", "id defaults to the function name");
+    assert_eq!(double_it_task.retry_policy().max_attempts, 2);
+    let result = wf.run(Context::new()).await;
+    assert_eq!(result.final_context.get("n"), Some(&json!(42)));
+}
