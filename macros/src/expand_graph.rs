@@ -85,17 +85,7 @@ fn take_node_options(module: &mut ItemMod) -> syn::Result<HashSet<String>> {
         return Ok(blocking);
     };
     for item in items.iter_mut() {
-        let ident = match &*item {
-            Item::Fn(f) => Some(&f.sig.ident),
-            Item::Const(c) => Some(&c.ident),
-            Item::Static(c) => Some(&c.ident),
-            Item::Struct(c) => Some(&c.ident),
-            Item::Enum(c) => Some(&c.ident),
-            Item::Type(c) => Some(&c.ident),
-            Item::Mod(c) => Some(&c.ident),
-            _ => None,
-        };
-        if let Some(ident) = ident {
+        if let Some(ident) = crate::item_ident(item) {
             let name = name_of(ident);
             if RESERVED.contains(&name.as_str()) || name.starts_with("__cloacina") {
                 return Err(syn::Error::new(

@@ -62,6 +62,20 @@ use syn::{Ident, ItemMod};
 
 use crate::parse::{GraphArgs, ReactorArgs};
 
+/// The name an item of a module declares, if it declares one a macro could clash with.
+fn item_ident(item: &syn::Item) -> Option<&Ident> {
+    match item {
+        syn::Item::Fn(f) => Some(&f.sig.ident),
+        syn::Item::Const(c) => Some(&c.ident),
+        syn::Item::Static(c) => Some(&c.ident),
+        syn::Item::Struct(c) => Some(&c.ident),
+        syn::Item::Enum(c) => Some(&c.ident),
+        syn::Item::Type(c) => Some(&c.ident),
+        syn::Item::Mod(c) => Some(&c.ident),
+        _ => None,
+    }
+}
+
 /// The runtime name of an identifier (`r#type` is named `type`).
 fn name_of(ident: &Ident) -> String {
     use syn::ext::IdentExt;
