@@ -62,6 +62,7 @@ mod sled_backend;
 mod sql;
 #[doc(hidden)]
 pub mod testing;
+mod workflows;
 mod writer;
 
 pub use memory::MemoryLedger;
@@ -75,6 +76,10 @@ pub use sled_backend::{SledLedger, SledOptions};
 pub use sql::postgres::PostgresLedger;
 #[cfg(feature = "sqlite")]
 pub use sql::sqlite::SqliteLedger;
+pub use workflows::{
+    ExecutionEndRecord, ExecutionRecord, ExecutionStatus, StoredExecution, TaskOutcome, TaskRecord,
+    WorkflowRecord, WorkflowStore,
+};
 pub use writer::{
     AckSender, LedgerWriter, WriterOptions, WriterReport, WriterStatus, APPEND_ATTEMPTS, MAX_BATCH,
 };
@@ -352,6 +357,12 @@ pub trait Ledger: Send + Sync + 'static {
     /// and verifies its checksum. Problems found are listed in the report; an `Err` means the
     /// check itself could not run. Reads the whole store: for maintenance, not the hot path.
     fn verify(&self) -> LedgerFuture<'_, VerifyReport>;
+
+    /// The workflow store kept in the same store as these records (every built-in backend
+    /// has one; see [`WorkflowStore`]). `None` for a ledger that keeps no workflows.
+    fn workflow_store(self: Arc<Self>) -> Option<Arc<dyn WorkflowStore>> {
+        None
+    }
 }
 
 /// Opens the ledger a URL names:

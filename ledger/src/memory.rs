@@ -23,6 +23,8 @@ struct Store {
 #[derive(Debug, Default)]
 pub struct MemoryLedger {
     store: Mutex<Store>,
+    /// The workflow store's executions.
+    pub(crate) workflows: Mutex<crate::workflows::MemoryWorkflows>,
 }
 
 impl MemoryLedger {
@@ -47,6 +49,12 @@ fn conflict(record: &Record) -> LedgerError {
 }
 
 impl Ledger for MemoryLedger {
+    fn workflow_store(
+        self: std::sync::Arc<Self>,
+    ) -> Option<std::sync::Arc<dyn crate::WorkflowStore>> {
+        Some(self)
+    }
+
     fn backend(&self) -> &'static str {
         BACKEND
     }

@@ -518,7 +518,9 @@ async fn without_a_schema_the_ledger_lives_in_schema_cloacina() {
             "checkpoints",
             "firings",
             "meta",
-            "snapshots"
+            "snapshots",
+            "wf_executions",
+            "wf_tasks"
         ]
     );
 }

@@ -87,7 +87,7 @@ impl SledLedger {
         Ok(())
     }
 
-    pub(super) async fn flush_db(&self) -> Result<(), LedgerError> {
+    pub(crate) async fn flush_db(&self) -> Result<(), LedgerError> {
         // On tokio's blocking pool: sled's own `flush_async` thread pool stalled under
         // concurrent appends in our tests.
         let db = self.db.clone();

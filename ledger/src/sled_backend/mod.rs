@@ -42,6 +42,7 @@ mod open;
 mod retain;
 mod verify;
 
+pub(crate) use open::corrupt as corrupt_at;
 pub(crate) use open::parse_params;
 pub use open::SledOptions;
 
@@ -80,6 +81,10 @@ pub struct SledLedger {
     high: Mutex<HighWater>,
     /// Appends applied so far (also stored under [`APPENDS_KEY`], in each append's batch).
     appends: std::sync::atomic::AtomicU64,
+    /// The workflow store's tree (see `crate::workflows`).
+    pub(crate) workflows: sled::Tree,
+    /// Serializes workflow store writes and claims.
+    pub(crate) workflow_lock: Mutex<()>,
 }
 
 /// A sled error: `Corruption` is [`LedgerError::Corrupt`]; IO errors are transient as
@@ -274,12 +279,17 @@ impl SledLedger {
                 ),
             ));
         }
+        let workflows = db
+            .open_tree("workflows")
+            .map_err(|e| sled_error(&path, "cannot open tree `workflows`", e))?;
         Ok(Self {
             path,
             db,
             records,
             high: Mutex::new(HighWater::default()),
             appends: appends.into(),
+            workflows,
+            workflow_lock: Mutex::new(()),
         })
     }
 
@@ -395,6 +405,12 @@ impl SledLedger {
 }
 
 impl Ledger for SledLedger {
+    fn workflow_store(
+        self: std::sync::Arc<Self>,
+    ) -> Option<std::sync::Arc<dyn crate::WorkflowStore>> {
+        Some(self)
+    }
+
     fn backend(&self) -> &'static str {
         BACKEND
     }

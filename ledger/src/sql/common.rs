@@ -553,6 +553,49 @@ macro_rules! forward_ledger {
             fn verify(&self) -> $crate::LedgerFuture<'_, $crate::VerifyReport> {
                 Box::pin(self.verify_store())
             }
+            fn workflow_store(
+                self: std::sync::Arc<Self>,
+            ) -> Option<std::sync::Arc<dyn $crate::WorkflowStore>> {
+                Some(self)
+            }
+        }
+
+        impl $crate::WorkflowStore for $ty {
+            fn workflow_backend(&self) -> &'static str {
+                $backend
+            }
+            fn write<'a>(
+                &'a self,
+                records: &'a [$crate::WorkflowRecord],
+                commit: $crate::Commit,
+            ) -> $crate::LedgerFuture<'a, ()> {
+                Box::pin(self.write_workflow_records(records, commit))
+            }
+            fn execution(
+                &self,
+                id: u64,
+            ) -> $crate::LedgerFuture<'_, Option<$crate::StoredExecution>> {
+                Box::pin(self.read_execution(id))
+            }
+            fn claim_unfinished<'a>(
+                &'a self,
+                owner: &'a str,
+                now_unix_us: i64,
+                lease_until_unix_us: i64,
+                limit: usize,
+            ) -> $crate::LedgerFuture<'a, Vec<$crate::StoredExecution>> {
+                Box::pin(self.claim_executions(owner, now_unix_us, lease_until_unix_us, limit))
+            }
+            fn renew_claims<'a>(
+                &'a self,
+                owner: &'a str,
+                lease_until_unix_us: i64,
+            ) -> $crate::LedgerFuture<'a, u64> {
+                Box::pin(self.renew_executions(owner, lease_until_unix_us))
+            }
+            fn reserve_execution_ids(&self, count: u64) -> $crate::LedgerFuture<'_, u64> {
+                Box::pin(self.reserve_ids(count))
+            }
         }
     };
 }

@@ -5,3 +5,4 @@ pub(crate) mod common;
 pub(crate) mod postgres;
 #[cfg(feature = "sqlite")]
 pub(crate) mod sqlite;
+pub(crate) mod workflows;

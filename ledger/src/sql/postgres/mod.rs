@@ -43,6 +43,7 @@ use crate::{
 
 mod open;
 mod read;
+mod workflows;
 
 const BACKEND: &str = "postgres";
 /// The schema used when the URL names none.
@@ -69,6 +70,35 @@ const EXPECTED: &[(&str, &[&str])] = &[
     ),
     ("checkpoints", &["owner", "key", "value", "at_us", "crc"]),
     ("snapshots", &["reactor", "record"]),
+    (
+        "wf_executions",
+        &[
+            "id",
+            "workflow",
+            "version",
+            "input",
+            "created_at_us",
+            "owner",
+            "lease_until_us",
+            "status",
+            "final_context",
+            "error",
+            "finished_at_us",
+        ],
+    ),
+    (
+        "wf_tasks",
+        &[
+            "execution_id",
+            "task",
+            "outcome",
+            "attempts",
+            "output",
+            "error",
+            "started_at_us",
+            "finished_at_us",
+        ],
+    ),
 ];
 
 const INSERT_BOUNDARIES: &str = "\

@@ -48,6 +48,7 @@ use crate::{
 
 mod append;
 mod read;
+mod workflows;
 
 const BACKEND: &str = "sqlite";
 const FLUSH_KEY: &str = "last_flush_us";

@@ -12,6 +12,11 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
+mod faulty;
+mod workflows;
+
+pub use faulty::FaultyLedger;
+
 use crate::{
     BoundaryQuery, BoundaryRecord, CheckpointRecord, Commit, FiringOutcome, FiringQuery,
     FiringRecord, FiringTrigger, Ledger, LedgerError, Record, RetainReport, Retention,
@@ -606,122 +611,5 @@ pub async fn run(harness: &dyn Harness) {
             "{name}: large record after reopen"
         );
     }
-}
-
-/// A [`crate::MemoryLedger`] whose first appends fail (with a transient error) or panic, for testing what sits on top
-/// of a ledger (writers, reactors) against outages. Reads always work.
-#[derive(Debug, Default)]
-pub struct FaultyLedger {
-    inner: crate::MemoryLedger,
-    fail: std::sync::atomic::AtomicU64,
-    panics: std::sync::atomic::AtomicU64,
-    permanent: bool,
-    attempts: std::sync::atomic::AtomicU64,
-}
-
-impl FaultyLedger {
-    /// Fails its first `n` appends (`u64::MAX`: every one), then stores.
-    pub fn failing_first(n: u64) -> Self {
-        Self {
-            fail: n.into(),
-            ..Self::default()
-        }
-    }
-
-    /// Fails its first `n` appends with a permanent error (`u64::MAX`: every one), then
-    /// stores.
-    pub fn failing_permanently_first(n: u64) -> Self {
-        Self {
-            fail: n.into(),
-            permanent: true,
-            ..Self::default()
-        }
-    }
-
-    /// Appends attempted so far (failed, panicked or stored).
-    pub fn attempts(&self) -> u64 {
-        self.attempts.load(std::sync::atomic::Ordering::SeqCst)
-    }
-
-    /// Panics in its first `n` appends, then stores.
-    pub fn panicking_first(n: u64) -> Self {
-        Self {
-            panics: n.into(),
-            ..Self::default()
-        }
-    }
-
-    fn take(counter: &std::sync::atomic::AtomicU64) -> bool {
-        use std::sync::atomic::Ordering;
-        counter
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| match n {
-                0 => None,
-                u64::MAX => Some(u64::MAX),
-                n => Some(n - 1),
-            })
-            .is_ok()
-    }
-}
-
-impl Ledger for FaultyLedger {
-    fn backend(&self) -> &'static str {
-        "faulty"
-    }
-    fn append<'a>(&'a self, records: &'a [Record], commit: Commit) -> crate::LedgerFuture<'a, ()> {
-        self.attempts
-            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        if Self::take(&self.panics) {
-            panic!("faulty ledger: injected panic");
-        }
-        if Self::take(&self.fail) {
-            let e = if self.permanent {
-                LedgerError::store(
-                    "faulty",
-                    "append",
-                    false,
-                    std::io::Error::new(std::io::ErrorKind::InvalidData, "injected refusal"),
-                )
-            } else {
-                LedgerError::store(
-                    "faulty",
-                    "append",
-                    true,
-                    std::io::Error::new(std::io::ErrorKind::ConnectionReset, "injected outage"),
-                )
-            };
-            return Box::pin(async { Err(e) });
-        }
-        self.inner.append(records, commit)
-    }
-    fn flush(&self) -> crate::LedgerFuture<'_, ()> {
-        self.inner.flush()
-    }
-    fn firings<'a>(&'a self, q: &'a FiringQuery) -> crate::LedgerFuture<'a, Vec<FiringRecord>> {
-        self.inner.firings(q)
-    }
-    fn last_firing<'a>(&'a self, r: &'a str) -> crate::LedgerFuture<'a, Option<FiringRecord>> {
-        self.inner.last_firing(r)
-    }
-    fn boundaries<'a>(
-        &'a self,
-        q: &'a BoundaryQuery,
-    ) -> crate::LedgerFuture<'a, Vec<BoundaryRecord>> {
-        self.inner.boundaries(q)
-    }
-    fn snapshot<'a>(&'a self, r: &'a str) -> crate::LedgerFuture<'a, Option<SnapshotRecord>> {
-        self.inner.snapshot(r)
-    }
-    fn checkpoint<'a>(
-        &'a self,
-        o: &'a str,
-        k: &'a str,
-    ) -> crate::LedgerFuture<'a, Option<CheckpointRecord>> {
-        self.inner.checkpoint(o, k)
-    }
-    fn retain<'a>(&'a self, r: &'a str, p: Retention) -> crate::LedgerFuture<'a, RetainReport> {
-        self.inner.retain(r, p)
-    }
-    fn verify(&self) -> crate::LedgerFuture<'_, crate::VerifyReport> {
-        self.inner.verify()
-    }
+    workflows::run(harness).await;
 }

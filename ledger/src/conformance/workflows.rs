@@ -1,0 +1,266 @@
+//! The workflow store's part of the suite: every built-in backend's
+//! [`Ledger::workflow_store`](crate::Ledger::workflow_store) passes it.
+
+use std::sync::Arc;
+
+use super::{Harness, T0};
+use crate::{
+    Commit, ExecutionEndRecord, ExecutionRecord, ExecutionStatus, LedgerError, StoredExecution,
+    TaskOutcome, TaskRecord, WorkflowRecord, WorkflowStore,
+};
+
+fn start(id: u64, owner: &str, lease: i64) -> ExecutionRecord {
+    ExecutionRecord {
+        id,
+        workflow: "conf-wf".into(),
+        version: "v1".into(),
+        input: br#"{"seed":1}"#.to_vec(),
+        created_at_unix_us: T0 + id as i64,
+        owner: owner.into(),
+        lease_until_unix_us: lease,
+    }
+}
+
+fn task(id: u64, name: &str, ok: bool) -> TaskRecord {
+    TaskRecord {
+        execution_id: id,
+        task: name.into(),
+        outcome: if ok {
+            TaskOutcome::Completed
+        } else {
+            TaskOutcome::Failed
+        },
+        attempts: if ok { 1 } else { 3 },
+        output: if ok {
+            format!("{{\"{name}\":true}}").into_bytes()
+        } else {
+            Vec::new()
+        },
+        error: (!ok).then(|| format!("{name} broke")),
+        started_at_unix_us: T0 + 10,
+        finished_at_unix_us: T0 + 20,
+    }
+}
+
+fn end(id: u64, status: ExecutionStatus) -> ExecutionEndRecord {
+    ExecutionEndRecord {
+        execution_id: id,
+        status,
+        final_context: br#"{"done":true}"#.to_vec(),
+        error: None,
+        finished_at_unix_us: T0 + 30,
+    }
+}
+
+struct Check<'a> {
+    name: &'static str,
+    store: &'a dyn WorkflowStore,
+}
+
+impl Check<'_> {
+    async fn write(&self, records: Vec<WorkflowRecord>) {
+        self.store
+            .write(&records, Commit::Buffered)
+            .await
+            .unwrap_or_else(|e| panic!("{}: workflow write: {e}", self.name));
+    }
+
+    async fn get(&self, id: u64) -> Option<StoredExecution> {
+        self.store
+            .execution(id)
+            .await
+            .unwrap_or_else(|e| panic!("{}: read execution {id}: {e}", self.name))
+    }
+
+    async fn claim(&self, owner: &str, now: i64, until: i64) -> Vec<u64> {
+        self.store
+            .claim_unfinished(owner, now, until, 100)
+            .await
+            .unwrap_or_else(|e| panic!("{}: claim: {e}", self.name))
+            .iter()
+            .map(|e| e.execution.id)
+            .collect()
+    }
+}
+
+fn store_of(ledger: Arc<dyn crate::Ledger>) -> Arc<dyn WorkflowStore> {
+    let name = ledger.backend();
+    ledger
+        .workflow_store()
+        .unwrap_or_else(|| panic!("{name}: a built-in backend keeps workflows"))
+}
+
+/// Runs the workflow store checks on the store `harness` opens.
+pub(super) async fn run(harness: &dyn Harness) {
+    let ledger = harness.open().await;
+    let name = ledger.backend();
+    let store = store_of(ledger);
+    let c = Check {
+        name,
+        store: &*store,
+    };
+
+    // Ids come in disjoint blocks.
+    let first = store.reserve_execution_ids(10).await.expect("reserve ids");
+    let second = store.reserve_execution_ids(5).await.expect("reserve ids");
+    assert!(first >= 1, "{name}: ids start at 1");
+    assert!(
+        second >= first + 10,
+        "{name}: blocks overlap ({first}, {second})"
+    );
+    let (e1, e2, e3) = (first, first + 1, first + 2);
+
+    // A start and task outcomes read back field for field, tasks in task-id order.
+    c.write(vec![
+        WorkflowRecord::Started(start(e1, "r1", T0 + 1_000)),
+        WorkflowRecord::Task(task(e1, "b", false)),
+        WorkflowRecord::Task(task(e1, "a", true)),
+    ])
+    .await;
+    let got = c
+        .get(e1)
+        .await
+        .unwrap_or_else(|| panic!("{name}: execution {e1} lost"));
+    assert_eq!(
+        got.execution,
+        start(e1, "r1", T0 + 1_000),
+        "{name}: start read back"
+    );
+    assert_eq!(got.status, ExecutionStatus::Running);
+    assert_eq!(
+        got.tasks,
+        vec![task(e1, "a", true), task(e1, "b", false)],
+        "{name}: tasks"
+    );
+    assert_eq!(got.end, None);
+
+    // The first record wins: a second start, task outcome or end changes nothing.
+    let mut other = start(e1, "r9", 0);
+    other.workflow = "changed".into();
+    let mut rerun = task(e1, "a", true);
+    rerun.output = b"{}".to_vec();
+    c.write(vec![
+        WorkflowRecord::Started(other),
+        WorkflowRecord::Task(rerun),
+        WorkflowRecord::Task(task(e3 + 1_000, "orphan", true)),
+    ])
+    .await;
+    let again = c.get(e1).await.expect("still there");
+    assert_eq!(
+        again.execution, got.execution,
+        "{name}: a second start changed the first"
+    );
+    assert_eq!(
+        again.tasks, got.tasks,
+        "{name}: a second task outcome changed the first"
+    );
+    assert_eq!(
+        c.get(e3 + 1_000).await,
+        None,
+        "{name}: an orphan task made an execution"
+    );
+
+    c.write(vec![WorkflowRecord::Ended(end(
+        e1,
+        ExecutionStatus::Completed,
+    ))])
+    .await;
+    c.write(vec![WorkflowRecord::Ended(end(
+        e1,
+        ExecutionStatus::Failed,
+    ))])
+    .await;
+    let ended = c.get(e1).await.expect("ended");
+    assert_eq!(
+        ended.status,
+        ExecutionStatus::Completed,
+        "{name}: first end wins"
+    );
+    assert_eq!(ended.end, Some(end(e1, ExecutionStatus::Completed)));
+
+    // A bad record refuses the whole batch.
+    let refused = store
+        .write(
+            &[
+                WorkflowRecord::Started(start(e3, "r1", T0)),
+                WorkflowRecord::Ended(end(e3, ExecutionStatus::Running)),
+            ],
+            Commit::Buffered,
+        )
+        .await;
+    assert!(
+        matches!(refused, Err(LedgerError::Rejected { .. })),
+        "{name}: an end saying Running: {refused:?}"
+    );
+    assert_eq!(
+        c.get(e3).await,
+        None,
+        "{name}: part of a refused batch was applied"
+    );
+
+    // Claims: own executions and expired leases only; ended ones never.
+    c.write(vec![WorkflowRecord::Started(start(e2, "r1", T0 + 1_000))])
+        .await;
+    assert_eq!(
+        c.claim("r2", T0, T0 + 5_000).await,
+        Vec::<u64>::new(),
+        "{name}: r1's lease holds"
+    );
+    assert_eq!(
+        c.claim("r1", T0, T0 + 2_000).await,
+        vec![e2],
+        "{name}: r1 takes its own"
+    );
+    assert_eq!(
+        c.claim("r2", T0 + 3_000, T0 + 9_000).await,
+        vec![e2],
+        "{name}: expired lease"
+    );
+    let claimed = c.get(e2).await.expect("claimed");
+    assert_eq!(
+        (
+            claimed.execution.owner.as_str(),
+            claimed.execution.lease_until_unix_us
+        ),
+        ("r2", T0 + 9_000)
+    );
+    assert_eq!(
+        store.renew_claims("r2", T0 + 20_000).await.ok(),
+        Some(1),
+        "{name}: renew"
+    );
+    assert_eq!(store.renew_claims("r1", T0 + 20_000).await.ok(), Some(0));
+    assert_eq!(
+        c.get(e2).await.map(|e| e.execution.lease_until_unix_us),
+        Some(T0 + 20_000)
+    );
+    let limited = store
+        .claim_unfinished("r2", T0, T0 + 30_000, 0)
+        .await
+        .expect("claim");
+    assert!(limited.is_empty(), "{name}: limit 0 claims nothing");
+
+    drop(store);
+    if harness.persistent() {
+        let store = store_of(harness.open().await);
+        let c = Check {
+            name,
+            store: &*store,
+        };
+        assert_eq!(
+            c.get(e1).await,
+            Some(ended),
+            "{name}: ended execution after reopen"
+        );
+        assert_eq!(
+            c.get(e2).await.map(|e| e.execution.owner),
+            Some("r2".to_owned()),
+            "{name}: claim after reopen"
+        );
+        let third = store.reserve_execution_ids(1).await.expect("reserve");
+        assert!(
+            third >= second + 5,
+            "{name}: ids reused after reopen ({third})"
+        );
+    }
+}

@@ -1,0 +1,231 @@
+//! [`PostgresLedger`]'s workflow store: tables `wf_executions` and `wf_tasks`
+//! (`migrations/postgres/0002_workflows.sql`). A write is one transaction of at most three
+//! statements (starts, task outcomes, ends), each taking its rows as arrays (`UNNEST`), so a
+//! group commit costs three round trips whatever its size. Claims take rows with
+//! `FOR UPDATE SKIP LOCKED`: runners sharing the database never wait on each other's claims
+//! and never take the same execution.
+
+use super::*;
+use crate::sql::workflows::{
+    assemble, outcome_code, stage, ExecRow, TaskRow, EXEC_COLUMNS, TASK_COLUMNS,
+};
+use crate::{StoredExecution, WorkflowRecord};
+
+const INSERT_STARTS: &str = "\
+INSERT INTO wf_executions (id, workflow, version, input, created_at_us, owner, lease_until_us, status)
+SELECT u.id, u.workflow, u.version, u.input, u.created, u.owner, u.lease, 0
+FROM UNNEST($1::BIGINT[], $2::TEXT[], $3::TEXT[], $4::BYTEA[], $5::BIGINT[], $6::TEXT[], $7::BIGINT[])
+     AS u(id, workflow, version, input, created, owner, lease)
+ON CONFLICT (id) DO NOTHING";
+
+const INSERT_TASKS: &str = "\
+INSERT INTO wf_tasks (execution_id, task, outcome, attempts, output, error, started_at_us, finished_at_us)
+SELECT u.id, u.task, u.outcome, u.attempts, u.output, u.error, u.started, u.finished
+FROM UNNEST($1::BIGINT[], $2::TEXT[], $3::BIGINT[], $4::BIGINT[], $5::BYTEA[], $6::TEXT[], $7::BIGINT[], $8::BIGINT[])
+     AS u(id, task, outcome, attempts, output, error, started, finished)
+WHERE EXISTS (SELECT 1 FROM wf_executions e WHERE e.id = u.id)
+ON CONFLICT (execution_id, task) DO NOTHING";
+
+const UPDATE_ENDS: &str = "\
+UPDATE wf_executions e
+SET status = u.status, final_context = u.ctx, error = u.error, finished_at_us = u.at
+FROM UNNEST($1::BIGINT[], $2::BIGINT[], $3::BYTEA[], $4::TEXT[], $5::BIGINT[])
+     AS u(id, status, ctx, error, at)
+WHERE e.id = u.id AND e.status = 0";
+
+fn sql_id(id: u64) -> i64 {
+    i64::try_from(id).unwrap_or(i64::MAX)
+}
+
+impl PostgresLedger {
+    pub(super) async fn write_workflow_records(
+        &self,
+        records: &[WorkflowRecord],
+        commit: Commit,
+    ) -> Result<(), LedgerError> {
+        let staged = stage(BACKEND, records)?;
+        if records.is_empty() {
+            return Ok(());
+        }
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            match self.try_write(&staged, commit).await {
+                Ok(()) => return Ok(()),
+                Err((_, e)) if retryable(&e) && tries < APPEND_TRIES => {
+                    tracing::debug!(error = %e, "postgres workflow store: write aborted, trying again");
+                }
+                Err((what, e)) => return Err(self.err(what)(e)),
+            }
+        }
+    }
+
+    async fn try_write(
+        &self,
+        staged: &crate::sql::workflows::Staged<'_>,
+        commit: Commit,
+    ) -> Result<(), (&'static str, sqlx::Error)> {
+        let at = |what: &'static str| move |e: sqlx::Error| (what, e);
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(at("cannot begin a workflow write"))?;
+        if commit == Commit::Buffered {
+            sqlx::query("SET LOCAL synchronous_commit = off")
+                .execute(&mut *tx)
+                .await
+                .map_err(at("cannot set synchronous_commit"))?;
+        }
+        if !staged.starts.is_empty() {
+            let s = &staged.starts;
+            sqlx::query(INSERT_STARTS)
+                .bind(s.iter().map(|r| sql_id(r.id)).collect::<Vec<_>>())
+                .bind(s.iter().map(|r| r.workflow.as_str()).collect::<Vec<_>>())
+                .bind(s.iter().map(|r| r.version.as_str()).collect::<Vec<_>>())
+                .bind(s.iter().map(|r| r.input.as_slice()).collect::<Vec<_>>())
+                .bind(s.iter().map(|r| r.created_at_unix_us).collect::<Vec<_>>())
+                .bind(s.iter().map(|r| r.owner.as_str()).collect::<Vec<_>>())
+                .bind(s.iter().map(|r| r.lease_until_unix_us).collect::<Vec<_>>())
+                .execute(&mut *tx)
+                .await
+                .map_err(at("cannot record execution starts"))?;
+        }
+        if !staged.tasks.is_empty() {
+            let t = &staged.tasks;
+            sqlx::query(INSERT_TASKS)
+                .bind(t.iter().map(|r| sql_id(r.execution_id)).collect::<Vec<_>>())
+                .bind(t.iter().map(|r| r.task.as_str()).collect::<Vec<_>>())
+                .bind(
+                    t.iter()
+                        .map(|r| outcome_code(r.outcome))
+                        .collect::<Vec<_>>(),
+                )
+                .bind(t.iter().map(|r| i64::from(r.attempts)).collect::<Vec<_>>())
+                .bind(t.iter().map(|r| r.output.as_slice()).collect::<Vec<_>>())
+                .bind(t.iter().map(|r| r.error.as_deref()).collect::<Vec<_>>())
+                .bind(t.iter().map(|r| r.started_at_unix_us).collect::<Vec<_>>())
+                .bind(t.iter().map(|r| r.finished_at_unix_us).collect::<Vec<_>>())
+                .execute(&mut *tx)
+                .await
+                .map_err(at("cannot record task outcomes"))?;
+        }
+        if !staged.ends.is_empty() {
+            let e = &staged.ends;
+            sqlx::query(UPDATE_ENDS)
+                .bind(e.iter().map(|r| sql_id(r.execution_id)).collect::<Vec<_>>())
+                .bind(e.iter().map(|r| r.status.code()).collect::<Vec<_>>())
+                .bind(
+                    e.iter()
+                        .map(|r| r.final_context.as_slice())
+                        .collect::<Vec<_>>(),
+                )
+                .bind(e.iter().map(|r| r.error.as_deref()).collect::<Vec<_>>())
+                .bind(e.iter().map(|r| r.finished_at_unix_us).collect::<Vec<_>>())
+                .execute(&mut *tx)
+                .await
+                .map_err(at("cannot record execution ends"))?;
+        }
+        tx.commit()
+            .await
+            .map_err(at("cannot commit a workflow write"))
+    }
+
+    pub(super) async fn read_execution(
+        &self,
+        id: u64,
+    ) -> Result<Option<StoredExecution>, LedgerError> {
+        let Ok(id) = i64::try_from(id) else {
+            return Ok(None);
+        };
+        let row: Option<ExecRow> = sqlx::query_as(&format!(
+            "SELECT {EXEC_COLUMNS} FROM wf_executions WHERE id = $1"
+        ))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(self.err(&format!("cannot read execution {id}")))?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let tasks: Vec<TaskRow> = sqlx::query_as(&format!(
+            "SELECT {TASK_COLUMNS} FROM wf_tasks WHERE execution_id = $1 ORDER BY task"
+        ))
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(self.err(&format!("cannot read the tasks of execution {id}")))?;
+        Ok(assemble(BACKEND, &self.location, vec![row], tasks)?.pop())
+    }
+
+    pub(super) async fn claim_executions(
+        &self,
+        owner: &str,
+        now: i64,
+        until: i64,
+        limit: usize,
+    ) -> Result<Vec<StoredExecution>, LedgerError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(self.err("cannot begin a claim"))?;
+        let mut rows: Vec<ExecRow> = sqlx::query_as(&format!(
+            "UPDATE wf_executions SET owner = $1, lease_until_us = $3 WHERE id IN ( \
+                 SELECT id FROM wf_executions \
+                 WHERE status = 0 AND (owner = $1 OR lease_until_us < $2) \
+                 ORDER BY id LIMIT $4 FOR UPDATE SKIP LOCKED) \
+             RETURNING {EXEC_COLUMNS}"
+        ))
+        .bind(owner)
+        .bind(now)
+        .bind(until)
+        .bind(limit)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(self.err("cannot claim executions"))?;
+        rows.sort_by_key(|r| r.0);
+        let ids: Vec<i64> = rows.iter().map(|r| r.0).collect();
+        let tasks: Vec<TaskRow> = sqlx::query_as(&format!(
+            "SELECT {TASK_COLUMNS} FROM wf_tasks WHERE execution_id = ANY($1) \
+             ORDER BY execution_id, task"
+        ))
+        .bind(&ids)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(self.err("cannot read the tasks of claimed executions"))?;
+        tx.commit()
+            .await
+            .map_err(self.err("cannot commit a claim"))?;
+        assemble(BACKEND, &self.location, rows, tasks)
+    }
+
+    pub(super) async fn renew_executions(
+        &self,
+        owner: &str,
+        until: i64,
+    ) -> Result<u64, LedgerError> {
+        let done = sqlx::query(
+            "UPDATE wf_executions SET lease_until_us = $1 WHERE status = 0 AND owner = $2",
+        )
+        .bind(until)
+        .bind(owner)
+        .execute(&self.pool)
+        .await
+        .map_err(self.err("cannot renew leases"))?;
+        Ok(done.rows_affected())
+    }
+
+    pub(super) async fn reserve_ids(&self, count: u64) -> Result<u64, LedgerError> {
+        let count = i64::try_from(count.max(1)).unwrap_or(i64::MAX);
+        let last: i64 = sqlx::query_scalar(
+            "UPDATE meta SET value = value + $1 WHERE key = 'last_execution_id' RETURNING value",
+        )
+        .bind(count)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(self.err("cannot reserve execution ids"))?;
+        Ok(u64::try_from(last - count + 1).unwrap_or(1))
+    }
+}

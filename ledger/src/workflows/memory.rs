@@ -1,0 +1,130 @@
+//! [`WorkflowStore`] for [`MemoryLedger`]: executions in process memory.
+
+use std::collections::BTreeMap;
+
+use super::{
+    by_kind, check_batch, ExecutionStatus, StoredExecution, WorkflowRecord, WorkflowStore,
+};
+use crate::{Commit, LedgerError, LedgerFuture, MemoryLedger};
+
+const BACKEND: &str = "memory";
+
+/// The executions a [`MemoryLedger`] holds.
+#[derive(Debug, Default)]
+pub(crate) struct MemoryWorkflows {
+    executions: BTreeMap<u64, StoredExecution>,
+    /// The last execution id handed out.
+    last_id: u64,
+}
+
+impl MemoryWorkflows {
+    fn apply(&mut self, batch: &[WorkflowRecord]) {
+        let (starts, tasks, ends) = by_kind(batch);
+        for s in starts {
+            self.executions
+                .entry(s.id)
+                .or_insert_with(|| StoredExecution {
+                    execution: s.clone(),
+                    status: ExecutionStatus::Running,
+                    tasks: Vec::new(),
+                    end: None,
+                });
+        }
+        for t in tasks {
+            if let Some(e) = self.executions.get_mut(&t.execution_id) {
+                if let Err(i) = e.tasks.binary_search_by(|r| r.task.as_str().cmp(&t.task)) {
+                    e.tasks.insert(i, t.clone());
+                }
+            }
+        }
+        for end in ends {
+            if let Some(e) = self.executions.get_mut(&end.execution_id) {
+                if e.end.is_none() {
+                    e.status = end.status;
+                    e.end = Some(end.clone());
+                }
+            }
+        }
+    }
+}
+
+impl MemoryLedger {
+    fn workflows(&self) -> Result<std::sync::MutexGuard<'_, MemoryWorkflows>, LedgerError> {
+        self.workflows.lock().map_err(|_| LedgerError::Backend {
+            backend: BACKEND,
+            message: "workflow store lock poisoned by a panicking writer".into(),
+        })
+    }
+}
+
+impl WorkflowStore for MemoryLedger {
+    fn workflow_backend(&self) -> &'static str {
+        BACKEND
+    }
+
+    fn write<'a>(&'a self, records: &'a [WorkflowRecord], _commit: Commit) -> LedgerFuture<'a, ()> {
+        Box::pin(async move {
+            check_batch(BACKEND, records)?;
+            self.workflows()?.apply(records);
+            Ok(())
+        })
+    }
+
+    fn execution(&self, id: u64) -> LedgerFuture<'_, Option<StoredExecution>> {
+        Box::pin(async move { Ok(self.workflows()?.executions.get(&id).cloned()) })
+    }
+
+    fn claim_unfinished<'a>(
+        &'a self,
+        owner: &'a str,
+        now_unix_us: i64,
+        lease_until_unix_us: i64,
+        limit: usize,
+    ) -> LedgerFuture<'a, Vec<StoredExecution>> {
+        Box::pin(async move {
+            let mut store = self.workflows()?;
+            let mut out = Vec::new();
+            for e in store.executions.values_mut() {
+                if out.len() >= limit {
+                    break;
+                }
+                let claimable = e.status == ExecutionStatus::Running
+                    && (e.execution.owner == owner
+                        || e.execution.lease_until_unix_us < now_unix_us);
+                if claimable {
+                    e.execution.owner = owner.to_owned();
+                    e.execution.lease_until_unix_us = lease_until_unix_us;
+                    out.push(e.clone());
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    fn renew_claims<'a>(
+        &'a self,
+        owner: &'a str,
+        lease_until_unix_us: i64,
+    ) -> LedgerFuture<'a, u64> {
+        Box::pin(async move {
+            let mut store = self.workflows()?;
+            let mut renewed = 0;
+            for e in store.executions.values_mut() {
+                if e.status == ExecutionStatus::Running && e.execution.owner == owner {
+                    e.execution.lease_until_unix_us = lease_until_unix_us;
+                    renewed += 1;
+                }
+            }
+            Ok(renewed)
+        })
+    }
+
+    fn reserve_execution_ids(&self, count: u64) -> LedgerFuture<'_, u64> {
+        Box::pin(async move {
+            let mut store = self.workflows()?;
+            let first = store.last_id + 1;
+            store.last_id += count.max(1);
+            Ok(first)
+        })
+    }
+}

@@ -1,0 +1,247 @@
+//! The workflow store: what a durable workflow runner records in the same store as the
+//! reactors' records, behind one [`WorkflowStore`] trait that every built-in backend
+//! implements (reach it with [`Ledger::workflow_store`](crate::Ledger::workflow_store)).
+//!
+//! The store knows nothing of tasks' meaning: contexts are bytes (the runner writes JSON),
+//! tasks are names. It keeps, per execution:
+//! - its start ([`ExecutionRecord`]): workflow name and content version, input, and its
+//!   **claim**: the runner (`owner`) that drives it and until when (`lease_until_unix_us`);
+//! - each task's final outcome ([`TaskRecord`]): completed with its output, or failed with
+//!   its error, and the attempts it took;
+//! - its end ([`ExecutionEndRecord`]): Completed, Failed or Cancelled, with the final context.
+//!
+//! Writes are batches of [`WorkflowRecord`]s applied atomically ([`WorkflowStore::write`]),
+//! so a runner group-commits the records of many executions at once. The **first record
+//! wins** for each execution start, task and end: a record written again (a task re-run
+//! after a crash whose record survived, a runner that lost its claim) changes nothing.
+//!
+//! Claims: an execution belongs to the runner named in its `owner` until its lease
+//! expires. [`WorkflowStore::claim_unfinished`] atomically takes unfinished executions that
+//! are the caller's own or whose lease expired (what a restarted runner resumes, and what
+//! several runners on one PostgreSQL share); [`WorkflowStore::renew_claims`] extends a
+//! runner's leases. Execution ids come from the store in blocks
+//! ([`WorkflowStore::reserve_execution_ids`]), unique across runners sharing it.
+
+mod memory;
+mod sled_store;
+
+pub(crate) use memory::MemoryWorkflows;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Commit, LedgerFuture};
+
+/// An execution's start and its claim.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecutionRecord {
+    /// Unique in the store (from [`WorkflowStore::reserve_execution_ids`]).
+    pub id: u64,
+    /// The workflow's name.
+    pub workflow: String,
+    /// The workflow's content version when the execution started.
+    pub version: String,
+    /// The input context (the runner writes JSON).
+    #[serde(with = "serde_bytes")]
+    pub input: Vec<u8>,
+    /// When it was submitted.
+    pub created_at_unix_us: i64,
+    /// The runner that drives it.
+    pub owner: String,
+    /// Until when `owner`'s claim holds without renewal.
+    pub lease_until_unix_us: i64,
+}
+
+/// How a task ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TaskOutcome {
+    /// It succeeded; its output is recorded.
+    Completed,
+    /// It failed after its last attempt.
+    Failed,
+}
+
+/// A task's final outcome in one execution.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskRecord {
+    /// The execution.
+    pub execution_id: u64,
+    /// The task's id.
+    pub task: String,
+    /// Completed or failed.
+    pub outcome: TaskOutcome,
+    /// Attempts made.
+    pub attempts: u32,
+    /// The output context (empty when failed).
+    #[serde(with = "serde_bytes")]
+    pub output: Vec<u8>,
+    /// The last attempt's error, when failed.
+    pub error: Option<String>,
+    /// When its first attempt started.
+    pub started_at_unix_us: i64,
+    /// When its last attempt ended.
+    pub finished_at_unix_us: i64,
+}
+
+/// Where an execution is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ExecutionStatus {
+    /// Started, not ended.
+    Running,
+    /// Every task final, none failed.
+    Completed,
+    /// A task failed (or the execution could not go on: see its error).
+    Failed,
+    /// Cancelled by a caller.
+    Cancelled,
+}
+
+impl ExecutionStatus {
+    pub(crate) fn code(self) -> i64 {
+        match self {
+            Self::Running => 0,
+            Self::Completed => 1,
+            Self::Failed => 2,
+            Self::Cancelled => 3,
+        }
+    }
+
+    pub(crate) fn from_code(code: i64) -> Option<Self> {
+        Some(match code {
+            0 => Self::Running,
+            1 => Self::Completed,
+            2 => Self::Failed,
+            3 => Self::Cancelled,
+            _ => return None,
+        })
+    }
+}
+
+/// An execution's end.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecutionEndRecord {
+    /// The execution.
+    pub execution_id: u64,
+    /// Completed, Failed or Cancelled (Running is refused).
+    pub status: ExecutionStatus,
+    /// The final context.
+    #[serde(with = "serde_bytes")]
+    pub final_context: Vec<u8>,
+    /// Why it ended other than by its tasks (cancelled, workflow changed), if so.
+    pub error: Option<String>,
+    /// When it ended.
+    pub finished_at_unix_us: i64,
+}
+
+/// One record of a [`WorkflowStore::write`] batch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WorkflowRecord {
+    /// An execution started (and is claimed by its owner).
+    Started(ExecutionRecord),
+    /// A task ended.
+    Task(TaskRecord),
+    /// An execution ended.
+    Ended(ExecutionEndRecord),
+}
+
+/// An execution as stored: its start, its tasks' outcomes (in the order they were
+/// recorded) and, once ended, its end.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredExecution {
+    /// Its start and claim.
+    pub execution: ExecutionRecord,
+    /// Running until its end is recorded.
+    pub status: ExecutionStatus,
+    /// Task outcomes recorded so far.
+    pub tasks: Vec<TaskRecord>,
+    /// Its end, once recorded.
+    pub end: Option<ExecutionEndRecord>,
+}
+
+/// The durable state of workflow executions. Every method is atomic on its own.
+pub trait WorkflowStore: Send + Sync + 'static {
+    /// Backend name, for messages.
+    fn workflow_backend(&self) -> &'static str;
+
+    /// Applies `records` atomically (all or none). For each execution start, task outcome
+    /// and execution end, the first record written wins and later ones are ignored. A task
+    /// outcome or an end for an execution the store does not hold is ignored too (the
+    /// runner never writes one; a record cannot create half an execution). `commit` says how
+    /// durable the batch is when this returns.
+    fn write<'a>(&'a self, records: &'a [WorkflowRecord], commit: Commit) -> LedgerFuture<'a, ()>;
+
+    /// Execution `id`, with its task outcomes and end.
+    fn execution(&self, id: u64) -> LedgerFuture<'_, Option<StoredExecution>>;
+
+    /// Atomically claims up to `limit` executions that have not ended and are `owner`'s
+    /// already or whose lease expired before `now_unix_us`: each becomes `owner`'s until
+    /// `lease_until_unix_us`. Returns them, oldest (lowest id) first, with their task outcomes.
+    fn claim_unfinished<'a>(
+        &'a self,
+        owner: &'a str,
+        now_unix_us: i64,
+        lease_until_unix_us: i64,
+        limit: usize,
+    ) -> LedgerFuture<'a, Vec<StoredExecution>>;
+
+    /// Extends the lease of every unfinished execution `owner` holds; returns how many.
+    fn renew_claims<'a>(
+        &'a self,
+        owner: &'a str,
+        lease_until_unix_us: i64,
+    ) -> LedgerFuture<'a, u64>;
+
+    /// Reserves `count` execution ids (at least 1); returns the first. Ids are never handed
+    /// out twice by one store, across processes and restarts, and start at 1.
+    fn reserve_execution_ids(&self, count: u64) -> LedgerFuture<'_, u64>;
+}
+
+/// The records of `batch` by kind, in batch order: the order every backend applies them
+/// (starts before the tasks and ends that may refer to them).
+pub(crate) fn by_kind(
+    batch: &[WorkflowRecord],
+) -> (
+    Vec<&ExecutionRecord>,
+    Vec<&TaskRecord>,
+    Vec<&ExecutionEndRecord>,
+) {
+    let (mut starts, mut tasks, mut ends) = (Vec::new(), Vec::new(), Vec::new());
+    for r in batch {
+        match r {
+            WorkflowRecord::Started(s) => starts.push(s),
+            WorkflowRecord::Task(t) => tasks.push(t),
+            WorkflowRecord::Ended(e) => ends.push(e),
+        }
+    }
+    (starts, tasks, ends)
+}
+
+/// Checks what no backend can store: an end that says Running, an id beyond `i64` for the
+/// SQL backends, a NUL in a name.
+pub(crate) fn check_batch(
+    backend: &'static str,
+    batch: &[WorkflowRecord],
+) -> Result<(), crate::LedgerError> {
+    let reject = |message: String| crate::LedgerError::Rejected { backend, message };
+    for r in batch {
+        let (id, names): (u64, [&str; 2]) = match r {
+            WorkflowRecord::Started(s) => (s.id, [&s.workflow, &s.owner]),
+            WorkflowRecord::Task(t) => (t.execution_id, [&t.task, ""]),
+            WorkflowRecord::Ended(e) => {
+                if e.status == ExecutionStatus::Running {
+                    return Err(reject(format!(
+                        "the end of execution {} says Running",
+                        e.execution_id
+                    )));
+                }
+                (e.execution_id, ["", ""])
+            }
+        };
+        if id == 0 || id > i64::MAX as u64 {
+            return Err(reject(format!("execution id {id} is outside 1..=2^63-1")));
+        }
+        if let Some(name) = names.iter().find(|n| n.contains('\0')) {
+            return Err(reject(format!("name {name:?} contains a NUL byte")));
+        }
+    }
+    Ok(())
+}

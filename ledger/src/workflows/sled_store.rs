@@ -1,0 +1,343 @@
+//! [`WorkflowStore`] for [`SledLedger`]: tree `workflows` of the ledger's sled database.
+//!
+//! Keys (ids big-endian, so scans run in id order):
+//! - `E id`: the execution row (its start and claim, status and end), sealed;
+//! - `U id`: present while the execution has not ended (what claims scan);
+//! - `T id task`: a task's outcome, sealed;
+//! - `N`: the last execution id handed out.
+//!
+//! One write is one sled batch, applied under the store's write lock (first-wins checks
+//! read what they then write); [`Commit::Durable`] ends with the ledger's flush.
+
+use serde::{Deserialize, Serialize};
+
+use super::{
+    by_kind, check_batch, ExecutionEndRecord, ExecutionRecord, ExecutionStatus, StoredExecution,
+    TaskRecord, WorkflowRecord, WorkflowStore,
+};
+use crate::frame::{decode_sealed, encode_sealed, frame_error};
+use crate::sled_backend::sled_error;
+use crate::{Commit, LedgerError, LedgerFuture, SledLedger};
+
+const BACKEND: &str = "sled";
+const LAST_ID_KEY: &[u8] = b"N";
+
+/// What `E id` holds.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct ExecutionRow {
+    execution: ExecutionRecord,
+    status: ExecutionStatus,
+    end: Option<ExecutionEndRecord>,
+}
+
+fn key(kind: u8, id: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(9);
+    k.push(kind);
+    k.extend_from_slice(&id.to_be_bytes());
+    k
+}
+
+fn task_key(id: u64, task: &str) -> Vec<u8> {
+    let mut k = key(b'T', id);
+    k.extend_from_slice(task.as_bytes());
+    k
+}
+
+impl SledLedger {
+    fn wf_lock(&self) -> Result<std::sync::MutexGuard<'_, ()>, LedgerError> {
+        self.workflow_lock.lock().map_err(|_| {
+            LedgerError::store(BACKEND, "workflow store lock", false, "poisoned by a panic")
+        })
+    }
+
+    fn wf_read_error(&self, e: sled::Error) -> LedgerError {
+        sled_error(self.path(), "workflow store read failed", e)
+    }
+
+    fn wf_get<T: serde::de::DeserializeOwned>(
+        &self,
+        key: &[u8],
+        what: impl FnOnce() -> String,
+    ) -> Result<Option<T>, LedgerError> {
+        match self.workflows.get(key).map_err(|e| self.wf_read_error(e))? {
+            None => Ok(None),
+            Some(bytes) => {
+                let location = self.path().display().to_string();
+                decode_sealed(&bytes)
+                    .map(Some)
+                    .map_err(frame_error(BACKEND, &location, what))
+            }
+        }
+    }
+
+    fn wf_encode<T: Serialize>(&self, what: String, value: &T) -> Result<Vec<u8>, LedgerError> {
+        encode_sealed(value).map_err(|source| LedgerError::Codec {
+            backend: BACKEND,
+            context: what,
+            source,
+        })
+    }
+
+    fn row(&self, id: u64) -> Result<Option<ExecutionRow>, LedgerError> {
+        self.wf_get(&key(b'E', id), || format!("execution {id}"))
+    }
+
+    fn stored(&self, row: ExecutionRow) -> Result<StoredExecution, LedgerError> {
+        let id = row.execution.id;
+        let mut tasks = Vec::new();
+        let location = self.path().display().to_string();
+        for entry in self.workflows.scan_prefix(key(b'T', id)) {
+            let (_, bytes) = entry.map_err(|e| self.wf_read_error(e))?;
+            let task: TaskRecord =
+                decode_sealed(&bytes).map_err(frame_error(BACKEND, &location, || {
+                    format!("a task outcome of execution {id}")
+                }))?;
+            tasks.push(task);
+        }
+        Ok(StoredExecution {
+            execution: row.execution,
+            status: row.status,
+            tasks,
+            end: row.end,
+        })
+    }
+
+    fn apply_workflow_batch(&self, records: &[WorkflowRecord]) -> Result<(), LedgerError> {
+        check_batch(BACKEND, records)?;
+        let _guard = self.wf_lock()?;
+        let (starts, tasks, ends) = by_kind(records);
+        let mut batch = sled::Batch::default();
+        // Rows this batch wrote or read, by id: later records of the batch see them.
+        let mut rows: std::collections::HashMap<u64, Option<ExecutionRow>> = Default::default();
+        for s in starts {
+            if !rows.contains_key(&s.id) {
+                let existing = self.row(s.id)?;
+                rows.insert(s.id, existing);
+            }
+            let slot = rows.entry(s.id).or_default();
+            if slot.is_none() {
+                let row = ExecutionRow {
+                    execution: s.clone(),
+                    status: ExecutionStatus::Running,
+                    end: None,
+                };
+                batch.insert(
+                    key(b'E', s.id),
+                    self.wf_encode(format!("execution {}", s.id), &row)?,
+                );
+                batch.insert(key(b'U', s.id), &[][..]);
+                *slot = Some(row);
+            }
+        }
+        let mut written_tasks: std::collections::HashSet<(u64, &str)> = Default::default();
+        for t in tasks {
+            if !self.load_row(&mut rows, t.execution_id)?
+                || !written_tasks.insert((t.execution_id, &t.task))
+            {
+                continue;
+            }
+            let k = task_key(t.execution_id, &t.task);
+            if self
+                .workflows
+                .contains_key(&k)
+                .map_err(|e| self.wf_read_error(e))?
+            {
+                continue;
+            }
+            let what = format!("task `{}` of execution {}", t.task, t.execution_id);
+            batch.insert(k, self.wf_encode(what, t)?);
+        }
+        for end in ends {
+            self.load_row(&mut rows, end.execution_id)?;
+            let Some(Some(row)) = rows.get_mut(&end.execution_id) else {
+                continue;
+            };
+            if row.end.is_some() {
+                continue;
+            }
+            row.status = end.status;
+            row.end = Some(end.clone());
+            let id = end.execution_id;
+            batch.insert(
+                key(b'E', id),
+                self.wf_encode(format!("execution {id}"), &*row)?,
+            );
+            batch.remove(key(b'U', id));
+        }
+        self.workflows
+            .apply_batch(batch)
+            .map_err(|e| sled_error(self.path(), "workflow store write failed", e))
+    }
+
+    /// Reads row `id` into `rows` unless there; whether the execution exists.
+    fn load_row(
+        &self,
+        rows: &mut std::collections::HashMap<u64, Option<ExecutionRow>>,
+        id: u64,
+    ) -> Result<bool, LedgerError> {
+        if !rows.contains_key(&id) {
+            let existing = self.row(id)?;
+            rows.insert(id, existing);
+        }
+        Ok(rows.get(&id).is_some_and(Option::is_some))
+    }
+
+    fn claim_now(
+        &self,
+        owner: &str,
+        now: i64,
+        until: i64,
+        limit: usize,
+    ) -> Result<Vec<StoredExecution>, LedgerError> {
+        let _guard = self.wf_lock()?;
+        let mut batch = sled::Batch::default();
+        let mut out = Vec::new();
+        for entry in self.workflows.scan_prefix([b'U']) {
+            if out.len() >= limit {
+                break;
+            }
+            let (k, _) = entry.map_err(|e| self.wf_read_error(e))?;
+            let id = k
+                .get(1..9)
+                .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                .map(u64::from_be_bytes)
+                .ok_or_else(|| {
+                    crate::sled_backend::corrupt_at(
+                        self.path(),
+                        "a malformed key in tree `workflows`",
+                    )
+                })?;
+            let Some(mut row) = self.row(id)? else {
+                continue;
+            };
+            if row.end.is_some()
+                || (row.execution.owner != owner && row.execution.lease_until_unix_us >= now)
+            {
+                continue;
+            }
+            row.execution.owner = owner.to_owned();
+            row.execution.lease_until_unix_us = until;
+            batch.insert(
+                key(b'E', id),
+                self.wf_encode(format!("execution {id}"), &row)?,
+            );
+            out.push(self.stored(row)?);
+        }
+        self.workflows
+            .apply_batch(batch)
+            .map_err(|e| sled_error(self.path(), "workflow claim failed", e))?;
+        Ok(out)
+    }
+
+    fn renew_now(&self, owner: &str, until: i64) -> Result<u64, LedgerError> {
+        let _guard = self.wf_lock()?;
+        let mut batch = sled::Batch::default();
+        let mut renewed = 0;
+        for entry in self.workflows.scan_prefix([b'U']) {
+            let (k, _) = entry.map_err(|e| self.wf_read_error(e))?;
+            let Some(id) = k
+                .get(1..9)
+                .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                .map(u64::from_be_bytes)
+            else {
+                continue;
+            };
+            let Some(mut row) = self.row(id)? else {
+                continue;
+            };
+            if row.end.is_none() && row.execution.owner == owner {
+                row.execution.lease_until_unix_us = until;
+                batch.insert(
+                    key(b'E', id),
+                    self.wf_encode(format!("execution {id}"), &row)?,
+                );
+                renewed += 1;
+            }
+        }
+        self.workflows
+            .apply_batch(batch)
+            .map_err(|e| sled_error(self.path(), "workflow lease renewal failed", e))?;
+        Ok(renewed)
+    }
+
+    fn reserve_now(&self, count: u64) -> Result<u64, LedgerError> {
+        let _guard = self.wf_lock()?;
+        let last = match self
+            .workflows
+            .get(LAST_ID_KEY)
+            .map_err(|e| self.wf_read_error(e))?
+        {
+            Some(v) => <[u8; 8]>::try_from(v.as_ref())
+                .map(u64::from_be_bytes)
+                .map_err(|_| {
+                    crate::sled_backend::corrupt_at(
+                        self.path(),
+                        "the execution id counter is malformed",
+                    )
+                })?,
+            None => 0,
+        };
+        let next = last.saturating_add(count.max(1));
+        self.workflows
+            .insert(LAST_ID_KEY, &next.to_be_bytes())
+            .map_err(|e| sled_error(self.path(), "cannot reserve execution ids", e))?;
+        Ok(last + 1)
+    }
+}
+
+impl WorkflowStore for SledLedger {
+    fn workflow_backend(&self) -> &'static str {
+        BACKEND
+    }
+
+    fn write<'a>(&'a self, records: &'a [WorkflowRecord], commit: Commit) -> LedgerFuture<'a, ()> {
+        Box::pin(async move {
+            self.apply_workflow_batch(records)?;
+            if commit == Commit::Durable {
+                self.flush_db().await?;
+            }
+            Ok(())
+        })
+    }
+
+    fn execution(&self, id: u64) -> LedgerFuture<'_, Option<StoredExecution>> {
+        Box::pin(async move {
+            match self.row(id)? {
+                Some(row) => self.stored(row).map(Some),
+                None => Ok(None),
+            }
+        })
+    }
+
+    fn claim_unfinished<'a>(
+        &'a self,
+        owner: &'a str,
+        now_unix_us: i64,
+        lease_until_unix_us: i64,
+        limit: usize,
+    ) -> LedgerFuture<'a, Vec<StoredExecution>> {
+        Box::pin(async move {
+            let claimed = self.claim_now(owner, now_unix_us, lease_until_unix_us, limit)?;
+            // A claim must outlive a crash to mean anything to another runner.
+            self.flush_db().await?;
+            Ok(claimed)
+        })
+    }
+
+    fn renew_claims<'a>(
+        &'a self,
+        owner: &'a str,
+        lease_until_unix_us: i64,
+    ) -> LedgerFuture<'a, u64> {
+        Box::pin(async move { self.renew_now(owner, lease_until_unix_us) })
+    }
+
+    fn reserve_execution_ids(&self, count: u64) -> LedgerFuture<'_, u64> {
+        Box::pin(async move {
+            let first = self.reserve_now(count)?;
+            // Durable before any id is used: a restart never hands them out again.
+            self.flush_db().await?;
+            Ok(first)
+        })
+    }
+}
