@@ -110,10 +110,7 @@ impl SledLedger {
         // Rows this batch wrote or read, by id: later records of the batch see them.
         let mut rows: std::collections::HashMap<u64, Option<ExecutionRow>> = Default::default();
         for s in starts {
-            if !rows.contains_key(&s.id) {
-                let existing = self.row(s.id)?;
-                rows.insert(s.id, existing);
-            }
+            self.load_row(&mut rows, s.id)?;
             let slot = rows.entry(s.id).or_default();
             if slot.is_none() {
                 let row = ExecutionRow {
@@ -175,9 +172,8 @@ impl SledLedger {
         rows: &mut std::collections::HashMap<u64, Option<ExecutionRow>>,
         id: u64,
     ) -> Result<bool, LedgerError> {
-        if !rows.contains_key(&id) {
-            let existing = self.row(id)?;
-            rows.insert(id, existing);
+        if let std::collections::hash_map::Entry::Vacant(slot) = rows.entry(id) {
+            slot.insert(self.row(id)?);
         }
         Ok(rows.get(&id).is_some_and(Option::is_some))
     }
