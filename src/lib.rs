@@ -103,8 +103,9 @@ pub mod prelude {
     };
     pub use crate::registry::Registry;
     pub use crate::workflow::{
-        invoke_graph, BackoffStrategy, Context, ContextError, FnTask, RetryCondition, RetryPolicy,
-        Task, TaskError, TaskResult, TaskState, TriggerRule, ValueOperator, Workflow,
+        invoke_graph, BackoffStrategy, Context, ContextError, DefaultRunner, ExecutionEvent,
+        ExecutionEventKind, FnTask, RetryCondition, RetryPolicy, RunnerConfig, RunnerError, Task,
+        TaskError, TaskResult, TaskState, TriggerRule, ValueOperator, Workflow, WorkflowDurability,
         WorkflowError, WorkflowExecutionResult, WorkflowStatus,
     };
     pub use crate::{computation_graph, reactor, task, workflow};

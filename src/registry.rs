@@ -48,20 +48,12 @@ pub struct GraphEntry {
 /// Adds a graph's nodes to a builder, each name prefixed.
 pub type AddToFn = fn(GraphBuilder, &str) -> GraphBuilder;
 
-/// A workflow declared with `#[workflow]` (link-time entry).
-#[derive(Debug)]
-pub struct WorkflowEntry {
-    /// Workflow name.
-    pub name: &'static str,
-    /// Builds the workflow.
-    pub build: fn() -> Result<crate::workflow::Workflow, crate::workflow::WorkflowError>,
-    /// Where it is declared (file, line, column).
-    pub site: Site,
-}
-
 inventory::collect!(ReactorEntry);
 inventory::collect!(GraphEntry);
-inventory::collect!(WorkflowEntry);
+
+/// Workflows declared with `#[workflow]` live in the workflow layer (the runner finds them
+/// there); re-exported here beside the other declarations.
+pub use crate::workflow::{declared_workflow, declared_workflows, WorkflowEntry};
 
 /// The trigger-less graph `name` declared with `#[computation_graph]` (no `trigger`) in this
 /// binary, built once and shared; what `#[task(invokes = "name")]` runs. An error names the
@@ -93,38 +85,6 @@ pub fn declared_triggerless_graph(name: &str) -> Result<Arc<CompiledGraph>, Stri
     let graph = Arc::new((entry.build)().map_err(|e| format!("graph `{name}`: {e}"))?);
     built.insert(entry.name, Arc::clone(&graph));
     Ok(graph)
-}
-
-/// Names of the workflows declared with `#[workflow]` in this binary, sorted (a name
-/// declared twice is listed twice: [`declared_workflow`] refuses it).
-pub fn declared_workflows() -> Vec<&'static str> {
-    let mut names: Vec<&'static str> = inventory::iter::<WorkflowEntry>
-        .into_iter()
-        .map(|e| e.name)
-        .collect();
-    names.sort_unstable();
-    names
-}
-
-/// The workflow `name` declared with `#[workflow]` in this binary (`None` if there is
-/// none); the runner finds declared workflows this way, with no registration call. Two
-/// declarations of one name are an error naming both places.
-pub fn declared_workflow(
-    name: &str,
-) -> Option<Result<crate::workflow::Workflow, crate::workflow::WorkflowError>> {
-    let mut found = inventory::iter::<WorkflowEntry>
-        .into_iter()
-        .filter(|e| e.name == name);
-    let first = found.next()?;
-    if let Some(second) = found.next() {
-        let at = |s: Site| format!("{}:{}:{}", s.0, s.1, s.2);
-        return Some(Err(crate::workflow::WorkflowError::DeclaredTwice {
-            workflow: name.to_owned(),
-            first: at(first.site),
-            second: at(second.site),
-        }));
-    }
-    Some((first.build)())
 }
 
 /// A reactor declaration held by a [`Registry`].

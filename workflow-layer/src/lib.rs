@@ -36,19 +36,26 @@
 //! ```
 
 mod context;
+mod declared;
 mod execution;
 mod invoke;
 mod retry;
 mod run;
+mod runner;
 mod task;
 mod trigger;
 mod workflow;
 
 pub use context::{Context, ContextError};
+pub use declared::{declared_workflow, declared_workflows, Site, WorkflowEntry};
 pub use execution::{ExecutionState, TaskState, WorkflowStatus};
 pub use invoke::{invoke_graph, InvokeError};
 pub use retry::{BackoffStrategy, RetryCondition, RetryPolicy, RetryPolicyBuilder};
 pub use run::{TaskResult, WorkflowExecutionResult};
+pub use runner::{
+    DefaultRunner, ExecutionEvent, ExecutionEventKind, RunnerBuilder, RunnerConfig, RunnerError,
+    WorkflowDurability,
+};
 pub use task::{FnTask, Task, TaskError, TaskFuture};
 pub use trigger::{
     all, always, any, context_value, none, task_failed, task_skipped, task_success, TriggerRule,
@@ -56,6 +63,9 @@ pub use trigger::{
 };
 pub use workflow::{Workflow, WorkflowBuilder, WorkflowError};
 
+/// inventory, for the entries `#[workflow]` submits.
+#[doc(hidden)]
+pub use inventory;
 /// serde_json, for code `#[task]` generates (context values are `serde_json::Value`).
 #[doc(hidden)]
 pub use serde_json;

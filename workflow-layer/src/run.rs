@@ -46,6 +46,9 @@ pub struct WorkflowExecutionResult {
     pub duration: Duration,
     /// The input merged with every completed task's output, in execution order.
     pub final_context: Context<Value>,
+    /// Why it ended other than by its tasks' outcomes (cancelled; its workflow changed
+    /// under it), if so.
+    pub error: Option<String>,
     /// Each task's outcome, in declaration order.
     pub task_results: Vec<TaskResult>,
 }
@@ -83,7 +86,7 @@ impl Workflow {
             for i in state.start_ready() {
                 let task = Arc::clone(&tasks[i]);
                 results[i].started = Some(SystemTime::now());
-                running.push(run_attempts(task, state.input_for(i), i));
+                running.push(run_attempts(task, state.input_for(i), i, None));
             }
             let Some((i, attempts, outcome)) = running.next().await else {
                 break;
@@ -112,6 +115,7 @@ impl Workflow {
             end_time,
             duration: end_time.duration_since(start_time).unwrap_or_default(),
             final_context: state.final_context(),
+            error: None,
             task_results: results,
         }
     }
@@ -119,12 +123,15 @@ impl Workflow {
 
 /// Runs task `i` on `input` until it succeeds or its retry policy gives up. Each attempt is
 /// a tokio task of its own: a panic anywhere in it (even before its future exists) fails
-/// that attempt only, and a timeout aborts it even if it blocks its worker thread. Returns
-/// the attempts made and the output or the last error.
-async fn run_attempts(
+/// that attempt only, and a timeout aborts it even if it blocks its worker thread. With
+/// `slots`, each attempt holds one slot while it runs (not while it waits for a retry).
+/// Dropping the returned future aborts the attempt running. Returns the attempts made and
+/// the output or the last error.
+pub(crate) async fn run_attempts(
     task: Arc<dyn crate::Task>,
     mut input: Context<Value>,
     i: usize,
+    slots: Option<&tokio::sync::Semaphore>,
 ) -> (usize, u32, Result<Context<Value>, TaskError>) {
     let settings = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         (task.retry_policy(), task.timeout())
@@ -145,7 +152,12 @@ async fn run_attempts(
         } else {
             std::mem::take(&mut input)
         };
+        let slot = match slots {
+            Some(s) => s.acquire().await.ok(),
+            None => None,
+        };
         let outcome = run_one(Arc::clone(&task), ctx, timeout).await;
+        drop(slot);
         match outcome {
             Ok(output) => return (i, attempt, Ok(output)),
             Err(e) if policy.should_retry(attempt, &e) => {
@@ -164,19 +176,16 @@ async fn run_one(
     mut ctx: Context<Value>,
     timeout: Option<Duration>,
 ) -> Result<Context<Value>, TaskError> {
-    let mut handle = tokio::spawn(async move {
+    let mut handle = AbortOnDrop(tokio::spawn(async move {
         let outcome = task.execute(&mut ctx).await;
         outcome.map(|()| ctx)
-    });
+    }));
     let joined = match timeout {
-        Some(after) => match tokio::time::timeout(after, &mut handle).await {
+        Some(after) => match tokio::time::timeout(after, &mut handle.0).await {
             Ok(joined) => joined,
-            Err(_) => {
-                handle.abort();
-                return Err(TaskError::Timeout { after });
-            }
+            Err(_) => return Err(TaskError::Timeout { after }),
         },
-        None => handle.await,
+        None => (&mut handle.0).await,
     };
     match joined {
         Ok(outcome) => outcome,
@@ -184,6 +193,16 @@ async fn run_one(
             message: cloacina_graph_core::panic_message(e.into_panic()),
         }),
         Err(e) => Err(TaskError::failed(format!("the task was stopped: {e}"))),
+    }
+}
+
+/// Aborts the attempt's tokio task when dropped (timed out, cancelled, or the caller went
+/// away): an attempt never outlives what waits for it.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

@@ -95,6 +95,7 @@ pub enum ExecutionStatus {
     Cancelled,
 }
 
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 impl ExecutionStatus {
     pub(crate) fn code(self) -> i64 {
         match self {

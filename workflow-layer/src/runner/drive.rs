@@ -1,0 +1,351 @@
+//! One execution's driver: replays what the store recorded, runs the remaining tasks as
+//! their dependencies complete, records each outcome (and waits for the record) before
+//! releasing dependants, and records the end.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use cloacina_ledger::{
+    now_unix_us, ExecutionEndRecord, ExecutionStatus, LedgerError, StoredExecution, TaskOutcome,
+    TaskRecord, WorkflowRecord,
+};
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use serde_json::Value;
+use tokio::sync::watch;
+
+use super::events::ExecutionEventKind as Ev;
+use super::{stored, Inner};
+use crate::run::run_attempts;
+use crate::{
+    Context, ExecutionState, TaskError, TaskResult, TaskState, Workflow, WorkflowExecutionResult,
+    WorkflowStatus,
+};
+
+/// What a caller asked of a running execution.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Control {
+    Running,
+    Paused,
+    Cancelled,
+    /// Shutdown: a paused execution's driver leaves it unfinished in the store.
+    Detached,
+}
+
+/// An execution to drive.
+pub(super) struct Run {
+    pub(super) id: u64,
+    workflow: Workflow,
+    input: Option<Context<Value>>,
+    /// For a resumed execution: what the store holds.
+    stored: Option<StoredExecution>,
+    created_at_unix_us: i64,
+}
+
+impl Run {
+    pub(super) fn fresh(id: u64, workflow: Workflow, input: Context<Value>, at: i64) -> Self {
+        Self {
+            id,
+            workflow,
+            input: Some(input),
+            stored: None,
+            created_at_unix_us: at,
+        }
+    }
+
+    pub(super) fn resumed(workflow: Workflow, stored: StoredExecution) -> Self {
+        Self {
+            id: stored.execution.id,
+            workflow,
+            input: None,
+            created_at_unix_us: stored.execution.created_at_unix_us,
+            stored: Some(stored),
+        }
+    }
+}
+
+type Outcome = Result<Arc<WorkflowExecutionResult>, Arc<LedgerError>>;
+
+/// Drives `run` to its end; `Err` if a record could not be written (the execution then
+/// stays unfinished in the store).
+pub(super) async fn drive(
+    inner: &Arc<Inner>,
+    run: Run,
+    mut control: watch::Receiver<Control>,
+) -> Outcome {
+    let Run {
+        id,
+        workflow,
+        input,
+        stored,
+        created_at_unix_us,
+    } = run;
+    let name = workflow.name().to_owned();
+    let start_time = stored::time(created_at_unix_us);
+    let tasks = workflow.tasks();
+    let mut results: Vec<TaskResult> = tasks
+        .iter()
+        .map(|t| TaskResult {
+            task_id: t.id().to_owned(),
+            state: TaskState::NotStarted,
+            attempts: 0,
+            error: None,
+            started: None,
+            ended: None,
+        })
+        .collect();
+    let end = |state: &ExecutionState,
+               results: &mut Vec<TaskResult>,
+               status: WorkflowStatus,
+               error: Option<String>| {
+        for (r, s) in results.iter_mut().zip(state.states()) {
+            r.state = *s;
+        }
+        let end_time = SystemTime::now();
+        WorkflowExecutionResult {
+            execution_id: id,
+            workflow_name: workflow.name().to_owned(),
+            workflow_version: workflow.version().to_owned(),
+            status,
+            start_time,
+            end_time,
+            duration: end_time.duration_since(start_time).unwrap_or_default(),
+            final_context: state.final_context(),
+            error,
+            task_results: std::mem::take(results),
+        }
+    };
+
+    // The starting state: fresh, or the store's record replayed.
+    let (mut state, mut ready) = match (input, stored) {
+        (Some(input), _) => {
+            inner.emit(id, &name, || Ev::Started);
+            let mut state = ExecutionState::new(&workflow, input);
+            let ready = state.start_ready();
+            (state, ready)
+        }
+        (None, Some(stored)) => {
+            inner.emit(id, &name, || Ev::Resumed);
+            match replay(&workflow, &stored, &mut results) {
+                Ok(replayed) => replayed,
+                Err(reason) => {
+                    // Nothing can run: end it Failed, saying why (the completed tasks'
+                    // outputs stay in the store).
+                    tracing::error!(execution = id, workflow = %name, %reason, "cannot resume");
+                    let state = ExecutionState::new(&workflow, Context::new());
+                    let result = end(&state, &mut results, WorkflowStatus::Failed, Some(reason));
+                    return finish(inner, result, ExecutionStatus::Failed).await;
+                }
+            }
+        }
+        (None, None) => {
+            let state = ExecutionState::new(&workflow, Context::new());
+            let reason = Some("nothing to run: no input and no stored execution".to_owned());
+            let result = end(&state, &mut results, WorkflowStatus::Failed, reason);
+            return finish(inner, result, ExecutionStatus::Failed).await;
+        }
+    };
+
+    let mut running = FuturesUnordered::new();
+    loop {
+        let mode = *control.borrow();
+        if mode == Control::Running {
+            for i in ready.drain(..) {
+                let task = Arc::clone(&tasks[i]);
+                let input = state.input_for(i);
+                let slots = Arc::clone(&inner.slots);
+                results[i].started = Some(SystemTime::now());
+                inner.emit(id, &name, || Ev::TaskStarted {
+                    task: task.id().to_owned(),
+                });
+                running.push(async move { run_attempts(task, input, i, Some(&slots)).await });
+            }
+        }
+        if running.is_empty() && ready.is_empty() {
+            break;
+        }
+        tokio::select! {
+            changed = control.changed() => {
+                let now = if changed.is_ok() { *control.borrow() } else { Control::Detached };
+                match now {
+                    Control::Cancelled => {
+                        // Dropping the attempts aborts their tokio tasks.
+                        drop(running);
+                        let result = end(&state, &mut results, WorkflowStatus::Cancelled,
+                            Some("cancelled".into()));
+                        return finish(inner, result, ExecutionStatus::Cancelled).await;
+                    }
+                    Control::Paused => inner.emit(id, &name, || Ev::Paused),
+                    Control::Running => inner.emit(id, &name, || Ev::Unpaused),
+                    Control::Detached if running.is_empty() => {
+                        // Left unfinished: the next runner start resumes it.
+                        let result = end(&state, &mut results, WorkflowStatus::Paused, None);
+                        return Ok(Arc::new(result));
+                    }
+                    Control::Detached => {}
+                }
+            }
+            Some((i, attempts, outcome)) = running.next() => {
+                let ended = SystemTime::now();
+                results[i].ended = Some(ended);
+                results[i].attempts = attempts;
+                let started = results[i].started.map_or(0, stored::unix_us);
+                let task_id = tasks[i].id().to_owned();
+                let (record, event) = match outcome.and_then(|out| {
+                    stored::bytes(&out).map(|b| (out, b)).map_err(TaskError::from)
+                }) {
+                    Ok((output, bytes)) => {
+                        state.completed(i, output);
+                        (TaskRecord {
+                            execution_id: id,
+                            task: task_id.clone(),
+                            outcome: TaskOutcome::Completed,
+                            attempts,
+                            output: bytes,
+                            error: None,
+                            started_at_unix_us: started,
+                            finished_at_unix_us: stored::unix_us(ended),
+                        }, Ev::TaskCompleted { task: task_id, attempts })
+                    }
+                    Err(e) => {
+                        let error = e.to_string();
+                        tracing::warn!(execution = id, workflow = %name, task = %task_id, attempts,
+                            %error, "task failed");
+                        results[i].error = Some(error.clone());
+                        state.failed(i);
+                        (TaskRecord {
+                            execution_id: id,
+                            task: task_id.clone(),
+                            outcome: TaskOutcome::Failed,
+                            attempts,
+                            output: Vec::new(),
+                            error: Some(error.clone()),
+                            started_at_unix_us: started,
+                            finished_at_unix_us: stored::unix_us(ended),
+                        }, Ev::TaskFailed { task: task_id, attempts, error })
+                    }
+                };
+                if state.is_finished() {
+                    // The last outcome and the end go in one record batch.
+                    let status = state.status();
+                    let result = end(&state, &mut results, status, None);
+                    return finish_with(inner, result, stored_status(status), Some(record), event).await;
+                }
+                inner.recorder.record(vec![WorkflowRecord::Task(record)]).await?;
+                inner.emit(id, &name, || event);
+                ready.extend(state.start_ready());
+            }
+        }
+    }
+    // Every task final (all were replayed, or skipped).
+    let status = state.status();
+    let result = end(&state, &mut results, status, None);
+    finish(inner, result, stored_status(status)).await
+}
+
+fn stored_status(status: WorkflowStatus) -> ExecutionStatus {
+    match status {
+        WorkflowStatus::Completed => ExecutionStatus::Completed,
+        WorkflowStatus::Cancelled => ExecutionStatus::Cancelled,
+        _ => ExecutionStatus::Failed,
+    }
+}
+
+/// Replays the store's record of an execution: the input, then each recorded task outcome
+/// wave by wave as the DAG releases it. Returns the state and the tasks left to run, or why
+/// the execution cannot go on (workflow changed, unreadable record).
+fn replay(
+    workflow: &Workflow,
+    stored: &StoredExecution,
+    results: &mut [TaskResult],
+) -> Result<(ExecutionState, Vec<usize>), String> {
+    if stored.execution.version != workflow.version() {
+        return Err(format!(
+            "workflow `{}` changed while execution {} was running (recorded version {}, \
+             this runner has {}); it is ended Failed rather than mixing two versions",
+            workflow.name(),
+            stored.execution.id,
+            stored.execution.version,
+            workflow.version()
+        ));
+    }
+    let input = stored::context(&stored.execution.input)
+        .map_err(|e| format!("stored input of execution {}: {e}", stored.execution.id))?;
+    let mut recorded: HashMap<&str, &TaskRecord> =
+        stored.tasks.iter().map(|t| (t.task.as_str(), t)).collect();
+    let tasks = workflow.tasks();
+    let mut state = ExecutionState::new(workflow, input);
+    let mut to_run = Vec::new();
+    loop {
+        let ready = state.start_ready();
+        let mut replayed = false;
+        for i in ready {
+            match recorded.remove(tasks[i].id()) {
+                Some(r) => {
+                    replayed = true;
+                    results[i].attempts = r.attempts;
+                    results[i].error = r.error.clone();
+                    results[i].started = Some(stored::time(r.started_at_unix_us));
+                    results[i].ended = Some(stored::time(r.finished_at_unix_us));
+                    match r.outcome {
+                        TaskOutcome::Completed => {
+                            let output = stored::context(&r.output)
+                                .map_err(|e| format!("stored output of task `{}`: {e}", r.task))?;
+                            state.completed(i, output);
+                        }
+                        TaskOutcome::Failed => state.failed(i),
+                    }
+                }
+                None => to_run.push(i),
+            }
+        }
+        if !replayed {
+            break;
+        }
+    }
+    Ok((state, to_run))
+}
+
+/// Records the end of an execution.
+async fn finish(
+    inner: &Arc<Inner>,
+    result: WorkflowExecutionResult,
+    status: ExecutionStatus,
+) -> Outcome {
+    let event = Ev::Finished {
+        status: result.status,
+    };
+    finish_with(inner, result, status, None, event).await
+}
+
+/// Records `last` (a task's outcome, if any) with the end of the execution in one batch.
+async fn finish_with(
+    inner: &Arc<Inner>,
+    result: WorkflowExecutionResult,
+    status: ExecutionStatus,
+    last: Option<TaskRecord>,
+    last_event: Ev,
+) -> Outcome {
+    let final_context = stored::bytes(&result.final_context).unwrap_or_else(|_| b"{}".to_vec());
+    let mut records = Vec::with_capacity(2);
+    if let Some(t) = last {
+        records.push(WorkflowRecord::Task(t));
+    }
+    records.push(WorkflowRecord::Ended(ExecutionEndRecord {
+        execution_id: result.execution_id,
+        status,
+        final_context,
+        error: result.error.clone(),
+        finished_at_unix_us: now_unix_us(),
+    }));
+    let had_task = records.len() == 2;
+    inner.recorder.record(records).await?;
+    let (id, name) = (result.execution_id, result.workflow_name.as_str());
+    if had_task {
+        inner.emit(id, name, || last_event);
+    }
+    inner.emit(id, name, || Ev::Finished {
+        status: result.status,
+    });
+    Ok(Arc::new(result))
+}

@@ -1,0 +1,561 @@
+//! [`DefaultRunner`]: durable workflow executions over the ledger's [`WorkflowStore`].
+//!
+//! Each execution is driven by one tokio task running the sans-IO [`ExecutionState`]
+//! (`drive.rs`); its records go through one group-commit task (`recorder.rs`), so many
+//! executions share each store commit. A task's outcome and output are recorded before any
+//! of its dependants start; an execution's start is recorded before
+//! [`DefaultRunner::schedule`] returns its id. Completion is pushed to waiters in process,
+//! never polled.
+//!
+//! [`ExecutionState`]: crate::ExecutionState
+
+mod config;
+mod drive;
+mod events;
+mod recorder;
+mod stored;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use cloacina_ledger::{now_unix_us, Ledger, LedgerError, WorkflowRecord, WorkflowStore};
+use serde_json::Value;
+use tokio::sync::{broadcast, watch, Notify, Semaphore};
+
+pub use config::{RunnerBuilder, RunnerConfig, WorkflowDurability};
+pub use events::{ExecutionEvent, ExecutionEventKind};
+
+use crate::{
+    Context, ContextError, Workflow, WorkflowError, WorkflowExecutionResult, WorkflowStatus,
+};
+use drive::{Control, Run};
+use recorder::Recorder;
+
+/// What the runner refused or could not do.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RunnerError {
+    /// Opening or using the store failed.
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+    /// A record could not be written (the store's error, shared by every execution in the
+    /// failed batch). The execution stays unfinished in the store and resumes when a
+    /// runner restarts on it.
+    #[error("recording failed: {0}")]
+    Store(Arc<LedgerError>),
+    /// The ledger given keeps no workflows.
+    #[error("the {backend} ledger keeps no workflow store")]
+    NoWorkflowStore {
+        /// Its backend.
+        backend: &'static str,
+    },
+    /// No workflow of that name is registered or declared.
+    #[error("no workflow `{name}` is registered or declared (known: {known})")]
+    UnknownWorkflow {
+        /// The name asked for.
+        name: String,
+        /// The names that are known.
+        known: String,
+    },
+    /// A declared workflow is invalid, or two different workflows were registered under
+    /// one name.
+    #[error(transparent)]
+    Workflow(#[from] WorkflowError),
+    /// Another workflow with this name (a different version) is registered already.
+    #[error("workflow `{name}` is registered already with version {registered}; refusing version {offered}")]
+    AlreadyRegistered {
+        /// The name.
+        name: String,
+        /// The version registered.
+        registered: String,
+        /// The version offered.
+        offered: String,
+    },
+    /// The input context could not be stored as JSON.
+    #[error("input context: {0}")]
+    Context(#[from] ContextError),
+    /// The runner is shutting down and takes no new executions.
+    #[error("the runner is shutting down")]
+    ShuttingDown,
+    /// The store holds no execution with this id.
+    #[error("no execution {0} in the store")]
+    UnknownExecution(u64),
+    /// The execution is not running in this runner (another runner holds it, or its
+    /// workflow is not known here), so it cannot be controlled or awaited from here.
+    #[error("execution {id} is not running in this runner ({reason})")]
+    NotHere {
+        /// The execution.
+        id: u64,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Runs workflows durably on one ledger: executions survive a crash of the process and
+/// resume, without re-running completed tasks, when a runner starts again on the same store.
+///
+/// Cheap to clone (one shared runner).
+#[derive(Clone)]
+pub struct DefaultRunner {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for DefaultRunner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DefaultRunner")
+            .field("backend", &self.inner.ledger.backend())
+            .field("config", &self.inner.config)
+            .finish_non_exhaustive()
+    }
+}
+
+/// An execution this runner drives.
+struct Live {
+    control: watch::Sender<Control>,
+    result: watch::Receiver<Option<Result<Arc<WorkflowExecutionResult>, Arc<LedgerError>>>>,
+}
+
+pub(crate) struct Inner {
+    ledger: Arc<dyn Ledger>,
+    store: Arc<dyn WorkflowStore>,
+    recorder: Recorder,
+    config: RunnerConfig,
+    workflows: RwLock<HashMap<String, Workflow>>,
+    live: Mutex<HashMap<u64, Live>>,
+    /// Executions claimed at start whose workflow is not known yet.
+    orphans: Mutex<Vec<cloacina_ledger::StoredExecution>>,
+    /// Execution ids reserved from the store: `(next, end)`.
+    ids: tokio::sync::Mutex<(u64, u64)>,
+    slots: Arc<Semaphore>,
+    events: broadcast::Sender<ExecutionEvent>,
+    accepting: AtomicBool,
+    drained: Notify,
+}
+
+/// Execution ids reserved from the store at a time.
+const ID_BLOCK: u64 = 1_024;
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic while holding these locks leaves consistent data (single inserts/removes).
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl DefaultRunner {
+    /// A runner on the ledger `url` names (a path or `sled://PATH`, the embedded default;
+    /// `sqlite://PATH`; `postgres://...`; `memory://`) with [`RunnerConfig::default`].
+    /// Interrupted executions of workflows it knows (declared with `#[workflow]`) resume at
+    /// once; others when their workflow is registered.
+    pub async fn new(url: &str) -> Result<Self, RunnerError> {
+        Self::with_config(url, RunnerConfig::default()).await
+    }
+
+    /// A runner on `url` with `config`.
+    pub async fn with_config(url: &str, config: RunnerConfig) -> Result<Self, RunnerError> {
+        let ledger = cloacina_ledger::open(url).await?;
+        Self::from_ledger(ledger, config).await
+    }
+
+    /// A runner on tenant `tenant`'s store at `url` (PostgreSQL: schema `tenant`; sled and
+    /// SQLite: a store of its own beside the path).
+    pub async fn with_schema(url: &str, tenant: &str) -> Result<Self, RunnerError> {
+        let ledger = cloacina_ledger::open_tenant(url, tenant).await?;
+        Self::from_ledger(ledger, RunnerConfig::default()).await
+    }
+
+    /// A builder: URL and settings.
+    pub fn builder() -> RunnerBuilder {
+        RunnerBuilder::default()
+    }
+
+    /// A runner on an open ledger (shared with reactors that record into it).
+    pub async fn from_ledger(
+        ledger: Arc<dyn Ledger>,
+        config: RunnerConfig,
+    ) -> Result<Self, RunnerError> {
+        let backend = ledger.backend();
+        let store = Arc::clone(&ledger)
+            .workflow_store()
+            .ok_or(RunnerError::NoWorkflowStore { backend })?;
+        let recorder = Recorder::spawn(Arc::clone(&store), config.durability.commit());
+        let (events, _) = broadcast::channel(config.event_capacity.max(1));
+        let inner = Arc::new(Inner {
+            ledger,
+            store,
+            recorder,
+            slots: Arc::new(Semaphore::new(config.concurrency.max(1))),
+            config,
+            workflows: RwLock::new(HashMap::new()),
+            live: Mutex::new(HashMap::new()),
+            orphans: Mutex::new(Vec::new()),
+            ids: tokio::sync::Mutex::new((0, 0)),
+            events,
+            accepting: AtomicBool::new(true),
+            drained: Notify::new(),
+        });
+        let runner = Self { inner };
+        runner.resume_claimed().await?;
+        tokio::spawn(heartbeat(Arc::downgrade(&runner.inner)));
+        Ok(runner)
+    }
+
+    /// The ledger this runner records into (reactors can share it).
+    pub fn ledger(&self) -> Arc<dyn Ledger> {
+        Arc::clone(&self.inner.ledger)
+    }
+
+    /// The settings in force.
+    pub fn config(&self) -> &RunnerConfig {
+        &self.inner.config
+    }
+
+    /// Registers a workflow built with [`Workflow::builder`] (declared ones need no call).
+    /// The same workflow again is a no-op; another version under the same name is refused.
+    /// Interrupted executions of it found at start resume now.
+    pub fn register_workflow(&self, workflow: Workflow) -> Result<(), RunnerError> {
+        let name = workflow.name().to_owned();
+        {
+            let mut known = self
+                .inner
+                .workflows
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if let Some(existing) = known.get(&name) {
+                if existing.version() != workflow.version() {
+                    return Err(RunnerError::AlreadyRegistered {
+                        name,
+                        registered: existing.version().to_owned(),
+                        offered: workflow.version().to_owned(),
+                    });
+                }
+                return Ok(());
+            }
+            known.insert(name.clone(), workflow);
+        }
+        let adopted: Vec<_> = {
+            let mut orphans = lock(&self.inner.orphans);
+            let (mine, rest) = orphans
+                .drain(..)
+                .partition(|e| e.execution.workflow == name);
+            *orphans = rest;
+            mine
+        };
+        for stored in adopted {
+            self.adopt(stored);
+        }
+        Ok(())
+    }
+
+    /// Runs workflow `name` on `input` and waits for its end.
+    pub async fn execute(
+        &self,
+        name: &str,
+        input: Context<Value>,
+    ) -> Result<WorkflowExecutionResult, RunnerError> {
+        let id = self.schedule(name, input).await?;
+        self.wait(id).await
+    }
+
+    /// Starts workflow `name` on `input` and returns its execution id once its start is
+    /// recorded (so it runs to its end even if this process dies now: a restarted runner
+    /// resumes it). Does not wait for it to run.
+    pub async fn schedule(&self, name: &str, input: Context<Value>) -> Result<u64, RunnerError> {
+        if !self.inner.accepting.load(Ordering::Acquire) {
+            return Err(RunnerError::ShuttingDown);
+        }
+        let workflow = self.resolve(name)?;
+        let encoded = serde_json::to_vec(&input.to_json()?).map_err(|e| ContextError::Json {
+            key: "(whole context)".into(),
+            message: e.to_string(),
+        })?;
+        let id = self.next_id().await?;
+        let now = now_unix_us();
+        let record = cloacina_ledger::ExecutionRecord {
+            id,
+            workflow: workflow.name().to_owned(),
+            version: workflow.version().to_owned(),
+            input: encoded,
+            created_at_unix_us: now,
+            owner: self.inner.config.runner_id.clone(),
+            lease_until_unix_us: now.saturating_add(self.inner.config.lease_us()),
+        };
+        self.inner
+            .recorder
+            .record(vec![WorkflowRecord::Started(record)])
+            .await
+            .map_err(RunnerError::Store)?;
+        self.spawn(Run::fresh(id, workflow, input, now));
+        Ok(id)
+    }
+
+    /// Waits for execution `id` to end and returns what it ended with. Pushed from the
+    /// execution's driver in this process; an execution that ended earlier (or in an
+    /// earlier process) is read from the store.
+    pub async fn wait(&self, id: u64) -> Result<WorkflowExecutionResult, RunnerError> {
+        let receiver = lock(&self.inner.live).get(&id).map(|l| l.result.clone());
+        if let Some(mut receiver) = receiver {
+            let ended = receiver
+                .wait_for(Option::is_some)
+                .await
+                .map(|r| r.clone())
+                .ok()
+                .flatten();
+            match ended {
+                Some(Ok(result)) => return Ok((*result).clone()),
+                Some(Err(e)) => return Err(RunnerError::Store(e)),
+                None => {} // The driver went away: read what the store holds.
+            }
+        }
+        let stored = self
+            .inner
+            .store
+            .execution(id)
+            .await?
+            .ok_or(RunnerError::UnknownExecution(id))?;
+        match stored::result(&stored, self.known(&stored.execution.workflow).as_ref()) {
+            Some(result) => Ok(result),
+            None => Err(RunnerError::NotHere {
+                id,
+                reason: format!(
+                    "it is unfinished and held by runner `{}`",
+                    stored.execution.owner
+                ),
+            }),
+        }
+    }
+
+    /// Where execution `id` is: Running or Paused while this runner drives it, otherwise
+    /// what the store says.
+    pub async fn status(&self, id: u64) -> Result<WorkflowStatus, RunnerError> {
+        if let Some(live) = lock(&self.inner.live).get(&id) {
+            return Ok(match *live.control.borrow() {
+                Control::Paused => WorkflowStatus::Paused,
+                _ => WorkflowStatus::Running,
+            });
+        }
+        let stored = self
+            .inner
+            .store
+            .execution(id)
+            .await?
+            .ok_or(RunnerError::UnknownExecution(id))?;
+        Ok(stored::status(stored.status))
+    }
+
+    /// Cancels execution `id`: its running tasks are stopped (their attempts aborted), no
+    /// other task starts, and it ends Cancelled with the outputs of the tasks that completed.
+    pub fn cancel(&self, id: u64) -> Result<(), RunnerError> {
+        self.control(id, Control::Cancelled)
+    }
+
+    /// Pauses execution `id`: running tasks finish, no new task starts until
+    /// [`resume`](Self::resume).
+    pub fn pause(&self, id: u64) -> Result<(), RunnerError> {
+        self.control(id, Control::Paused)
+    }
+
+    /// Lets a paused execution go on.
+    pub fn resume(&self, id: u64) -> Result<(), RunnerError> {
+        self.control(id, Control::Running)
+    }
+
+    /// The stream of execution events (starts, task outcomes, pauses, ends) of this runner.
+    /// A subscriber that falls more than [`RunnerConfig::event_capacity`] events behind
+    /// misses the oldest and is told how many (`RecvError::Lagged`); executions never wait
+    /// for subscribers.
+    pub fn subscribe(&self) -> broadcast::Receiver<ExecutionEvent> {
+        self.inner.events.subscribe()
+    }
+
+    /// Stops taking new executions and waits until every execution this runner drives has
+    /// ended (paused ones are left unfinished in the store and resume at the next start);
+    /// every record is written and flushed to stable storage when it returns, and the
+    /// runner holds the store only until it is dropped.
+    pub async fn shutdown(&self) -> Result<(), RunnerError> {
+        self.inner.accepting.store(false, Ordering::Release);
+        loop {
+            let drained = self.inner.drained.notified();
+            let paused: Vec<u64> = {
+                let live = lock(&self.inner.live);
+                if live.is_empty() {
+                    break;
+                }
+                live.iter()
+                    .filter(|(_, l)| *l.control.borrow() == Control::Paused)
+                    .map(|(id, _)| *id)
+                    .collect()
+            };
+            for id in paused {
+                let _ = self.control(id, Control::Detached);
+            }
+            drained.await;
+        }
+        self.inner.recorder.close().await;
+        self.inner.ledger.flush().await?;
+        Ok(())
+    }
+
+    fn control(&self, id: u64, to: Control) -> Result<(), RunnerError> {
+        let live = lock(&self.inner.live);
+        let Some(l) = live.get(&id) else {
+            return Err(RunnerError::NotHere {
+                id,
+                reason: "it is not running here (ended, unknown, or held by another runner)".into(),
+            });
+        };
+        l.control.send_if_modified(|c| {
+            let change = *c != to && *c != Control::Cancelled;
+            if change {
+                *c = to;
+            }
+            change
+        });
+        Ok(())
+    }
+
+    fn known(&self, name: &str) -> Option<Workflow> {
+        let known = self
+            .inner
+            .workflows
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        known.get(name).cloned()
+    }
+
+    /// The registered workflow `name`, or the declared one (then registered).
+    fn resolve(&self, name: &str) -> Result<Workflow, RunnerError> {
+        if let Some(w) = self.known(name) {
+            return Ok(w);
+        }
+        match crate::declared_workflow(name) {
+            Some(built) => {
+                let workflow = built?;
+                self.register_workflow(workflow.clone())?;
+                Ok(workflow)
+            }
+            None => {
+                let mut names: Vec<String> = self
+                    .inner
+                    .workflows
+                    .read()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .keys()
+                    .cloned()
+                    .collect();
+                names.extend(crate::declared_workflows().into_iter().map(str::to_owned));
+                names.sort();
+                names.dedup();
+                Err(RunnerError::UnknownWorkflow {
+                    name: name.to_owned(),
+                    known: if names.is_empty() {
+                        "none".into()
+                    } else {
+                        names.join(", ")
+                    },
+                })
+            }
+        }
+    }
+
+    async fn next_id(&self) -> Result<u64, RunnerError> {
+        let mut ids = self.inner.ids.lock().await;
+        if ids.0 >= ids.1 {
+            let first = self.inner.store.reserve_execution_ids(ID_BLOCK).await?;
+            *ids = (first, first + ID_BLOCK);
+        }
+        let id = ids.0;
+        ids.0 += 1;
+        Ok(id)
+    }
+
+    /// Claims this runner's unfinished executions (and any whose lease expired) and
+    /// resumes those whose workflow is known.
+    async fn resume_claimed(&self) -> Result<(), RunnerError> {
+        let now = now_unix_us();
+        let claimed = self
+            .inner
+            .store
+            .claim_unfinished(
+                &self.inner.config.runner_id,
+                now,
+                now.saturating_add(self.inner.config.lease_us()),
+                usize::MAX,
+            )
+            .await?;
+        for stored in claimed {
+            let name = stored.execution.workflow.clone();
+            match self.resolve(&name) {
+                Ok(_) => self.adopt(stored),
+                Err(e) => {
+                    tracing::info!(execution = stored.execution.id, workflow = %name, error = %e,
+                        "interrupted execution waits for its workflow to be registered");
+                    lock(&self.inner.orphans).push(stored);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn adopt(&self, stored: cloacina_ledger::StoredExecution) {
+        let Some(workflow) = self.known(&stored.execution.workflow) else {
+            lock(&self.inner.orphans).push(stored);
+            return;
+        };
+        tracing::info!(
+            execution = stored.execution.id,
+            workflow = workflow.name(),
+            recorded_tasks = stored.tasks.len(),
+            "resuming an interrupted execution"
+        );
+        self.spawn(Run::resumed(workflow, stored));
+    }
+
+    fn spawn(&self, run: Run) {
+        let (control, control_rx) = watch::channel(Control::Running);
+        let (done, result) = watch::channel(None);
+        lock(&self.inner.live).insert(run.id, Live { control, result });
+        let inner = Arc::clone(&self.inner);
+        tokio::spawn(async move {
+            let id = run.id;
+            let outcome = drive::drive(&inner, run, control_rx).await;
+            let _ = done.send(Some(outcome));
+            lock(&inner.live).remove(&id);
+            inner.drained.notify_waiters();
+        });
+    }
+}
+
+impl Inner {
+    fn emit(&self, execution_id: u64, workflow: &str, kind: impl FnOnce() -> ExecutionEventKind) {
+        if self.events.receiver_count() > 0 {
+            let _ = self.events.send(ExecutionEvent {
+                execution_id,
+                workflow: workflow.to_owned(),
+                kind: kind(),
+            });
+        }
+    }
+}
+
+/// Renews this runner's leases every third of the lease while it lives.
+async fn heartbeat(inner: std::sync::Weak<Inner>) {
+    let period = match inner.upgrade() {
+        Some(i) => (i.config.lease / 3).max(Duration::from_millis(10)),
+        None => return,
+    };
+    loop {
+        tokio::time::sleep(period).await;
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        let until = now_unix_us().saturating_add(inner.config.lease_us());
+        if let Err(e) = inner
+            .store
+            .renew_claims(&inner.config.runner_id, until)
+            .await
+        {
+            tracing::warn!(error = %e, "cannot renew workflow leases");
+        }
+    }
+}

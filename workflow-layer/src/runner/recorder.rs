@@ -1,0 +1,137 @@
+//! The runner's group commit: executions hand their records to one background task, which
+//! writes whatever has queued up as one batch ([`WorkflowStore::write`]) and then answers
+//! every sender. Under load one commit covers the records of many executions; alone, a
+//! record waits for nothing but its own write.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use cloacina_ledger::{Commit, LedgerError, WorkflowRecord, WorkflowStore};
+use tokio::sync::{mpsc, oneshot};
+
+/// Most records in one batch.
+const MAX_BATCH: usize = 4_096;
+/// Tries per batch when the store reports a transient error.
+const TRIES: u32 = 5;
+
+type Ack = oneshot::Sender<Result<(), Arc<LedgerError>>>;
+
+enum Msg {
+    Records(Vec<WorkflowRecord>, Ack),
+    /// Write what is queued, let go of the store, then answer.
+    Close(oneshot::Sender<()>),
+}
+
+/// Hands records to the group-commit task.
+#[derive(Clone)]
+pub(crate) struct Recorder {
+    tx: mpsc::Sender<Msg>,
+}
+
+impl Recorder {
+    /// Starts the group-commit task writing to `store` with `commit`.
+    pub(crate) fn spawn(store: Arc<dyn WorkflowStore>, commit: Commit) -> Self {
+        let (tx, rx) = mpsc::channel(MAX_BATCH);
+        tokio::spawn(run(store, commit, rx));
+        Self { tx }
+    }
+
+    /// Records `records` (in one batch) and returns once they are written.
+    pub(crate) async fn record(
+        &self,
+        records: Vec<WorkflowRecord>,
+    ) -> Result<(), Arc<LedgerError>> {
+        let pending = records.len();
+        let (ack, done) = oneshot::channel();
+        self.tx
+            .send(Msg::Records(records, ack))
+            .await
+            .map_err(|_| Arc::new(LedgerError::Closed { pending }))?;
+        done.await
+            .unwrap_or_else(|_| Err(Arc::new(LedgerError::Closed { pending })))
+    }
+
+    /// Writes what is queued and stops the task (it drops its handle on the store); later
+    /// records fail with [`LedgerError::Closed`].
+    pub(crate) async fn close(&self) {
+        let (tx, done) = oneshot::channel();
+        if self.tx.send(Msg::Close(tx)).await.is_ok() {
+            let _ = done.await;
+        }
+    }
+}
+
+async fn run(store: Arc<dyn WorkflowStore>, commit: Commit, mut rx: mpsc::Receiver<Msg>) {
+    let mut batch: Vec<WorkflowRecord> = Vec::new();
+    let mut acks: Vec<Ack> = Vec::new();
+    let mut closing = None;
+    while let Some(first) = rx.recv().await {
+        let mut next = Some(first);
+        while let Some(msg) = next.take() {
+            match msg {
+                Msg::Records(records, ack) => {
+                    batch.extend(records);
+                    acks.push(ack);
+                }
+                Msg::Close(done) => {
+                    closing = Some(done);
+                    break;
+                }
+            }
+            if batch.len() < MAX_BATCH {
+                next = rx.try_recv().ok();
+            }
+        }
+        if batch.is_empty() {
+            if closing.is_some() {
+                break;
+            }
+            continue;
+        }
+        let outcome = write(&*store, &batch, commit).await;
+        metrics::counter!("cloacina_workflow_records_total").increment(batch.len() as u64);
+        metrics::counter!("cloacina_workflow_commits_total").increment(1);
+        for ack in acks.drain(..) {
+            let _ = ack.send(outcome.clone());
+        }
+        batch.clear();
+        if closing.is_some() {
+            break;
+        }
+    }
+    drop(store);
+    rx.close();
+    // Records sent after the close: refused, not lost silently.
+    while let Ok(msg) = rx.try_recv() {
+        if let Msg::Records(records, ack) = msg {
+            let _ = ack.send(Err(Arc::new(LedgerError::Closed {
+                pending: records.len(),
+            })));
+        }
+    }
+    if let Some(done) = closing {
+        let _ = done.send(());
+    }
+}
+
+async fn write(
+    store: &dyn WorkflowStore,
+    batch: &[WorkflowRecord],
+    commit: Commit,
+) -> Result<(), Arc<LedgerError>> {
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        match store.write(batch, commit).await {
+            Ok(()) => return Ok(()),
+            Err(e) if e.is_transient() && tries < TRIES => {
+                tracing::warn!(error = %e, tries, "workflow store write failed; trying again");
+                tokio::time::sleep(Duration::from_millis(50 << tries)).await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, records = batch.len(), "workflow store write failed");
+                return Err(Arc::new(e));
+            }
+        }
+    }
+}

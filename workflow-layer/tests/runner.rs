@@ -1,0 +1,351 @@
+//! DefaultRunner against real stores (memory and sled files): execution, durability and
+//! resume, cancel, pause, events, bad input.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use cloacina_ledger::{ExecutionRecord, TaskOutcome, TaskRecord, WorkflowRecord};
+use cloacina_workflow_layer::{
+    Context, DefaultRunner, ExecutionEventKind, FnTask, RunnerError, TaskError, TaskState,
+    Workflow, WorkflowStatus,
+};
+use serde_json::json;
+
+/// A task that counts its runs and writes `id: true`.
+fn counted(id: &'static str, deps: &[&'static str], runs: &Arc<AtomicU32>) -> FnTask {
+    let runs = Arc::clone(runs);
+    FnTask::new(id, deps.to_vec(), move |mut ctx: Context| {
+        runs.fetch_add(1, Ordering::SeqCst);
+        async move {
+            ctx.insert_or_update(id, json!(true));
+            Ok(ctx)
+        }
+    })
+}
+
+fn pipeline(runs: &Arc<AtomicU32>) -> Workflow {
+    Workflow::builder("pipeline")
+        .task(counted("extract", &[], runs))
+        .task(counted("transform", &["extract"], runs))
+        .task(counted("load", &["transform"], runs))
+        .build()
+        .expect("valid")
+}
+
+fn input(n: i64) -> Context {
+    let mut ctx = Context::new();
+    ctx.insert("n", json!(n)).expect("new key");
+    ctx
+}
+
+#[tokio::test]
+async fn executes_and_reports_from_memory_and_from_the_store() {
+    let runs = Arc::new(AtomicU32::new(0));
+    let runner = DefaultRunner::new("memory://").await.expect("runner");
+    runner.register_workflow(pipeline(&runs)).expect("register");
+    let result = runner.execute("pipeline", input(7)).await.expect("execute");
+    assert_eq!(result.status, WorkflowStatus::Completed, "{result:?}");
+    assert_eq!(
+        result.final_context.to_json().expect("json"),
+        json!({"n": 7, "extract": true, "transform": true, "load": true})
+    );
+    assert!(result
+        .task_results
+        .iter()
+        .all(|t| t.state == TaskState::Completed));
+    // After its end the store answers.
+    assert_eq!(
+        runner.status(result.execution_id).await.expect("status"),
+        WorkflowStatus::Completed
+    );
+    let again = runner.wait(result.execution_id).await.expect("wait");
+    assert_eq!(
+        again.final_context.to_json().ok(),
+        result.final_context.to_json().ok()
+    );
+    assert_eq!(again.workflow_version, result.workflow_version);
+    assert_eq!(runs.load(Ordering::SeqCst), 3);
+
+    // Many at once, bounded by the runner's slots; each awaited by id.
+    let mut ids = Vec::new();
+    for n in 0..200 {
+        ids.push(
+            runner
+                .schedule("pipeline", input(n))
+                .await
+                .expect("schedule"),
+        );
+    }
+    for (n, id) in ids.into_iter().enumerate() {
+        let r = runner.wait(id).await.expect("wait");
+        assert_eq!(r.status, WorkflowStatus::Completed);
+        assert_eq!(r.final_context.get("n"), Some(&json!(n)));
+    }
+    assert_eq!(runs.load(Ordering::SeqCst), 3 + 600);
+    runner.shutdown().await.expect("shutdown");
+    assert!(matches!(
+        runner.schedule("pipeline", input(0)).await,
+        Err(RunnerError::ShuttingDown)
+    ));
+}
+
+#[tokio::test]
+async fn bad_names_and_versions_are_refused_with_what_was_wrong() {
+    let runs = Arc::new(AtomicU32::new(0));
+    let runner = DefaultRunner::new("memory://").await.expect("runner");
+    runner.register_workflow(pipeline(&runs)).expect("register");
+    runner
+        .register_workflow(pipeline(&runs))
+        .expect("the same workflow again is fine");
+    let err = runner
+        .execute("nope", Context::new())
+        .await
+        .expect_err("unknown");
+    let text = err.to_string();
+    assert!(text.contains("nope") && text.contains("pipeline"), "{text}");
+    let changed = Workflow::builder("pipeline")
+        .task(counted("extract", &[], &runs))
+        .build()
+        .expect("valid");
+    assert!(matches!(
+        runner.register_workflow(changed),
+        Err(RunnerError::AlreadyRegistered { .. })
+    ));
+    assert!(matches!(
+        runner.wait(999_999).await,
+        Err(RunnerError::UnknownExecution(999_999))
+    ));
+}
+
+/// What a crash leaves: an execution started with `extract` recorded, nothing else.
+async fn crashed_after_extract(url: &str, version: &str) -> u64 {
+    let ledger = cloacina_ledger::open(url).await.expect("open");
+    let store = ledger.workflow_store().expect("store");
+    let id = store.reserve_execution_ids(1).await.expect("id");
+    store
+        .write(
+            &[
+                WorkflowRecord::Started(ExecutionRecord {
+                    id,
+                    workflow: "pipeline".into(),
+                    version: version.into(),
+                    input: br#"{"n":41}"#.to_vec(),
+                    created_at_unix_us: cloacina_ledger::now_unix_us(),
+                    owner: "local".into(),
+                    lease_until_unix_us: cloacina_ledger::now_unix_us() + 60_000_000,
+                }),
+                WorkflowRecord::Task(TaskRecord {
+                    execution_id: id,
+                    task: "extract".into(),
+                    outcome: TaskOutcome::Completed,
+                    attempts: 1,
+                    output: br#"{"n":41,"extract":"from before the crash"}"#.to_vec(),
+                    error: None,
+                    started_at_unix_us: 1,
+                    finished_at_unix_us: 2,
+                }),
+            ],
+            cloacina_ledger::Commit::Durable,
+        )
+        .await
+        .expect("write");
+    id
+}
+
+#[tokio::test]
+async fn a_restarted_runner_resumes_without_rerunning_completed_tasks() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = format!("sled://{}", dir.path().join("wf").display());
+    let runs = Arc::new(AtomicU32::new(0));
+    let version = pipeline(&runs).version().to_owned();
+    let id = crashed_after_extract(&url, &version).await;
+
+    let runner = DefaultRunner::new(&url).await.expect("runner");
+    let mut events = runner.subscribe();
+    // Its workflow is registered after start: the execution resumes then.
+    runner.register_workflow(pipeline(&runs)).expect("register");
+    let result = runner.wait(id).await.expect("resumed");
+    assert_eq!(result.status, WorkflowStatus::Completed, "{result:?}");
+    assert_eq!(runs.load(Ordering::SeqCst), 2, "extract was not run again");
+    assert_eq!(
+        result.final_context.get("extract"),
+        Some(&json!("from before the crash")),
+        "the recorded output is what dependants saw"
+    );
+    let mut seen = Vec::new();
+    while let Ok(e) = events.try_recv() {
+        assert_eq!(e.execution_id, id);
+        seen.push(e.kind);
+    }
+    assert_eq!(
+        seen,
+        [
+            ExecutionEventKind::Resumed,
+            ExecutionEventKind::TaskStarted {
+                task: "transform".into()
+            },
+            ExecutionEventKind::TaskCompleted {
+                task: "transform".into(),
+                attempts: 1
+            },
+            ExecutionEventKind::TaskStarted {
+                task: "load".into()
+            },
+            ExecutionEventKind::TaskCompleted {
+                task: "load".into(),
+                attempts: 1
+            },
+            ExecutionEventKind::Finished {
+                status: WorkflowStatus::Completed
+            },
+        ]
+    );
+    runner.shutdown().await.expect("shutdown");
+    drop(runner);
+    // Reopened: the end is in the store.
+    let ledger = cloacina_ledger::open(&url).await.expect("reopen");
+    let stored = ledger
+        .workflow_store()
+        .expect("store")
+        .execution(id)
+        .await
+        .expect("read");
+    assert_eq!(
+        stored.map(|e| e.status),
+        Some(cloacina_ledger::ExecutionStatus::Completed)
+    );
+}
+
+#[tokio::test]
+async fn an_execution_whose_workflow_changed_ends_failed_saying_so() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = format!("sled://{}", dir.path().join("wf").display());
+    let id = crashed_after_extract(&url, "an-older-version").await;
+    let runs = Arc::new(AtomicU32::new(0));
+    let runner = DefaultRunner::new(&url).await.expect("runner");
+    runner.register_workflow(pipeline(&runs)).expect("register");
+    let result = runner.wait(id).await.expect("ended");
+    assert_eq!(result.status, WorkflowStatus::Failed);
+    let error = result.error.unwrap_or_default();
+    assert!(
+        error.contains("changed") && error.contains("an-older-version"),
+        "{error}"
+    );
+    assert_eq!(
+        runs.load(Ordering::SeqCst),
+        0,
+        "nothing of the new version ran"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_stops_running_tasks_and_pause_holds_the_next() {
+    let finished = Arc::new(AtomicU32::new(0));
+    let done = Arc::clone(&finished);
+    let slow = FnTask::new("slow", [] as [&str; 0], move |ctx: Context| {
+        let done = Arc::clone(&done);
+        async move {
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            done.fetch_add(1, Ordering::SeqCst);
+            Ok(ctx)
+        }
+    });
+    let runs = Arc::new(AtomicU32::new(0));
+    let gate = Arc::new(tokio::sync::Notify::new());
+    let opened = Arc::clone(&gate);
+    let first = FnTask::new("first", [] as [&str; 0], move |ctx: Context| {
+        let opened = Arc::clone(&opened);
+        async move {
+            opened.notified().await;
+            Ok(ctx)
+        }
+    });
+    let runner = DefaultRunner::new("memory://").await.expect("runner");
+    runner
+        .register_workflow(Workflow::builder("slow").task(slow).build().expect("valid"))
+        .expect("register");
+    runner
+        .register_workflow(
+            Workflow::builder("gated")
+                .task(first)
+                .task(counted("second", &["first"], &runs))
+                .build()
+                .expect("valid"),
+        )
+        .expect("register");
+
+    let id = runner
+        .schedule("slow", Context::new())
+        .await
+        .expect("schedule");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    runner.cancel(id).expect("cancel");
+    let result = runner.wait(id).await.expect("cancelled");
+    assert_eq!(result.status, WorkflowStatus::Cancelled);
+    assert_eq!(
+        runner.status(id).await.expect("status"),
+        WorkflowStatus::Cancelled
+    );
+    assert_eq!(finished.load(Ordering::SeqCst), 0);
+
+    let id = runner
+        .schedule("gated", Context::new())
+        .await
+        .expect("schedule");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    runner.pause(id).expect("pause");
+    assert_eq!(
+        runner.status(id).await.expect("status"),
+        WorkflowStatus::Paused
+    );
+    gate.notify_one();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        runs.load(Ordering::SeqCst),
+        0,
+        "paused: `second` did not start"
+    );
+    runner.resume(id).expect("resume");
+    let result = runner.wait(id).await.expect("ended");
+    assert_eq!(result.status, WorkflowStatus::Completed);
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn a_failing_task_is_recorded_and_its_dependants_skipped() {
+    let runs = Arc::new(AtomicU32::new(0));
+    let broken = FnTask::new("broken", [] as [&str; 0], |_ctx: Context| async move {
+        Err(TaskError::invalid("bad row 17"))
+    });
+    let wf = Workflow::builder("fails")
+        .task(broken)
+        .task(counted("after", &["broken"], &runs))
+        .build()
+        .expect("valid");
+    let runner = DefaultRunner::new("memory://").await.expect("runner");
+    runner.register_workflow(wf).expect("register");
+    let result = runner
+        .execute("fails", Context::new())
+        .await
+        .expect("ended");
+    assert_eq!(result.status, WorkflowStatus::Failed);
+    let stored = runner.wait(result.execution_id).await.expect("stored");
+    let states: Vec<(String, TaskState)> = stored
+        .task_results
+        .iter()
+        .map(|t| (t.task_id.clone(), t.state))
+        .collect();
+    assert_eq!(
+        states,
+        [
+            ("broken".to_owned(), TaskState::Failed),
+            ("after".to_owned(), TaskState::Skipped)
+        ]
+    );
+    assert!(stored.task_results[0]
+        .error
+        .as_deref()
+        .unwrap_or("")
+        .contains("bad row 17"));
+}
