@@ -1,16 +1,22 @@
 //! The runner's group commit: executions hand their records to one background task, which
-//! writes whatever has queued up as one batch ([`WorkflowStore::write`]) and then answers
-//! every sender. Under load one commit covers the records of many executions; alone, a
-//! record waits for nothing but its own write.
+//! writes whatever has queued up as one batch ([`WorkflowStore::write`]), up to
+//! [`MAX_IN_FLIGHT`] batches at once, and answers every sender when its batch is written.
+//! Under load one commit covers the records of many executions; alone, a record waits for
+//! nothing but its own write.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use cloacina_ledger::{Commit, LedgerError, WorkflowRecord, WorkflowStore};
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::{mpsc, oneshot};
 
 /// Most records in one batch.
 const MAX_BATCH: usize = 4_096;
+/// Batches being written at once to a networked store. Records of one execution are never in two of them (its
+/// driver waits for each record before making the next), so their order does not matter;
+/// a networked store (PostgreSQL) overlaps their round trips.
+const MAX_IN_FLIGHT: usize = 4;
 /// Tries per batch when the store reports a transient error.
 const TRIES: u32 = 5;
 
@@ -32,7 +38,14 @@ impl Recorder {
     /// Starts the group-commit task writing to `store` with `commit`.
     pub(crate) fn spawn(store: Arc<dyn WorkflowStore>, commit: Commit) -> Self {
         let (tx, rx) = mpsc::channel(MAX_BATCH);
-        tokio::spawn(run(store, commit, rx));
+        // Embedded stores serialize their writes: one batch at a time makes the biggest
+        // batches. A server overlaps several.
+        let in_flight = if store.workflow_backend() == "postgres" {
+            MAX_IN_FLIGHT
+        } else {
+            1
+        };
+        tokio::spawn(run(store, commit, rx, in_flight));
         Self { tx }
     }
 
@@ -61,44 +74,57 @@ impl Recorder {
     }
 }
 
-async fn run(store: Arc<dyn WorkflowStore>, commit: Commit, mut rx: mpsc::Receiver<Msg>) {
-    let mut batch: Vec<WorkflowRecord> = Vec::new();
-    let mut acks: Vec<Ack> = Vec::new();
+async fn run(
+    store: Arc<dyn WorkflowStore>,
+    commit: Commit,
+    mut rx: mpsc::Receiver<Msg>,
+    max_in_flight: usize,
+) {
+    let mut in_flight = FuturesUnordered::new();
     let mut closing = None;
-    while let Some(first) = rx.recv().await {
-        let mut next = Some(first);
-        while let Some(msg) = next.take() {
-            match msg {
-                Msg::Records(records, ack) => {
-                    batch.extend(records);
-                    acks.push(ack);
+    loop {
+        tokio::select! {
+            first = rx.recv(), if closing.is_none() && in_flight.len() < max_in_flight => {
+                let Some(first) = first else { break };
+                let mut batch: Vec<WorkflowRecord> = Vec::new();
+                let mut acks: Vec<Ack> = Vec::new();
+                let mut next = Some(first);
+                while let Some(msg) = next.take() {
+                    match msg {
+                        Msg::Records(records, ack) => {
+                            batch.extend(records);
+                            acks.push(ack);
+                        }
+                        Msg::Close(done) => {
+                            closing = Some(done);
+                            break;
+                        }
+                    }
+                    if batch.len() < MAX_BATCH {
+                        next = rx.try_recv().ok();
+                    }
                 }
-                Msg::Close(done) => {
-                    closing = Some(done);
-                    break;
+                if !batch.is_empty() {
+                    let store = Arc::clone(&store);
+                    in_flight.push(async move {
+                        let outcome = write(&*store, &batch, commit).await;
+                        metrics::counter!("cloacina_workflow_records_total")
+                            .increment(batch.len() as u64);
+                        metrics::counter!("cloacina_workflow_commits_total").increment(1);
+                        for ack in acks {
+                            let _ = ack.send(outcome.clone());
+                        }
+                    });
                 }
             }
-            if batch.len() < MAX_BATCH {
-                next = rx.try_recv().ok();
-            }
+            Some(()) = in_flight.next() => {}
+            else => break,
         }
-        if batch.is_empty() {
-            if closing.is_some() {
-                break;
-            }
-            continue;
-        }
-        let outcome = write(&*store, &batch, commit).await;
-        metrics::counter!("cloacina_workflow_records_total").increment(batch.len() as u64);
-        metrics::counter!("cloacina_workflow_commits_total").increment(1);
-        for ack in acks.drain(..) {
-            let _ = ack.send(outcome.clone());
-        }
-        batch.clear();
-        if closing.is_some() {
+        if closing.is_some() && in_flight.is_empty() {
             break;
         }
     }
+    while in_flight.next().await.is_some() {}
     drop(store);
     rx.close();
     // Records sent after the close: refused, not lost silently.
