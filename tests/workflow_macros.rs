@@ -194,3 +194,39 @@ async fn standalone_tasks_go_into_a_builder() {
     let result = wf.run(Context::new()).await;
     assert_eq!(result.final_context.get("n"), Some(&json!(42)));
 }
+
+/// SPEC.md's form end to end: the declared module is found by name by the durable runner,
+/// with no registration call, and its graph-invoking task's output is recorded.
+#[tokio::test]
+async fn the_runner_executes_declared_workflows_by_name() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let runner = DefaultRunner::new(dir.path().join("store").to_str().expect("utf-8 path"))
+        .await
+        .expect("runner on the embedded default");
+    let result = runner
+        .execute("scoring", Context::new())
+        .await
+        .expect("declared, so found");
+    // Its `broken` task invokes a graph that does not exist: that task fails alone.
+    assert_eq!(result.status, WorkflowStatus::Failed, "{result:?}");
+    let broken = result.task_results.iter().find(|t| t.task_id == "broken");
+    assert!(broken
+        .and_then(|t| t.error.as_deref())
+        .is_some_and(|e| e.contains("no_such_graph")));
+    assert_eq!(
+        result.final_context.get("output"),
+        Some(&json!({"published": true, "value": 3.0}))
+    );
+    // From the store, as another process would see it.
+    let stored = runner.wait(result.execution_id).await.expect("stored");
+    assert_eq!(stored.final_context.get("scale"), Some(&json!(3.0)));
+    let err = runner
+        .execute("no_such_workflow", Context::new())
+        .await
+        .expect_err("unknown");
+    assert!(
+        err.to_string().contains("scoring"),
+        "lists what is known: {err}"
+    );
+    runner.shutdown().await.expect("shutdown");
+}
