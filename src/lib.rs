@@ -105,8 +105,8 @@ pub mod prelude {
     pub use crate::workflow::{
         invoke_graph, BackoffStrategy, Context, ContextError, DefaultRunner, ExecutionEvent,
         ExecutionEventKind, FnTask, RetryCondition, RetryPolicy, RunnerConfig, RunnerError, Task,
-        TaskError, TaskResult, TaskState, TriggerRule, ValueOperator, Workflow, WorkflowDurability,
-        WorkflowError, WorkflowExecutionResult, WorkflowStatus,
+        TaskError, TaskHandle, TaskResult, TaskState, TriggerRule, ValueOperator, Workflow,
+        WorkflowDurability, WorkflowError, WorkflowExecutionResult, WorkflowStatus,
     };
     pub use crate::{computation_graph, reactor, task, workflow};
     pub use crate::{EmbeddedGraph, EngineReport, Error};

@@ -230,3 +230,40 @@ async fn the_runner_executes_declared_workflows_by_name() {
     );
     runner.shutdown().await.expect("shutdown");
 }
+
+#[workflow(name = "deferring")]
+pub mod deferring {
+    use super::*;
+
+    /// The optional second argument: the attempt's TaskHandle.
+    #[task(dependencies = [])]
+    pub async fn wait_then_write(
+        ctx: &mut Context<Value>,
+        handle: &mut TaskHandle,
+    ) -> Result<(), TaskError> {
+        let mut polls = 0;
+        handle
+            .defer_until(
+                || {
+                    polls += 1;
+                    let done = polls >= 3;
+                    async move { done }
+                },
+                Duration::from_millis(1),
+            )
+            .await;
+        ctx.insert("polls", json!(polls))?;
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_task_can_take_its_handle_and_defer() {
+    let runner = DefaultRunner::new("memory://").await.expect("runner");
+    let result = runner
+        .execute("deferring", Context::new())
+        .await
+        .expect("runs");
+    assert_eq!(result.status, WorkflowStatus::Completed, "{result:?}");
+    assert_eq!(result.final_context.get("polls"), Some(&json!(3)));
+}

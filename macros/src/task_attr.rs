@@ -302,10 +302,10 @@ pub(crate) fn expand_task(
             "#[task] goes on an `async fn name(ctx: &mut Context<Value>) -> Result<(), TaskError>`",
         ));
     }
-    if function.sig.inputs.len() != 1 {
+    if !(1..=2).contains(&function.sig.inputs.len()) {
         return Err(syn::Error::new_spanned(
             &function.sig.inputs,
-            "a task takes exactly one argument: `ctx: &mut Context<Value>`",
+            "a task takes `ctx: &mut Context<Value>` and, optionally, `handle: &mut TaskHandle`",
         ));
     }
     let name = &function.sig.ident;
@@ -352,6 +352,29 @@ pub(crate) fn expand_task(
             }
         }
     });
+    // The optional second argument: the attempt's TaskHandle.
+    let call = match function.sig.inputs.iter().nth(1) {
+        None => quote!(#name(__cloacina_ctx)),
+        Some(arg) => {
+            let by_mut = matches!(arg, syn::FnArg::Typed(t)
+                if matches!(&*t.ty, syn::Type::Reference(r) if r.mutability.is_some()));
+            let handle = if by_mut {
+                quote!(&mut __cloacina_handle)
+            } else {
+                quote!(&__cloacina_handle)
+            };
+            quote!({
+                #[allow(unused_mut)]
+                let mut __cloacina_handle = #wf::TaskHandle::current();
+                #name(__cloacina_ctx, #handle).await
+            })
+        }
+    };
+    let call = if function.sig.inputs.len() == 1 {
+        quote!(#call.await)
+    } else {
+        call
+    };
     let body = match &args.invokes {
         // The function runs first, then the graph on the same context; its terminal outputs
         // land under their node names.
@@ -360,12 +383,12 @@ pub(crate) fn expand_task(
             ::std::boxed::Box::pin(async move {
                 let graph = ::cloacina::registry::declared_triggerless_graph(#graph)
                     .map_err(#wf::TaskError::failed)?;
-                #name(__cloacina_ctx).await?;
+                #call?;
                 #wf::invoke_graph(&graph, __cloacina_ctx).await?;
                 ::core::result::Result::Ok(())
             })
         },
-        None => quote!(::std::boxed::Box::pin(#name(__cloacina_ctx))),
+        None => quote!(::std::boxed::Box::pin(async move { #call })),
     };
     let doc = format!("The task `{id}` (declared by `#[task]` on `{name}`).");
     Ok(quote! {

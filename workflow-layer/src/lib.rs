@@ -37,6 +37,7 @@
 
 mod context;
 mod declared;
+mod defer;
 mod execution;
 mod invoke;
 mod retry;
@@ -48,6 +49,7 @@ mod workflow;
 
 pub use context::{Context, ContextError};
 pub use declared::{declared_workflow, declared_workflows, Site, WorkflowEntry};
+pub use defer::TaskHandle;
 pub use execution::{ExecutionState, TaskState, WorkflowStatus};
 pub use invoke::{invoke_graph, InvokeError};
 pub use retry::{BackoffStrategy, RetryCondition, RetryPolicy, RetryPolicyBuilder};

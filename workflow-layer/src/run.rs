@@ -131,7 +131,7 @@ pub(crate) async fn run_attempts(
     task: Arc<dyn crate::Task>,
     mut input: Context<Value>,
     i: usize,
-    slots: Option<&tokio::sync::Semaphore>,
+    slots: Option<&Arc<tokio::sync::Semaphore>>,
 ) -> (usize, u32, Result<Context<Value>, TaskError>) {
     let settings = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         (task.retry_policy(), task.timeout())
@@ -152,12 +152,9 @@ pub(crate) async fn run_attempts(
         } else {
             std::mem::take(&mut input)
         };
-        let slot = match slots {
-            Some(s) => s.acquire().await.ok(),
-            None => None,
-        };
-        let outcome = run_one(Arc::clone(&task), ctx, timeout).await;
-        drop(slot);
+        let slot = crate::defer::Slot::acquire(slots).await;
+        let outcome = run_one(Arc::clone(&task), ctx, timeout, Arc::clone(&slot)).await;
+        slot.release();
         match outcome {
             Ok(output) => return (i, attempt, Ok(output)),
             Err(e) if policy.should_retry(attempt, &e) => {
@@ -175,11 +172,12 @@ async fn run_one(
     task: Arc<dyn crate::Task>,
     mut ctx: Context<Value>,
     timeout: Option<Duration>,
+    slot: Arc<crate::defer::Slot>,
 ) -> Result<Context<Value>, TaskError> {
-    let mut handle = AbortOnDrop(tokio::spawn(async move {
+    let mut handle = AbortOnDrop(tokio::spawn(slot.scope(async move {
         let outcome = task.execute(&mut ctx).await;
         outcome.map(|()| ctx)
-    }));
+    })));
     let joined = match timeout {
         Some(after) => match tokio::time::timeout(after, &mut handle.0).await {
             Ok(joined) => joined,

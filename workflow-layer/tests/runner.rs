@@ -349,3 +349,80 @@ async fn a_failing_task_is_recorded_and_its_dependants_skipped() {
         .unwrap_or("")
         .contains("bad row 17"));
 }
+
+/// With one slot, a task deferring until another workflow's task has run lets that task
+/// take the slot; holding it would deadlock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deferred_task_frees_its_slot() {
+    use cloacina_workflow_layer::{RunnerConfig, TaskHandle};
+    let flag = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let seen = Arc::clone(&flag);
+    let waiter = FnTask::new("waiter", [] as [&str; 0], move |mut ctx: Context| {
+        let seen = Arc::clone(&seen);
+        async move {
+            let mut handle = TaskHandle::current();
+            handle
+                .defer_until(
+                    || {
+                        let seen = Arc::clone(&seen);
+                        async move { seen.load(Ordering::SeqCst) }
+                    },
+                    Duration::from_millis(5),
+                )
+                .await;
+            ctx.insert_or_update("waited", json!(true));
+            Ok(ctx)
+        }
+    });
+    let set = Arc::clone(&flag);
+    let setter = FnTask::new("setter", [] as [&str; 0], move |ctx: Context| {
+        set.store(true, Ordering::SeqCst);
+        async move { Ok(ctx) }
+    });
+    let config = RunnerConfig {
+        concurrency: 1,
+        ..RunnerConfig::default()
+    };
+    let ledger = cloacina_ledger::open("memory://").await.expect("ledger");
+    let runner = DefaultRunner::from_ledger(ledger, config)
+        .await
+        .expect("runner");
+    runner
+        .register_workflow(
+            Workflow::builder("waits")
+                .task(waiter)
+                .build()
+                .expect("valid"),
+        )
+        .expect("register");
+    runner
+        .register_workflow(
+            Workflow::builder("sets")
+                .task(setter)
+                .build()
+                .expect("valid"),
+        )
+        .expect("register");
+    let waiting = runner
+        .schedule("waits", Context::new())
+        .await
+        .expect("schedule");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let setting = runner
+        .schedule("sets", Context::new())
+        .await
+        .expect("schedule");
+    let both = async {
+        let a = runner.wait(waiting).await.expect("waits");
+        let b = runner.wait(setting).await.expect("sets");
+        (a, b)
+    };
+    let (a, b) = tokio::time::timeout(Duration::from_secs(10), both)
+        .await
+        .expect("the deferred task let the other run");
+    assert_eq!(
+        (a.status, b.status),
+        (WorkflowStatus::Completed, WorkflowStatus::Completed)
+    );
+    assert_eq!(a.final_context.get("waited"), Some(&json!(true)));
+}

@@ -519,8 +519,10 @@ impl DefaultRunner {
         tokio::spawn(async move {
             let id = run.id;
             let outcome = drive::drive(&inner, run, control_rx).await;
-            let _ = done.send(Some(outcome));
+            // Off the live map first: a status query from now on reads the store, which
+            // holds the end (recorded before the driver returned).
             lock(&inner.live).remove(&id);
+            let _ = done.send(Some(outcome));
             inner.drained.notify_waiters();
         });
     }
