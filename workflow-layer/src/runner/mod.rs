@@ -178,7 +178,11 @@ impl DefaultRunner {
         let store = Arc::clone(&ledger)
             .workflow_store()
             .ok_or(RunnerError::NoWorkflowStore { backend })?;
-        let recorder = Recorder::spawn(Arc::clone(&store), config.durability.commit());
+        let recorder = Recorder::spawn(
+            Arc::clone(&ledger),
+            Arc::clone(&store),
+            config.durability.commit(),
+        );
         let (events, _) = broadcast::channel(config.event_capacity.max(1));
         let inner = Arc::new(Inner {
             ledger,

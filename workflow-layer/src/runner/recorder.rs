@@ -7,7 +7,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use cloacina_ledger::{Commit, LedgerError, WorkflowRecord, WorkflowStore};
+use std::future::Future;
+use std::pin::Pin;
+
+use cloacina_ledger::{Commit, Ledger, LedgerError, WorkflowRecord, WorkflowStore};
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::{mpsc, oneshot};
 
@@ -17,6 +20,8 @@ const MAX_BATCH: usize = 4_096;
 /// driver waits for each record before making the next), so their order does not matter;
 /// a networked store (PostgreSQL) overlaps their round trips.
 const MAX_IN_FLIGHT: usize = 4;
+/// With [`Commit::Buffered`], how soon after a write the store is flushed.
+const FLUSH_EVERY: Duration = Duration::from_millis(100);
 /// Tries per batch when the store reports a transient error.
 const TRIES: u32 = 5;
 
@@ -35,8 +40,14 @@ pub(crate) struct Recorder {
 }
 
 impl Recorder {
-    /// Starts the group-commit task writing to `store` with `commit`.
-    pub(crate) fn spawn(store: Arc<dyn WorkflowStore>, commit: Commit) -> Self {
+    /// Starts the group-commit task writing to `store` with `commit`. With
+    /// [`Commit::Buffered`] it also flushes `ledger` within [`FLUSH_EVERY`] of a write, so
+    /// a crash loses at most that window (as the reactors' ledger writer does).
+    pub(crate) fn spawn(
+        ledger: Arc<dyn Ledger>,
+        store: Arc<dyn WorkflowStore>,
+        commit: Commit,
+    ) -> Self {
         let (tx, rx) = mpsc::channel(MAX_BATCH);
         // Embedded stores serialize their writes: one batch at a time makes the biggest
         // batches. A server overlaps several.
@@ -45,7 +56,7 @@ impl Recorder {
         } else {
             1
         };
-        tokio::spawn(run(store, commit, rx, in_flight));
+        tokio::spawn(run(ledger, store, commit, rx, in_flight));
         Self { tx }
     }
 
@@ -75,15 +86,30 @@ impl Recorder {
 }
 
 async fn run(
+    ledger: Arc<dyn Ledger>,
     store: Arc<dyn WorkflowStore>,
     commit: Commit,
     mut rx: mpsc::Receiver<Msg>,
     max_in_flight: usize,
 ) {
-    let mut in_flight = FuturesUnordered::new();
+    let mut in_flight: FuturesUnordered<Pin<Box<dyn Future<Output = ()> + Send>>> =
+        FuturesUnordered::new();
     let mut closing = None;
+    // When to flush what was written since the last flush (Buffered only).
+    let mut flush_at: Option<tokio::time::Instant> = None;
     loop {
         tokio::select! {
+            () = tokio::time::sleep_until(flush_at.unwrap_or_else(tokio::time::Instant::now)),
+                if flush_at.is_some() && in_flight.len() < max_in_flight =>
+            {
+                flush_at = None;
+                let ledger = Arc::clone(&ledger);
+                in_flight.push(Box::pin(async move {
+                    if let Err(e) = ledger.flush().await {
+                        tracing::warn!(error = %e, "workflow store flush failed");
+                    }
+                }));
+            }
             first = rx.recv(), if closing.is_none() && in_flight.len() < max_in_flight => {
                 let Some(first) = first else { break };
                 let mut batch: Vec<WorkflowRecord> = Vec::new();
@@ -105,8 +131,11 @@ async fn run(
                     }
                 }
                 if !batch.is_empty() {
+                    if commit == Commit::Buffered && flush_at.is_none() {
+                        flush_at = Some(tokio::time::Instant::now() + FLUSH_EVERY);
+                    }
                     let store = Arc::clone(&store);
-                    in_flight.push(async move {
+                    in_flight.push(Box::pin(async move {
                         let outcome = write(&*store, &batch, commit).await;
                         metrics::counter!("cloacina_workflow_records_total")
                             .increment(batch.len() as u64);
@@ -114,7 +143,7 @@ async fn run(
                         for ack in acks {
                             let _ = ack.send(outcome.clone());
                         }
-                    });
+                    }));
                 }
             }
             Some(()) = in_flight.next() => {}
@@ -126,6 +155,7 @@ async fn run(
     }
     while in_flight.next().await.is_some() {}
     drop(store);
+    drop(ledger);
     rx.close();
     // Records sent after the close: refused, not lost silently.
     while let Ok(msg) = rx.try_recv() {
