@@ -1,6 +1,6 @@
 //! The sans-IO core of running a workflow: which task runs next, with what input, and what
 //! a finished task means for its dependants. No clocks, no I/O, no tasks spawned: a driver
-//! (in process, [`Workflow::run`](crate::Workflow::run); the durable runner later) feeds it
+//! (in process, [`Workflow::run`](crate::Workflow::run); durably, the `DefaultRunner`) feeds it
 //! completions and runs what it hands out.
 
 use serde_json::Value;

@@ -1,7 +1,7 @@
 //! # cloacina-workflow-layer
 //!
-//! DAG workflows (tasks, retries, trigger rules, cron, triggers) run as trigger-less graph
-//! invocations over the ledger. What exists of that layer so far is its authoring surface:
+//! DAG workflows (tasks, retries, trigger rules, deferral) run durably over the ledger's
+//! workflow store. The layer has:
 //!
 //! - [`Context`] (`Context<serde_json::Value>` by default): the data tasks share, by key;
 //! - [`Task`] (and [`FnTask`] for closures) with [`TaskError`], whose `From` impls let a
@@ -16,8 +16,15 @@
 //!   graph reads is taken from the context key of the same name (absent key: the entry node
 //!   sees `None`), and each terminal output is written back under its node's name.
 //!
-//! The durable runner, its store in the ledger, retries, trigger rules and the macros come
-//! with the workflow issues.
+//! - [`DefaultRunner`]: runs workflows durably on a ledger URL (sled, SQLite, PostgreSQL,
+//!   memory): each task's outcome is recorded (group commit) before its dependants start,
+//!   and a restarted runner resumes interrupted executions without re-running completed
+//!   tasks; execute / schedule / wait / status / cancel / pause / resume, execution events,
+//!   [`TaskHandle::defer_until`];
+//! - the registry of `#[workflow]` declarations ([`declared_workflow`]), which the runner
+//!   consults by name.
+//!
+//! Cron schedules, triggers and several runners on one store come with the scheduling issue.
 //!
 //! ```
 //! use std::sync::Arc;

@@ -61,7 +61,8 @@ impl Workflow {
     /// dependencies completed run concurrently (on the calling task), each sees `input`
     /// merged with its dependencies' outputs in their declaration order; a failed task's
     /// dependants are skipped; a panicking task fails that task only. For executions that
-    /// survive a crash, the durable runner (to come) runs the same core over the ledger.
+    /// survive a crash, [`DefaultRunner`](crate::DefaultRunner) runs the same core over the
+    /// ledger.
     ///
     /// Each attempt runs as a tokio task (so a timeout stops even a task that blocks its
     /// thread, on a multi-thread runtime): call it inside a tokio runtime with the timer
