@@ -1,8 +1,9 @@
 //! [`WorkflowStore`] for [`SledLedger`]: tree `workflows` of the ledger's sled database.
 //!
 //! Keys (ids big-endian, so scans run in id order):
-//! - `E id`: the execution row (its start and claim, status and end), sealed;
-//! - `U id`: present while the execution has not ended (what claims scan);
+//! - `U id`: the row of an execution that has not ended (its start and claim), sealed:
+//!   what claims scan;
+//! - `E id`: the row of an ended execution (moved from `U id` by its end), sealed;
 //! - `T id task`: a task's outcome, sealed;
 //! - `N`: the last execution id handed out.
 //!
@@ -79,7 +80,10 @@ impl SledLedger {
     }
 
     fn row(&self, id: u64) -> Result<Option<ExecutionRow>, LedgerError> {
-        self.wf_get(&key(b'E', id), || format!("execution {id}"))
+        match self.wf_get(&key(b'U', id), || format!("execution {id}"))? {
+            Some(row) => Ok(Some(row)),
+            None => self.wf_get(&key(b'E', id), || format!("execution {id}")),
+        }
     }
 
     fn stored(&self, row: ExecutionRow) -> Result<StoredExecution, LedgerError> {
@@ -119,10 +123,9 @@ impl SledLedger {
                     end: None,
                 };
                 batch.insert(
-                    key(b'E', s.id),
+                    key(b'U', s.id),
                     self.wf_encode(format!("execution {}", s.id), &row)?,
                 );
-                batch.insert(key(b'U', s.id), &[][..]);
                 *slot = Some(row);
             }
         }
@@ -155,11 +158,11 @@ impl SledLedger {
             row.status = end.status;
             row.end = Some(end.clone());
             let id = end.execution_id;
+            batch.remove(key(b'U', id));
             batch.insert(
                 key(b'E', id),
                 self.wf_encode(format!("execution {id}"), &*row)?,
             );
-            batch.remove(key(b'U', id));
         }
         self.workflows
             .apply_batch(batch)
@@ -178,6 +181,19 @@ impl SledLedger {
         Ok(rows.get(&id).is_some_and(Option::is_some))
     }
 
+    /// A `U id` entry of a scan: its key and row.
+    fn unfinished_row(
+        &self,
+        entry: sled::Result<(sled::IVec, sled::IVec)>,
+    ) -> Result<(sled::IVec, ExecutionRow), LedgerError> {
+        let (k, bytes) = entry.map_err(|e| self.wf_read_error(e))?;
+        let location = self.path().display().to_string();
+        let row = decode_sealed(&bytes).map_err(frame_error(BACKEND, &location, || {
+            "an unfinished execution".to_owned()
+        }))?;
+        Ok((k, row))
+    }
+
     fn claim_now(
         &self,
         owner: &str,
@@ -192,31 +208,14 @@ impl SledLedger {
             if out.len() >= limit {
                 break;
             }
-            let (k, _) = entry.map_err(|e| self.wf_read_error(e))?;
-            let id = k
-                .get(1..9)
-                .and_then(|b| <[u8; 8]>::try_from(b).ok())
-                .map(u64::from_be_bytes)
-                .ok_or_else(|| {
-                    crate::sled_backend::corrupt_at(
-                        self.path(),
-                        "a malformed key in tree `workflows`",
-                    )
-                })?;
-            let Some(mut row) = self.row(id)? else {
-                continue;
-            };
-            if row.end.is_some()
-                || (row.execution.owner != owner && row.execution.lease_until_unix_us >= now)
-            {
+            let (k, mut row) = self.unfinished_row(entry)?;
+            if row.execution.owner != owner && row.execution.lease_until_unix_us >= now {
                 continue;
             }
             row.execution.owner = owner.to_owned();
             row.execution.lease_until_unix_us = until;
-            batch.insert(
-                key(b'E', id),
-                self.wf_encode(format!("execution {id}"), &row)?,
-            );
+            let id = row.execution.id;
+            batch.insert(k, self.wf_encode(format!("execution {id}"), &row)?);
             out.push(self.stored(row)?);
         }
         self.workflows
@@ -230,23 +229,11 @@ impl SledLedger {
         let mut batch = sled::Batch::default();
         let mut renewed = 0;
         for entry in self.workflows.scan_prefix([b'U']) {
-            let (k, _) = entry.map_err(|e| self.wf_read_error(e))?;
-            let Some(id) = k
-                .get(1..9)
-                .and_then(|b| <[u8; 8]>::try_from(b).ok())
-                .map(u64::from_be_bytes)
-            else {
-                continue;
-            };
-            let Some(mut row) = self.row(id)? else {
-                continue;
-            };
-            if row.end.is_none() && row.execution.owner == owner {
+            let (k, mut row) = self.unfinished_row(entry)?;
+            if row.execution.owner == owner {
                 row.execution.lease_until_unix_us = until;
-                batch.insert(
-                    key(b'E', id),
-                    self.wf_encode(format!("execution {id}"), &row)?,
-                );
+                let id = row.execution.id;
+                batch.insert(k, self.wf_encode(format!("execution {id}"), &row)?);
                 renewed += 1;
             }
         }

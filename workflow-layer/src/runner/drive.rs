@@ -35,7 +35,7 @@ pub(super) enum Control {
 /// An execution to drive.
 pub(super) struct Run {
     pub(super) id: u64,
-    workflow: Workflow,
+    workflow: Arc<Workflow>,
     input: Option<Context<Value>>,
     /// For a resumed execution: what the store holds.
     stored: Option<StoredExecution>,
@@ -43,7 +43,7 @@ pub(super) struct Run {
 }
 
 impl Run {
-    pub(super) fn fresh(id: u64, workflow: Workflow, input: Context<Value>, at: i64) -> Self {
+    pub(super) fn fresh(id: u64, workflow: Arc<Workflow>, input: Context<Value>, at: i64) -> Self {
         Self {
             id,
             workflow,
@@ -53,7 +53,7 @@ impl Run {
         }
     }
 
-    pub(super) fn resumed(workflow: Workflow, stored: StoredExecution) -> Self {
+    pub(super) fn resumed(workflow: Arc<Workflow>, stored: StoredExecution) -> Self {
         Self {
             id: stored.execution.id,
             workflow,

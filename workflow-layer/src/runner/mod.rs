@@ -122,7 +122,7 @@ pub(crate) struct Inner {
     store: Arc<dyn WorkflowStore>,
     recorder: Recorder,
     config: RunnerConfig,
-    workflows: RwLock<HashMap<String, Workflow>>,
+    workflows: RwLock<HashMap<String, Arc<Workflow>>>,
     live: Mutex<HashMap<u64, Live>>,
     /// Executions claimed at start whose workflow is not known yet.
     orphans: Mutex<Vec<cloacina_ledger::StoredExecution>>,
@@ -235,7 +235,7 @@ impl DefaultRunner {
                 }
                 return Ok(());
             }
-            known.insert(name.clone(), workflow);
+            known.insert(name.clone(), Arc::new(workflow));
         }
         let adopted: Vec<_> = {
             let mut orphans = lock(&self.inner.orphans);
@@ -317,7 +317,7 @@ impl DefaultRunner {
             .execution(id)
             .await?
             .ok_or(RunnerError::UnknownExecution(id))?;
-        match stored::result(&stored, self.known(&stored.execution.workflow).as_ref()) {
+        match stored::result(&stored, self.known(&stored.execution.workflow).as_deref()) {
             Some(result) => Ok(result),
             None => Err(RunnerError::NotHere {
                 id,
@@ -418,7 +418,7 @@ impl DefaultRunner {
         Ok(())
     }
 
-    fn known(&self, name: &str) -> Option<Workflow> {
+    fn known(&self, name: &str) -> Option<Arc<Workflow>> {
         let known = self
             .inner
             .workflows
@@ -428,15 +428,18 @@ impl DefaultRunner {
     }
 
     /// The registered workflow `name`, or the declared one (then registered).
-    fn resolve(&self, name: &str) -> Result<Workflow, RunnerError> {
+    fn resolve(&self, name: &str) -> Result<Arc<Workflow>, RunnerError> {
         if let Some(w) = self.known(name) {
             return Ok(w);
         }
         match crate::declared_workflow(name) {
             Some(built) => {
-                let workflow = built?;
-                self.register_workflow(workflow.clone())?;
-                Ok(workflow)
+                self.register_workflow(built?)?;
+                self.known(name)
+                    .ok_or_else(|| RunnerError::UnknownWorkflow {
+                        name: name.to_owned(),
+                        known: "(registered and removed at once)".into(),
+                    })
             }
             None => {
                 let mut names: Vec<String> = self
