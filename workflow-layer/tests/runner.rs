@@ -426,3 +426,58 @@ async fn a_deferred_task_frees_its_slot() {
     );
     assert_eq!(a.final_context.get("waited"), Some(&json!(true)));
 }
+
+/// Shutdown with a paused execution returns (the execution stays unfinished in the store),
+/// and a restarted runner finishes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_leaves_a_paused_execution_for_the_next_start() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = format!("sled://{}", dir.path().join("wf").display());
+    let runs = Arc::new(AtomicU32::new(0));
+    let gate = Arc::new(tokio::sync::Notify::new());
+    let opened = Arc::clone(&gate);
+    let first = FnTask::new("first", [] as [&str; 0], move |ctx: Context| {
+        let opened = Arc::clone(&opened);
+        async move {
+            opened.notified().await;
+            Ok(ctx)
+        }
+    });
+    let workflow = |first: FnTask| {
+        Workflow::builder("gated")
+            .task(first)
+            .task(counted("second", &["first"], &runs))
+            .build()
+            .expect("valid")
+    };
+    let runner = DefaultRunner::new(&url).await.expect("runner");
+    runner.register_workflow(workflow(first)).expect("register");
+    let id = runner
+        .schedule("gated", Context::new())
+        .await
+        .expect("schedule");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    runner.pause(id).expect("pause");
+    let stopping = {
+        let runner = runner.clone();
+        tokio::spawn(async move { runner.shutdown().await })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    gate.notify_one(); // `first` ends while paused: `second` must not start
+    tokio::time::timeout(Duration::from_secs(10), stopping)
+        .await
+        .expect("shutdown returned")
+        .expect("joined")
+        .expect("shutdown");
+    assert_eq!(runs.load(Ordering::SeqCst), 0);
+    drop(runner);
+
+    let runner = DefaultRunner::new(&url).await.expect("restart");
+    let never = FnTask::new("first", [] as [&str; 0], |_ctx: Context| async move {
+        Err(TaskError::failed("first ran again"))
+    });
+    runner.register_workflow(workflow(never)).expect("register");
+    let result = runner.wait(id).await.expect("resumed");
+    assert_eq!(result.status, WorkflowStatus::Completed, "{result:?}");
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+}

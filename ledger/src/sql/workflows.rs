@@ -187,10 +187,12 @@ pub(crate) fn stage<'a>(
         .filter(|t| seen.insert((t.execution_id, t.task.as_str())))
         .collect();
     let mut seen = HashSet::new();
-    let ends = ends
+    let mut ends: Vec<&ExecutionEndRecord> = ends
         .into_iter()
         .filter(|e| seen.insert(e.execution_id))
         .collect();
+    // Rows are updated (locked) in id order, as lease renewal locks them.
+    ends.sort_by_key(|e| e.execution_id);
     Ok(Staged {
         starts,
         tasks,

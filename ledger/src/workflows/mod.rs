@@ -217,16 +217,19 @@ pub(crate) fn by_kind(
 }
 
 /// Checks what no backend can store: an end that says Running, an id beyond `i64` for the
-/// SQL backends, a NUL in a name.
+/// SQL backends, a NUL in a name or an error text (PostgreSQL refuses it).
 pub(crate) fn check_batch(
     backend: &'static str,
     batch: &[WorkflowRecord],
 ) -> Result<(), crate::LedgerError> {
     let reject = |message: String| crate::LedgerError::Rejected { backend, message };
     for r in batch {
-        let (id, names): (u64, [&str; 2]) = match r {
-            WorkflowRecord::Started(s) => (s.id, [&s.workflow, &s.owner]),
-            WorkflowRecord::Task(t) => (t.execution_id, [&t.task, ""]),
+        let (id, texts): (u64, [&str; 3]) = match r {
+            WorkflowRecord::Started(s) => (s.id, [&s.workflow, &s.version, &s.owner]),
+            WorkflowRecord::Task(t) => (
+                t.execution_id,
+                [&t.task, t.error.as_deref().unwrap_or(""), ""],
+            ),
             WorkflowRecord::Ended(e) => {
                 if e.status == ExecutionStatus::Running {
                     return Err(reject(format!(
@@ -234,14 +237,16 @@ pub(crate) fn check_batch(
                         e.execution_id
                     )));
                 }
-                (e.execution_id, ["", ""])
+                (e.execution_id, [e.error.as_deref().unwrap_or(""), "", ""])
             }
         };
         if id == 0 || id > i64::MAX as u64 {
             return Err(reject(format!("execution id {id} is outside 1..=2^63-1")));
         }
-        if let Some(name) = names.iter().find(|n| n.contains('\0')) {
-            return Err(reject(format!("name {name:?} contains a NUL byte")));
+        if let Some(text) = texts.iter().find(|n| n.contains('\0')) {
+            return Err(reject(format!(
+                "text {text:?} of execution {id} contains a NUL byte"
+            )));
         }
     }
     Ok(())

@@ -131,9 +131,17 @@ impl SledLedger {
         }
         let mut written_tasks: std::collections::HashSet<(u64, &str)> = Default::default();
         for t in tasks {
-            if !self.load_row(&mut rows, t.execution_id)?
-                || !written_tasks.insert((t.execution_id, &t.task))
-            {
+            let id = t.execution_id;
+            // Existence only: a row this batch holds, or a key in the tree (not decoded).
+            let exists = match rows.get(&id) {
+                Some(row) => row.is_some(),
+                None => {
+                    let has = |kind| self.workflows.contains_key(key(kind, id));
+                    has(b'U').map_err(|e| self.wf_read_error(e))?
+                        || has(b'E').map_err(|e| self.wf_read_error(e))?
+                }
+            };
+            if !exists || !written_tasks.insert((id, &t.task)) {
                 continue;
             }
             let k = task_key(t.execution_id, &t.task);

@@ -39,8 +39,9 @@ pub struct RunnerConfig {
     /// When records are durable (default [`WorkflowDurability::Batched`]).
     pub durability: WorkflowDurability,
     /// This runner's name in the store's claims (default `"local"`). A runner restarted
-    /// with the same name resumes its executions at once; several runners sharing a store
-    /// need distinct names.
+    /// with the same name resumes its executions at once. Two processes running at the same
+    /// time on one store must have distinct names: with the same name, each would resume
+    /// the other's unfinished executions (and run their remaining tasks twice).
     pub runner_id: String,
     /// How long a claim holds without renewal (default 30 s; renewed every third of it).
     /// Another runner takes over an execution whose lease expired.

@@ -149,6 +149,11 @@ pub(super) async fn drive(
     let mut running = FuturesUnordered::new();
     loop {
         let mode = *control.borrow();
+        if mode == Control::Detached && running.is_empty() {
+            // Paused at shutdown: left unfinished; the next runner start resumes it.
+            let result = end(&state, &mut results, WorkflowStatus::Paused, None);
+            return Ok(Arc::new(result));
+        }
         if mode == Control::Running {
             for i in ready.drain(..) {
                 let task = Arc::clone(&tasks[i]);
@@ -177,11 +182,7 @@ pub(super) async fn drive(
                     }
                     Control::Paused => inner.emit(id, &name, || Ev::Paused),
                     Control::Running => inner.emit(id, &name, || Ev::Unpaused),
-                    Control::Detached if running.is_empty() => {
-                        // Left unfinished: the next runner start resumes it.
-                        let result = end(&state, &mut results, WorkflowStatus::Paused, None);
-                        return Ok(Arc::new(result));
-                    }
+                    // Handled at the top of the loop once nothing runs.
                     Control::Detached => {}
                 }
             }
@@ -208,7 +209,8 @@ pub(super) async fn drive(
                         }, Ev::TaskCompleted { task: task_id, attempts })
                     }
                     Err(e) => {
-                        let error = e.to_string();
+                        // No store keeps NUL in text (PostgreSQL refuses it).
+                        let error = e.to_string().replace('\0', "\\0");
                         tracing::warn!(execution = id, workflow = %name, task = %task_id, attempts,
                             %error, "task failed");
                         results[i].error = Some(error.clone());

@@ -188,7 +188,9 @@ impl DefaultRunner {
             ledger,
             store,
             recorder,
-            slots: Arc::new(Semaphore::new(config.concurrency.max(1))),
+            slots: Arc::new(Semaphore::new(
+                config.concurrency.clamp(1, Semaphore::MAX_PERMITS),
+            )),
             config,
             workflows: RwLock::new(HashMap::new()),
             live: Mutex::new(HashMap::new()),
@@ -263,7 +265,8 @@ impl DefaultRunner {
 
     /// Starts workflow `name` on `input` and returns its execution id once its start is
     /// recorded (so it runs to its end even if this process dies now: a restarted runner
-    /// resumes it). Does not wait for it to run.
+    /// resumes it). Does not wait for it to run. If `shutdown` began meanwhile, the start is
+    /// recorded but the execution does not run here: it runs at the next runner start.
     pub async fn schedule(&self, name: &str, input: Context<Value>) -> Result<u64, RunnerError> {
         if !self.inner.accepting.load(Ordering::Acquire) {
             return Err(RunnerError::ShuttingDown);
@@ -377,7 +380,11 @@ impl DefaultRunner {
     /// every record is written and flushed to stable storage when it returns, and the
     /// runner holds the store only until it is dropped.
     pub async fn shutdown(&self) -> Result<(), RunnerError> {
-        self.inner.accepting.store(false, Ordering::Release);
+        {
+            // Under the live lock: a spawn either happened (and is drained) or sees this.
+            let _live = lock(&self.inner.live);
+            self.inner.accepting.store(false, Ordering::Release);
+        }
         loop {
             let drained = self.inner.drained.notified();
             let paused: Vec<u64> = {
@@ -407,6 +414,12 @@ impl DefaultRunner {
                 id,
                 reason: "it is not running here (ended, unknown, or held by another runner)".into(),
             });
+        };
+        // Paused after shutdown began: nothing would ever resume it here.
+        let to = if to == Control::Paused && !self.inner.accepting.load(Ordering::Acquire) {
+            Control::Detached
+        } else {
+            to
         };
         l.control.send_if_modified(|c| {
             let change = *c != to && *c != Control::Cancelled;
@@ -518,20 +531,52 @@ impl DefaultRunner {
         self.spawn(Run::resumed(workflow, stored));
     }
 
+    /// Starts the driver of `run`, unless the runner is shutting down: then the execution
+    /// stays unfinished in the store and the next runner start resumes it.
     fn spawn(&self, run: Run) {
         let (control, control_rx) = watch::channel(Control::Running);
         let (done, result) = watch::channel(None);
-        lock(&self.inner.live).insert(run.id, Live { control, result });
+        {
+            let mut live = lock(&self.inner.live);
+            // Checked under the lock `shutdown` reads the live map with: a driver either
+            // counts for its drain or does not start.
+            if !self.inner.accepting.load(Ordering::Acquire) {
+                tracing::info!(
+                    execution = run.id,
+                    "runner shutting down: execution left for the next start"
+                );
+                return;
+            }
+            live.insert(run.id, Live { control, result });
+        }
         let inner = Arc::clone(&self.inner);
         tokio::spawn(async move {
             let id = run.id;
+            // Off the live map however the driver ends (a panic included), so shutdown
+            // never waits for a driver that is gone.
+            let _gone = LiveGuard {
+                inner: Arc::clone(&inner),
+                id,
+            };
             let outcome = drive::drive(&inner, run, control_rx).await;
             // Off the live map first: a status query from now on reads the store, which
             // holds the end (recorded before the driver returned).
-            lock(&inner.live).remove(&id);
+            drop(_gone);
             let _ = done.send(Some(outcome));
-            inner.drained.notify_waiters();
         });
+    }
+}
+
+/// Removes an execution from the live map when its driver ends.
+struct LiveGuard {
+    inner: Arc<Inner>,
+    id: u64,
+}
+
+impl Drop for LiveGuard {
+    fn drop(&mut self) {
+        lock(&self.inner.live).remove(&self.id);
+        self.inner.drained.notify_waiters();
     }
 }
 

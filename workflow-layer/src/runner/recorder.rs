@@ -113,13 +113,14 @@ async fn run(
             first = rx.recv(), if closing.is_none() && in_flight.len() < max_in_flight => {
                 let Some(first) = first else { break };
                 let mut batch: Vec<WorkflowRecord> = Vec::new();
-                let mut acks: Vec<Ack> = Vec::new();
+                // Per sender: where its records start in the batch, and its answer.
+                let mut acks: Vec<(usize, Ack)> = Vec::new();
                 let mut next = Some(first);
                 while let Some(msg) = next.take() {
                     match msg {
                         Msg::Records(records, ack) => {
+                            acks.push((batch.len(), ack));
                             batch.extend(records);
-                            acks.push(ack);
                         }
                         Msg::Close(done) => {
                             closing = Some(done);
@@ -140,8 +141,28 @@ async fn run(
                         metrics::counter!("cloacina_workflow_records_total")
                             .increment(batch.len() as u64);
                         metrics::counter!("cloacina_workflow_commits_total").increment(1);
-                        for ack in acks {
-                            let _ = ack.send(outcome.clone());
+                        match outcome {
+                            Err(e) if !e.is_transient() && acks.len() > 1 => {
+                                // One sender's bad record must not fail the others: each
+                                // sender's records again, on their own.
+                                tracing::warn!(error = %e, senders = acks.len(),
+                                    "workflow batch refused; writing each execution's records alone");
+                                let ends: Vec<usize> = acks
+                                    .iter()
+                                    .skip(1)
+                                    .map(|(start, _)| *start)
+                                    .chain([batch.len()])
+                                    .collect();
+                                for ((start, ack), end) in acks.into_iter().zip(ends) {
+                                    let alone = write(&*store, &batch[start..end], commit).await;
+                                    let _ = ack.send(alone);
+                                }
+                            }
+                            outcome => {
+                                for (_, ack) in acks {
+                                    let _ = ack.send(outcome.clone());
+                                }
+                            }
                         }
                     }));
                 }

@@ -284,8 +284,11 @@ impl PostgresLedger {
         owner: &str,
         until: i64,
     ) -> Result<u64, LedgerError> {
+        // Rows locked in id order, as ends lock them: no deadlock with a concurrent write.
         let done = sqlx::query(
-            "UPDATE wf_executions SET lease_until_us = $1 WHERE status = 0 AND owner = $2",
+            "UPDATE wf_executions SET lease_until_us = $1 WHERE id IN ( \
+                 SELECT id FROM wf_executions WHERE status = 0 AND owner = $2 \
+                 ORDER BY id FOR UPDATE)",
         )
         .bind(until)
         .bind(owner)
