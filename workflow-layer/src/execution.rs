@@ -57,30 +57,26 @@ pub enum WorkflowStatus {
     Paused,
 }
 
-/// The execution state of one run of a workflow (sans-IO).
-#[derive(Debug, Clone)]
-pub struct ExecutionState {
-    initial: Context<Value>,
+/// What every execution of one workflow shares: task ids, rules, dependency positions,
+/// dependants and the execution order. Computed once, when the workflow is built.
+#[derive(Debug, Default)]
+pub(crate) struct Plan {
     ids: Vec<String>,
     rules: Vec<Option<TriggerRule>>,
-    states: Vec<TaskState>,
-    outputs: Vec<Option<Context<Value>>>,
-    /// Per task: dependencies not final yet.
-    waiting: Vec<usize>,
     /// Per task: its dependencies' positions, in declaration order.
     deps: Vec<Vec<usize>>,
     /// Per task: positions of the tasks depending on it.
     dependents: Vec<Vec<usize>>,
     /// Execution order (for deterministic final merges).
     order: Vec<usize>,
-    unfinished: usize,
 }
 
-impl ExecutionState {
-    /// A fresh execution of `workflow` on `initial`: tasks without dependencies are Ready
-    /// (or Skipped, if their trigger rule does not hold on `initial`).
-    pub fn new(workflow: &Workflow, initial: Context<Value>) -> Self {
-        let tasks = workflow.tasks();
+impl Plan {
+    /// The plan of `tasks`, run in `order` (ids, as the DAG sorted them).
+    pub(crate) fn new<'a>(
+        tasks: &[std::sync::Arc<dyn crate::Task>],
+        order: impl Iterator<Item = &'a str>,
+    ) -> Self {
         let position = |id: &str| tasks.iter().position(|t| t.id() == id);
         let deps: Vec<Vec<usize>> = tasks
             .iter()
@@ -100,25 +96,45 @@ impl ExecutionState {
                 dependents[d].push(i);
             }
         }
-        let waiting: Vec<usize> = deps.iter().map(Vec::len).collect();
-        let order = workflow.order().filter_map(|t| position(t.id())).collect();
-        let mut state = Self {
-            initial,
+        Self {
             ids: tasks.iter().map(|t| t.id().to_owned()).collect(),
             rules: tasks.iter().map(|t| t.trigger_rule().cloned()).collect(),
-            states: vec![TaskState::NotStarted; tasks.len()],
-            outputs: vec![None; tasks.len()],
-            waiting,
             deps,
             dependents,
-            order,
-            unfinished: tasks.len(),
+            order: order.filter_map(position).collect(),
+        }
+    }
+}
+
+/// The execution state of one run of a workflow (sans-IO).
+#[derive(Debug, Clone)]
+pub struct ExecutionState {
+    initial: Context<Value>,
+    plan: std::sync::Arc<Plan>,
+    states: Vec<TaskState>,
+    outputs: Vec<Option<Context<Value>>>,
+    /// Per task: dependencies not final yet.
+    waiting: Vec<usize>,
+    unfinished: usize,
+}
+
+impl ExecutionState {
+    /// A fresh execution of `workflow` on `initial`: tasks without dependencies are Ready
+    /// (or Skipped, if their trigger rule does not hold on `initial`).
+    pub fn new(workflow: &Workflow, initial: Context<Value>) -> Self {
+        let plan = workflow.plan();
+        let n = plan.ids.len();
+        let waiting: Vec<usize> = plan.deps.iter().map(Vec::len).collect();
+        let mut state = Self {
+            initial,
+            plan,
+            states: vec![TaskState::NotStarted; n],
+            outputs: vec![None; n],
+            waiting,
+            unfinished: n,
         };
-        let roots: Vec<usize> = (0..tasks.len())
-            .filter(|&i| state.waiting[i] == 0)
-            .collect();
-        for i in roots {
-            if state.decide(i) {
+        for i in 0..n {
+            if state.waiting[i] == 0 && state.decide(i) {
                 state.release(i);
             }
         }
@@ -133,7 +149,7 @@ impl ExecutionState {
     /// Takes every Ready task (in execution order), marking it Running.
     pub fn start_ready(&mut self) -> Vec<usize> {
         let mut started = Vec::new();
-        for &i in &self.order {
+        for &i in &self.plan.order {
             if self.states[i] == TaskState::Ready {
                 self.states[i] = TaskState::Running;
                 started.push(i);
@@ -146,7 +162,7 @@ impl ExecutionState {
     /// in their declaration order (a later dependency wins on a shared key).
     pub fn input_for(&self, i: usize) -> Context<Value> {
         let mut input = self.initial.clone();
-        for &d in self.deps.get(i).map_or(&[][..], Vec::as_slice) {
+        for &d in self.plan.deps.get(i).map_or(&[][..], Vec::as_slice) {
             if let Some(Some(output)) = self.outputs.get(d) {
                 input.merge(output);
             }
@@ -194,7 +210,7 @@ impl ExecutionState {
     /// The execution's input merged with every completed task's output, in execution order.
     pub fn final_context(&self) -> Context<Value> {
         let mut ctx = self.initial.clone();
-        for &i in &self.order {
+        for &i in &self.plan.order {
             if let Some(output) = &self.outputs[i] {
                 ctx.merge(output);
             }
@@ -220,8 +236,8 @@ impl ExecutionState {
     fn release(&mut self, first: usize) {
         let mut finished = vec![first];
         while let Some(done) = finished.pop() {
-            for k in 0..self.dependents[done].len() {
-                let next = self.dependents[done][k];
+            let plan = std::sync::Arc::clone(&self.plan);
+            for &next in &plan.dependents[done] {
                 self.waiting[next] -= 1;
                 if self.waiting[next] == 0 && self.decide(next) {
                     finished.push(next);
@@ -237,14 +253,15 @@ impl ExecutionState {
         if self.states[i] != TaskState::NotStarted {
             return false;
         }
-        let runs = match &self.rules[i] {
-            None => self.deps[i]
+        let plan = std::sync::Arc::clone(&self.plan);
+        let runs = match &plan.rules[i] {
+            None => plan.deps[i]
                 .iter()
                 .all(|&d| self.states[d] == TaskState::Completed),
             Some(rule) => {
                 let input = self.input_for(i);
                 let state = |id: &str| {
-                    self.ids
+                    plan.ids
                         .iter()
                         .position(|t| t == id)
                         .map(|p| self.states[p])

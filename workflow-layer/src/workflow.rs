@@ -92,6 +92,8 @@ pub struct Workflow {
     tasks: Vec<Arc<dyn Task>>,
     dag: Dag,
     version: String,
+    /// What every execution shares (see [`ExecutionState`](crate::ExecutionState)).
+    plan: Arc<crate::execution::Plan>,
 }
 
 impl std::fmt::Debug for Workflow {
@@ -108,6 +110,10 @@ impl std::fmt::Debug for Workflow {
 }
 
 impl Workflow {
+    pub(crate) fn plan(&self) -> Arc<crate::execution::Plan> {
+        Arc::clone(&self.plan)
+    }
+
     /// Starts a workflow named `name`.
     pub fn builder(name: impl Into<String>) -> WorkflowBuilder {
         WorkflowBuilder {
@@ -249,13 +255,19 @@ impl WorkflowBuilder {
             }
         }
         let version = version(&workflow, &self.tasks);
-        Ok(Workflow {
+        let mut built = Workflow {
             name: workflow,
             description: self.description,
             tasks: self.tasks,
             dag,
             version,
-        })
+            plan: Arc::new(crate::execution::Plan::default()),
+        };
+        built.plan = Arc::new(crate::execution::Plan::new(
+            &built.tasks,
+            built.order().map(|t| t.id()),
+        ));
+        Ok(built)
     }
 }
 
