@@ -1,14 +1,18 @@
 //! [`WorkflowStore`] for [`SledLedger`]: tree `workflows` of the ledger's sled database.
 //!
-//! Keys (ids big-endian, so scans run in id order):
-//! - `U id`: the row of an execution that has not ended (its start and claim), sealed:
-//!   what claims scan;
+//! Keys (ids big-endian, so scans run in id order), one row per execution holding its
+//! start and claim, its task outcomes (by task id) and its end:
+//! - `U id`: the row of an execution that has not ended, sealed: what claims scan;
 //! - `E id`: the row of an ended execution (moved from `U id` by its end), sealed;
-//! - `T id task`: a task's outcome, sealed;
 //! - `N`: the last execution id handed out.
+//!
+//! One key per execution rather than one per task outcome: sled's cost is per key written
+//! (a simple execution is 3 key writes: its start, then its end moving the row).
 //!
 //! One write is one sled batch, applied under the store's write lock (first-wins checks
 //! read what they then write); [`Commit::Durable`] ends with the ledger's flush.
+
+use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
@@ -23,11 +27,13 @@ use crate::{Commit, LedgerError, LedgerFuture, SledLedger};
 const BACKEND: &str = "sled";
 const LAST_ID_KEY: &[u8] = b"N";
 
-/// What `E id` holds.
+/// What `U id` and `E id` hold.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct ExecutionRow {
     execution: ExecutionRecord,
     status: ExecutionStatus,
+    /// Task outcomes, sorted by task id (one each: the first recorded).
+    tasks: Vec<TaskRecord>,
     end: Option<ExecutionEndRecord>,
 }
 
@@ -35,12 +41,6 @@ fn key(kind: u8, id: u64) -> Vec<u8> {
     let mut k = Vec::with_capacity(9);
     k.push(kind);
     k.extend_from_slice(&id.to_be_bytes());
-    k
-}
-
-fn task_key(id: u64, task: &str) -> Vec<u8> {
-    let mut k = key(b'T', id);
-    k.extend_from_slice(task.as_bytes());
     k
 }
 
@@ -87,21 +87,10 @@ impl SledLedger {
     }
 
     fn stored(&self, row: ExecutionRow) -> Result<StoredExecution, LedgerError> {
-        let id = row.execution.id;
-        let mut tasks = Vec::new();
-        let location = self.path().display().to_string();
-        for entry in self.workflows.scan_prefix(key(b'T', id)) {
-            let (_, bytes) = entry.map_err(|e| self.wf_read_error(e))?;
-            let task: TaskRecord =
-                decode_sealed(&bytes).map_err(frame_error(BACKEND, &location, || {
-                    format!("a task outcome of execution {id}")
-                }))?;
-            tasks.push(task);
-        }
         Ok(StoredExecution {
             execution: row.execution,
             status: row.status,
-            tasks,
+            tasks: row.tasks,
             end: row.end,
         })
     }
@@ -110,9 +99,9 @@ impl SledLedger {
         check_batch(BACKEND, records)?;
         let _guard = self.wf_lock()?;
         let (starts, tasks, ends) = by_kind(records);
-        let mut batch = sled::Batch::default();
-        // Rows this batch wrote or read, by id: later records of the batch see them.
-        let mut rows: std::collections::HashMap<u64, Option<ExecutionRow>> = Default::default();
+        // Rows this batch read or changed, by id, with whether they changed: later records
+        // of the batch see earlier ones.
+        let mut rows: HashMap<u64, Option<(ExecutionRow, bool)>> = HashMap::new();
         for s in starts {
             self.load_row(&mut rows, s.id)?;
             let slot = rows.entry(s.id).or_default();
@@ -120,57 +109,45 @@ impl SledLedger {
                 let row = ExecutionRow {
                     execution: s.clone(),
                     status: ExecutionStatus::Running,
+                    tasks: Vec::new(),
                     end: None,
                 };
-                batch.insert(
-                    key(b'U', s.id),
-                    self.wf_encode(format!("execution {}", s.id), &row)?,
-                );
-                *slot = Some(row);
+                *slot = Some((row, true));
             }
         }
-        let mut written_tasks: std::collections::HashSet<(u64, &str)> = Default::default();
         for t in tasks {
-            let id = t.execution_id;
-            // Existence only: a row this batch holds, or a key in the tree (not decoded).
-            let exists = match rows.get(&id) {
-                Some(row) => row.is_some(),
-                None => {
-                    let has = |kind| self.workflows.contains_key(key(kind, id));
-                    has(b'U').map_err(|e| self.wf_read_error(e))?
-                        || has(b'E').map_err(|e| self.wf_read_error(e))?
-                }
+            self.load_row(&mut rows, t.execution_id)?;
+            let Some(Some((row, changed))) = rows.get_mut(&t.execution_id) else {
+                continue;
             };
-            if !exists || !written_tasks.insert((id, &t.task)) {
-                continue;
+            if let Err(i) = row.tasks.binary_search_by(|r| r.task.as_str().cmp(&t.task)) {
+                row.tasks.insert(i, t.clone());
+                *changed = true;
             }
-            let k = task_key(t.execution_id, &t.task);
-            if self
-                .workflows
-                .contains_key(&k)
-                .map_err(|e| self.wf_read_error(e))?
-            {
-                continue;
-            }
-            let what = format!("task `{}` of execution {}", t.task, t.execution_id);
-            batch.insert(k, self.wf_encode(what, t)?);
         }
         for end in ends {
             self.load_row(&mut rows, end.execution_id)?;
-            let Some(Some(row)) = rows.get_mut(&end.execution_id) else {
+            let Some(Some((row, changed))) = rows.get_mut(&end.execution_id) else {
                 continue;
             };
-            if row.end.is_some() {
-                continue;
+            if row.end.is_none() {
+                row.status = end.status;
+                row.end = Some(end.clone());
+                *changed = true;
             }
-            row.status = end.status;
-            row.end = Some(end.clone());
-            let id = end.execution_id;
-            batch.remove(key(b'U', id));
-            batch.insert(
-                key(b'E', id),
-                self.wf_encode(format!("execution {id}"), &*row)?,
-            );
+        }
+        let mut batch = sled::Batch::default();
+        for (id, slot) in &rows {
+            let Some((row, true)) = slot else {
+                continue;
+            };
+            let value = self.wf_encode(format!("execution {id}"), row)?;
+            if row.end.is_some() {
+                batch.remove(key(b'U', *id));
+                batch.insert(key(b'E', *id), value);
+            } else {
+                batch.insert(key(b'U', *id), value);
+            }
         }
         self.workflows
             .apply_batch(batch)
@@ -180,13 +157,13 @@ impl SledLedger {
     /// Reads row `id` into `rows` unless there; whether the execution exists.
     fn load_row(
         &self,
-        rows: &mut std::collections::HashMap<u64, Option<ExecutionRow>>,
+        rows: &mut HashMap<u64, Option<(ExecutionRow, bool)>>,
         id: u64,
-    ) -> Result<bool, LedgerError> {
+    ) -> Result<(), LedgerError> {
         if let std::collections::hash_map::Entry::Vacant(slot) = rows.entry(id) {
-            slot.insert(self.row(id)?);
+            slot.insert(self.row(id)?.map(|row| (row, false)));
         }
-        Ok(rows.get(&id).is_some_and(Option::is_some))
+        Ok(())
     }
 
     /// A `U id` entry of a scan: its key and row.
