@@ -204,4 +204,11 @@ async fn main() {
             "lat_p99_us": percentile_us(&lat, 0.99).round(),
         })
     );
+    if succeeded != workflows {
+        eprintln!(
+            "wf_bench: {} of {workflows} workflows did not end Completed",
+            workflows - succeeded
+        );
+        std::process::exit(1);
+    }
 }

@@ -35,37 +35,75 @@ WHERE e.id = u.id AND e.status = 0";
 
 /// The whole batch as one statement (one round trip, atomic on its own), for a batch whose
 /// tasks and ends refer to no execution it starts: data-modifying CTEs see the table as it
-/// was before the statement. `cfg` makes a Buffered commit asynchronous (`$21`: `off`) or
-/// leaves the server's setting (`$21`: NULL); it is read when the statement commits.
-const WRITE_ONE: &str = "\
-WITH cfg AS (SELECT CASE WHEN $21::TEXT IS NULL THEN NULL
-                         ELSE set_config('synchronous_commit', $21::TEXT, true) END AS v),
-s AS (
-    INSERT INTO wf_executions (id, workflow, version, input, created_at_us, owner, lease_until_us, status)
-    SELECT u.id, u.workflow, u.version, u.input, u.created, u.owner, u.lease, 0
-    FROM UNNEST($1::BIGINT[], $2::TEXT[], $3::TEXT[], $4::BYTEA[], $5::BIGINT[], $6::TEXT[], $7::BIGINT[])
-         AS u(id, workflow, version, input, created, owner, lease)
-    ON CONFLICT (id) DO NOTHING
-    RETURNING 1
-),
-t AS (
-    INSERT INTO wf_tasks (execution_id, task, outcome, attempts, output, error, started_at_us, finished_at_us)
-    SELECT u.id, u.task, u.outcome, u.attempts, u.output, u.error, u.started, u.finished
-    FROM UNNEST($8::BIGINT[], $9::TEXT[], $10::BIGINT[], $11::BIGINT[], $12::BYTEA[], $13::TEXT[], $14::BIGINT[], $15::BIGINT[])
-         AS u(id, task, outcome, attempts, output, error, started, finished)
-    WHERE EXISTS (SELECT 1 FROM wf_executions e WHERE e.id = u.id)
-    ON CONFLICT (execution_id, task) DO NOTHING
-    RETURNING 1
-),
-e AS (
-    UPDATE wf_executions e
-    SET status = u.status, final_context = u.ctx, error = u.error, finished_at_us = u.at
-    FROM UNNEST($16::BIGINT[], $17::BIGINT[], $18::BYTEA[], $19::TEXT[], $20::BIGINT[])
-         AS u(id, status, ctx, error, at)
-    WHERE e.id = u.id AND e.status = 0
-    RETURNING 1
-)
-SELECT (SELECT count(*) FROM cfg WHERE v IS NOT NULL OR v IS NULL)";
+/// was before the statement. Only the parts the batch has are in it (planning is per
+/// execution, see `open.rs`, and costs per part): one text per combination of starts, tasks
+/// and ends. `cfg` (`$1`) makes a Buffered commit asynchronous (`off`) or leaves the
+/// server's setting (NULL); it is read when the statement commits.
+fn write_one_sql(starts: bool, tasks: bool, ends: bool) -> &'static str {
+    static SQL: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    let all = SQL.get_or_init(|| {
+        (0..8u8)
+            .map(|m| build_write_one(m & 1 != 0, m & 2 != 0, m & 4 != 0))
+            .collect()
+    });
+    let m = usize::from(starts) | usize::from(tasks) << 1 | usize::from(ends) << 2;
+    all.get(m).map_or("", String::as_str)
+}
+
+fn build_write_one(starts: bool, tasks: bool, ends: bool) -> String {
+    let mut n = 1; // $1: cfg
+    let mut params = |types: &[&str]| -> String {
+        types
+            .iter()
+            .map(|t| {
+                n += 1;
+                format!("${n}::{t}[]")
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let mut parts = vec!["cfg AS (SELECT CASE WHEN $1::TEXT IS NULL THEN NULL \
+         ELSE set_config('synchronous_commit', $1::TEXT, true) END AS v)"
+        .to_owned()];
+    if starts {
+        let p = params(&[
+            "BIGINT", "TEXT", "TEXT", "BYTEA", "BIGINT", "TEXT", "BIGINT",
+        ]);
+        parts.push(format!(
+            "s AS (INSERT INTO wf_executions \
+             (id, workflow, version, input, created_at_us, owner, lease_until_us, status) \
+             SELECT u.id, u.workflow, u.version, u.input, u.created, u.owner, u.lease, 0 \
+             FROM UNNEST({p}) AS u(id, workflow, version, input, created, owner, lease) \
+             ON CONFLICT (id) DO NOTHING RETURNING 1)"
+        ));
+    }
+    if tasks {
+        let p = params(&[
+            "BIGINT", "TEXT", "BIGINT", "BIGINT", "BYTEA", "TEXT", "BIGINT", "BIGINT",
+        ]);
+        parts.push(format!(
+            "t AS (INSERT INTO wf_tasks \
+             (execution_id, task, outcome, attempts, output, error, started_at_us, finished_at_us) \
+             SELECT u.id, u.task, u.outcome, u.attempts, u.output, u.error, u.started, u.finished \
+             FROM UNNEST({p}) AS u(id, task, outcome, attempts, output, error, started, finished) \
+             WHERE EXISTS (SELECT 1 FROM wf_executions e WHERE e.id = u.id) \
+             ON CONFLICT (execution_id, task) DO NOTHING RETURNING 1)"
+        ));
+    }
+    if ends {
+        let p = params(&["BIGINT", "BIGINT", "BYTEA", "TEXT", "BIGINT"]);
+        parts.push(format!(
+            "e AS (UPDATE wf_executions e \
+             SET status = u.status, final_context = u.ctx, error = u.error, finished_at_us = u.at \
+             FROM UNNEST({p}) AS u(id, status, ctx, error, at) \
+             WHERE e.id = u.id AND e.status = 0 RETURNING 1)"
+        ));
+    }
+    format!(
+        "WITH {} SELECT (SELECT count(*) FROM cfg WHERE v IS NOT NULL OR v IS NULL)",
+        parts.join(", ")
+    )
+}
 
 fn sql_id(id: u64) -> i64 {
     i64::try_from(id).unwrap_or(i64::MAX)
@@ -109,37 +147,46 @@ impl PostgresLedger {
             .any(|id| started.contains(&id));
         if independent {
             let (s, t, e) = (&staged.starts, &staged.tasks, &staged.ends);
-            sqlx::query(WRITE_ONE)
-                .bind(s.iter().map(|r| sql_id(r.id)).collect::<Vec<_>>())
-                .bind(s.iter().map(|r| r.workflow.as_str()).collect::<Vec<_>>())
-                .bind(s.iter().map(|r| r.version.as_str()).collect::<Vec<_>>())
-                .bind(s.iter().map(|r| r.input.as_slice()).collect::<Vec<_>>())
-                .bind(s.iter().map(|r| r.created_at_unix_us).collect::<Vec<_>>())
-                .bind(s.iter().map(|r| r.owner.as_str()).collect::<Vec<_>>())
-                .bind(s.iter().map(|r| r.lease_until_unix_us).collect::<Vec<_>>())
-                .bind(t.iter().map(|r| sql_id(r.execution_id)).collect::<Vec<_>>())
-                .bind(t.iter().map(|r| r.task.as_str()).collect::<Vec<_>>())
-                .bind(
-                    t.iter()
-                        .map(|r| outcome_code(r.outcome))
-                        .collect::<Vec<_>>(),
-                )
-                .bind(t.iter().map(|r| i64::from(r.attempts)).collect::<Vec<_>>())
-                .bind(t.iter().map(|r| r.output.as_slice()).collect::<Vec<_>>())
-                .bind(t.iter().map(|r| r.error.as_deref()).collect::<Vec<_>>())
-                .bind(t.iter().map(|r| r.started_at_unix_us).collect::<Vec<_>>())
-                .bind(t.iter().map(|r| r.finished_at_unix_us).collect::<Vec<_>>())
-                .bind(e.iter().map(|r| sql_id(r.execution_id)).collect::<Vec<_>>())
-                .bind(e.iter().map(|r| r.status.code()).collect::<Vec<_>>())
-                .bind(
-                    e.iter()
-                        .map(|r| r.final_context.as_slice())
-                        .collect::<Vec<_>>(),
-                )
-                .bind(e.iter().map(|r| r.error.as_deref()).collect::<Vec<_>>())
-                .bind(e.iter().map(|r| r.finished_at_unix_us).collect::<Vec<_>>())
-                .bind((commit == Commit::Buffered).then_some("off"))
-                .execute(&self.pool)
+            let sql = write_one_sql(!s.is_empty(), !t.is_empty(), !e.is_empty());
+            let mut q = sqlx::query(sql).bind((commit == Commit::Buffered).then_some("off"));
+            if !s.is_empty() {
+                q = q
+                    .bind(s.iter().map(|r| sql_id(r.id)).collect::<Vec<_>>())
+                    .bind(s.iter().map(|r| r.workflow.as_str()).collect::<Vec<_>>())
+                    .bind(s.iter().map(|r| r.version.as_str()).collect::<Vec<_>>())
+                    .bind(s.iter().map(|r| r.input.as_slice()).collect::<Vec<_>>())
+                    .bind(s.iter().map(|r| r.created_at_unix_us).collect::<Vec<_>>())
+                    .bind(s.iter().map(|r| r.owner.as_str()).collect::<Vec<_>>())
+                    .bind(s.iter().map(|r| r.lease_until_unix_us).collect::<Vec<_>>());
+            }
+            if !t.is_empty() {
+                q = q
+                    .bind(t.iter().map(|r| sql_id(r.execution_id)).collect::<Vec<_>>())
+                    .bind(t.iter().map(|r| r.task.as_str()).collect::<Vec<_>>())
+                    .bind(
+                        t.iter()
+                            .map(|r| outcome_code(r.outcome))
+                            .collect::<Vec<_>>(),
+                    )
+                    .bind(t.iter().map(|r| i64::from(r.attempts)).collect::<Vec<_>>())
+                    .bind(t.iter().map(|r| r.output.as_slice()).collect::<Vec<_>>())
+                    .bind(t.iter().map(|r| r.error.as_deref()).collect::<Vec<_>>())
+                    .bind(t.iter().map(|r| r.started_at_unix_us).collect::<Vec<_>>())
+                    .bind(t.iter().map(|r| r.finished_at_unix_us).collect::<Vec<_>>());
+            }
+            if !e.is_empty() {
+                q = q
+                    .bind(e.iter().map(|r| sql_id(r.execution_id)).collect::<Vec<_>>())
+                    .bind(e.iter().map(|r| r.status.code()).collect::<Vec<_>>())
+                    .bind(
+                        e.iter()
+                            .map(|r| r.final_context.as_slice())
+                            .collect::<Vec<_>>(),
+                    )
+                    .bind(e.iter().map(|r| r.error.as_deref()).collect::<Vec<_>>())
+                    .bind(e.iter().map(|r| r.finished_at_unix_us).collect::<Vec<_>>());
+            }
+            q.execute(&self.pool)
                 .await
                 .map_err(at("cannot record workflow records"))?;
             return Ok(());
