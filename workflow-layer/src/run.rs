@@ -53,6 +53,21 @@ pub struct WorkflowExecutionResult {
     pub task_results: Vec<TaskResult>,
 }
 
+/// A result per task, none started yet.
+pub(crate) fn not_started(tasks: &[Arc<dyn crate::Task>]) -> Vec<TaskResult> {
+    tasks
+        .iter()
+        .map(|t| TaskResult {
+            task_id: t.id().to_owned(),
+            state: TaskState::NotStarted,
+            attempts: 0,
+            error: None,
+            started: None,
+            ended: None,
+        })
+        .collect()
+}
+
 /// Ids of in-process executions (the durable runner takes its ids from its store).
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -71,17 +86,7 @@ impl Workflow {
         let start_time = SystemTime::now();
         let tasks = self.tasks();
         let mut state = ExecutionState::new(self, input);
-        let mut results: Vec<TaskResult> = tasks
-            .iter()
-            .map(|t| TaskResult {
-                task_id: t.id().to_owned(),
-                state: TaskState::NotStarted,
-                attempts: 0,
-                error: None,
-                started: None,
-                ended: None,
-            })
-            .collect();
+        let mut results = not_started(tasks);
         let mut running = FuturesUnordered::new();
         loop {
             for i in state.start_ready() {

@@ -18,7 +18,7 @@ use super::events::ExecutionEventKind as Ev;
 use super::{stored, Inner};
 use crate::run::run_attempts;
 use crate::{
-    Context, ExecutionState, TaskError, TaskResult, TaskState, Workflow, WorkflowExecutionResult,
+    Context, ExecutionState, TaskError, TaskResult, Workflow, WorkflowExecutionResult,
     WorkflowStatus,
 };
 
@@ -83,17 +83,7 @@ pub(super) async fn drive(
     let name = workflow.name().to_owned();
     let start_time = stored::time(created_at_unix_us);
     let tasks = workflow.tasks();
-    let mut results: Vec<TaskResult> = tasks
-        .iter()
-        .map(|t| TaskResult {
-            task_id: t.id().to_owned(),
-            state: TaskState::NotStarted,
-            attempts: 0,
-            error: None,
-            started: None,
-            ended: None,
-        })
-        .collect();
+    let mut results = crate::run::not_started(tasks);
     let end = |state: &ExecutionState,
                results: &mut Vec<TaskResult>,
                status: WorkflowStatus,

@@ -1,7 +1,7 @@
 //! [`PostgresLedger`]'s workflow store: tables `wf_executions` and `wf_tasks`
-//! (`migrations/postgres/0002_workflows.sql`). A write is one transaction of at most three
-//! statements (starts, task outcomes, ends), each taking its rows as arrays (`UNNEST`), so a
-//! group commit costs three round trips whatever its size. Claims take rows with
+//! (`migrations/postgres/0002_workflows.sql`). A write takes its rows as arrays (`UNNEST`):
+//! one statement (one round trip) whatever its size, or, for a batch that starts an
+//! execution and records its tasks too, one transaction of up to three statements. Claims take rows with
 //! `FOR UPDATE SKIP LOCKED`: runners sharing the database never wait on each other's claims
 //! and never take the same execution.
 
@@ -9,7 +9,7 @@ use super::*;
 use crate::sql::workflows::{
     assemble, outcome_code, stage, ExecRow, TaskRow, EXEC_COLUMNS, TASK_COLUMNS,
 };
-use crate::{StoredExecution, WorkflowRecord};
+use crate::{ExecutionEndRecord, ExecutionRecord, StoredExecution, TaskRecord, WorkflowRecord};
 
 const INSERT_STARTS: &str = "\
 INSERT INTO wf_executions (id, workflow, version, input, created_at_us, owner, lease_until_us, status)
@@ -105,6 +105,48 @@ fn build_write_one(starts: bool, tasks: bool, ends: bool) -> String {
     )
 }
 
+type PgQuery<'q> = sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>;
+
+/// Binds execution starts as the 7 arrays the statements unnest.
+fn bind_starts<'q>(q: PgQuery<'q>, s: &[&'q ExecutionRecord]) -> PgQuery<'q> {
+    q.bind(s.iter().map(|r| sql_id(r.id)).collect::<Vec<_>>())
+        .bind(s.iter().map(|r| r.workflow.as_str()).collect::<Vec<_>>())
+        .bind(s.iter().map(|r| r.version.as_str()).collect::<Vec<_>>())
+        .bind(s.iter().map(|r| r.input.as_slice()).collect::<Vec<_>>())
+        .bind(s.iter().map(|r| r.created_at_unix_us).collect::<Vec<_>>())
+        .bind(s.iter().map(|r| r.owner.as_str()).collect::<Vec<_>>())
+        .bind(s.iter().map(|r| r.lease_until_unix_us).collect::<Vec<_>>())
+}
+
+/// Binds task outcomes as the 8 arrays the statements unnest.
+fn bind_tasks<'q>(q: PgQuery<'q>, t: &[&'q TaskRecord]) -> PgQuery<'q> {
+    q.bind(t.iter().map(|r| sql_id(r.execution_id)).collect::<Vec<_>>())
+        .bind(t.iter().map(|r| r.task.as_str()).collect::<Vec<_>>())
+        .bind(
+            t.iter()
+                .map(|r| outcome_code(r.outcome))
+                .collect::<Vec<_>>(),
+        )
+        .bind(t.iter().map(|r| i64::from(r.attempts)).collect::<Vec<_>>())
+        .bind(t.iter().map(|r| r.output.as_slice()).collect::<Vec<_>>())
+        .bind(t.iter().map(|r| r.error.as_deref()).collect::<Vec<_>>())
+        .bind(t.iter().map(|r| r.started_at_unix_us).collect::<Vec<_>>())
+        .bind(t.iter().map(|r| r.finished_at_unix_us).collect::<Vec<_>>())
+}
+
+/// Binds execution ends as the 5 arrays the statements unnest.
+fn bind_ends<'q>(q: PgQuery<'q>, e: &[&'q ExecutionEndRecord]) -> PgQuery<'q> {
+    q.bind(e.iter().map(|r| sql_id(r.execution_id)).collect::<Vec<_>>())
+        .bind(e.iter().map(|r| r.status.code()).collect::<Vec<_>>())
+        .bind(
+            e.iter()
+                .map(|r| r.final_context.as_slice())
+                .collect::<Vec<_>>(),
+        )
+        .bind(e.iter().map(|r| r.error.as_deref()).collect::<Vec<_>>())
+        .bind(e.iter().map(|r| r.finished_at_unix_us).collect::<Vec<_>>())
+}
+
 fn sql_id(id: u64) -> i64 {
     i64::try_from(id).unwrap_or(i64::MAX)
 }
@@ -145,46 +187,18 @@ impl PostgresLedger {
             .map(|t| t.execution_id)
             .chain(staged.ends.iter().map(|e| e.execution_id))
             .any(|id| started.contains(&id));
+        let (s, t, e) = (&staged.starts, &staged.tasks, &staged.ends);
         if independent {
-            let (s, t, e) = (&staged.starts, &staged.tasks, &staged.ends);
             let sql = write_one_sql(!s.is_empty(), !t.is_empty(), !e.is_empty());
             let mut q = sqlx::query(sql).bind((commit == Commit::Buffered).then_some("off"));
             if !s.is_empty() {
-                q = q
-                    .bind(s.iter().map(|r| sql_id(r.id)).collect::<Vec<_>>())
-                    .bind(s.iter().map(|r| r.workflow.as_str()).collect::<Vec<_>>())
-                    .bind(s.iter().map(|r| r.version.as_str()).collect::<Vec<_>>())
-                    .bind(s.iter().map(|r| r.input.as_slice()).collect::<Vec<_>>())
-                    .bind(s.iter().map(|r| r.created_at_unix_us).collect::<Vec<_>>())
-                    .bind(s.iter().map(|r| r.owner.as_str()).collect::<Vec<_>>())
-                    .bind(s.iter().map(|r| r.lease_until_unix_us).collect::<Vec<_>>());
+                q = bind_starts(q, s);
             }
             if !t.is_empty() {
-                q = q
-                    .bind(t.iter().map(|r| sql_id(r.execution_id)).collect::<Vec<_>>())
-                    .bind(t.iter().map(|r| r.task.as_str()).collect::<Vec<_>>())
-                    .bind(
-                        t.iter()
-                            .map(|r| outcome_code(r.outcome))
-                            .collect::<Vec<_>>(),
-                    )
-                    .bind(t.iter().map(|r| i64::from(r.attempts)).collect::<Vec<_>>())
-                    .bind(t.iter().map(|r| r.output.as_slice()).collect::<Vec<_>>())
-                    .bind(t.iter().map(|r| r.error.as_deref()).collect::<Vec<_>>())
-                    .bind(t.iter().map(|r| r.started_at_unix_us).collect::<Vec<_>>())
-                    .bind(t.iter().map(|r| r.finished_at_unix_us).collect::<Vec<_>>());
+                q = bind_tasks(q, t);
             }
             if !e.is_empty() {
-                q = q
-                    .bind(e.iter().map(|r| sql_id(r.execution_id)).collect::<Vec<_>>())
-                    .bind(e.iter().map(|r| r.status.code()).collect::<Vec<_>>())
-                    .bind(
-                        e.iter()
-                            .map(|r| r.final_context.as_slice())
-                            .collect::<Vec<_>>(),
-                    )
-                    .bind(e.iter().map(|r| r.error.as_deref()).collect::<Vec<_>>())
-                    .bind(e.iter().map(|r| r.finished_at_unix_us).collect::<Vec<_>>());
+                q = bind_ends(q, e);
             }
             q.execute(&self.pool)
                 .await
@@ -202,51 +216,20 @@ impl PostgresLedger {
                 .await
                 .map_err(at("cannot set synchronous_commit"))?;
         }
-        if !staged.starts.is_empty() {
-            let s = &staged.starts;
-            sqlx::query(INSERT_STARTS)
-                .bind(s.iter().map(|r| sql_id(r.id)).collect::<Vec<_>>())
-                .bind(s.iter().map(|r| r.workflow.as_str()).collect::<Vec<_>>())
-                .bind(s.iter().map(|r| r.version.as_str()).collect::<Vec<_>>())
-                .bind(s.iter().map(|r| r.input.as_slice()).collect::<Vec<_>>())
-                .bind(s.iter().map(|r| r.created_at_unix_us).collect::<Vec<_>>())
-                .bind(s.iter().map(|r| r.owner.as_str()).collect::<Vec<_>>())
-                .bind(s.iter().map(|r| r.lease_until_unix_us).collect::<Vec<_>>())
+        if !s.is_empty() {
+            bind_starts(sqlx::query(INSERT_STARTS), s)
                 .execute(&mut *tx)
                 .await
                 .map_err(at("cannot record execution starts"))?;
         }
-        if !staged.tasks.is_empty() {
-            let t = &staged.tasks;
-            sqlx::query(INSERT_TASKS)
-                .bind(t.iter().map(|r| sql_id(r.execution_id)).collect::<Vec<_>>())
-                .bind(t.iter().map(|r| r.task.as_str()).collect::<Vec<_>>())
-                .bind(
-                    t.iter()
-                        .map(|r| outcome_code(r.outcome))
-                        .collect::<Vec<_>>(),
-                )
-                .bind(t.iter().map(|r| i64::from(r.attempts)).collect::<Vec<_>>())
-                .bind(t.iter().map(|r| r.output.as_slice()).collect::<Vec<_>>())
-                .bind(t.iter().map(|r| r.error.as_deref()).collect::<Vec<_>>())
-                .bind(t.iter().map(|r| r.started_at_unix_us).collect::<Vec<_>>())
-                .bind(t.iter().map(|r| r.finished_at_unix_us).collect::<Vec<_>>())
+        if !t.is_empty() {
+            bind_tasks(sqlx::query(INSERT_TASKS), t)
                 .execute(&mut *tx)
                 .await
                 .map_err(at("cannot record task outcomes"))?;
         }
-        if !staged.ends.is_empty() {
-            let e = &staged.ends;
-            sqlx::query(UPDATE_ENDS)
-                .bind(e.iter().map(|r| sql_id(r.execution_id)).collect::<Vec<_>>())
-                .bind(e.iter().map(|r| r.status.code()).collect::<Vec<_>>())
-                .bind(
-                    e.iter()
-                        .map(|r| r.final_context.as_slice())
-                        .collect::<Vec<_>>(),
-                )
-                .bind(e.iter().map(|r| r.error.as_deref()).collect::<Vec<_>>())
-                .bind(e.iter().map(|r| r.finished_at_unix_us).collect::<Vec<_>>())
+        if !e.is_empty() {
+            bind_ends(sqlx::query(UPDATE_ENDS), e)
                 .execute(&mut *tx)
                 .await
                 .map_err(at("cannot record execution ends"))?;
