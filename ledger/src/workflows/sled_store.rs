@@ -86,13 +86,13 @@ impl SledLedger {
         }
     }
 
-    fn stored(&self, row: ExecutionRow) -> Result<StoredExecution, LedgerError> {
-        Ok(StoredExecution {
+    fn stored(row: ExecutionRow) -> StoredExecution {
+        StoredExecution {
             execution: row.execution,
             status: row.status,
             tasks: row.tasks,
             end: row.end,
-        })
+        }
     }
 
     fn apply_workflow_batch(&self, records: &[WorkflowRecord]) -> Result<(), LedgerError> {
@@ -201,7 +201,7 @@ impl SledLedger {
             row.execution.lease_until_unix_us = until;
             let id = row.execution.id;
             batch.insert(k, self.wf_encode(format!("execution {id}"), &row)?);
-            out.push(self.stored(row)?);
+            out.push(Self::stored(row));
         }
         self.workflows
             .apply_batch(batch)
@@ -271,7 +271,7 @@ impl WorkflowStore for SledLedger {
     fn execution(&self, id: u64) -> LedgerFuture<'_, Option<StoredExecution>> {
         Box::pin(async move {
             match self.row(id)? {
-                Some(row) => self.stored(row).map(Some),
+                Some(row) => Ok(Some(Self::stored(row))),
                 None => Ok(None),
             }
         })

@@ -272,10 +272,7 @@ impl DefaultRunner {
             return Err(RunnerError::ShuttingDown);
         }
         let workflow = self.resolve(name)?;
-        let encoded = serde_json::to_vec(&input.to_json()?).map_err(|e| ContextError::Json {
-            key: "(whole context)".into(),
-            message: e.to_string(),
-        })?;
+        let encoded = stored::bytes(&input)?;
         let id = self.next_id().await?;
         let now = now_unix_us();
         let record = cloacina_ledger::ExecutionRecord {
