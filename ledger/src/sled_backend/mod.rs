@@ -83,8 +83,9 @@ pub struct SledLedger {
     appends: std::sync::atomic::AtomicU64,
     /// The workflow store's tree (see `crate::workflows`).
     pub(crate) workflows: sled::Tree,
-    /// Serializes workflow store writes and claims.
-    pub(crate) workflow_lock: Mutex<()>,
+    /// Serializes workflow store writes and claims, and holds the unfinished executions'
+    /// rows (see `crate::workflows`).
+    pub(crate) workflow_state: Mutex<crate::workflows::SledWorkflowState>,
 }
 
 /// A sled error: `Corruption` is [`LedgerError::Corrupt`]; IO errors are transient as
@@ -289,7 +290,7 @@ impl SledLedger {
             high: Mutex::new(HighWater::default()),
             appends: appends.into(),
             workflows,
-            workflow_lock: Mutex::new(()),
+            workflow_state: Mutex::default(),
         })
     }
 

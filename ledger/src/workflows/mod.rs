@@ -26,6 +26,7 @@ mod memory;
 mod sled_store;
 
 pub(crate) use memory::MemoryWorkflows;
+pub(crate) use sled_store::SledWorkflowState;
 
 use serde::{Deserialize, Serialize};
 

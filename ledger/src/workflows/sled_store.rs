@@ -9,10 +9,18 @@
 //! One key per execution rather than one per task outcome: sled's cost is per key written
 //! (a simple execution is 3 key writes: its start, then its end moving the row).
 //!
-//! One write is one sled batch, applied under the store's write lock (first-wins checks
-//! read what they then write); [`Commit::Durable`] ends with the ledger's flush.
+//! One write is one sled batch, applied under the store's lock (first-wins checks read
+//! what they then write); [`Commit::Durable`] ends with the ledger's flush.
+//!
+//! Under that lock the store also keeps every unfinished execution's row in memory
+//! ([`SledWorkflowState`], read from the `U` rows at first use): sled lets one process open
+//! a store, so that copy is authoritative, and writes, claims and lease renewals never read
+//! back or decode what this process wrote. It holds the unfinished executions (what a
+//! runner drives anyway); ended rows are read from sled when asked for. A failed sled write
+//! drops the copy, and the next call reads it again from sled.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::MutexGuard;
 
 use serde::{Deserialize, Serialize};
 
@@ -37,6 +45,31 @@ struct ExecutionRow {
     end: Option<ExecutionEndRecord>,
 }
 
+/// The workflow store's state under its lock: the unfinished executions' rows by id (what
+/// the `U` keys hold), once read from sled.
+#[derive(Debug, Default)]
+pub(crate) struct SledWorkflowState {
+    unfinished: Option<BTreeMap<u64, ExecutionRow>>,
+}
+
+/// Where a row a write works on came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Origin {
+    /// Started by this write.
+    New,
+    /// An unfinished execution (`U id`).
+    Unfinished,
+    /// An ended execution (`E id`).
+    Ended,
+}
+
+/// A row a write works on: where it came from and whether the write changed it.
+struct Staged {
+    row: ExecutionRow,
+    origin: Origin,
+    changed: bool,
+}
+
 fn key(kind: u8, id: u64) -> Vec<u8> {
     let mut k = Vec::with_capacity(9);
     k.push(kind);
@@ -45,44 +78,56 @@ fn key(kind: u8, id: u64) -> Vec<u8> {
 }
 
 impl SledLedger {
-    fn wf_lock(&self) -> Result<std::sync::MutexGuard<'_, ()>, LedgerError> {
-        self.workflow_lock.lock().map_err(|_| {
+    /// Takes the store's lock; returns it with the unfinished rows (read from sled if this
+    /// is the first use, or the last write failed).
+    fn wf_state(&self) -> Result<MutexGuard<'_, SledWorkflowState>, LedgerError> {
+        let mut state = self.workflow_state.lock().map_err(|_| {
             LedgerError::store(BACKEND, "workflow store lock", false, "poisoned by a panic")
-        })
+        })?;
+        if state.unfinished.is_none() {
+            let mut rows = BTreeMap::new();
+            for entry in self.workflows.scan_prefix([b'U']) {
+                let (_, bytes) = entry.map_err(|e| self.wf_read_error(e))?;
+                let row: ExecutionRow = self.wf_decode(&bytes, || "an unfinished execution")?;
+                rows.insert(row.execution.id, row);
+            }
+            state.unfinished = Some(rows);
+        }
+        Ok(state)
     }
 
     fn wf_read_error(&self, e: sled::Error) -> LedgerError {
         sled_error(self.path(), "workflow store read failed", e)
     }
 
-    fn wf_get<T: serde::de::DeserializeOwned>(
+    fn wf_decode<T: serde::de::DeserializeOwned, W: std::fmt::Display>(
         &self,
-        key: &[u8],
-        what: impl FnOnce() -> String,
-    ) -> Result<Option<T>, LedgerError> {
-        match self.workflows.get(key).map_err(|e| self.wf_read_error(e))? {
-            None => Ok(None),
-            Some(bytes) => {
-                let location = self.path().display().to_string();
-                decode_sealed(&bytes)
-                    .map(Some)
-                    .map_err(frame_error(BACKEND, &location, what))
-            }
-        }
+        bytes: &[u8],
+        what: impl FnOnce() -> W,
+    ) -> Result<T, LedgerError> {
+        let location = self.path().display().to_string();
+        decode_sealed(bytes).map_err(frame_error(BACKEND, &location, || what().to_string()))
     }
 
-    fn wf_encode<T: Serialize>(&self, what: String, value: &T) -> Result<Vec<u8>, LedgerError> {
+    fn wf_encode<T: Serialize>(&self, id: u64, value: &T) -> Result<Vec<u8>, LedgerError> {
         encode_sealed(value).map_err(|source| LedgerError::Codec {
             backend: BACKEND,
-            context: what,
+            context: format!("execution {id}"),
             source,
         })
     }
 
-    fn row(&self, id: u64) -> Result<Option<ExecutionRow>, LedgerError> {
-        match self.wf_get(&key(b'U', id), || format!("execution {id}"))? {
-            Some(row) => Ok(Some(row)),
-            None => self.wf_get(&key(b'E', id), || format!("execution {id}")),
+    /// The ended execution `id`'s row, if there is one.
+    fn ended_row(&self, id: u64) -> Result<Option<ExecutionRow>, LedgerError> {
+        match self
+            .workflows
+            .get(key(b'E', id))
+            .map_err(|e| self.wf_read_error(e))?
+        {
+            None => Ok(None),
+            Some(bytes) => self
+                .wf_decode(&bytes, || format!("execution {id}"))
+                .map(Some),
         }
     }
 
@@ -97,139 +142,164 @@ impl SledLedger {
 
     fn apply_workflow_batch(&self, records: &[WorkflowRecord]) -> Result<(), LedgerError> {
         check_batch(BACKEND, records)?;
-        let _guard = self.wf_lock()?;
+        let mut state = self.wf_state()?;
+        let unfinished = state.unfinished.get_or_insert_with(BTreeMap::new);
         let (starts, tasks, ends) = by_kind(records);
-        // Rows this batch read or changed, by id, with whether they changed: later records
-        // of the batch see earlier ones.
-        let mut rows: HashMap<u64, Option<(ExecutionRow, bool)>> = HashMap::new();
-        for s in starts {
-            self.load_row(&mut rows, s.id)?;
-            let slot = rows.entry(s.id).or_default();
-            if slot.is_none() {
-                let row = ExecutionRow {
-                    execution: s.clone(),
-                    status: ExecutionStatus::Running,
-                    tasks: Vec::new(),
-                    end: None,
+        // Rows this batch read or changed, by id (`None`: no such execution): later records
+        // of the batch see earlier ones. Unfinished rows are moved out of the state and put
+        // back once written.
+        let mut rows: HashMap<u64, Option<Staged>> = HashMap::new();
+        let outcome = (|| {
+            for s in starts {
+                self.stage_row(unfinished, &mut rows, s.id)?;
+                let slot = rows.entry(s.id).or_default();
+                if slot.is_none() {
+                    let row = ExecutionRow {
+                        execution: s.clone(),
+                        status: ExecutionStatus::Running,
+                        tasks: Vec::new(),
+                        end: None,
+                    };
+                    *slot = Some(Staged {
+                        row,
+                        origin: Origin::New,
+                        changed: true,
+                    });
+                }
+            }
+            for t in tasks {
+                self.stage_row(unfinished, &mut rows, t.execution_id)?;
+                let Some(Some(staged)) = rows.get_mut(&t.execution_id) else {
+                    continue;
                 };
-                *slot = Some((row, true));
+                let row = &mut staged.row;
+                if let Err(i) = row.tasks.binary_search_by(|r| r.task.as_str().cmp(&t.task)) {
+                    row.tasks.insert(i, t.clone());
+                    staged.changed = true;
+                }
+            }
+            for end in ends {
+                self.stage_row(unfinished, &mut rows, end.execution_id)?;
+                let Some(Some(staged)) = rows.get_mut(&end.execution_id) else {
+                    continue;
+                };
+                if staged.row.end.is_none() {
+                    staged.row.status = end.status;
+                    staged.row.end = Some(end.clone());
+                    staged.changed = true;
+                }
+            }
+            let mut batch = sled::Batch::default();
+            for (id, staged) in &rows {
+                let Some(staged) = staged else { continue };
+                if !staged.changed {
+                    continue;
+                }
+                let value = self.wf_encode(*id, &staged.row)?;
+                if staged.row.end.is_some() {
+                    if staged.origin == Origin::Unfinished {
+                        batch.remove(key(b'U', *id));
+                    }
+                    batch.insert(key(b'E', *id), value);
+                } else {
+                    batch.insert(key(b'U', *id), value);
+                }
+            }
+            self.workflows
+                .apply_batch(batch)
+                .map_err(|e| sled_error(self.path(), "workflow store write failed", e))
+        })();
+        match outcome {
+            Ok(()) => {
+                for (id, staged) in rows {
+                    match staged {
+                        Some(staged) if staged.row.end.is_none() => {
+                            unfinished.insert(id, staged.row);
+                        }
+                        _ => {}
+                    }
+                }
+                Ok(())
+            }
+            Err(e) => {
+                // Rows were moved out: read them all again at the next call.
+                state.unfinished = None;
+                Err(e)
             }
         }
-        for t in tasks {
-            self.load_row(&mut rows, t.execution_id)?;
-            let Some(Some((row, changed))) = rows.get_mut(&t.execution_id) else {
-                continue;
-            };
-            if let Err(i) = row.tasks.binary_search_by(|r| r.task.as_str().cmp(&t.task)) {
-                row.tasks.insert(i, t.clone());
-                *changed = true;
-            }
-        }
-        for end in ends {
-            self.load_row(&mut rows, end.execution_id)?;
-            let Some(Some((row, changed))) = rows.get_mut(&end.execution_id) else {
-                continue;
-            };
-            if row.end.is_none() {
-                row.status = end.status;
-                row.end = Some(end.clone());
-                *changed = true;
-            }
-        }
-        let mut batch = sled::Batch::default();
-        for (id, slot) in &rows {
-            let Some((row, true)) = slot else {
-                continue;
-            };
-            let value = self.wf_encode(format!("execution {id}"), row)?;
-            if row.end.is_some() {
-                batch.remove(key(b'U', *id));
-                batch.insert(key(b'E', *id), value);
-            } else {
-                batch.insert(key(b'U', *id), value);
-            }
-        }
-        self.workflows
-            .apply_batch(batch)
-            .map_err(|e| sled_error(self.path(), "workflow store write failed", e))
     }
 
-    /// Reads row `id` into `rows` unless there; whether the execution exists.
-    fn load_row(
+    /// Puts execution `id`'s row into `rows` unless there: moved out of `unfinished`, or
+    /// read from its `E` key, or `None`.
+    fn stage_row(
         &self,
-        rows: &mut HashMap<u64, Option<(ExecutionRow, bool)>>,
+        unfinished: &mut BTreeMap<u64, ExecutionRow>,
+        rows: &mut HashMap<u64, Option<Staged>>,
         id: u64,
     ) -> Result<(), LedgerError> {
         if let std::collections::hash_map::Entry::Vacant(slot) = rows.entry(id) {
-            slot.insert(self.row(id)?.map(|row| (row, false)));
+            let staged = match unfinished.remove(&id) {
+                Some(row) => Some(Staged {
+                    row,
+                    origin: Origin::Unfinished,
+                    changed: false,
+                }),
+                None => self.ended_row(id)?.map(|row| Staged {
+                    row,
+                    origin: Origin::Ended,
+                    changed: false,
+                }),
+            };
+            slot.insert(staged);
         }
         Ok(())
     }
 
-    /// A `U id` entry of a scan: its key and row.
-    fn unfinished_row(
+    /// Rewrites, in id order, up to `limit` unfinished rows that `pick` changes (claims and
+    /// renewals) in one sled batch, showing each to `written`; returns how many.
+    fn rewrite_unfinished(
         &self,
-        entry: sled::Result<(sled::IVec, sled::IVec)>,
-    ) -> Result<(sled::IVec, ExecutionRow), LedgerError> {
-        let (k, bytes) = entry.map_err(|e| self.wf_read_error(e))?;
-        let location = self.path().display().to_string();
-        let row = decode_sealed(&bytes).map_err(frame_error(BACKEND, &location, || {
-            "an unfinished execution".to_owned()
-        }))?;
-        Ok((k, row))
-    }
-
-    fn claim_now(
-        &self,
-        owner: &str,
-        now: i64,
-        until: i64,
+        what: &str,
+        mut pick: impl FnMut(&mut ExecutionRow) -> bool,
         limit: usize,
-    ) -> Result<Vec<StoredExecution>, LedgerError> {
-        let _guard = self.wf_lock()?;
+        mut written: impl FnMut(&ExecutionRow),
+    ) -> Result<u64, LedgerError> {
+        let mut state = self.wf_state()?;
+        let unfinished = state.unfinished.get_or_insert_with(BTreeMap::new);
         let mut batch = sled::Batch::default();
-        let mut out = Vec::new();
-        for entry in self.workflows.scan_prefix([b'U']) {
-            if out.len() >= limit {
+        let mut count = 0;
+        let mut encoded = Ok(());
+        for (id, row) in unfinished.iter_mut() {
+            if count >= limit {
                 break;
             }
-            let (k, mut row) = self.unfinished_row(entry)?;
-            if row.execution.owner != owner && row.execution.lease_until_unix_us >= now {
-                continue;
-            }
-            row.execution.owner = owner.to_owned();
-            row.execution.lease_until_unix_us = until;
-            let id = row.execution.id;
-            batch.insert(k, self.wf_encode(format!("execution {id}"), &row)?);
-            out.push(Self::stored(row));
-        }
-        self.workflows
-            .apply_batch(batch)
-            .map_err(|e| sled_error(self.path(), "workflow claim failed", e))?;
-        Ok(out)
-    }
-
-    fn renew_now(&self, owner: &str, until: i64) -> Result<u64, LedgerError> {
-        let _guard = self.wf_lock()?;
-        let mut batch = sled::Batch::default();
-        let mut renewed = 0;
-        for entry in self.workflows.scan_prefix([b'U']) {
-            let (k, mut row) = self.unfinished_row(entry)?;
-            if row.execution.owner == owner {
-                row.execution.lease_until_unix_us = until;
-                let id = row.execution.id;
-                batch.insert(k, self.wf_encode(format!("execution {id}"), &row)?);
-                renewed += 1;
+            if pick(row) {
+                match self.wf_encode(*id, row) {
+                    Ok(value) => batch.insert(key(b'U', *id), value),
+                    Err(e) => {
+                        encoded = Err(e);
+                        break;
+                    }
+                }
+                written(row);
+                count += 1;
             }
         }
-        self.workflows
-            .apply_batch(batch)
-            .map_err(|e| sled_error(self.path(), "workflow lease renewal failed", e))?;
-        Ok(renewed)
+        let written = encoded.and_then(|()| {
+            self.workflows
+                .apply_batch(batch)
+                .map_err(|e| sled_error(self.path(), what, e))
+        });
+        if let Err(e) = written {
+            // Rows were changed in memory: read them again at the next call.
+            state.unfinished = None;
+            return Err(e);
+        }
+        Ok(count as u64)
     }
 
     fn reserve_now(&self, count: u64) -> Result<u64, LedgerError> {
-        let _guard = self.wf_lock()?;
+        let _state = self.wf_state()?;
         let last = match self
             .workflows
             .get(LAST_ID_KEY)
@@ -270,9 +340,17 @@ impl WorkflowStore for SledLedger {
 
     fn execution(&self, id: u64) -> LedgerFuture<'_, Option<StoredExecution>> {
         Box::pin(async move {
-            match self.row(id)? {
+            let running = {
+                let state = self.wf_state()?;
+                state
+                    .unfinished
+                    .as_ref()
+                    .and_then(|rows| rows.get(&id))
+                    .cloned()
+            };
+            match running {
                 Some(row) => Ok(Some(Self::stored(row))),
-                None => Ok(None),
+                None => Ok(self.ended_row(id)?.map(Self::stored)),
             }
         })
     }
@@ -285,7 +363,21 @@ impl WorkflowStore for SledLedger {
         limit: usize,
     ) -> LedgerFuture<'a, Vec<StoredExecution>> {
         Box::pin(async move {
-            let claimed = self.claim_now(owner, now_unix_us, lease_until_unix_us, limit)?;
+            let mut claimed = Vec::new();
+            self.rewrite_unfinished(
+                "workflow claim failed",
+                |row| {
+                    let claimable = row.execution.owner == owner
+                        || row.execution.lease_until_unix_us < now_unix_us;
+                    if claimable {
+                        owner.clone_into(&mut row.execution.owner);
+                        row.execution.lease_until_unix_us = lease_until_unix_us;
+                    }
+                    claimable
+                },
+                limit,
+                |row| claimed.push(Self::stored(row.clone())),
+            )?;
             // A claim must outlive a crash to mean anything to another runner.
             self.flush_db().await?;
             Ok(claimed)
@@ -297,7 +389,20 @@ impl WorkflowStore for SledLedger {
         owner: &'a str,
         lease_until_unix_us: i64,
     ) -> LedgerFuture<'a, u64> {
-        Box::pin(async move { self.renew_now(owner, lease_until_unix_us) })
+        Box::pin(async move {
+            self.rewrite_unfinished(
+                "workflow lease renewal failed",
+                |row| {
+                    let mine = row.execution.owner == owner;
+                    if mine {
+                        row.execution.lease_until_unix_us = lease_until_unix_us;
+                    }
+                    mine
+                },
+                usize::MAX,
+                |_| {},
+            )
+        })
     }
 
     fn reserve_execution_ids(&self, count: u64) -> LedgerFuture<'_, u64> {
