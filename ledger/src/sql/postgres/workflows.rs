@@ -200,13 +200,13 @@ impl PostgresLedger {
             if !e.is_empty() {
                 q = bind_ends(q, e);
             }
-            q.execute(&self.pool)
+            q.execute(&self.workflow_writes)
                 .await
                 .map_err(at("cannot record workflow records"))?;
             return Ok(());
         }
         let mut tx = self
-            .pool
+            .workflow_writes
             .begin()
             .await
             .map_err(at("cannot begin a workflow write"))?;
