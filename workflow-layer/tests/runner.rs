@@ -481,3 +481,77 @@ async fn shutdown_leaves_a_paused_execution_for_the_next_start() {
     assert_eq!(result.status, WorkflowStatus::Completed, "{result:?}");
     assert_eq!(runs.load(Ordering::SeqCst), 1);
 }
+
+#[tokio::test]
+async fn history_reads_an_executions_events_back_from_the_store_after_a_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = format!("sled://{}", dir.path().join("store").display());
+    let tries = Arc::new(AtomicU32::new(0));
+    let flaky = {
+        let tries = Arc::clone(&tries);
+        FnTask::new("flaky", Vec::<String>::new(), move |mut ctx: Context| {
+            let n = tries.fetch_add(1, Ordering::SeqCst);
+            async move {
+                if n == 0 {
+                    return Err(TaskError::failed("first try fails"));
+                }
+                ctx.insert_or_update("flaky", json!(true));
+                Ok(ctx)
+            }
+        })
+        .retry_policy(
+            cloacina_workflow_layer::RetryPolicy::builder()
+                .max_attempts(2)
+                .initial_delay(Duration::from_millis(1))
+                .build(),
+        )
+    };
+    let runs = Arc::new(AtomicU32::new(0));
+    let workflow = Workflow::builder("history")
+        .task(flaky)
+        .task(counted("after", &["flaky"], &runs))
+        .build()
+        .expect("valid");
+    let id = {
+        let runner = DefaultRunner::new(&url).await.expect("runner");
+        runner.register_workflow(workflow).expect("register");
+        let result = runner.execute("history", input(1)).await.expect("execute");
+        assert_eq!(result.status, WorkflowStatus::Completed, "{result:?}");
+        runner.shutdown().await.expect("shutdown");
+        result.execution_id
+    };
+    let runner = DefaultRunner::new(&url).await.expect("reopened");
+    let history = runner.history(id).await.expect("history");
+    let kinds: Vec<ExecutionEventKind> = history.iter().map(|e| e.event.kind.clone()).collect();
+    assert_eq!(
+        kinds,
+        vec![
+            ExecutionEventKind::Started,
+            ExecutionEventKind::TaskStarted {
+                task: "flaky".into()
+            },
+            ExecutionEventKind::TaskCompleted {
+                task: "flaky".into(),
+                attempts: 2
+            },
+            ExecutionEventKind::TaskStarted {
+                task: "after".into()
+            },
+            ExecutionEventKind::TaskCompleted {
+                task: "after".into(),
+                attempts: 1
+            },
+            ExecutionEventKind::Finished {
+                status: WorkflowStatus::Completed
+            },
+        ]
+    );
+    assert!(history
+        .iter()
+        .all(|e| e.event.execution_id == id && e.event.workflow == "history"));
+    assert!(history.windows(2).all(|w| w[0].at <= w[1].at));
+    assert!(matches!(
+        runner.history(id + 1_000_000).await,
+        Err(RunnerError::UnknownExecution(_))
+    ));
+}

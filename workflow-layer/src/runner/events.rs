@@ -1,5 +1,12 @@
-//! Execution events: what a [`DefaultRunner::subscribe`](super::DefaultRunner::subscribe)r sees.
+//! Execution events: what a [`DefaultRunner::subscribe`](super::DefaultRunner::subscribe)r
+//! sees live, and what [`DefaultRunner::history`](super::DefaultRunner::history) reads back
+//! from the store.
 
+use std::time::SystemTime;
+
+use cloacina_ledger::{StoredExecution, TaskOutcome};
+
+use super::stored;
 use crate::WorkflowStatus;
 
 /// Something that happened to an execution.
@@ -51,4 +58,64 @@ pub enum ExecutionEventKind {
         /// Completed, Failed or Cancelled.
         status: WorkflowStatus,
     },
+}
+
+/// An event of an execution as the store recorded it, with when it happened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordedEvent {
+    /// When: the execution's submission, a task's first start or end, the execution's end.
+    pub at: SystemTime,
+    /// What.
+    pub event: ExecutionEvent,
+}
+
+/// The events the store's record of an execution holds, in time order: `Started`, each
+/// recorded task's `TaskStarted` and `TaskCompleted` or `TaskFailed`, then `Finished` if it
+/// ended. (Pauses and resumptions are not recorded: they change no outcome.)
+pub(super) fn recorded(stored: &StoredExecution) -> Vec<RecordedEvent> {
+    let workflow = &stored.execution.workflow;
+    let event = |at: i64, kind: ExecutionEventKind| RecordedEvent {
+        at: stored::time(at),
+        event: ExecutionEvent {
+            execution_id: stored.execution.id,
+            workflow: workflow.clone(),
+            kind,
+        },
+    };
+    let mut events = Vec::with_capacity(2 + 2 * stored.tasks.len());
+    events.push(event(
+        stored.execution.created_at_unix_us,
+        ExecutionEventKind::Started,
+    ));
+    for t in &stored.tasks {
+        let task = t.task.clone();
+        events.push(event(
+            t.started_at_unix_us,
+            ExecutionEventKind::TaskStarted { task: task.clone() },
+        ));
+        let kind = match t.outcome {
+            TaskOutcome::Completed => ExecutionEventKind::TaskCompleted {
+                task,
+                attempts: t.attempts,
+            },
+            TaskOutcome::Failed => ExecutionEventKind::TaskFailed {
+                task,
+                attempts: t.attempts,
+                error: t.error.clone().unwrap_or_default(),
+            },
+        };
+        events.push(event(t.finished_at_unix_us, kind));
+    }
+    if let Some(end) = &stored.end {
+        events.push(event(
+            end.finished_at_unix_us,
+            ExecutionEventKind::Finished {
+                status: stored::status(end.status),
+            },
+        ));
+    }
+    // Stable: at equal times, submission before tasks before the end, each task's start
+    // before its outcome.
+    events.sort_by_key(|e| e.at);
+    events
 }

@@ -25,7 +25,7 @@ use serde_json::Value;
 use tokio::sync::{broadcast, watch, Notify, Semaphore};
 
 pub use config::{RunnerBuilder, RunnerConfig, WorkflowDurability};
-pub use events::{ExecutionEvent, ExecutionEventKind};
+pub use events::{ExecutionEvent, ExecutionEventKind, RecordedEvent};
 
 use crate::{
     Context, ContextError, Workflow, WorkflowError, WorkflowExecutionResult, WorkflowStatus,
@@ -345,6 +345,19 @@ impl DefaultRunner {
             .await?
             .ok_or(RunnerError::UnknownExecution(id))?;
         Ok(stored::status(stored.status))
+    }
+
+    /// What the store recorded of execution `id`, in time order: its submission, each
+    /// recorded task's start and outcome (with its attempts), and its end if it ended.
+    /// Works for executions of any runner sharing the store, and after restarts.
+    pub async fn history(&self, id: u64) -> Result<Vec<RecordedEvent>, RunnerError> {
+        let stored = self
+            .inner
+            .store
+            .execution(id)
+            .await?
+            .ok_or(RunnerError::UnknownExecution(id))?;
+        Ok(events::recorded(&stored))
     }
 
     /// Cancels execution `id`: its running tasks are stopped (their attempts aborted), no
