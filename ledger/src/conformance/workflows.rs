@@ -178,6 +178,26 @@ pub(super) async fn run(harness: &dyn Harness) {
     );
     assert_eq!(ended.end, Some(end(e1, ExecutionStatus::Completed)));
 
+    // A start after the end changes nothing either, for a reserved id and for one never
+    // handed out (started and ended in one batch).
+    let unreserved = second + 100_000;
+    c.write(vec![
+        WorkflowRecord::Started(start(unreserved, "r1", T0)),
+        WorkflowRecord::Ended(end(unreserved, ExecutionStatus::Cancelled)),
+    ])
+    .await;
+    for id in [e1, unreserved] {
+        let before = c.get(id).await.expect("ended execution");
+        let mut late = start(id, "r7", T0 + 7);
+        late.workflow = "late".into();
+        c.write(vec![WorkflowRecord::Started(late)]).await;
+        assert_eq!(
+            c.get(id).await,
+            Some(before),
+            "{name}: a start after the end of {id} changed it"
+        );
+    }
+
     // A bad record refuses the whole batch.
     let refused = store
         .write(
@@ -256,6 +276,18 @@ pub(super) async fn run(harness: &dyn Harness) {
             c.get(e2).await.map(|e| e.execution.owner),
             Some("r2".to_owned()),
             "{name}: claim after reopen"
+        );
+        let before = c.get(unreserved).await;
+        assert!(
+            before.is_some(),
+            "{name}: ended execution {unreserved} after reopen"
+        );
+        c.write(vec![WorkflowRecord::Started(start(unreserved, "r8", T0))])
+            .await;
+        assert_eq!(
+            c.get(unreserved).await,
+            before,
+            "{name}: a start after reopen changed ended execution {unreserved}"
         );
         let third = store.reserve_execution_ids(1).await.expect("reserve");
         assert!(

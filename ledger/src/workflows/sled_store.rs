@@ -81,9 +81,16 @@ impl SledLedger {
     /// Takes the store's lock; returns it with the unfinished rows (read from sled if this
     /// is the first use, or the last write failed).
     fn wf_state(&self) -> Result<MutexGuard<'_, SledWorkflowState>, LedgerError> {
-        let mut state = self.workflow_state.lock().map_err(|_| {
-            LedgerError::store(BACKEND, "workflow store lock", false, "poisoned by a panic")
-        })?;
+        let mut state = match self.workflow_state.lock() {
+            Ok(state) => state,
+            Err(poisoned) => {
+                // A panic under the lock may have left rows moved out: read them again.
+                let mut state = poisoned.into_inner();
+                state.unfinished = None;
+                self.workflow_state.clear_poison();
+                state
+            }
+        };
         if state.unfinished.is_none() {
             let mut rows = BTreeMap::new();
             for entry in self.workflows.scan_prefix([b'U']) {
