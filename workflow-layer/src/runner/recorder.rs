@@ -20,7 +20,10 @@ const MAX_BATCH: usize = 4_096;
 /// (its driver waits for each record before making the next), so several could overlap;
 /// one at a time makes the biggest batches, and measured best on every backend here
 /// (PostgreSQL on the same 2 cores: 8.1k simple workflows/s with one, 7.6k with two, 6.7k
-/// with three; embedded stores serialize writes anyway).
+/// with three; embedded stores serialize writes anyway). sled ran 10-20% faster with two,
+/// but with three overlapping writes and flushes it deadlocked inside sled 0.34 (a writer
+/// holding its segment lock waits for a file truncation queued behind IO threads that wait
+/// for that lock: spacejam/sled#1412), so sled gets one too.
 const MAX_IN_FLIGHT: usize = 1;
 /// With [`Commit::Buffered`], how soon after a write the store is flushed.
 const FLUSH_EVERY: Duration = Duration::from_millis(100);
