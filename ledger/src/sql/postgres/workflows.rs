@@ -74,7 +74,7 @@ fn build_write_one(starts: bool, tasks: bool, ends: bool) -> String {
              (id, workflow, version, input, created_at_us, owner, lease_until_us, status) \
              SELECT u.id, u.workflow, u.version, u.input, u.created, u.owner, u.lease, 0 \
              FROM UNNEST({p}) AS u(id, workflow, version, input, created, owner, lease) \
-             ON CONFLICT (id) DO NOTHING RETURNING 1)"
+             ON CONFLICT (id) DO NOTHING)"
         ));
     }
     if tasks {
@@ -87,7 +87,7 @@ fn build_write_one(starts: bool, tasks: bool, ends: bool) -> String {
              SELECT u.id, u.task, u.outcome, u.attempts, u.output, u.error, u.started, u.finished \
              FROM UNNEST({p}) AS u(id, task, outcome, attempts, output, error, started, finished) \
              WHERE EXISTS (SELECT 1 FROM wf_executions e WHERE e.id = u.id) \
-             ON CONFLICT (execution_id, task) DO NOTHING RETURNING 1)"
+             ON CONFLICT (execution_id, task) DO NOTHING)"
         ));
     }
     if ends {
@@ -96,7 +96,7 @@ fn build_write_one(starts: bool, tasks: bool, ends: bool) -> String {
             "e AS (UPDATE wf_executions e \
              SET status = u.status, final_context = u.ctx, error = u.error, finished_at_us = u.at \
              FROM UNNEST({p}) AS u(id, status, ctx, error, at) \
-             WHERE e.id = u.id AND e.status = 0 RETURNING 1)"
+             WHERE e.id = u.id AND e.status = 0)"
         ));
     }
     format!(
