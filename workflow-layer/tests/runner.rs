@@ -555,3 +555,75 @@ async fn history_reads_an_executions_events_back_from_the_store_after_a_restart(
         Err(RunnerError::UnknownExecution(_))
     ));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dependant_starts_only_after_every_dependency_is_recorded() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = format!("sled://{}", dir.path().join("store").display());
+    let runner = DefaultRunner::new(&url).await.expect("runner");
+    let store = runner.ledger().workflow_store().expect("store");
+    // `late` ends while `early`'s outcome may still be being written; `check` reads what
+    // the store holds when it starts.
+    let slow = |id: &'static str, ms: u64| {
+        FnTask::new(
+            id,
+            Vec::<String>::new(),
+            move |mut ctx: Context| async move {
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                ctx.insert_or_update(id, json!(true));
+                Ok(ctx)
+            },
+        )
+    };
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let check = {
+        let (store, seen) = (Arc::clone(&store), Arc::clone(&seen));
+        FnTask::new("check", ["a", "b", "c"], move |ctx: Context| {
+            let (store, seen) = (Arc::clone(&store), Arc::clone(&seen));
+            async move {
+                let id = ctx
+                    .get("id")
+                    .and_then(serde_json::Value::as_u64)
+                    .unwrap_or_default();
+                let stored = store
+                    .execution(id)
+                    .await
+                    .map_err(|e| TaskError::failed(e.to_string()))?;
+                let recorded: Vec<String> = stored
+                    .map(|s| s.tasks.into_iter().map(|t| t.task).collect())
+                    .unwrap_or_default();
+                seen.lock().expect("lock").push(recorded);
+                Ok(ctx)
+            }
+        })
+    };
+    runner
+        .register_workflow(
+            Workflow::builder("fan_in")
+                .task(slow("a", 0))
+                .task(slow("b", 0))
+                .task(slow("c", 15))
+                .task(check)
+                .build()
+                .expect("valid"),
+        )
+        .expect("register");
+    for id in 1..=20u64 {
+        // A fresh store hands this runner ids 1, 2, ... in order; the task reads its
+        // execution's id from the context.
+        let mut ctx = Context::new();
+        ctx.insert("id", json!(id)).expect("new key");
+        let result = runner.execute("fan_in", ctx).await.expect("execute");
+        assert_eq!(result.status, WorkflowStatus::Completed, "{result:?}");
+        assert_eq!(result.execution_id, id, "ids are handed out in order");
+    }
+    let seen = seen.lock().expect("lock");
+    assert_eq!(seen.len(), 20);
+    for recorded in seen.iter() {
+        assert_eq!(
+            recorded,
+            &["a", "b", "c"],
+            "dependencies recorded before the dependant"
+        );
+    }
+}

@@ -10,6 +10,7 @@ use cloacina_ledger::{
     now_unix_us, ExecutionEndRecord, ExecutionStatus, LedgerError, StoredExecution, TaskOutcome,
     TaskRecord, WorkflowRecord,
 };
+use futures_util::future::FutureExt;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use serde_json::Value;
 use tokio::sync::watch;
@@ -176,55 +177,44 @@ pub(super) async fn drive(
                     Control::Detached => {}
                 }
             }
-            Some((i, attempts, outcome)) = running.next() => {
-                let ended = SystemTime::now();
-                results[i].ended = Some(ended);
-                results[i].attempts = attempts;
-                let started = results[i].started.map_or(0, stored::unix_us);
-                let task_id = tasks[i].id().to_owned();
-                let (record, event) = match outcome.and_then(|out| {
-                    stored::bytes(&out).map(|b| (out, b)).map_err(TaskError::from)
-                }) {
-                    Ok((output, bytes)) => {
-                        state.completed(i, output);
-                        (TaskRecord {
-                            execution_id: id,
-                            task: task_id.clone(),
-                            outcome: TaskOutcome::Completed,
-                            attempts,
-                            output: bytes,
-                            error: None,
-                            started_at_unix_us: started,
-                            finished_at_unix_us: stored::unix_us(ended),
-                        }, Ev::TaskCompleted { task: task_id, attempts })
+            Some(first) = running.next() => {
+                // Its outcome, with every other that has ended by now, goes in one record
+                // batch; tasks that end while it is written go in the next. Dependants start
+                // once every outcome applied so far is recorded.
+                let mut done = vec![first];
+                done.extend(std::iter::from_fn(|| running.next().now_or_never().flatten()));
+                while !done.is_empty() {
+                    let mut records = Vec::with_capacity(done.len());
+                    let mut events = Vec::with_capacity(done.len());
+                    for d in done.drain(..) {
+                        let i = d.0;
+                        let (record, event) =
+                            outcome_record(id, &name, &tasks[i], &mut results[i], &mut state, d);
+                        records.push(WorkflowRecord::Task(record));
+                        events.push(event);
                     }
-                    Err(e) => {
-                        // No store keeps NUL in text (PostgreSQL refuses it).
-                        let error = e.to_string().replace('\0', "\\0");
-                        tracing::warn!(execution = id, workflow = %name, task = %task_id, attempts,
-                            %error, "task failed");
-                        results[i].error = Some(error.clone());
-                        state.failed(i);
-                        (TaskRecord {
-                            execution_id: id,
-                            task: task_id.clone(),
-                            outcome: TaskOutcome::Failed,
-                            attempts,
-                            output: Vec::new(),
-                            error: Some(error.clone()),
-                            started_at_unix_us: started,
-                            finished_at_unix_us: stored::unix_us(ended),
-                        }, Ev::TaskFailed { task: task_id, attempts, error })
+                    if state.is_finished() {
+                        // The last outcomes and the end go in one record batch.
+                        let status = state.status();
+                        let result = end(&state, &mut results, status, None);
+                        return finish_with(inner, result, stored_status(status), records, events)
+                            .await;
                     }
-                };
-                if state.is_finished() {
-                    // The last outcome and the end go in one record batch.
-                    let status = state.status();
-                    let result = end(&state, &mut results, status, None);
-                    return finish_with(inner, result, stored_status(status), Some(record), event).await;
+                    let recorded = inner.recorder.record(records);
+                    tokio::pin!(recorded);
+                    loop {
+                        tokio::select! {
+                            written = &mut recorded => {
+                                written?;
+                                break;
+                            }
+                            Some(d) = running.next() => done.push(d),
+                        }
+                    }
+                    for event in events {
+                        inner.emit(id, &name, || event);
+                    }
                 }
-                inner.recorder.record(vec![WorkflowRecord::Task(record)]).await?;
-                inner.emit(id, &name, || event);
                 ready.extend(state.start_ready());
             }
         }
@@ -233,6 +223,75 @@ pub(super) async fn drive(
     let status = state.status();
     let result = end(&state, &mut results, status, None);
     finish(inner, result, stored_status(status)).await
+}
+
+/// What one task's run ended with: its index, the attempts made, its output or error.
+type Done = (usize, u32, Result<Context<Value>, TaskError>);
+
+/// A task's end (`done`) applied to `state` and to its `result`: its record and its event.
+fn outcome_record(
+    id: u64,
+    workflow: &str,
+    task: &Arc<dyn crate::Task>,
+    result: &mut TaskResult,
+    state: &mut ExecutionState,
+    (i, attempts, outcome): Done,
+) -> (TaskRecord, Ev) {
+    let ended = SystemTime::now();
+    result.ended = Some(ended);
+    result.attempts = attempts;
+    let started = result.started.map_or(0, stored::unix_us);
+    let task_id = task.id().to_owned();
+    match outcome.and_then(|out| {
+        stored::bytes(&out)
+            .map(|b| (out, b))
+            .map_err(TaskError::from)
+    }) {
+        Ok((output, bytes)) => {
+            state.completed(i, output);
+            (
+                TaskRecord {
+                    execution_id: id,
+                    task: task_id.clone(),
+                    outcome: TaskOutcome::Completed,
+                    attempts,
+                    output: bytes,
+                    error: None,
+                    started_at_unix_us: started,
+                    finished_at_unix_us: stored::unix_us(ended),
+                },
+                Ev::TaskCompleted {
+                    task: task_id,
+                    attempts,
+                },
+            )
+        }
+        Err(e) => {
+            // No store keeps NUL in text (PostgreSQL refuses it).
+            let error = e.to_string().replace('\0', "\\0");
+            tracing::warn!(execution = id, %workflow, task = %task_id, attempts, %error,
+                "task failed");
+            result.error = Some(error.clone());
+            state.failed(i);
+            (
+                TaskRecord {
+                    execution_id: id,
+                    task: task_id.clone(),
+                    outcome: TaskOutcome::Failed,
+                    attempts,
+                    output: Vec::new(),
+                    error: Some(error.clone()),
+                    started_at_unix_us: started,
+                    finished_at_unix_us: stored::unix_us(ended),
+                },
+                Ev::TaskFailed {
+                    task: task_id,
+                    attempts,
+                    error,
+                },
+            )
+        }
+    }
 }
 
 fn stored_status(status: WorkflowStatus) -> ExecutionStatus {
@@ -304,25 +363,19 @@ async fn finish(
     result: WorkflowExecutionResult,
     status: ExecutionStatus,
 ) -> Outcome {
-    let event = Ev::Finished {
-        status: result.status,
-    };
-    finish_with(inner, result, status, None, event).await
+    finish_with(inner, result, status, Vec::new(), Vec::new()).await
 }
 
-/// Records `last` (a task's outcome, if any) with the end of the execution in one batch.
+/// Records `last` (the outcomes of the tasks that ended last, if any) with the end of the
+/// execution in one batch, then emits `last_events` and the end.
 async fn finish_with(
     inner: &Arc<Inner>,
     result: WorkflowExecutionResult,
     status: ExecutionStatus,
-    last: Option<TaskRecord>,
-    last_event: Ev,
+    mut records: Vec<WorkflowRecord>,
+    last_events: Vec<Ev>,
 ) -> Outcome {
     let final_context = stored::bytes(&result.final_context).unwrap_or_else(|_| b"{}".to_vec());
-    let mut records = Vec::with_capacity(2);
-    if let Some(t) = last {
-        records.push(WorkflowRecord::Task(t));
-    }
     records.push(WorkflowRecord::Ended(ExecutionEndRecord {
         execution_id: result.execution_id,
         status,
@@ -330,11 +383,10 @@ async fn finish_with(
         error: result.error.clone(),
         finished_at_unix_us: now_unix_us(),
     }));
-    let had_task = records.len() == 2;
     inner.recorder.record(records).await?;
     let (id, name) = (result.execution_id, result.workflow_name.as_str());
-    if had_task {
-        inner.emit(id, name, || last_event);
+    for event in last_events {
+        inner.emit(id, name, || event);
     }
     inner.emit(id, name, || Ev::Finished {
         status: result.status,
