@@ -17,7 +17,9 @@
 //! a store, so that copy is authoritative, and writes, claims and lease renewals never read
 //! back or decode what this process wrote. It holds the unfinished executions (what a
 //! runner drives anyway); ended rows are read from sled when asked for. A failed sled write
-//! drops the copy, and the next call reads it again from sled.
+//! drops the copy, and the next call reads it again from sled. An unfinished row that does
+//! not decode is logged and left in the store: the calls that touch that execution fail
+//! with [`LedgerError::Corrupt`], claims pass it by, and every other execution goes on.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::MutexGuard;
@@ -50,6 +52,9 @@ struct ExecutionRow {
 #[derive(Debug, Default)]
 pub(crate) struct SledWorkflowState {
     unfinished: Option<BTreeMap<u64, ExecutionRow>>,
+    /// Unfinished executions whose rows do not decode, with why: only the calls that
+    /// touch them fail.
+    corrupt: BTreeMap<u64, String>,
 }
 
 /// Where a row a write works on came from.
@@ -93,10 +98,26 @@ impl SledLedger {
         };
         if state.unfinished.is_none() {
             let mut rows = BTreeMap::new();
+            state.corrupt.clear();
             for entry in self.workflows.scan_prefix([b'U']) {
-                let (_, bytes) = entry.map_err(|e| self.wf_read_error(e))?;
-                let row: ExecutionRow = self.wf_decode(&bytes, || "an unfinished execution")?;
-                rows.insert(row.execution.id, row);
+                let (k, bytes) = entry.map_err(|e| self.wf_read_error(e))?;
+                let id = k
+                    .get(1..)
+                    .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                    .map(u64::from_be_bytes);
+                let decoded: Result<ExecutionRow, _> =
+                    self.wf_decode(&bytes, || format!("unfinished execution {id:?}"));
+                match (decoded, id) {
+                    (Ok(row), _) => {
+                        rows.insert(row.execution.id, row);
+                    }
+                    (Err(e), Some(id)) => {
+                        tracing::error!(execution = id, error = %e,
+                            "an unfinished execution's row does not decode; it is left in the store");
+                        state.corrupt.insert(id, e.to_string());
+                    }
+                    (Err(e), None) => return Err(e),
+                }
             }
             state.unfinished = Some(rows);
         }
@@ -150,7 +171,12 @@ impl SledLedger {
     fn apply_workflow_batch(&self, records: &[WorkflowRecord]) -> Result<(), LedgerError> {
         check_batch(BACKEND, records)?;
         let mut state = self.wf_state()?;
-        let unfinished = state.unfinished.get_or_insert_with(BTreeMap::new);
+        let SledWorkflowState {
+            unfinished,
+            corrupt,
+        } = &mut *state;
+        let unfinished = unfinished.get_or_insert_with(BTreeMap::new);
+        let corrupt = &*corrupt;
         let (starts, tasks, ends) = by_kind(records);
         // Rows this batch read or changed, by id (`None`: no such execution): later records
         // of the batch see earlier ones. Unfinished rows are moved out of the state and put
@@ -158,7 +184,7 @@ impl SledLedger {
         let mut rows: HashMap<u64, Option<Staged>> = HashMap::new();
         let outcome = (|| {
             for s in starts {
-                self.stage_row(unfinished, &mut rows, s.id)?;
+                self.stage_row(unfinished, corrupt, &mut rows, s.id)?;
                 let slot = rows.entry(s.id).or_default();
                 if slot.is_none() {
                     let row = ExecutionRow {
@@ -175,7 +201,7 @@ impl SledLedger {
                 }
             }
             for t in tasks {
-                self.stage_row(unfinished, &mut rows, t.execution_id)?;
+                self.stage_row(unfinished, corrupt, &mut rows, t.execution_id)?;
                 let Some(Some(staged)) = rows.get_mut(&t.execution_id) else {
                     continue;
                 };
@@ -186,7 +212,7 @@ impl SledLedger {
                 }
             }
             for end in ends {
-                self.stage_row(unfinished, &mut rows, end.execution_id)?;
+                self.stage_row(unfinished, corrupt, &mut rows, end.execution_id)?;
                 let Some(Some(staged)) = rows.get_mut(&end.execution_id) else {
                     continue;
                 };
@@ -241,9 +267,13 @@ impl SledLedger {
     fn stage_row(
         &self,
         unfinished: &mut BTreeMap<u64, ExecutionRow>,
+        corrupt: &BTreeMap<u64, String>,
         rows: &mut HashMap<u64, Option<Staged>>,
         id: u64,
     ) -> Result<(), LedgerError> {
+        if let Some(reason) = corrupt.get(&id) {
+            return Err(self.corrupt_row(reason));
+        }
         if let std::collections::hash_map::Entry::Vacant(slot) = rows.entry(id) {
             let staged = match unfinished.remove(&id) {
                 Some(row) => Some(Staged {
@@ -260,6 +290,14 @@ impl SledLedger {
             slot.insert(staged);
         }
         Ok(())
+    }
+
+    fn corrupt_row(&self, reason: &str) -> LedgerError {
+        LedgerError::Corrupt {
+            backend: BACKEND,
+            location: self.path().display().to_string(),
+            reason: reason.to_owned(),
+        }
     }
 
     /// Rewrites, in id order, up to `limit` unfinished rows that `pick` changes (claims and
@@ -349,6 +387,9 @@ impl WorkflowStore for SledLedger {
         Box::pin(async move {
             let running = {
                 let state = self.wf_state()?;
+                if let Some(reason) = state.corrupt.get(&id) {
+                    return Err(self.corrupt_row(reason));
+                }
                 state
                     .unfinished
                     .as_ref()
@@ -419,5 +460,66 @@ impl WorkflowStore for SledLedger {
             self.flush_db().await?;
             Ok(first)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn start(id: u64) -> WorkflowRecord {
+        WorkflowRecord::Started(ExecutionRecord {
+            id,
+            workflow: "w".into(),
+            version: "v1".into(),
+            input: b"{}".to_vec(),
+            created_at_unix_us: 1,
+            owner: "r".into(),
+            lease_until_unix_us: 2,
+        })
+    }
+
+    #[tokio::test]
+    async fn an_undecodable_unfinished_row_fails_only_its_own_execution() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("store");
+        {
+            let ledger = SledLedger::open(&path).expect("open");
+            ledger
+                .write(&[start(1), start(2)], Commit::Durable)
+                .await
+                .expect("write");
+        }
+        {
+            // Damage execution 1's row behind the store's back.
+            let db = sled::open(&path).expect("raw open");
+            let tree = db.open_tree("workflows").expect("tree");
+            tree.insert(key(b'U', 1), &b"not a row"[..])
+                .expect("damage");
+            db.flush().expect("flush");
+        }
+        let ledger = SledLedger::open(&path).expect("reopen");
+        assert!(matches!(
+            ledger.execution(1).await,
+            Err(LedgerError::Corrupt { .. })
+        ));
+        let refused = ledger.write(&[start(1)], Commit::Buffered).await;
+        assert!(
+            matches!(refused, Err(LedgerError::Corrupt { .. })),
+            "{refused:?}"
+        );
+        // Everything else goes on.
+        ledger
+            .write(&[start(3)], Commit::Buffered)
+            .await
+            .expect("another execution");
+        assert!(ledger.execution(2).await.expect("read").is_some());
+        assert!(ledger.execution(3).await.expect("read").is_some());
+        let claimed = ledger
+            .claim_unfinished("r", 0, 10, usize::MAX)
+            .await
+            .expect("claim");
+        let ids: Vec<u64> = claimed.iter().map(|e| e.execution.id).collect();
+        assert_eq!(ids, [2, 3]);
     }
 }

@@ -154,7 +154,10 @@ pub(super) async fn drive(
                 inner.emit(id, &name, || Ev::TaskStarted {
                     task: task.id().to_owned(),
                 });
-                running.push(async move { run_attempts(task, input, i, Some(&slots)).await });
+                running.push(async move {
+                    let (i, attempts, outcome) = run_attempts(task, input, i, Some(&slots)).await;
+                    (i, attempts, outcome, SystemTime::now())
+                });
             }
         }
         if running.is_empty() && ready.is_empty() {
@@ -225,8 +228,9 @@ pub(super) async fn drive(
     finish(inner, result, stored_status(status)).await
 }
 
-/// What one task's run ended with: its index, the attempts made, its output or error.
-type Done = (usize, u32, Result<Context<Value>, TaskError>);
+/// What one task's run ended with: its index, the attempts made, its output or error, and
+/// when it ended.
+type Done = (usize, u32, Result<Context<Value>, TaskError>, SystemTime);
 
 /// A task's end (`done`) applied to `state` and to its `result`: its record and its event.
 fn outcome_record(
@@ -235,9 +239,8 @@ fn outcome_record(
     task: &Arc<dyn crate::Task>,
     result: &mut TaskResult,
     state: &mut ExecutionState,
-    (i, attempts, outcome): Done,
+    (i, attempts, outcome, ended): Done,
 ) -> (TaskRecord, Ev) {
-    let ended = SystemTime::now();
     result.ended = Some(ended);
     result.attempts = attempts;
     let started = result.started.map_or(0, stored::unix_us);

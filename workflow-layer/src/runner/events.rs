@@ -69,9 +69,11 @@ pub struct RecordedEvent {
     pub event: ExecutionEvent,
 }
 
-/// The events the store's record of an execution holds, in time order: `Started`, each
-/// recorded task's `TaskStarted` and `TaskCompleted` or `TaskFailed`, then `Finished` if it
-/// ended. (Pauses and resumptions are not recorded: they change no outcome.)
+/// The events the store's record of an execution holds: `Started` first, then each
+/// recorded task's `TaskStarted` and `TaskCompleted` or `TaskFailed` in time order (an
+/// outcome never before its own start, whatever the clocks of the runners that recorded
+/// them said), then `Finished` if it ended. (Pauses and resumptions are not recorded: they
+/// change no outcome.)
 pub(super) fn recorded(stored: &StoredExecution) -> Vec<RecordedEvent> {
     let workflow = &stored.execution.workflow;
     let event = |at: i64, kind: ExecutionEventKind| RecordedEvent {
@@ -82,14 +84,10 @@ pub(super) fn recorded(stored: &StoredExecution) -> Vec<RecordedEvent> {
             kind,
         },
     };
-    let mut events = Vec::with_capacity(2 + 2 * stored.tasks.len());
-    events.push(event(
-        stored.execution.created_at_unix_us,
-        ExecutionEventKind::Started,
-    ));
+    let mut tasks = Vec::with_capacity(2 * stored.tasks.len());
     for t in &stored.tasks {
         let task = t.task.clone();
-        events.push(event(
+        tasks.push(event(
             t.started_at_unix_us,
             ExecutionEventKind::TaskStarted { task: task.clone() },
         ));
@@ -104,8 +102,16 @@ pub(super) fn recorded(stored: &StoredExecution) -> Vec<RecordedEvent> {
                 error: t.error.clone().unwrap_or_default(),
             },
         };
-        events.push(event(t.finished_at_unix_us, kind));
+        tasks.push(event(t.finished_at_unix_us.max(t.started_at_unix_us), kind));
     }
+    // Stable: at equal times a task's start stays before its outcome.
+    tasks.sort_by_key(|e| e.at);
+    let mut events = Vec::with_capacity(2 + tasks.len());
+    events.push(event(
+        stored.execution.created_at_unix_us,
+        ExecutionEventKind::Started,
+    ));
+    events.append(&mut tasks);
     if let Some(end) = &stored.end {
         events.push(event(
             end.finished_at_unix_us,
@@ -114,8 +120,5 @@ pub(super) fn recorded(stored: &StoredExecution) -> Vec<RecordedEvent> {
             },
         ));
     }
-    // Stable: at equal times, submission before tasks before the end, each task's start
-    // before its outcome.
-    events.sort_by_key(|e| e.at);
     events
 }

@@ -347,8 +347,9 @@ impl DefaultRunner {
         Ok(stored::status(stored.status))
     }
 
-    /// What the store recorded of execution `id`, in time order: its submission, each
-    /// recorded task's start and outcome (with its attempts), and its end if it ended.
+    /// What the store recorded of execution `id`: its submission first, each recorded
+    /// task's start and outcome (with its attempts) in time order, and its end last if it
+    /// ended.
     /// Works for executions of any runner sharing the store, and after restarts.
     pub async fn history(&self, id: u64) -> Result<Vec<RecordedEvent>, RunnerError> {
         let stored = self

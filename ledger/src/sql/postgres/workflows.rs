@@ -23,7 +23,7 @@ INSERT INTO wf_tasks (execution_id, task, outcome, attempts, output, error, star
 SELECT u.id, u.task, u.outcome, u.attempts, u.output, u.error, u.started, u.finished
 FROM UNNEST($1::BIGINT[], $2::TEXT[], $3::BIGINT[], $4::BIGINT[], $5::BYTEA[], $6::TEXT[], $7::BIGINT[], $8::BIGINT[])
      AS u(id, task, outcome, attempts, output, error, started, finished)
-WHERE EXISTS (SELECT 1 FROM wf_executions e WHERE e.id = u.id)
+WHERE EXISTS (SELECT 1 FROM wf_executions e WHERE e.id = u.id AND e.id = ANY($1::BIGINT[]))
 ON CONFLICT (execution_id, task) DO NOTHING";
 
 const UPDATE_ENDS: &str = "\
@@ -31,13 +31,15 @@ UPDATE wf_executions e
 SET status = u.status, final_context = u.ctx, error = u.error, finished_at_us = u.at
 FROM UNNEST($1::BIGINT[], $2::BIGINT[], $3::BYTEA[], $4::TEXT[], $5::BIGINT[])
      AS u(id, status, ctx, error, at)
-WHERE e.id = u.id AND e.status = 0";
+WHERE e.id = u.id AND e.id = ANY($1::BIGINT[]) AND e.status = 0";
 
 /// The whole batch as one statement (one round trip, atomic on its own), for a batch whose
 /// tasks and ends refer to no execution it starts: data-modifying CTEs see the table as it
-/// was before the statement. Only the parts the batch has are in it (planning is per
-/// execution, see `open.rs`, and costs per part): one text per combination of starts, tasks
-/// and ends. `cfg` (`$1`) makes a Buffered commit asynchronous (`off`) or leaves the
+/// was before the statement. Only the parts the batch has are in it: one text per
+/// combination of starts, tasks and ends. Each is planned once per connection (see
+/// `open.rs`), maybe while the tables are empty, so every lookup of `wf_executions` also
+/// says `id = ANY(ids)`: whatever join the planner picks, the table side is then an index
+/// probe per id, never a scan of the unfinished (or all) executions. `cfg` (`$1`) makes a Buffered commit asynchronous (`off`) or leaves the
 /// server's setting (NULL); it is read when the statement commits.
 fn write_one_sql(starts: bool, tasks: bool, ends: bool) -> &'static str {
     static SQL: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
@@ -81,28 +83,35 @@ fn build_write_one(starts: bool, tasks: bool, ends: bool) -> String {
         let p = params(&[
             "BIGINT", "TEXT", "BIGINT", "BIGINT", "BYTEA", "TEXT", "BIGINT", "BIGINT",
         ]);
+        let ids = first_param(&p);
         parts.push(format!(
             "t AS (INSERT INTO wf_tasks \
              (execution_id, task, outcome, attempts, output, error, started_at_us, finished_at_us) \
              SELECT u.id, u.task, u.outcome, u.attempts, u.output, u.error, u.started, u.finished \
              FROM UNNEST({p}) AS u(id, task, outcome, attempts, output, error, started, finished) \
-             WHERE EXISTS (SELECT 1 FROM wf_executions e WHERE e.id = u.id) \
+             WHERE EXISTS (SELECT 1 FROM wf_executions e WHERE e.id = u.id AND e.id = ANY({ids})) \
              ON CONFLICT (execution_id, task) DO NOTHING)"
         ));
     }
     if ends {
         let p = params(&["BIGINT", "BIGINT", "BYTEA", "TEXT", "BIGINT"]);
+        let ids = first_param(&p);
         parts.push(format!(
             "e AS (UPDATE wf_executions e \
              SET status = u.status, final_context = u.ctx, error = u.error, finished_at_us = u.at \
              FROM UNNEST({p}) AS u(id, status, ctx, error, at) \
-             WHERE e.id = u.id AND e.status = 0)"
+             WHERE e.id = u.id AND e.id = ANY({ids}) AND e.status = 0)"
         ));
     }
     format!(
         "WITH {} SELECT (SELECT count(*) FROM cfg WHERE v IS NOT NULL OR v IS NULL)",
         parts.join(", ")
     )
+}
+
+/// The first of a comma-separated parameter list (the ids array).
+fn first_param(params: &str) -> &str {
+    params.split(", ").next().unwrap_or(params)
 }
 
 type PgQuery<'q> = sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>;
