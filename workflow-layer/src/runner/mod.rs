@@ -311,12 +311,7 @@ impl DefaultRunner {
                 None => {} // The driver went away: read what the store holds.
             }
         }
-        let stored = self
-            .inner
-            .store
-            .execution(id)
-            .await?
-            .ok_or(RunnerError::UnknownExecution(id))?;
+        let stored = self.stored(id).await?;
         match stored::result(&stored, self.known(&stored.execution.workflow).as_deref()) {
             Some(result) => Ok(result),
             None => Err(RunnerError::NotHere {
@@ -338,12 +333,7 @@ impl DefaultRunner {
                 _ => WorkflowStatus::Running,
             });
         }
-        let stored = self
-            .inner
-            .store
-            .execution(id)
-            .await?
-            .ok_or(RunnerError::UnknownExecution(id))?;
+        let stored = self.stored(id).await?;
         Ok(stored::status(stored.status))
     }
 
@@ -352,13 +342,17 @@ impl DefaultRunner {
     /// ended.
     /// Works for executions of any runner sharing the store, and after restarts.
     pub async fn history(&self, id: u64) -> Result<Vec<RecordedEvent>, RunnerError> {
-        let stored = self
-            .inner
+        let stored = self.stored(id).await?;
+        Ok(events::recorded(&stored))
+    }
+
+    /// What the store holds of execution `id`.
+    async fn stored(&self, id: u64) -> Result<cloacina_ledger::StoredExecution, RunnerError> {
+        self.inner
             .store
             .execution(id)
             .await?
-            .ok_or(RunnerError::UnknownExecution(id))?;
-        Ok(events::recorded(&stored))
+            .ok_or(RunnerError::UnknownExecution(id))
     }
 
     /// Cancels execution `id`: its running tasks are stopped (their attempts aborted), no
