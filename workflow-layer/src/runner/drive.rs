@@ -245,29 +245,15 @@ fn outcome_record(
     result.attempts = attempts;
     let started = result.started.map_or(0, stored::unix_us);
     let task_id = task.id().to_owned();
-    match outcome.and_then(|out| {
+    let encoded = outcome.and_then(|out| {
         stored::bytes(&out)
             .map(|b| (out, b))
             .map_err(TaskError::from)
-    }) {
+    });
+    let (kind, output, error) = match encoded {
         Ok((output, bytes)) => {
             state.completed(i, output);
-            (
-                TaskRecord {
-                    execution_id: id,
-                    task: task_id.clone(),
-                    outcome: TaskOutcome::Completed,
-                    attempts,
-                    output: bytes,
-                    error: None,
-                    started_at_unix_us: started,
-                    finished_at_unix_us: stored::unix_us(ended),
-                },
-                Ev::TaskCompleted {
-                    task: task_id,
-                    attempts,
-                },
-            )
+            (TaskOutcome::Completed, bytes, None)
         }
         Err(e) => {
             // No store keeps NUL in text (PostgreSQL refuses it).
@@ -276,25 +262,31 @@ fn outcome_record(
                 "task failed");
             result.error = Some(error.clone());
             state.failed(i);
-            (
-                TaskRecord {
-                    execution_id: id,
-                    task: task_id.clone(),
-                    outcome: TaskOutcome::Failed,
-                    attempts,
-                    output: Vec::new(),
-                    error: Some(error.clone()),
-                    started_at_unix_us: started,
-                    finished_at_unix_us: stored::unix_us(ended),
-                },
-                Ev::TaskFailed {
-                    task: task_id,
-                    attempts,
-                    error,
-                },
-            )
+            (TaskOutcome::Failed, Vec::new(), Some(error))
         }
-    }
+    };
+    let event = match &error {
+        None => Ev::TaskCompleted {
+            task: task_id.clone(),
+            attempts,
+        },
+        Some(error) => Ev::TaskFailed {
+            task: task_id.clone(),
+            attempts,
+            error: error.clone(),
+        },
+    };
+    let record = TaskRecord {
+        execution_id: id,
+        task: task_id,
+        outcome: kind,
+        attempts,
+        output,
+        error,
+        started_at_unix_us: started,
+        finished_at_unix_us: stored::unix_us(ended),
+    };
+    (record, event)
 }
 
 fn stored_status(status: WorkflowStatus) -> ExecutionStatus {
