@@ -9,8 +9,10 @@
 //! One key per execution rather than one per task outcome: sled's cost is per key written
 //! (a simple execution is 3 key writes: its start, then its end moving the row).
 //!
-//! One write is one sled batch, applied under the store's lock (first-wins checks read
-//! what they then write); [`Commit::Durable`] ends with the ledger's flush.
+//! A write is applied under the store's lock (first-wins checks read what they then
+//! write), one key write per execution it touches (two for an end: `E id` written, then
+//! `U id` removed; an open that finds both removes the `U` row); [`Commit::Durable`] ends
+//! with the ledger's flush.
 //!
 //! Under that lock the store also keeps every unfinished execution's row in memory
 //! ([`SledWorkflowState`], read from the `U` rows at first use): sled lets one process open
@@ -105,6 +107,11 @@ impl SledLedger {
                     .get(1..)
                     .and_then(|b| <[u8; 8]>::try_from(b).ok())
                     .map(u64::from_be_bytes);
+                if let Some(id) = id {
+                    if self.settle_ended(id)? {
+                        continue;
+                    }
+                }
                 let decoded: Result<ExecutionRow, _> =
                     self.wf_decode(&bytes, || format!("unfinished execution {id:?}"));
                 match (decoded, id) {
@@ -122,6 +129,25 @@ impl SledLedger {
             state.unfinished = Some(rows);
         }
         Ok(state)
+    }
+
+    /// Whether execution `id` has ended although its `U` row is still there (a crash came
+    /// between an end's two key writes); if so, removes the stale `U` row.
+    fn settle_ended(&self, id: u64) -> Result<bool, LedgerError> {
+        let ended = self
+            .workflows
+            .contains_key(key(b'E', id))
+            .map_err(|e| self.wf_read_error(e))?;
+        if ended {
+            tracing::info!(
+                execution = id,
+                "removing the unfinished row of an execution whose end was recorded"
+            );
+            self.workflows
+                .remove(key(b'U', id))
+                .map_err(|e| sled_error(self.path(), "workflow store write failed", e))?;
+        }
+        Ok(ended)
     }
 
     fn wf_read_error(&self, e: sled::Error) -> LedgerError {
@@ -222,25 +248,36 @@ impl SledLedger {
                     staged.changed = true;
                 }
             }
-            let mut batch = sled::Batch::default();
+            // Every row encoded before any is written: a row that cannot be encoded
+            // writes nothing.
+            let mut writes = Vec::with_capacity(rows.len());
             for (id, staged) in &rows {
                 let Some(staged) = staged else { continue };
-                if !staged.changed {
-                    continue;
-                }
-                let value = self.wf_encode(*id, &staged.row)?;
-                if staged.row.end.is_some() {
-                    if staged.origin == Origin::Unfinished {
-                        batch.remove(key(b'U', *id));
-                    }
-                    batch.insert(key(b'E', *id), value);
-                } else {
-                    batch.insert(key(b'U', *id), value);
+                if staged.changed {
+                    writes.push((*id, staged, self.wf_encode(*id, &staged.row)?));
                 }
             }
-            self.workflows
-                .apply_batch(batch)
-                .map_err(|e| sled_error(self.path(), "workflow store write failed", e))
+            // Single-key writes, not one sled batch: sled writes its whole IO buffer out
+            // twice per batch, which cost more than the rows themselves. Each execution's
+            // records are one row, so each is still atomic; an end writes `E id` before
+            // removing `U id`, and sled recovers its log in order, so a crash between the
+            // two leaves both, which the next open settles (the `E` row wins).
+            let failed = |e| sled_error(self.path(), "workflow store write failed", e);
+            for (id, staged, value) in writes {
+                if staged.row.end.is_some() {
+                    self.workflows
+                        .insert(key(b'E', id), value)
+                        .map_err(failed)?;
+                    if staged.origin == Origin::Unfinished {
+                        self.workflows.remove(key(b'U', id)).map_err(failed)?;
+                    }
+                } else {
+                    self.workflows
+                        .insert(key(b'U', id), value)
+                        .map_err(failed)?;
+                }
+            }
+            Ok(())
         })();
         match outcome {
             Ok(()) => {
@@ -477,6 +514,59 @@ mod tests {
             owner: "r".into(),
             lease_until_unix_us: 2,
         })
+    }
+
+    fn end(id: u64) -> WorkflowRecord {
+        WorkflowRecord::Ended(ExecutionEndRecord {
+            execution_id: id,
+            status: ExecutionStatus::Completed,
+            final_context: b"{}".to_vec(),
+            error: None,
+            finished_at_unix_us: 3,
+        })
+    }
+
+    #[tokio::test]
+    async fn a_crash_between_an_ends_two_key_writes_leaves_the_execution_ended() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("store");
+        {
+            let ledger = SledLedger::open(&path).expect("open");
+            ledger
+                .write(&[start(1), start(2)], Commit::Durable)
+                .await
+                .expect("starts");
+            let unfinished = ledger
+                .workflows
+                .get(key(b'U', 1))
+                .expect("read")
+                .expect("U row");
+            ledger.write(&[end(1)], Commit::Durable).await.expect("end");
+            // What a crash after writing `E 1` but before removing `U 1` leaves.
+            ledger
+                .workflows
+                .insert(key(b'U', 1), unfinished)
+                .expect("put back");
+            ledger.flush_db().await.expect("flush");
+        }
+        let ledger = SledLedger::open(&path).expect("reopen");
+        let stored = ledger.execution(1).await.expect("read").expect("stored");
+        assert_eq!(stored.status, ExecutionStatus::Completed);
+        assert!(stored.end.is_some());
+        let claimed = ledger
+            .claim_unfinished("other", i64::MAX, i64::MAX, usize::MAX)
+            .await
+            .expect("claim");
+        let ids: Vec<u64> = claimed.iter().map(|e| e.execution.id).collect();
+        assert_eq!(ids, [2], "only the execution that did not end is claimed");
+        assert!(!ledger.workflows.contains_key(key(b'U', 1)).expect("read"));
+        // The ended execution stays ended: a later start or end changes nothing.
+        ledger
+            .write(&[start(1), end(1)], Commit::Buffered)
+            .await
+            .expect("write");
+        let again = ledger.execution(1).await.expect("read").expect("stored");
+        assert_eq!(again.end, stored.end);
     }
 
     #[tokio::test]
