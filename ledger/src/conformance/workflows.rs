@@ -260,6 +260,47 @@ pub(super) async fn run(harness: &dyn Harness) {
         .expect("claim");
     assert!(limited.is_empty(), "{name}: limit 0 claims nothing");
 
+    // A large batch (backends split it into several statements or key writes): every
+    // record lands once, the first of each kind wins across the whole batch, and a task of
+    // an execution that was never started is dropped.
+    const MANY: u64 = 300;
+    let b = store.reserve_execution_ids(MANY).await.expect("reserve");
+    let mut batch: Vec<WorkflowRecord> = (b..b + MANY)
+        .map(|id| WorkflowRecord::Started(start(id, "r9", T0 + 90_000)))
+        .collect();
+    batch.extend((b..b + MANY).map(|id| WorkflowRecord::Task(task(id, "t", true))));
+    batch.push(WorkflowRecord::Task(task(b + MANY - 1, "t", false)));
+    batch.push(WorkflowRecord::Task(task(
+        b + MANY + 1_000_000,
+        "orphan",
+        true,
+    )));
+    batch.extend((b..b + 200).map(|id| WorkflowRecord::Ended(end(id, ExecutionStatus::Completed))));
+    batch.push(WorkflowRecord::Ended(end(b + 199, ExecutionStatus::Failed)));
+    c.write(batch).await;
+    for id in b..b + MANY {
+        let got = c
+            .get(id)
+            .await
+            .unwrap_or_else(|| panic!("{name}: execution {id} of a large batch lost"));
+        assert_eq!(
+            got.tasks,
+            vec![task(id, "t", true)],
+            "{name}: tasks of {id}"
+        );
+        let expected = if id < b + 200 {
+            ExecutionStatus::Completed
+        } else {
+            ExecutionStatus::Running
+        };
+        assert_eq!(got.status, expected, "{name}: status of {id}");
+    }
+    assert_eq!(
+        c.get(b + MANY + 1_000_000).await,
+        None,
+        "{name}: orphan task"
+    );
+
     drop(store);
     if harness.persistent() {
         let store = store_of(harness.open().await);

@@ -8,15 +8,73 @@ use crate::sql::workflows::{
 };
 use crate::{StoredExecution, WorkflowRecord};
 
-const INSERT_START: &str = "INSERT INTO wf_executions \
-     (id, workflow, version, input, created_at_us, owner, lease_until_us, status) \
-     VALUES (?, ?, ?, ?, ?, ?, ?, 0) ON CONFLICT (id) DO NOTHING";
-const INSERT_TASK: &str = "INSERT INTO wf_tasks \
-     (execution_id, task, outcome, attempts, output, error, started_at_us, finished_at_us) \
-     SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8 WHERE EXISTS (SELECT 1 FROM wf_executions WHERE id = ?1) \
-     ON CONFLICT (execution_id, task) DO NOTHING";
-const UPDATE_END: &str = "UPDATE wf_executions \
-     SET status = ?, final_context = ?, error = ?, finished_at_us = ? WHERE id = ? AND status = 0";
+/// Rows per statement. A batch's rows of one kind go in statements of these sizes (largest
+/// first), so a batch of n rows takes about log2(n) statements instead of n (each is a
+/// round trip to sqlx's SQLite thread), and each kind has only these few statement texts
+/// for sqlx to keep prepared.
+const ROWS_PER_STATEMENT: [usize; 8] = [128, 64, 32, 16, 8, 4, 2, 1];
+
+/// `rows` cut into slices of the sizes in [`ROWS_PER_STATEMENT`], largest first.
+fn statement_chunks<T>(mut rows: &[T]) -> impl Iterator<Item = &[T]> {
+    std::iter::from_fn(move || {
+        let n = ROWS_PER_STATEMENT
+            .iter()
+            .copied()
+            .find(|&n| n <= rows.len())?;
+        let (chunk, rest) = rows.split_at(n);
+        rows = rest;
+        Some(chunk)
+    })
+}
+
+/// What each statement writes.
+#[derive(Clone, Copy)]
+enum Rows {
+    Starts,
+    Tasks,
+    Ends,
+}
+
+/// The statement writing `n` rows (`n` one of [`ROWS_PER_STATEMENT`]), built once.
+fn rows_sql(kind: Rows, n: usize) -> &'static str {
+    static SQL: std::sync::OnceLock<Vec<[String; 3]>> = std::sync::OnceLock::new();
+    let all = SQL.get_or_init(|| {
+        ROWS_PER_STATEMENT
+            .iter()
+            .map(|&n| {
+                let values = |row: &str| vec![row; n].join(", ");
+                [
+                    format!(
+                        "INSERT INTO wf_executions \
+                         (id, workflow, version, input, created_at_us, owner, lease_until_us, status) \
+                         VALUES {} ON CONFLICT (id) DO NOTHING",
+                        values("(?, ?, ?, ?, ?, ?, ?, 0)")
+                    ),
+                    format!(
+                        "INSERT INTO wf_tasks \
+                         (execution_id, task, outcome, attempts, output, error, started_at_us, finished_at_us) \
+                         SELECT * FROM (VALUES {}) AS v \
+                         WHERE EXISTS (SELECT 1 FROM wf_executions e WHERE e.id = v.column1) \
+                         ON CONFLICT (execution_id, task) DO NOTHING",
+                        values("(?, ?, ?, ?, ?, ?, ?, ?)")
+                    ),
+                    format!(
+                        "UPDATE wf_executions SET status = u.column2, final_context = u.column3, \
+                         error = u.column4, finished_at_us = u.column5 \
+                         FROM (VALUES {}) AS u \
+                         WHERE wf_executions.id = u.column1 AND wf_executions.status = 0",
+                        values("(?, ?, ?, ?, ?)")
+                    ),
+                ]
+            })
+            .collect()
+    });
+    let i = ROWS_PER_STATEMENT
+        .iter()
+        .position(|&m| m == n)
+        .unwrap_or(ROWS_PER_STATEMENT.len() - 1);
+    all.get(i).map_or("", |texts| texts[kind as usize].as_str())
+}
 
 /// An id as stored (checked below 2^63 by staging).
 fn sql_id(id: u64) -> i64 {
@@ -38,43 +96,52 @@ impl SqliteLedger {
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(self.err("cannot begin a workflow write"))?;
-        for s in &staged.starts {
-            sqlx::query(INSERT_START)
-                .bind(sql_id(s.id))
-                .bind(&s.workflow)
-                .bind(&s.version)
-                .bind(&s.input)
-                .bind(s.created_at_unix_us)
-                .bind(&s.owner)
-                .bind(s.lease_until_unix_us)
-                .execute(&mut *tx)
+        for chunk in statement_chunks(&staged.starts) {
+            let mut q = sqlx::query(rows_sql(Rows::Starts, chunk.len()));
+            for s in chunk {
+                q = q
+                    .bind(sql_id(s.id))
+                    .bind(&s.workflow)
+                    .bind(&s.version)
+                    .bind(&s.input)
+                    .bind(s.created_at_unix_us)
+                    .bind(&s.owner)
+                    .bind(s.lease_until_unix_us);
+            }
+            q.execute(&mut *tx)
                 .await
-                .map_err(self.err("cannot record an execution start"))?;
+                .map_err(self.err("cannot record execution starts"))?;
         }
-        for t in &staged.tasks {
-            sqlx::query(INSERT_TASK)
-                .bind(sql_id(t.execution_id))
-                .bind(&t.task)
-                .bind(outcome_code(t.outcome))
-                .bind(i64::from(t.attempts))
-                .bind(&t.output)
-                .bind(&t.error)
-                .bind(t.started_at_unix_us)
-                .bind(t.finished_at_unix_us)
-                .execute(&mut *tx)
+        for chunk in statement_chunks(&staged.tasks) {
+            let mut q = sqlx::query(rows_sql(Rows::Tasks, chunk.len()));
+            for t in chunk {
+                q = q
+                    .bind(sql_id(t.execution_id))
+                    .bind(&t.task)
+                    .bind(outcome_code(t.outcome))
+                    .bind(i64::from(t.attempts))
+                    .bind(&t.output)
+                    .bind(&t.error)
+                    .bind(t.started_at_unix_us)
+                    .bind(t.finished_at_unix_us);
+            }
+            q.execute(&mut *tx)
                 .await
-                .map_err(self.err("cannot record a task outcome"))?;
+                .map_err(self.err("cannot record task outcomes"))?;
         }
-        for e in &staged.ends {
-            sqlx::query(UPDATE_END)
-                .bind(e.status.code())
-                .bind(&e.final_context)
-                .bind(&e.error)
-                .bind(e.finished_at_unix_us)
-                .bind(sql_id(e.execution_id))
-                .execute(&mut *tx)
+        for chunk in statement_chunks(&staged.ends) {
+            let mut q = sqlx::query(rows_sql(Rows::Ends, chunk.len()));
+            for e in chunk {
+                q = q
+                    .bind(sql_id(e.execution_id))
+                    .bind(e.status.code())
+                    .bind(&e.final_context)
+                    .bind(&e.error)
+                    .bind(e.finished_at_unix_us);
+            }
+            q.execute(&mut *tx)
                 .await
-                .map_err(self.err("cannot record an execution end"))?;
+                .map_err(self.err("cannot record execution ends"))?;
         }
         tx.commit()
             .await
@@ -182,5 +249,30 @@ impl SqliteLedger {
         .await
         .map_err(self.err("cannot reserve execution ids"))?;
         Ok(u64::try_from(last - count + 1).unwrap_or(1))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_go_in_few_statements_of_known_sizes() {
+        for n in [0usize, 1, 2, 3, 7, 64, 100, 129, 300, 4096] {
+            let rows: Vec<usize> = (0..n).collect();
+            let chunks: Vec<&[usize]> = statement_chunks(&rows).collect();
+            let rejoined: Vec<usize> = chunks.concat();
+            assert_eq!(rejoined, rows, "every row once, in order (n = {n})");
+            assert!(chunks.iter().all(|c| ROWS_PER_STATEMENT.contains(&c.len())));
+            assert!(
+                chunks.len() <= n / 128 + 7,
+                "{} statements for {n} rows",
+                chunks.len()
+            );
+        }
+        for (kind, n) in [(Rows::Starts, 4), (Rows::Tasks, 128), (Rows::Ends, 1)] {
+            let sql = rows_sql(kind, n);
+            assert_eq!(sql.matches('?').count() % n, 0, "{sql}");
+        }
     }
 }
