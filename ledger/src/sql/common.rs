@@ -596,6 +596,9 @@ macro_rules! forward_ledger {
             fn reserve_execution_ids(&self, count: u64) -> $crate::LedgerFuture<'_, u64> {
                 Box::pin(self.reserve_ids(count))
             }
+            fn concurrent_writes(&self) -> usize {
+                self.workflow_write_slots()
+            }
         }
     };
 }

@@ -195,6 +195,14 @@ pub trait WorkflowStore: Send + Sync + 'static {
     /// Reserves `count` execution ids (at least 1); returns the first. Ids are never handed
     /// out twice by one store, across processes and restarts, and start at 1.
     fn reserve_execution_ids(&self, count: u64) -> LedgerFuture<'_, u64>;
+
+    /// How many [`write`](Self::write)s a writer should keep in flight at once: more than
+    /// one overlaps a networked store's round trips; 1 where writes serialize anyway.
+    /// Concurrent writes never carry records of the same execution (a runner waits for each
+    /// of an execution's records before making the next).
+    fn concurrent_writes(&self) -> usize {
+        1
+    }
 }
 
 /// The records of `batch` by kind, in batch order: the order every backend applies them

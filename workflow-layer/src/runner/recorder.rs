@@ -1,6 +1,6 @@
 //! The runner's group commit: executions hand their records to one background task, which
-//! writes whatever has queued up as one batch ([`WorkflowStore::write`]), up to
-//! [`MAX_IN_FLIGHT`] batches at once, and answers every sender when its batch is written.
+//! writes whatever has queued up as one batch ([`WorkflowStore::write`]), as many batches
+//! at once as the store takes, and answers every sender when its batch is written.
 //! Under load one commit covers the records of many executions; alone, a record waits for
 //! nothing but its own write.
 
@@ -16,15 +16,14 @@ use tokio::sync::{mpsc, oneshot};
 
 /// Most records in one batch.
 const MAX_BATCH: usize = 4_096;
-/// Batches written at once (a [`Commit::Buffered`] flush runs beside them, one at a time). Records of one execution are never in two batches
-/// (its driver waits for each record before making the next), so several could overlap;
-/// one at a time makes the biggest batches, and measured best on every backend here
-/// (PostgreSQL on the same 2 cores: 8.1k simple workflows/s with one, 7.6k with two, 6.7k
-/// with three; embedded stores serialize writes anyway). sled ran 10-20% faster with two,
-/// but with three overlapping writes and flushes it deadlocked inside sled 0.34 (a writer
-/// holding its segment lock waits for a file truncation queued behind IO threads that wait
-/// for that lock: spacejam/sled#1412), so sled gets one too.
-const MAX_IN_FLIGHT: usize = 1;
+/// Most batches written at once, whatever the store asks for
+/// ([`WorkflowStore::concurrent_writes`]): one makes the biggest batches, and is what the
+/// embedded stores take (SQLite serializes writes; sled 0.34 deadlocked with three
+/// overlapping writes and flushes, a writer holding its segment lock waiting for a file
+/// truncation queued behind IO threads that wait for that lock: spacejam/sled#1412);
+/// PostgreSQL takes two, one per write connection. A [`Commit::Buffered`] flush runs beside
+/// them, one at a time.
+const MAX_IN_FLIGHT: usize = 4;
 /// With [`Commit::Buffered`], how soon after a write the store is flushed.
 const FLUSH_EVERY: Duration = Duration::from_millis(100);
 /// Tries per batch when the store reports a transient error.
@@ -54,7 +53,8 @@ impl Recorder {
         commit: Commit,
     ) -> Self {
         let (tx, rx) = mpsc::channel(MAX_BATCH);
-        tokio::spawn(run(ledger, store, commit, rx, MAX_IN_FLIGHT));
+        let in_flight = store.concurrent_writes().clamp(1, MAX_IN_FLIGHT);
+        tokio::spawn(run(ledger, store, commit, rx, in_flight));
         Self { tx }
     }
 

@@ -161,6 +161,12 @@ fn sql_id(id: u64) -> i64 {
 }
 
 impl PostgresLedger {
+    /// One write per connection of its own: the server runs them side by side (measured
+    /// with the runner's simple workflows: 8.3k workflows/s with one, 10.2k with two).
+    pub(super) fn workflow_write_slots(&self) -> usize {
+        WORKFLOW_WRITE_CONNECTIONS as usize
+    }
+
     pub(super) async fn write_workflow_records(
         &self,
         records: &[WorkflowRecord],

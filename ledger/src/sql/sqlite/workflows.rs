@@ -82,6 +82,11 @@ fn sql_id(id: u64) -> i64 {
 }
 
 impl SqliteLedger {
+    /// One: writes take the ledger's write lock in turn.
+    pub(super) fn workflow_write_slots(&self) -> usize {
+        1
+    }
+
     pub(super) async fn write_workflow_records(
         &self,
         records: &[WorkflowRecord],
