@@ -526,16 +526,22 @@ mod tests {
         })
     }
 
+    /// A store at `path` with executions 1 and 2 started, durably.
+    async fn with_two_starts(path: &std::path::Path) -> SledLedger {
+        let ledger = SledLedger::open(path).expect("open");
+        ledger
+            .write(&[start(1), start(2)], Commit::Durable)
+            .await
+            .expect("starts");
+        ledger
+    }
+
     #[tokio::test]
     async fn a_crash_between_an_ends_two_key_writes_leaves_the_execution_ended() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("store");
         {
-            let ledger = SledLedger::open(&path).expect("open");
-            ledger
-                .write(&[start(1), start(2)], Commit::Durable)
-                .await
-                .expect("starts");
+            let ledger = with_two_starts(&path).await;
             let unfinished = ledger
                 .workflows
                 .get(key(b'U', 1))
@@ -573,13 +579,7 @@ mod tests {
     async fn an_undecodable_unfinished_row_fails_only_its_own_execution() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("store");
-        {
-            let ledger = SledLedger::open(&path).expect("open");
-            ledger
-                .write(&[start(1), start(2)], Commit::Durable)
-                .await
-                .expect("write");
-        }
+        drop(with_two_starts(&path).await);
         {
             // Damage execution 1's row behind the store's back.
             let db = sled::open(&path).expect("raw open");
