@@ -330,6 +330,19 @@ pub(super) async fn run(harness: &dyn Harness) {
             before,
             "{name}: a start after reopen changed ended execution {unreserved}"
         );
+        for (id, status) in [
+            (b, ExecutionStatus::Completed),
+            (b + 199, ExecutionStatus::Completed),
+            (b + 200, ExecutionStatus::Running),
+            (b + MANY - 1, ExecutionStatus::Running),
+        ] {
+            let got = c.get(id).await.map(|e| (e.status, e.tasks));
+            assert_eq!(
+                got,
+                Some((status, vec![task(id, "t", true)])),
+                "{name}: execution {id} of the large batch after reopen"
+            );
+        }
         let third = store.reserve_execution_ids(1).await.expect("reserve");
         assert!(
             third >= second + 5,

@@ -159,16 +159,22 @@ pub struct StoredExecution {
     pub end: Option<ExecutionEndRecord>,
 }
 
-/// The durable state of workflow executions. Every method is atomic on its own.
+/// The durable state of workflow executions. Every method is atomic for each execution it
+/// touches.
 pub trait WorkflowStore: Send + Sync + 'static {
     /// Backend name, for messages.
     fn workflow_backend(&self) -> &'static str;
 
-    /// Applies `records` atomically (all or none). For each execution start, task outcome
-    /// and execution end, the first record written wins and later ones are ignored. A task
-    /// outcome or an end for an execution the store does not hold is ignored too (the
-    /// runner never writes one; a record cannot create half an execution). `commit` says how
-    /// durable the batch is when this returns.
+    /// Applies `records`: a batch that is refused (a record no backend can store) writes
+    /// nothing, and each execution's records in it are applied all or none. The SQL
+    /// backends apply the whole batch in one transaction; sled applies it execution by
+    /// execution, so an IO error or a crash in the middle of a write can leave some of the
+    /// batch's executions written and others not (never part of one). For each execution
+    /// start, task outcome and execution end, the first record written wins and later ones
+    /// are ignored, so writing a batch again is safe. A task outcome or an end for an
+    /// execution the store does not hold is ignored too (the runner never writes one; a
+    /// record cannot create half an execution). `commit` says how durable the batch is
+    /// when this returns.
     fn write<'a>(&'a self, records: &'a [WorkflowRecord], commit: Commit) -> LedgerFuture<'a, ()>;
 
     /// Execution `id`, with its task outcomes and end.

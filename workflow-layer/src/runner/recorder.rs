@@ -21,8 +21,8 @@ const MAX_BATCH: usize = 4_096;
 /// embedded stores take (SQLite serializes writes; sled 0.34 deadlocked with three
 /// overlapping writes and flushes, a writer holding its segment lock waiting for a file
 /// truncation queued behind IO threads that wait for that lock: spacejam/sled#1412);
-/// PostgreSQL takes two, one per write connection. A [`Commit::Buffered`] flush runs beside
-/// them, one at a time.
+/// PostgreSQL takes two, one per write connection. A [`Commit::Buffered`] flush takes a
+/// write's place.
 const MAX_IN_FLIGHT: usize = 4;
 /// With [`Commit::Buffered`], how soon after a write the store is flushed.
 const FLUSH_EVERY: Duration = Duration::from_millis(100);
@@ -30,6 +30,17 @@ const FLUSH_EVERY: Duration = Duration::from_millis(100);
 const TRIES: u32 = 5;
 
 type Ack = oneshot::Sender<Result<(), Arc<LedgerError>>>;
+
+/// Flushes what was written (the ledger's [`Ledger::flush`]); it holds the store too.
+type Flush =
+    Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<(), LedgerError>> + Send>> + Send + Sync>;
+
+/// What an in-flight operation was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum InFlight {
+    Write,
+    Flush,
+}
 
 enum Msg {
     Records(Vec<WorkflowRecord>, Ack),
@@ -52,9 +63,22 @@ impl Recorder {
         store: Arc<dyn WorkflowStore>,
         commit: Commit,
     ) -> Self {
-        let (tx, rx) = mpsc::channel(MAX_BATCH);
         let in_flight = store.concurrent_writes().clamp(1, MAX_IN_FLIGHT);
-        tokio::spawn(run(ledger, store, commit, rx, in_flight));
+        let flush: Flush = Arc::new(move || {
+            let ledger = Arc::clone(&ledger);
+            Box::pin(async move { ledger.flush().await })
+        });
+        Self::spawn_with(flush, store, commit, in_flight)
+    }
+
+    fn spawn_with(
+        flush: Flush,
+        store: Arc<dyn WorkflowStore>,
+        commit: Commit,
+        in_flight: usize,
+    ) -> Self {
+        let (tx, rx) = mpsc::channel(MAX_BATCH);
+        tokio::spawn(run(flush, store, commit, rx, in_flight));
         Self { tx }
     }
 
@@ -84,35 +108,30 @@ impl Recorder {
 }
 
 async fn run(
-    ledger: Arc<dyn Ledger>,
+    flush: Flush,
     store: Arc<dyn WorkflowStore>,
     commit: Commit,
     mut rx: mpsc::Receiver<Msg>,
     max_in_flight: usize,
 ) {
-    let mut in_flight: FuturesUnordered<Pin<Box<dyn Future<Output = ()> + Send>>> =
+    let mut in_flight: FuturesUnordered<Pin<Box<dyn Future<Output = InFlight> + Send>>> =
         FuturesUnordered::new();
     let mut closing = None;
     // When to flush what was written since the last flush (Buffered only).
     let mut flush_at: Option<tokio::time::Instant> = None;
-    // The flush under way, if any: at most one, beside the writes (it does not take a
-    // write's place, so writes go on while the disk catches up).
-    let mut flushing: Option<Pin<Box<dyn Future<Output = ()> + Send>>> = None;
     loop {
         tokio::select! {
             () = tokio::time::sleep_until(flush_at.unwrap_or_else(tokio::time::Instant::now)),
-                if flush_at.is_some() && flushing.is_none() =>
+                if flush_at.is_some() && in_flight.len() < max_in_flight =>
             {
                 flush_at = None;
-                let ledger = Arc::clone(&ledger);
-                flushing = Some(Box::pin(async move {
-                    if let Err(e) = ledger.flush().await {
+                let flushed = flush();
+                in_flight.push(Box::pin(async move {
+                    if let Err(e) = flushed.await {
                         tracing::warn!(error = %e, "workflow store flush failed");
                     }
+                    InFlight::Flush
                 }));
-            }
-            () = async { if let Some(f) = flushing.as_mut() { f.await } }, if flushing.is_some() => {
-                flushing = None;
             }
             first = rx.recv(), if closing.is_none() && in_flight.len() < max_in_flight => {
                 let Some(first) = first else { break };
@@ -136,9 +155,6 @@ async fn run(
                     }
                 }
                 if !batch.is_empty() {
-                    if commit == Commit::Buffered && flush_at.is_none() {
-                        flush_at = Some(tokio::time::Instant::now() + FLUSH_EVERY);
-                    }
                     let store = Arc::clone(&store);
                     in_flight.push(Box::pin(async move {
                         let outcome = write(&*store, &batch, commit).await;
@@ -168,22 +184,27 @@ async fn run(
                                 }
                             }
                         }
+                        InFlight::Write
                     }));
                 }
             }
-            Some(()) = in_flight.next() => {}
+            Some(done) = in_flight.next() => {
+                // A flush covers the writes that ended before it starts: the next one is
+                // due once a write has ended (not when it was sent, or a flush started
+                // beside a write still under way would be the last one it got).
+                if done == InFlight::Write && commit == Commit::Buffered && flush_at.is_none() {
+                    flush_at = Some(tokio::time::Instant::now() + FLUSH_EVERY);
+                }
+            }
             else => break,
         }
-        if closing.is_some() && in_flight.is_empty() && flushing.is_none() {
+        if closing.is_some() && in_flight.is_empty() {
             break;
         }
     }
     while in_flight.next().await.is_some() {}
-    if let Some(f) = flushing.take() {
-        f.await;
-    }
     drop(store);
-    drop(ledger);
+    drop(flush);
     rx.close();
     // Records sent after the close: refused, not lost silently.
     while let Ok(msg) = rx.try_recv() {
@@ -217,5 +238,98 @@ async fn write(
                 return Err(Arc::new(e));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cloacina_ledger::{ExecutionRecord, LedgerFuture, StoredExecution};
+    use std::sync::Mutex;
+    use tokio::time::Instant;
+
+    /// A store whose writes take the given times, noting when each ends.
+    struct SlowStore {
+        delays: Mutex<Vec<Duration>>,
+        ended: Mutex<Vec<Instant>>,
+    }
+
+    impl WorkflowStore for SlowStore {
+        fn workflow_backend(&self) -> &'static str {
+            "slow"
+        }
+        fn write<'a>(&'a self, _: &'a [WorkflowRecord], _: Commit) -> LedgerFuture<'a, ()> {
+            Box::pin(async move {
+                let delay = self.delays.lock().expect("lock").remove(0);
+                tokio::time::sleep(delay).await;
+                self.ended.lock().expect("lock").push(Instant::now());
+                Ok(())
+            })
+        }
+        fn execution(&self, _: u64) -> LedgerFuture<'_, Option<StoredExecution>> {
+            Box::pin(async { Ok(None) })
+        }
+        fn claim_unfinished<'a>(
+            &'a self,
+            _: &'a str,
+            _: i64,
+            _: i64,
+            _: usize,
+        ) -> LedgerFuture<'a, Vec<StoredExecution>> {
+            Box::pin(async { Ok(Vec::new()) })
+        }
+        fn renew_claims<'a>(&'a self, _: &'a str, _: i64) -> LedgerFuture<'a, u64> {
+            Box::pin(async { Ok(0) })
+        }
+        fn reserve_execution_ids(&self, _: u64) -> LedgerFuture<'_, u64> {
+            Box::pin(async { Ok(1) })
+        }
+    }
+
+    fn start(id: u64) -> Vec<WorkflowRecord> {
+        vec![WorkflowRecord::Started(ExecutionRecord {
+            id,
+            workflow: "w".into(),
+            version: "v".into(),
+            input: b"{}".to_vec(),
+            created_at_unix_us: 0,
+            owner: "r".into(),
+            lease_until_unix_us: 0,
+        })]
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_buffered_write_still_under_way_when_a_flush_starts_gets_a_later_flush() {
+        let store = Arc::new(SlowStore {
+            delays: Mutex::new(vec![Duration::from_millis(10), Duration::from_millis(50)]),
+            ended: Mutex::new(Vec::new()),
+        });
+        let flushes = Arc::new(Mutex::new(Vec::<Instant>::new()));
+        let noted = Arc::clone(&flushes);
+        let flush: Flush = Arc::new(move || {
+            noted.lock().expect("lock").push(Instant::now());
+            Box::pin(async { Ok(()) })
+        });
+        let t0 = Instant::now();
+        let recorder = Recorder::spawn_with(flush, store.clone(), Commit::Buffered, 2);
+        recorder.record(start(1)).await.expect("first write");
+        // The second write is under way when the flush due after the first one starts.
+        tokio::time::sleep_until(t0 + FLUSH_EVERY - Duration::from_millis(5)).await;
+        recorder.record(start(2)).await.expect("second write");
+        tokio::time::sleep(FLUSH_EVERY * 3).await;
+        recorder.close().await;
+        let last_write = *store.ended.lock().expect("lock").last().expect("writes");
+        let flushes = flushes.lock().expect("lock").clone();
+        assert!(
+            flushes.iter().any(|f| *f >= last_write),
+            "no flush after the last write ended ({:?} after start; flushes at {:?})",
+            last_write - t0,
+            flushes.iter().map(|f| *f - t0).collect::<Vec<_>>()
+        );
+        assert!(
+            flushes.len() <= 3,
+            "flushes only after writes: {}",
+            flushes.len()
+        );
     }
 }

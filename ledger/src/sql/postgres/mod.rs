@@ -51,7 +51,8 @@ const DEFAULT_SCHEMA: &str = "cloacina";
 /// How long opening a connection (and getting one from the pool) may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_CONNECTIONS: u32 = 8;
-/// Connections for the workflow store's writes (the runner writes one batch at a time).
+/// Connections for the workflow store's writes (the runner keeps this many batches in
+/// flight: [`WorkflowStore::concurrent_writes`](crate::WorkflowStore::concurrent_writes)).
 const WORKFLOW_WRITE_CONNECTIONS: u32 = 2;
 /// Tries per append when PostgreSQL aborts it for a deadlock or serialization failure.
 const APPEND_TRIES: u32 = 3;

@@ -93,7 +93,8 @@ impl PostgresLedger {
             "SET plan_cache_mode TO force_custom_plan",
         )
         .await?;
-        // The workflow store's writes (one batch at a time, from the runner's group commit)
+        // The workflow store's writes (batches from the runner's group commit, one per
+        // connection at a time)
         // have connections of their own, where each statement is planned once and its plan
         // kept: planning was a third of the server's work per batch. A plan made while the
         // tables are small must stay cheap when they are large: scans and bitmap scans are
