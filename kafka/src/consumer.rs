@@ -14,7 +14,7 @@ use rdkafka::message::Message;
 
 use crate::dead_letter::DeadLetters;
 use crate::decode::KafkaRecord;
-use crate::group::SourceContext;
+use crate::group::{Commit, SourceContext};
 use crate::source::{KafkaSource, StartFrom};
 
 /// How long one poll waits (bounds how late a shutdown or a commit is noticed).
@@ -24,6 +24,9 @@ const POLL: Duration = Duration::from_millis(50);
 const HOLD_WAIT: Duration = Duration::from_millis(20);
 /// Tries of the final commit at close (100 ms of client service between them).
 const CLOSE_COMMIT_ATTEMPTS: u32 = 20;
+/// The longest the consumer stops handing out records after a commit was refused because
+/// the group is rebalancing, if no rebalance callback or successful commit ends it sooner.
+const REBALANCE_HOLD_MAX: Duration = Duration::from_secs(10);
 
 /// A record taken while the reactor's queue was full, waiting for room (in order).
 enum Held<T> {
@@ -83,6 +86,15 @@ pub(crate) fn run<T: Send + Sync + 'static>(
     let mut live = false;
     let mut last_commit = Instant::now();
     let mut seen_rebalances = 0u64;
+    // Set when a commit was refused because the group is rebalancing: records taken from
+    // now on could not be committed before their partitions move (a coordinator may refuse
+    // every commit until the new generation forms), so the new owner would fire them again.
+    // They are held, and the partitions paused, until this member's rebalance callback runs
+    // (or a commit goes through again).
+    let mut rebalance_hold: Option<Instant> = None;
+    // librdkafka keeps a partition's pause across a revoke and a later assignment: after a
+    // rebalance the pause state is applied to the new assignment whatever it was before.
+    let mut reapply_pause = false;
     loop {
         if ctx.is_shutdown() {
             break;
@@ -94,12 +106,26 @@ pub(crate) fn run<T: Send + Sync + 'static>(
             ));
         }
         if last_commit.elapsed() >= src.commit_every {
-            let _ = shared.commit(&consumer);
+            match shared.commit(&consumer) {
+                Commit::Failed { rebalancing: true } => {
+                    if rebalance_hold.is_none() {
+                        rebalance_hold = Some(Instant::now());
+                        shared.stats.rebalance_holds.fetch_add(1, Ordering::Relaxed);
+                        tracing::info!(source = %source, "group rebalancing: holding records until the partitions move");
+                    }
+                }
+                Commit::Done => rebalance_hold = None,
+                Commit::NothingDue | Commit::Failed { rebalancing: false } => {}
+            }
             last_commit = Instant::now();
         }
+        if rebalance_hold.is_some_and(|since| since.elapsed() >= REBALANCE_HOLD_MAX) {
+            rebalance_hold = None;
+        }
+        let holding = rebalance_hold.is_some();
         // Backpressure: offer what is held before taking more, waiting (parked, woken as
         // soon as the reactor makes room) up to HOLD_WAIT for each.
-        while let Some(front) = held.pop_front() {
+        while let Some(front) = (!holding).then(|| held.pop_front()).flatten() {
             match offer(ctx, &shared, front, HOLD_WAIT)? {
                 None => {}
                 Some(back) => {
@@ -110,17 +136,18 @@ pub(crate) fn run<T: Send + Sync + 'static>(
         }
         // Waited HOLD_WAIT without room: the reactor is well behind. Pause the partitions so
         // librdkafka stops fetching too (bounded memory on both sides); resume once every
-        // held record is in.
-        if !held.is_empty() && !paused {
-            set_paused(&consumer, true)?;
-            paused = true;
-            shared.stats.pauses.fetch_add(1, Ordering::Relaxed);
-        } else if held.is_empty() && paused {
-            set_paused(&consumer, false)?;
-            paused = false;
+        // held record is in. A rebalance hold pauses them too.
+        let want_paused = holding || !held.is_empty();
+        if want_paused != paused || reapply_pause {
+            set_paused(&consumer, want_paused)?;
+            if want_paused && !paused && !holding {
+                shared.stats.pauses.fetch_add(1, Ordering::Relaxed);
+            }
+            paused = want_paused;
+            reapply_pause = false;
         }
         // Still full after waiting: only serve the client (callbacks, rebalances) now.
-        let wait = if held.is_empty() {
+        let wait = if held.is_empty() || holding {
             POLL
         } else {
             Duration::ZERO
@@ -188,7 +215,7 @@ pub(crate) fn run<T: Send + Sync + 'static>(
                         }
                     }
                 };
-                if held.is_empty() {
+                if held.is_empty() && !holding {
                     if let Some(back) = offer(ctx, &shared, item, Duration::ZERO)? {
                         held.push_back(back);
                     }
@@ -200,6 +227,11 @@ pub(crate) fn run<T: Send + Sync + 'static>(
         // Records held for partitions revoked meanwhile are the new owner's now (checked only
         // after a rebalance: a scan per record would cost O(held) each).
         let rebalances = shared.stats.rebalances.load(Ordering::Relaxed);
+        if rebalances != seen_rebalances {
+            // This member's rebalance callback ran: the hold has done its job.
+            rebalance_hold = None;
+            reapply_pause = true;
+        }
         if rebalances != seen_rebalances && !held.is_empty() {
             let tracker = shared.tracker();
             held.retain(|h| match h {
@@ -392,7 +424,7 @@ fn close<T: Send + Sync + 'static>(
     // The last commit may meet a rebalance in progress (another member joining or leaving):
     // serve the client and try again, or the next owner repeats what already fired.
     for attempt in 1..=CLOSE_COMMIT_ATTEMPTS {
-        if shared.commit(consumer) {
+        if matches!(shared.commit(consumer), Commit::Done | Commit::NothingDue) {
             break;
         }
         if attempt == CLOSE_COMMIT_ATTEMPTS {

@@ -58,12 +58,12 @@ impl SourceContext {
         self.tracker.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Commits what is done on every assigned partition, synchronously. Returns false if
-    /// the commit failed (what it covered is committed by a later one).
-    pub(crate) fn commit(&self, consumer: &BaseConsumer<SourceContext>) -> bool {
+    /// Commits what is done on every assigned partition, synchronously. A failed commit is
+    /// counted and logged; what it covered is committed by a later one.
+    pub(crate) fn commit(&self, consumer: &BaseConsumer<SourceContext>) -> Commit {
         if self.transactional {
             // The sink commits, in its transactions.
-            return true;
+            return Commit::NothingDue;
         }
         let due = {
             let mut tracker = self.tracker();
@@ -71,28 +71,49 @@ impl SourceContext {
             tracker.due()
         };
         if due.is_empty() {
-            return true;
+            return Commit::NothingDue;
         }
         let mut tpl = TopicPartitionList::new();
         for (topic, partition, offset) in &due {
             if let Err(e) = tpl.add_partition_offset(topic, *partition, Offset::Offset(*offset)) {
                 tracing::warn!(source = %self.source, %topic, partition, error = %e, "bad offset");
-                return false;
+                return Commit::Failed { rebalancing: false };
             }
         }
         match consumer.commit(&tpl, CommitMode::Sync) {
             Ok(()) => {
                 self.tracker().committed(&due);
                 self.stats.commits.fetch_add(1, Ordering::Relaxed);
-                true
+                Commit::Done
             }
             Err(e) => {
                 self.stats.commit_failures.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(source = %self.source, error = %e, "offset commit failed; retried with the next one");
-                false
+                // The coordinator is forming a new generation (or ours is stale): the
+                // partitions are about to move.
+                let rebalancing = matches!(
+                    e.rdkafka_error_code(),
+                    Some(
+                        RDKafkaErrorCode::RebalanceInProgress
+                            | RDKafkaErrorCode::IllegalGeneration
+                            | RDKafkaErrorCode::UnknownMemberId
+                    )
+                );
+                Commit::Failed { rebalancing }
             }
         }
     }
+}
+
+/// What one [`SourceContext::commit`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Commit {
+    /// The done offsets are committed.
+    Done,
+    /// Nothing new was done since the last commit (or the sink commits: exactly-once).
+    NothingDue,
+    /// The broker refused; `rebalancing`: because the group is rebalancing.
+    Failed { rebalancing: bool },
 }
 
 impl ClientContext for SourceContext {

@@ -21,7 +21,10 @@
 //! **Guarantee**: at-least-once to the graph and its subscribers. A crash, or a rebalance
 //! while records are in flight, re-delivers the records after the last commit: at most what
 //! was consumed in the last `commit_every` plus what was in flight. Nothing is lost: a record
-//! is never committed before its firing is done.
+//! is never committed before its firing is done. Once a commit is refused because the group
+//! is rebalancing, the source takes no more records (partitions paused) until its partitions
+//! have moved ([`KafkaStats::rebalance_holds`]): a coordinator that refuses commits until the
+//! new generation forms would otherwise see all of that work repeated by the new owner.
 //!
 //! **Effectively-once into a ledger.** Each boundary is sent with its partition's position
 //! (`cloacina_accumulators::SourcePosition`); the reactor records the partition's next

@@ -31,6 +31,7 @@ pub struct KafkaStats {
     pub(crate) commits: AtomicU64,
     pub(crate) commit_failures: AtomicU64,
     pub(crate) pauses: AtomicU64,
+    pub(crate) rebalance_holds: AtomicU64,
     pub(crate) rebalances: AtomicU64,
 }
 
@@ -66,6 +67,11 @@ impl KafkaStats {
     /// Times the source paused its partitions because the reactor's queue was full.
     pub fn pauses(&self) -> u64 {
         self.pauses.load(Ordering::Relaxed)
+    }
+    /// Times a commit was refused because the group was rebalancing, and the source held
+    /// its records (partitions paused) until the partitions moved.
+    pub fn rebalance_holds(&self) -> u64 {
+        self.rebalance_holds.load(Ordering::Relaxed)
     }
     /// Partition assignments and revocations seen.
     pub fn rebalances(&self) -> u64 {
