@@ -31,7 +31,7 @@ const TRIES: u32 = 5;
 
 type Ack = oneshot::Sender<Result<(), Arc<LedgerError>>>;
 
-/// Flushes what was written (the ledger's [`Ledger::flush`]); it holds the store too.
+/// Flushes what was written (the ledger's [`Ledger::flush`]); the closure owns the ledger.
 type Flush =
     Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<(), LedgerError>> + Send>> + Send + Sync>;
 

@@ -76,6 +76,27 @@ fn rows_sql(kind: Rows, n: usize) -> &'static str {
     all.get(i).map_or("", |texts| texts[kind as usize].as_str())
 }
 
+type SqliteQuery<'q> = sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'q>>;
+
+/// Writes `rows` of one kind in statements of [`ROWS_PER_STATEMENT`] rows, `bind` adding one
+/// row's values to a statement.
+async fn write_rows<'q, T>(
+    conn: &mut sqlx::SqliteConnection,
+    kind: Rows,
+    rows: &'q [&'q T],
+    bind: impl Fn(SqliteQuery<'q>, &'q T) -> SqliteQuery<'q>,
+) -> Result<(), sqlx::Error> {
+    for chunk in statement_chunks(rows) {
+        let q = chunk
+            .iter()
+            .fold(sqlx::query(rows_sql(kind, chunk.len())), |q, row| {
+                bind(q, row)
+            });
+        q.execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
 /// An id as stored (checked below 2^63 by staging).
 fn sql_id(id: u64) -> i64 {
     i64::try_from(id).unwrap_or(i64::MAX)
@@ -101,53 +122,38 @@ impl SqliteLedger {
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(self.err("cannot begin a workflow write"))?;
-        for chunk in statement_chunks(&staged.starts) {
-            let mut q = sqlx::query(rows_sql(Rows::Starts, chunk.len()));
-            for s in chunk {
-                q = q
-                    .bind(sql_id(s.id))
-                    .bind(&s.workflow)
-                    .bind(&s.version)
-                    .bind(&s.input)
-                    .bind(s.created_at_unix_us)
-                    .bind(&s.owner)
-                    .bind(s.lease_until_unix_us);
-            }
-            q.execute(&mut *tx)
-                .await
-                .map_err(self.err("cannot record execution starts"))?;
-        }
-        for chunk in statement_chunks(&staged.tasks) {
-            let mut q = sqlx::query(rows_sql(Rows::Tasks, chunk.len()));
-            for t in chunk {
-                q = q
-                    .bind(sql_id(t.execution_id))
-                    .bind(&t.task)
-                    .bind(outcome_code(t.outcome))
-                    .bind(i64::from(t.attempts))
-                    .bind(&t.output)
-                    .bind(&t.error)
-                    .bind(t.started_at_unix_us)
-                    .bind(t.finished_at_unix_us);
-            }
-            q.execute(&mut *tx)
-                .await
-                .map_err(self.err("cannot record task outcomes"))?;
-        }
-        for chunk in statement_chunks(&staged.ends) {
-            let mut q = sqlx::query(rows_sql(Rows::Ends, chunk.len()));
-            for e in chunk {
-                q = q
-                    .bind(sql_id(e.execution_id))
-                    .bind(e.status.code())
-                    .bind(&e.final_context)
-                    .bind(&e.error)
-                    .bind(e.finished_at_unix_us);
-            }
-            q.execute(&mut *tx)
-                .await
-                .map_err(self.err("cannot record execution ends"))?;
-        }
+        write_rows(&mut tx, Rows::Starts, &staged.starts, |q, s| {
+            q.bind(sql_id(s.id))
+                .bind(&s.workflow)
+                .bind(&s.version)
+                .bind(&s.input)
+                .bind(s.created_at_unix_us)
+                .bind(&s.owner)
+                .bind(s.lease_until_unix_us)
+        })
+        .await
+        .map_err(self.err("cannot record execution starts"))?;
+        write_rows(&mut tx, Rows::Tasks, &staged.tasks, |q, t| {
+            q.bind(sql_id(t.execution_id))
+                .bind(&t.task)
+                .bind(outcome_code(t.outcome))
+                .bind(i64::from(t.attempts))
+                .bind(&t.output)
+                .bind(&t.error)
+                .bind(t.started_at_unix_us)
+                .bind(t.finished_at_unix_us)
+        })
+        .await
+        .map_err(self.err("cannot record task outcomes"))?;
+        write_rows(&mut tx, Rows::Ends, &staged.ends, |q, e| {
+            q.bind(sql_id(e.execution_id))
+                .bind(e.status.code())
+                .bind(&e.final_context)
+                .bind(&e.error)
+                .bind(e.finished_at_unix_us)
+        })
+        .await
+        .map_err(self.err("cannot record execution ends"))?;
         tx.commit()
             .await
             .map_err(self.err("cannot commit a workflow write"))
