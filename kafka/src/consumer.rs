@@ -125,10 +125,10 @@ pub(crate) fn run<T: Send + Sync + 'static>(
         let holding = rebalance_hold.is_some();
         // Backpressure: offer what is held before taking more, waiting (parked, woken as
         // soon as the reactor makes room) up to HOLD_WAIT for each.
-        while let Some(front) = (!holding).then(|| held.pop_front()).flatten() {
-            match offer(ctx, &shared, front, HOLD_WAIT)? {
-                None => {}
-                Some(back) => {
+        // (Not while a rebalance hold lasts.)
+        if !holding {
+            while let Some(front) = held.pop_front() {
+                if let Some(back) = offer(ctx, &shared, front, HOLD_WAIT)? {
                     held.push_front(back);
                     break;
                 }

@@ -72,6 +72,13 @@ impl Check<'_> {
             .unwrap_or_else(|e| panic!("{}: read execution {id}: {e}", self.name))
     }
 
+    /// The execution, which the store must hold.
+    async fn must_get(&self, id: u64) -> StoredExecution {
+        self.get(id)
+            .await
+            .unwrap_or_else(|| panic!("{}: execution {id} lost", self.name))
+    }
+
     async fn claim(&self, owner: &str, now: i64, until: i64) -> Vec<u64> {
         self.store
             .claim_unfinished(owner, now, until, 100)
@@ -117,10 +124,7 @@ pub(super) async fn run(harness: &dyn Harness) {
         WorkflowRecord::Task(task(e1, "a", true)),
     ])
     .await;
-    let got = c
-        .get(e1)
-        .await
-        .unwrap_or_else(|| panic!("{name}: execution {e1} lost"));
+    let got = c.must_get(e1).await;
     assert_eq!(
         got.execution,
         start(e1, "r1", T0 + 1_000),
@@ -145,7 +149,7 @@ pub(super) async fn run(harness: &dyn Harness) {
         WorkflowRecord::Task(task(e3 + 1_000, "orphan", true)),
     ])
     .await;
-    let again = c.get(e1).await.expect("still there");
+    let again = c.must_get(e1).await;
     assert_eq!(
         again.execution, got.execution,
         "{name}: a second start changed the first"
@@ -170,7 +174,7 @@ pub(super) async fn run(harness: &dyn Harness) {
         ExecutionStatus::Failed,
     ))])
     .await;
-    let ended = c.get(e1).await.expect("ended");
+    let ended = c.must_get(e1).await;
     assert_eq!(
         ended.status,
         ExecutionStatus::Completed,
@@ -187,7 +191,7 @@ pub(super) async fn run(harness: &dyn Harness) {
     ])
     .await;
     for id in [e1, unreserved] {
-        let before = c.get(id).await.expect("ended execution");
+        let before = c.must_get(id).await;
         let mut late = start(id, "r7", T0 + 7);
         late.workflow = "late".into();
         c.write(vec![WorkflowRecord::Started(late)]).await;
@@ -236,7 +240,7 @@ pub(super) async fn run(harness: &dyn Harness) {
         vec![e2],
         "{name}: expired lease"
     );
-    let claimed = c.get(e2).await.expect("claimed");
+    let claimed = c.must_get(e2).await;
     assert_eq!(
         (
             claimed.execution.owner.as_str(),
@@ -279,10 +283,7 @@ pub(super) async fn run(harness: &dyn Harness) {
     batch.push(WorkflowRecord::Ended(end(b + 199, ExecutionStatus::Failed)));
     c.write(batch).await;
     for id in b..b + MANY {
-        let got = c
-            .get(id)
-            .await
-            .unwrap_or_else(|| panic!("{name}: execution {id} of a large batch lost"));
+        let got = c.must_get(id).await;
         assert_eq!(
             got.tasks,
             vec![task(id, "t", true)],
