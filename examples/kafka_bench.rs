@@ -210,14 +210,23 @@ fn raw_consume(brokers: &str, topic: &str, group: &str, n: u64) -> f64 {
 /// Per key: how many times the graph saw it; and when (ns since `base`) things happened.
 struct Seen {
     count: Vec<AtomicU8>,
-    done_ns: Vec<AtomicU64>,
+    /// Per key, when its firing's graph finished (only in the latency phase: the throughput
+    /// phases read no clock per record, as the raw consumer reads none).
+    done_ns: Option<Vec<AtomicU64>>,
 }
 
 impl Seen {
     fn new(n: u64) -> Arc<Self> {
         Arc::new(Self {
             count: (0..n).map(|_| AtomicU8::new(0)).collect(),
-            done_ns: (0..n).map(|_| AtomicU64::new(0)).collect(),
+            done_ns: None,
+        })
+    }
+
+    fn timed(n: u64) -> Arc<Self> {
+        Arc::new(Self {
+            count: (0..n).map(|_| AtomicU8::new(0)).collect(),
+            done_ns: Some((0..n).map(|_| AtomicU64::new(0)).collect()),
         })
     }
 }
@@ -230,8 +239,9 @@ fn graph(seen: Arc<Seen>, base: Instant) -> CompiledGraph {
         .node("check", (upstream::<u64>("id"),), move |id: &u64| {
             if let Some(c) = seen.count.get(*id as usize) {
                 c.fetch_add(1, Ordering::Relaxed);
-                seen.done_ns[*id as usize]
-                    .store(base.elapsed().as_nanos() as u64, Ordering::Relaxed);
+            }
+            if let Some(at) = seen.done_ns.as_ref().and_then(|d| d.get(*id as usize)) {
+                at.store(base.elapsed().as_nanos() as u64, Ordering::Relaxed);
             }
             *id
         })
@@ -292,6 +302,7 @@ async fn pipeline(phase: Phase<'_>) -> f64 {
         let _ = ready.send(());
     }
     let (mut got, mut first) = (0u64, None);
+    let trace = std::env::var("KB_TRACE").is_ok();
     // One timer for the whole phase (a timeout per receive would cost more than the receive).
     let _ = tokio::time::timeout(Duration::from_secs(300), async {
         while got < n {
@@ -299,7 +310,7 @@ async fn pipeline(phase: Phase<'_>) -> f64 {
                 Some(Ok(f)) => {
                     first.get_or_insert_with(Instant::now);
                     got += 1;
-                    if std::env::var("KB_TRACE").is_ok() && got % 50_000 == 0 {
+                    if trace && got % 50_000 == 0 {
                         eprintln!("  {got} at {:?}", first.map(|f| f.elapsed()));
                     }
                     if let (Some(sub_ns), GraphResult::Completed { outputs }) = (&sub_ns, &f.result)
@@ -453,7 +464,7 @@ async fn main() {
     let produced: Arc<Vec<AtomicU64>> = Arc::new((0..total).map(|_| AtomicU64::new(0)).collect());
     let raw_at: Arc<Vec<AtomicU64>> = Arc::new((0..total).map(|_| AtomicU64::new(0)).collect());
     let sub_at: Arc<Vec<AtomicU64>> = Arc::new((0..total).map(|_| AtomicU64::new(0)).collect());
-    let lat_seen = Seen::new(total);
+    let lat_seen = Seen::timed(total);
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
     let pipe = {
         let (b, t, s, sub) = (
@@ -544,7 +555,7 @@ async fn main() {
     let _ = pipe.await;
     let _ = raw_thread.join();
     let warm = 1000usize;
-    let done = lat_us(&produced, &lat_seen.done_ns, warm);
+    let done = lat_us(&produced, lat_seen.done_ns.as_deref().unwrap_or(&[]), warm);
     let sub = lat_us(&produced, &sub_at, warm);
     let raw_lat = lat_us(&produced, &raw_at, warm);
     eprintln!(

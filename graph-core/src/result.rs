@@ -4,6 +4,8 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+use smallvec::SmallVec;
+
 use crate::codec::CodecError;
 use crate::node::{AnyValue, OutputCodec};
 use crate::source::SourceName;
@@ -159,13 +161,14 @@ impl fmt::Debug for TerminalOutput {
 /// The outputs of the terminal nodes that ran in a firing, in topological order.
 #[derive(Debug, Default)]
 pub struct TerminalOutputs {
-    items: Vec<TerminalOutput>,
+    /// Inline for the usual one or two terminal nodes: no allocation per firing.
+    items: SmallVec<[TerminalOutput; 2]>,
 }
 
 impl TerminalOutputs {
     pub(crate) fn with_capacity(n: usize) -> Self {
         Self {
-            items: Vec::with_capacity(n),
+            items: SmallVec::with_capacity(n),
         }
     }
 

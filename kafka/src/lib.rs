@@ -8,7 +8,10 @@
 //! consumer is restarted alone. It consumes on a dedicated OS thread (a `BaseConsumer` polled
 //! in a loop: the case librdkafka is fastest at), decodes each record with a [`Decoder`]
 //! (serde JSON, the engine codec, or a function that may also filter), and sends the value
-//! into the reactor's queue without blocking the poll loop.
+//! into the reactor's queue without blocking the poll loop. While records keep coming, the
+//! loop reads the clock (for the commit interval) and adds to the accumulator's event
+//! counters once per 64 records rather than per record (an idle poll does both at once), so
+//! `AccumulatorMetrics::events` may trail [`KafkaStats::records`] by up to 63 records.
 //!
 //! **Commit-after-fire.** Auto-commit is off. A record's offset is committed only once the
 //! reactor's delivery watermark (`cloacina_accumulators::Delivered`) reports its boundary

@@ -295,6 +295,7 @@ impl ReactorBuilder {
                 next_id: 1,
             },
             intake: Intake {
+                clock: crate::firing::WallClock::now(),
                 rx: inbound_rx,
                 open: true,
                 buf: Vec::with_capacity(256),

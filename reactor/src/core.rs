@@ -15,6 +15,7 @@ use crate::config::{FailurePolicy, InputStrategy};
 use crate::delivery::Subscribers;
 use crate::durable::RecoveryError;
 use crate::error::{ReactorState, ShutdownReport};
+use crate::firing::WallClock;
 use crate::health::ReactorHealth;
 use crate::metrics::ReactorMetrics;
 use crate::recorder::{not_recorded, Counters, Recorder};
@@ -42,6 +43,8 @@ pub(crate) struct Intake {
     pub(crate) buf: Vec<Inbound>,
     /// Low-latency mode: how long an idle loop spins on the queue before it parks.
     pub(crate) spin: Option<Duration>,
+    /// The clocks as of the last batch taken in (receive times, firings' wall-clock starts).
+    pub(crate) clock: WallClock,
 }
 
 /// Health inputs and outputs, and the after-fire signal.
@@ -258,7 +261,8 @@ impl Core {
     /// queue at once) and fires as the strategy says.
     async fn take_buffered(&mut self) {
         let mut buf = std::mem::take(&mut self.intake.buf);
-        let now = SystemTime::now();
+        self.intake.clock = WallClock::now();
+        let now = self.intake.clock.wall();
         for inb in buf.drain(..) {
             self.accept(inb, now);
         }
@@ -293,7 +297,8 @@ impl Core {
             if take == 0 {
                 break;
             }
-            let now = SystemTime::now();
+            self.intake.clock = WallClock::now();
+            let now = self.intake.clock.wall();
             let mut took = 0;
             while took < take {
                 match self.intake.rx.try_recv() {
@@ -551,7 +556,8 @@ impl Core {
         // Latest coalesces whatever is waiting; Sequential fires for all of it.
         let mut buf = std::mem::take(&mut self.intake.buf);
         while self.intake.rx.recv_many(&mut buf, BATCH).await > 0 {
-            let now = SystemTime::now();
+            self.intake.clock = WallClock::now();
+            let now = self.intake.clock.wall();
             for inb in buf.drain(..) {
                 self.accept(inb, now);
             }

@@ -3,7 +3,6 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::SystemTime;
 
 use cloacina_graph_core::{Collect, Execution, Executor, GraphResult, InputCache};
 use cloacina_ledger::{FiringOutcome, FiringRecord, FiringTrigger};
@@ -46,7 +45,6 @@ impl Core {
         } else {
             Collect::Nothing
         };
-        let fired_at = wanted.then(SystemTime::now);
         // The span costs nothing to skip, but wrapping the firing in a disabled one is not free
         // on the hot path (tracing's `log` bridge checks on every poll): only when enabled.
         let span = tracing::enabled!(tracing::Level::DEBUG)
@@ -113,7 +111,7 @@ impl Core {
                     seq: b.seq(),
                 })
                 .collect(),
-            fired_at: fired_at.unwrap_or_else(SystemTime::now),
+            fired_at: self.intake.clock.wall_at(started),
             started,
             completed,
             result: match outcome {

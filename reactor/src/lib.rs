@@ -82,7 +82,7 @@ pub use config::{
 };
 pub use durable::{Durability, RecoveryError, RetentionPolicy};
 pub use error::{ReactorError, ReactorState, ShutdownReport};
-pub use firing::{Firing, FiringInput};
+pub use firing::{Firing, FiringInput, FiringInputs};
 pub use handle::ReactorHandle;
 pub use health::ReactorHealth;
 pub use replay::{replay, ReplayError, ReplayMismatch, ReplayReport};
