@@ -18,8 +18,13 @@
 //!   2-node `Sequential` graph with commit-after-fire, a subscriber counting firings;
 //! - `ledger_pipeline_per_s` (with `--ledger`): the same, recording into the ledger.
 //!
-//! Rates run from the first record (or firing) to the last. `lost` and `duplicated` count
-//! keys the graph saw zero times or more than once, over every pipeline phase.
+//! Rates run from the first record (or firing) to the last. `*_cpu_us_per_record` is the
+//! process's CPU time (all threads, the mock cluster's included; `/proc/self/stat`, 10 ms
+//! ticks) over each whole phase (group join and shutdown included) divided by N: on a
+//! 2-core machine shared by the broker, the consumer and the engine, rates swing with
+//! scheduling by ±20% from run to run, while CPU per record says what each path costs.
+//! `lost` and `duplicated` count keys the graph saw zero times or more than once, over every
+//! pipeline phase.
 //! Latency phase: records produced at 1,000/s to a second topic read by the pipeline and by a
 //! raw consumer at once; `lat_*` is produce call to graph done, `sub_lat_*` to subscriber
 //! receipt, `raw_lat_*` produce call to the raw consumer's receipt (the first second is
@@ -339,6 +344,27 @@ async fn pipeline(phase: Phase<'_>) -> f64 {
     got as f64 / secs
 }
 
+/// CPU time this process (every thread: the mock cluster's too) has used, in seconds, from
+/// `/proc/self/stat` (10 ms ticks); NaN where that is not readable.
+fn cpu_secs() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return f64::NAN;
+    };
+    // Fields after the command name: state is field 3, utime 14, stime 15 (USER_HZ = 100).
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok());
+    match (ticks(11), ticks(12)) {
+        (Some(user), Some(system)) => (user + system) / 100.0,
+        _ => f64::NAN,
+    }
+}
+
+/// Process CPU microseconds per record since `since` (a [`cpu_secs`] reading).
+fn cpu_us_per_record(since: f64, n: u64) -> f64 {
+    (cpu_secs() - since) * 1e6 / n as f64
+}
+
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
@@ -411,13 +437,16 @@ async fn main() {
     eprintln!("produced {n} records at {produce_per_s:.0}/s");
 
     let (b, t) = (brokers.clone(), topic.clone());
+    let cpu = cpu_secs();
     let raw = tokio::task::spawn_blocking(move || raw_consume(&b, &t, &format!("raw-{run}"), n))
         .await
         .expect("raw");
+    let raw_cpu = cpu_us_per_record(cpu, n);
     eprintln!("raw consumer: {raw:.0} records/s");
 
     let base = Instant::now();
     let seen = Seen::new(n);
+    let cpu = cpu_secs();
     let piped = pipeline(Phase {
         brokers: &brokers,
         topic: &topic,
@@ -430,6 +459,7 @@ async fn main() {
         ready: None,
     })
     .await;
+    let piped_cpu = cpu_us_per_record(cpu, n);
     let (mut lost, mut duplicated) = count_seen(&seen);
     eprintln!(
         "pipeline: {piped:.0} firings/s (ratio {:.2}), lost {lost}, duplicated {duplicated}",
@@ -437,9 +467,11 @@ async fn main() {
     );
 
     let mut ledger_rate = None;
+    let mut ledger_cpu = None;
     if let Some(url) = &args.ledger {
         let ledger = cloacina::ledger::open(url).await.expect("ledger");
         let seen = Seen::new(n);
+        let cpu = cpu_secs();
         let rate = pipeline(Phase {
             brokers: &brokers,
             topic: &topic,
@@ -457,6 +489,7 @@ async fn main() {
         duplicated += d;
         eprintln!("pipeline with ledger {url}: {rate:.0} firings/s (ratio {:.2}), lost {l}, duplicated {d}", rate / raw);
         ledger_rate = Some(rate);
+        ledger_cpu = Some(cpu_us_per_record(cpu, n));
     }
 
     // Latency: 1,000 records/s for latency_secs (+1 s warm-up), read by both at once.
@@ -564,7 +597,7 @@ async fn main() {
         percentile(&raw_lat, 0.5), percentile(&raw_lat, 0.99), done.len(), sub.len(), raw_lat.len()
     );
     let json = format!(
-        "{{\"broker\":\"{}\",\"messages\":{n},\"partitions\":{},\"produce_per_s\":{produce_per_s:.0},\"raw_consume_per_s\":{raw:.0},\"pipeline_per_s\":{piped:.0},\"ratio\":{:.3},\"ledger_pipeline_per_s\":{},\"ledger_ratio\":{},\"lat_p50_us\":{:.0},\"lat_p99_us\":{:.0},\"sub_lat_p50_us\":{:.0},\"sub_lat_p99_us\":{:.0},\"raw_lat_p50_us\":{:.0},\"raw_lat_p99_us\":{:.0},\"lat_samples\":{},\"lost\":{lost},\"duplicated\":{duplicated}}}",
+        "{{\"broker\":\"{}\",\"messages\":{n},\"partitions\":{},\"produce_per_s\":{produce_per_s:.0},\"raw_consume_per_s\":{raw:.0},\"pipeline_per_s\":{piped:.0},\"ratio\":{:.3},\"ledger_pipeline_per_s\":{},\"ledger_ratio\":{},\"lat_p50_us\":{:.0},\"lat_p99_us\":{:.0},\"sub_lat_p50_us\":{:.0},\"sub_lat_p99_us\":{:.0},\"raw_lat_p50_us\":{:.0},\"raw_lat_p99_us\":{:.0},\"lat_samples\":{},\"lost\":{lost},\"duplicated\":{duplicated},\"raw_cpu_us_per_record\":{raw_cpu:.3},\"pipeline_cpu_us_per_record\":{piped_cpu:.3},\"ledger_cpu_us_per_record\":{}}}",
         if mock.is_some() { "mock" } else { brokers.as_str() },
         args.partitions,
         piped / raw,
@@ -572,6 +605,7 @@ async fn main() {
         ledger_rate.map_or("null".into(), |r| format!("{:.3}", r / raw)),
         percentile(&done, 0.5), percentile(&done, 0.99), percentile(&sub, 0.5), percentile(&sub, 0.99),
         percentile(&raw_lat, 0.5), percentile(&raw_lat, 0.99), done.len(),
+        ledger_cpu.map_or("null".into(), |c| format!("{c:.3}")),
     );
     println!("{json}");
     if lost > 0 || duplicated > 0 {

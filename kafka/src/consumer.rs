@@ -102,6 +102,8 @@ pub(crate) fn run<T: Send + Sync + 'static>(
     // Records taken since the clock was last read / the event counter last published.
     let mut unclocked = 0u32;
     let mut uncounted = 0u64;
+    // The last non-blocking poll found nothing: the next poll may block.
+    let mut quiet = false;
     loop {
         if ctx.is_shutdown() {
             break;
@@ -166,8 +168,20 @@ pub(crate) fn run<T: Send + Sync + 'static>(
         } else {
             Duration::ZERO
         };
-        match consumer.poll(wait) {
-            // Idle: read the clock (a commit may be due) and publish the counters next turn.
+        // Before blocking, a non-blocking poll: if nothing is waiting, the loop goes round
+        // (reading the clock: a commit may be due) and blocks on the next poll. So a record
+        // that had to be waited for is always followed by a clock read: only records that
+        // were already there when asked for (a burst) share one.
+        let polled = if wait.is_zero() || quiet {
+            quiet = false;
+            consumer.poll(wait)
+        } else {
+            let polled = consumer.poll(Duration::ZERO);
+            quiet = polled.is_none();
+            polled
+        };
+        match polled {
+            // Idle: read the clock and publish the counters next turn.
             None => unclocked = CLOCK_EVERY,
             Some(Err(e)) => {
                 unclocked = CLOCK_EVERY;
