@@ -6,7 +6,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use cloacina_accumulators::{
-    AccumulatorContext, AccumulatorError, AccumulatorHealth, SourcePosition, TrySendError,
+    AccumulatorContext, AccumulatorError, AccumulatorHealth, AccumulatorMetrics, SourcePosition,
+    TrySendError,
 };
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -31,6 +32,27 @@ const REBALANCE_HOLD_MAX: Duration = Duration::from_secs(10);
 /// event counters are published once per this many records, not per record; an idle poll
 /// does both at once.
 const CLOCK_EVERY: u32 = 64;
+
+/// Records taken but not yet added to the accumulator's event counters (published in
+/// groups; whatever is left is published when the loop ends, however it ends).
+struct Uncounted<'a> {
+    metrics: &'a AccumulatorMetrics,
+    events: u64,
+}
+
+impl Uncounted<'_> {
+    fn publish(&mut self) {
+        if self.events > 0 {
+            self.metrics.record_events(std::mem::take(&mut self.events));
+        }
+    }
+}
+
+impl Drop for Uncounted<'_> {
+    fn drop(&mut self) {
+        self.publish();
+    }
+}
 
 /// A record taken while the reactor's queue was full, waiting for room (in order).
 enum Held<T> {
@@ -101,7 +123,10 @@ pub(crate) fn run<T: Send + Sync + 'static>(
     let mut reapply_pause = false;
     // Records taken since the clock was last read / the event counter last published.
     let mut unclocked = 0u32;
-    let mut uncounted = 0u64;
+    let mut uncounted = Uncounted {
+        metrics: ctx.metrics(),
+        events: 0,
+    };
     // The last non-blocking poll found nothing: the next poll may block.
     let mut quiet = false;
     loop {
@@ -117,9 +142,7 @@ pub(crate) fn run<T: Send + Sync + 'static>(
         let clock_due = unclocked >= CLOCK_EVERY || !held.is_empty() || rebalance_hold.is_some();
         if clock_due {
             unclocked = 0;
-            if uncounted > 0 {
-                ctx.metrics().record_events(std::mem::take(&mut uncounted));
-            }
+            uncounted.publish();
         }
         if clock_due && last_commit.elapsed() >= src.commit_every {
             match shared.commit(&consumer) {
@@ -191,7 +214,7 @@ pub(crate) fn run<T: Send + Sync + 'static>(
                 shared.brokers_down.store(false, Ordering::Release);
                 shared.stats.records.fetch_add(1, Ordering::Relaxed);
                 unclocked += 1;
-                uncounted += 1;
+                uncounted.events += 1;
                 let record = KafkaRecord {
                     topic: msg.topic(),
                     partition: msg.partition(),
@@ -221,6 +244,9 @@ pub(crate) fn run<T: Send + Sync + 'static>(
                         }
                     }
                     Err(reason) => {
+                        // A dead letter may wait for its topic's acknowledgement: a burst of
+                        // them must not hold off the commit clock.
+                        unclocked = CLOCK_EVERY;
                         shared.stats.dead_letters.fetch_add(1, Ordering::Relaxed);
                         if let Some(dead) = &dead_letters {
                             if let Err(e) = dead.send(&record, &reason) {
@@ -284,9 +310,7 @@ pub(crate) fn run<T: Send + Sync + 'static>(
             live = !down;
         }
     }
-    if uncounted > 0 {
-        ctx.metrics().record_events(uncounted);
-    }
+    uncounted.publish();
     close(src, ctx, &consumer, &shared);
     Ok(())
 }

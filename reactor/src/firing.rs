@@ -16,9 +16,17 @@ pub struct FiringInput {
 }
 
 /// The inputs a firing saw, one per source holding a value; reads as a slice of
-/// [`FiringInput`]. Up to four are stored inline (no allocation per firing).
+/// [`FiringInput`] (`as_slice`, `iter`, indexing, `to_vec`). Up to four are stored inline
+/// (no allocation per firing).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct FiringInputs(SmallVec<[FiringInput; 4]>);
+
+impl FiringInputs {
+    /// The inputs as a slice.
+    pub fn as_slice(&self) -> &[FiringInput] {
+        &self.0
+    }
+}
 
 impl std::ops::Deref for FiringInputs {
     type Target = [FiringInput];
