@@ -47,6 +47,14 @@ pub(crate) struct Intake {
     pub(crate) clock: WallClock,
 }
 
+impl Intake {
+    /// Reads the clocks for a batch about to be taken in; returns its receive time.
+    fn stamp(&mut self) -> SystemTime {
+        self.clock = WallClock::now();
+        self.clock.wall()
+    }
+}
+
 /// Health inputs and outputs, and the after-fire signal.
 pub(crate) struct Signals {
     pub(crate) board: Option<Arc<HealthBoard>>,
@@ -261,8 +269,7 @@ impl Core {
     /// queue at once) and fires as the strategy says.
     async fn take_buffered(&mut self) {
         let mut buf = std::mem::take(&mut self.intake.buf);
-        self.intake.clock = WallClock::now();
-        let now = self.intake.clock.wall();
+        let now = self.intake.stamp();
         for inb in buf.drain(..) {
             self.accept(inb, now);
         }
@@ -297,8 +304,7 @@ impl Core {
             if take == 0 {
                 break;
             }
-            self.intake.clock = WallClock::now();
-            let now = self.intake.clock.wall();
+            let now = self.intake.stamp();
             let mut took = 0;
             while took < take {
                 match self.intake.rx.try_recv() {
@@ -556,8 +562,7 @@ impl Core {
         // Latest coalesces whatever is waiting; Sequential fires for all of it.
         let mut buf = std::mem::take(&mut self.intake.buf);
         while self.intake.rx.recv_many(&mut buf, BATCH).await > 0 {
-            self.intake.clock = WallClock::now();
-            let now = self.intake.clock.wall();
+            let now = self.intake.stamp();
             for inb in buf.drain(..) {
                 self.accept(inb, now);
             }
