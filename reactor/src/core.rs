@@ -1,6 +1,7 @@
 //! The reactor's loop: takes boundaries and commands in, asks the [`Trigger`] what is due,
 //! fires, and hands each firing to the [`Recorder`] and the [`Subscribers`]. Nothing here is
-//! shared with other tasks except counters and the health value.
+//! shared with other tasks except counters and the health value. Commands and shutdown are
+//! handled in `control.rs`, firing in `fire.rs`.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -14,7 +15,6 @@ use crate::command::Command;
 use crate::config::{FailurePolicy, InputStrategy};
 use crate::delivery::Subscribers;
 use crate::durable::RecoveryError;
-use crate::error::{ReactorState, ShutdownReport};
 use crate::firing::WallClock;
 use crate::health::ReactorHealth;
 use crate::metrics::ReactorMetrics;
@@ -24,14 +24,14 @@ use crate::trigger::{Step, Trigger};
 use crate::watermark::Watermarks;
 
 /// Boundaries taken from the inbound queue per wake-up at most.
-const BATCH: usize = 256;
+pub(crate) const BATCH: usize = 256;
 
 /// How often a run of firings publishes delivery watermarks (besides once per loop turn).
 const PUBLISH_EVERY: Duration = Duration::from_millis(1);
 
 /// Whether the loop goes on after a command.
 #[derive(PartialEq, Eq)]
-enum Flow {
+pub(crate) enum Flow {
     Continue,
     Stop,
 }
@@ -49,7 +49,7 @@ pub(crate) struct Intake {
 
 impl Intake {
     /// Reads the clocks for a batch about to be taken in; returns its receive time.
-    fn stamp(&mut self) -> SystemTime {
+    pub(crate) fn stamp(&mut self) -> SystemTime {
         self.clock = WallClock::now();
         self.clock.wall()
     }
@@ -225,7 +225,7 @@ impl Core {
 
     /// Publishes the delivery watermarks: at once without a ledger; with one, once the
     /// writer has settled the records of the firings they stand for.
-    fn publish_delivery(&mut self) {
+    pub(crate) fn publish_delivery(&mut self) {
         match self.recorder.delivery_position() {
             None => self.signals.watermarks.publish_now(),
             Some((handed, settled, lost)) => {
@@ -261,7 +261,7 @@ impl Core {
     }
 
     /// Boundaries the loop may take from the inbound queue now.
-    fn room(&self) -> usize {
+    pub(crate) fn room(&self) -> usize {
         self.trigger.room(BATCH, self.draining)
     }
 
@@ -280,7 +280,7 @@ impl Core {
     }
 
     /// Sync hand-over and queue gauges after boundaries were taken in.
-    async fn after_intake(&mut self) {
+    pub(crate) async fn after_intake(&mut self) {
         if self.recorder.hand_over_if_sync().await {
             self.refresh_health();
         }
@@ -288,67 +288,9 @@ impl Core {
             .queues(self.intake.rx.len(), self.trigger.queue().len());
     }
 
-    /// Takes in every boundary queued when a command arrived (in chunks, within the room
-    /// there is), firing for them as usual, so the command sees them all. `fire_all`
-    /// (`force_fire`, `fire_with`): Sequential also fires every queued boundary first, so the
-    /// manual firing comes after theirs, in order. Other commands (`state`, `pause`, ...) do
-    /// not wait for a backlog to fire: they see it queued.
-    async fn catch_up(&mut self, fire_all: bool) {
-        let mut pending = if self.intake.open {
-            self.intake.rx.len()
-        } else {
-            0
-        };
-        while pending > 0 {
-            let take = pending.min(self.room());
-            if take == 0 {
-                break;
-            }
-            let now = self.intake.stamp();
-            let mut took = 0;
-            while took < take {
-                match self.intake.rx.try_recv() {
-                    Ok(inb) => {
-                        self.accept(inb, now);
-                        took += 1;
-                    }
-                    Err(_) => break,
-                }
-            }
-            if took == 0 {
-                break;
-            }
-            pending -= took;
-            self.after_intake().await;
-            self.evaluate().await;
-            self.maybe_snapshot().await;
-        }
-        if fire_all && self.trigger.owes_firings() {
-            self.drain(false, usize::MAX).await;
-        }
-    }
-
-    /// Handles one command in order (see [`Core::run`]).
-    async fn ordered(&mut self, cmd: Command) -> Flow {
-        match cmd {
-            Command::Subscribe(s) => self.subscribers.add(s),
-            Command::Shutdown(reply) => {
-                let report = self.shutdown().await;
-                let _ = reply.send(report);
-                return Flow::Stop;
-            }
-            cmd => {
-                let fire_all = matches!(cmd, Command::ForceFire(_) | Command::FireWith(..));
-                self.catch_up(fire_all).await;
-                self.command(cmd).await;
-            }
-        }
-        Flow::Continue
-    }
-
     /// Stamps a boundary, has its ledger record queued (if state is recorded), and hands it
     /// to the trigger.
-    fn accept(&mut self, inb: Inbound, received_at: SystemTime) {
+    pub(crate) fn accept(&mut self, inb: Inbound, received_at: SystemTime) {
         let (index, value, type_name, ack, position) = match inb {
             Inbound::Boundary {
                 source,
@@ -380,7 +322,7 @@ impl Core {
     }
 
     /// Fires as the strategy says, if allowed.
-    async fn evaluate(&mut self) {
+    pub(crate) async fn evaluate(&mut self) {
         match self.trigger.strategy() {
             InputStrategy::Latest => {
                 if self.trigger.latest_due() {
@@ -394,7 +336,7 @@ impl Core {
     /// Applies up to `steps` queued boundaries in order, firing whenever the criteria are met.
     /// The loop calls it in chunks (see [`Trigger::owes_firings`]) so commands are served
     /// during a long backlog.
-    async fn drain(&mut self, ignore_gate: bool, steps: usize) {
+    pub(crate) async fn drain(&mut self, ignore_gate: bool, steps: usize) {
         for _ in 0..steps {
             match self.trigger.step(ignore_gate) {
                 Step::Idle => break,
@@ -407,13 +349,13 @@ impl Core {
     }
 
     /// Records a state snapshot once enough boundaries have come in since the last one.
-    async fn maybe_snapshot(&mut self) {
+    pub(crate) async fn maybe_snapshot(&mut self) {
         if self.recorder.snapshot_due() {
             self.snapshot().await;
         }
     }
 
-    async fn snapshot(&mut self) {
+    pub(crate) async fn snapshot(&mut self) {
         let counters = Counters {
             last_seq: self.counters.last_seq,
             next_id: self.counters.next_id,
@@ -433,72 +375,8 @@ impl Core {
         }
     }
 
-    async fn command(&mut self, cmd: Command) {
-        match cmd {
-            Command::ForceFire(reply) => {
-                if let Some(firing) = self.fire(true, None).await {
-                    let _ = reply.send(firing);
-                }
-            }
-            Command::FireWith(cache, reply) => match self.manual_inputs(&cache) {
-                Err(e) => {
-                    let _ = reply.send(Err(e));
-                }
-                Ok(inputs) => {
-                    if let Some(firing) = self.fire(true, Some(inputs)).await {
-                        let _ = reply.send(Ok(firing));
-                    }
-                }
-            },
-            Command::PrepareShutdown(reply) => {
-                self.draining = true;
-                let _ = reply.send(());
-            }
-            Command::Pause(reply) => {
-                self.trigger.pause();
-                let _ = reply.send(());
-            }
-            Command::Resume(reply) => {
-                self.trigger.resume();
-                let _ = reply.send(());
-                // Sequential work queued while paused is owed its firings; Latest fires on the
-                // next boundary, not retroactively.
-                if self.trigger.strategy() == InputStrategy::Sequential {
-                    self.drain(false, BATCH).await;
-                }
-            }
-            Command::State(reply) => {
-                let _ = reply.send(self.state());
-            }
-            Command::Subscribe(subscriber) => self.subscribers.add(subscriber),
-            Command::Shutdown(_) => {}
-        }
-    }
-
-    fn state(&self) -> ReactorState {
-        ReactorState {
-            reactor: self.name.to_string(),
-            cache: self.trigger.cache().snapshot(),
-            dirty: self
-                .sources
-                .iter()
-                .cloned()
-                .zip(self.trigger.dirty().iter().copied())
-                .collect(),
-            queued: self
-                .trigger
-                .queue()
-                .iter()
-                .filter_map(|(i, b)| self.sources.get(*i).map(|s| (s.clone(), b.clone())))
-                .collect(),
-            paused: self.trigger.is_paused(),
-            health: self.signals.health.borrow().clone(),
-            fires: self.stats.fires.load(Ordering::Relaxed),
-        }
-    }
-
     /// Recomputes health from the accumulators' states and the ledger.
-    fn refresh_health(&mut self) {
+    pub(crate) fn refresh_health(&mut self) {
         let states = match &self.signals.board {
             Some(board) => {
                 self.signals.board_seen = board.version();
@@ -541,7 +419,7 @@ impl Core {
         }
     }
 
-    fn set_health(&self, health: ReactorHealth) {
+    pub(crate) fn set_health(&self, health: ReactorHealth) {
         self.metrics.health(&health);
         self.signals.health.send_if_modified(|h| {
             if *h == health {
@@ -551,69 +429,5 @@ impl Core {
                 true
             }
         });
-    }
-
-    /// Takes in everything already queued, fires what is owed, closes the ledger and the
-    /// subscribers.
-    async fn shutdown(&mut self) -> ShutdownReport {
-        self.intake.rx.close();
-        self.draining = true;
-        let paused = self.trigger.is_paused();
-        // Latest coalesces whatever is waiting; Sequential fires for all of it.
-        let mut buf = std::mem::take(&mut self.intake.buf);
-        while self.intake.rx.recv_many(&mut buf, BATCH).await > 0 {
-            let now = self.intake.stamp();
-            for inb in buf.drain(..) {
-                self.accept(inb, now);
-            }
-            self.recorder.hand_over().await;
-            if self.trigger.strategy() == InputStrategy::Sequential {
-                self.drain(true, usize::MAX).await;
-            }
-        }
-        if !paused {
-            match self.trigger.strategy() {
-                InputStrategy::Latest if self.trigger.criteria_met() => {
-                    self.fire(false, None).await;
-                }
-                InputStrategy::Latest => {}
-                InputStrategy::Sequential => self.drain(true, usize::MAX).await,
-            }
-        }
-        let unfired_queued = self.trigger.queue().len();
-        let unfired_dirty_sources = match self.trigger.strategy() {
-            InputStrategy::Latest if paused => self.trigger.dirty_sources(),
-            _ => 0,
-        };
-        if unfired_queued > 0 || unfired_dirty_sources > 0 {
-            tracing::warn!(reactor = %self.name, unfired_queued, unfired_dirty_sources, "reactor stopped paused with inputs never fired");
-        }
-        // A final snapshot: a restart resumes exactly here without replaying boundaries.
-        self.snapshot().await;
-        self.publish_delivery();
-        let recording = self.recorder.is_recording();
-        let (written, unwritten) = self.recorder.close().await;
-        if recording {
-            // Closed: everything handed over has settled.
-            let lost = unwritten > 0 || written.as_ref().is_some_and(|r| r.lost > 0);
-            self.signals.watermarks.recorded(u64::MAX, u64::MAX, lost);
-        }
-        let mut report = ShutdownReport {
-            fires: self.stats.fires.load(Ordering::Relaxed),
-            boundaries: self.stats.boundaries.load(Ordering::Relaxed),
-            unfired_queued,
-            unfired_dirty_sources,
-            ledger_records: 0,
-            ledger_lost: unwritten,
-            ledger_error: None,
-        };
-        if let Some(written) = written {
-            report.ledger_records = written.written;
-            report.ledger_lost += written.lost;
-            report.ledger_error = written.first_error.map(|e| e.to_string());
-        }
-        self.subscribers.clear();
-        self.set_health(ReactorHealth::Stopped);
-        report
     }
 }

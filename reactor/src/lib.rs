@@ -58,6 +58,7 @@
 mod builder;
 mod command;
 mod config;
+mod control;
 mod core;
 mod delivery;
 mod durable;
