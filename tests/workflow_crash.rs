@@ -1,7 +1,9 @@
 //! Workflow durability under SIGKILL, per backend (sled, SQLite, PostgreSQL).
 //!
 //! A child process (this test binary, started with `WF_CRASH_URL`) runs a `DefaultRunner`
-//! with `WorkflowDurability::Sync` and keeps submitting 10-task workflows (a DAG with
+//! with `WorkflowDurability::Sync` (and, on SQLite and PostgreSQL, whose `Batched` commits
+//! survive a process crash, with `Batched` too: there an execution's first tasks run while
+//! its start is written) and keeps submitting 10-task workflows (a DAG with
 //! fan-out and fan-in; each task sleeps a few ms and appends `job task` to an effects file, a
 //! side effect outside the store). It is killed with SIGKILL at random points, at least 10
 //! rounds, each round restarting it on the same store (it resumes what was interrupted).
@@ -26,6 +28,7 @@ const URL_ENV: &str = "WF_CRASH_URL";
 const DIR_ENV: &str = "WF_CRASH_DIR";
 const FINAL_ENV: &str = "WF_CRASH_FINAL";
 const ROUND_ENV: &str = "WF_CRASH_ROUND";
+const DURABILITY_ENV: &str = "WF_CRASH_BATCHED";
 const CONCURRENCY: usize = 8;
 const TASKS: usize = 10;
 
@@ -82,6 +85,11 @@ fn workflow_crash_child() {
     let dir = PathBuf::from(std::env::var(DIR_ENV).expect("dir"));
     let last = std::env::var(FINAL_ENV).is_ok();
     let round = std::env::var(ROUND_ENV).unwrap_or_default();
+    let durability = if std::env::var(DURABILITY_ENV).is_ok() {
+        WorkflowDurability::Batched
+    } else {
+        WorkflowDurability::Sync
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -90,7 +98,7 @@ fn workflow_crash_child() {
     runtime.block_on(async move {
         let runner = RunnerBuilder::default()
             .url(url)
-            .durability(WorkflowDurability::Sync)
+            .durability(durability)
             .concurrency(CONCURRENCY)
             .build()
             .await
@@ -148,7 +156,13 @@ fn next(seed: &mut u64) -> u64 {
     *seed
 }
 
-fn spawn_child(url: &str, dir: &Path, round: usize, last: bool) -> std::process::Child {
+fn spawn_child(
+    url: &str,
+    dir: &Path,
+    round: usize,
+    last: bool,
+    durability: WorkflowDurability,
+) -> std::process::Child {
     let mut cmd = Command::new(std::env::current_exe().expect("test binary"));
     cmd.args([
         "--exact",
@@ -163,6 +177,9 @@ fn spawn_child(url: &str, dir: &Path, round: usize, last: bool) -> std::process:
     .stderr(Stdio::inherit());
     if last {
         cmd.env(FINAL_ENV, "1");
+    }
+    if durability == WorkflowDurability::Batched {
+        cmd.env(DURABILITY_ENV, "1");
     }
     cmd.spawn().expect("child")
 }
@@ -181,7 +198,7 @@ fn wait_line(
     panic!("the child ended without printing `{want}`");
 }
 
-fn kill_rounds(backend: &str, url: &str, dir: &Path) {
+fn kill_rounds(backend: &str, url: &str, dir: &Path, durability: WorkflowDurability) {
     let rounds: usize = std::env::var("WF_CRASH_ROUNDS")
         .ok()
         .and_then(|r| r.parse().ok())
@@ -195,9 +212,9 @@ fn kill_rounds(backend: &str, url: &str, dir: &Path) {
                 .map_or(7, |d| d.as_nanos() as u64)
                 | 1
         });
-    eprintln!("workflow crash ({backend}): seed {seed}");
+    eprintln!("workflow crash ({backend}, {durability:?}): seed {seed}");
     for round in 0..rounds {
-        let mut child = spawn_child(url, dir, round, false);
+        let mut child = spawn_child(url, dir, round, false, durability);
         let lines = wait_line(&mut child, "WF ready");
         let delay = Duration::from_millis(150 + next(&mut seed) % 600);
         std::thread::sleep(delay);
@@ -209,7 +226,7 @@ fn kill_rounds(backend: &str, url: &str, dir: &Path) {
             accepted(dir).len()
         );
     }
-    let mut child = spawn_child(url, dir, rounds, true);
+    let mut child = spawn_child(url, dir, rounds, true, durability);
     let started = Instant::now();
     let mut lines = wait_line(&mut child, "WF ready");
     let done = lines
@@ -272,7 +289,7 @@ fn kill_rounds(backend: &str, url: &str, dir: &Path) {
         }
     }
     eprintln!(
-        "workflow crash ({backend}): {rounds} kills, {} executions x {TASKS} tasks completed, \
+        "workflow crash ({backend}, {durability:?}): {rounds} kills, {} executions x {TASKS} tasks completed, \
          {reruns} task re-runs (at most {} allowed: {CONCURRENCY} running per kill), \
          most runs of one task {most}",
         accepted.len(),
@@ -298,7 +315,7 @@ fn sigkill_rounds_on_sled_complete_every_execution() {
     }
     let dir = temp_dir("sled");
     let url = format!("sled://{}", dir.path().join("store").display());
-    kill_rounds("sled", &url, dir.path());
+    kill_rounds("sled", &url, dir.path(), WorkflowDurability::Sync);
 }
 
 #[test]
@@ -308,11 +325,30 @@ fn sigkill_rounds_on_sqlite_complete_every_execution() {
     }
     let dir = temp_dir("sqlite");
     let url = format!("sqlite://{}", dir.path().join("store.db").display());
-    kill_rounds("sqlite", &url, dir.path());
+    kill_rounds("sqlite", &url, dir.path(), WorkflowDurability::Sync);
+}
+
+#[test]
+fn sigkill_rounds_on_sqlite_batched_complete_every_execution() {
+    if std::env::var(URL_ENV).is_ok() {
+        return;
+    }
+    let dir = temp_dir("sqlite-batched");
+    let url = format!("sqlite://{}", dir.path().join("store.db").display());
+    kill_rounds("sqlite", &url, dir.path(), WorkflowDurability::Batched);
 }
 
 #[test]
 fn sigkill_rounds_on_postgres_complete_every_execution() {
+    postgres_rounds(WorkflowDurability::Sync);
+}
+
+#[test]
+fn sigkill_rounds_on_postgres_batched_complete_every_execution() {
+    postgres_rounds(WorkflowDurability::Batched);
+}
+
+fn postgres_rounds(durability: WorkflowDurability) {
     if std::env::var(URL_ENV).is_ok() {
         return;
     }
@@ -327,7 +363,7 @@ fn sigkill_rounds_on_postgres_complete_every_execution() {
     );
     let url = cloacina::ledger::tenant_url(&base, &schema).expect("schema URL");
     let dir = temp_dir("postgres");
-    kill_rounds("postgres", &url, dir.path());
+    kill_rounds("postgres", &url, dir.path(), durability);
     let _ = Command::new("psql")
         .args([base.as_str(), "-qc"])
         .arg(format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"))

@@ -202,6 +202,33 @@ pub(super) async fn run(harness: &dyn Harness) {
         );
     }
 
+    // A short execution whole in one batch (start, task outcome, end), as the runner's group
+    // commit writes it under load; written again (a retry whose answer was lost), it
+    // changes nothing.
+    let whole = second + 1;
+    let batch = vec![
+        WorkflowRecord::Started(start(whole, "r1", T0)),
+        WorkflowRecord::Task(task(whole, "only", true)),
+        WorkflowRecord::Ended(end(whole, ExecutionStatus::Completed)),
+    ];
+    c.write(batch.clone()).await;
+    let got = c.must_get(whole).await;
+    assert_eq!(got.execution, start(whole, "r1", T0), "{name}: whole start");
+    assert_eq!(
+        got.tasks,
+        vec![task(whole, "only", true)],
+        "{name}: whole task"
+    );
+    assert_eq!(
+        got.end,
+        Some(end(whole, ExecutionStatus::Completed)),
+        "{name}: whole end"
+    );
+    let mut retried = batch;
+    retried.push(WorkflowRecord::Ended(end(whole, ExecutionStatus::Failed)));
+    c.write(retried).await;
+    assert_eq!(c.get(whole).await, Some(got), "{name}: whole batch again");
+
     // A bad record refuses the whole batch.
     let refused = store
         .write(

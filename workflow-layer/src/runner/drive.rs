@@ -16,6 +16,7 @@ use serde_json::Value;
 use tokio::sync::watch;
 
 use super::events::ExecutionEventKind as Ev;
+use super::recorder::PendingStart;
 use super::{stored, Inner};
 use crate::run::run_attempts;
 use crate::{
@@ -41,6 +42,9 @@ pub(super) struct Run {
     /// For a resumed execution: what the store holds.
     stored: Option<StoredExecution>,
     created_at_unix_us: i64,
+    /// For a fresh execution started before its start was written: the start, which the
+    /// first records join if no batch has taken it yet.
+    start: Option<Arc<PendingStart>>,
 }
 
 impl Run {
@@ -51,7 +55,16 @@ impl Run {
             input: Some(input),
             stored: None,
             created_at_unix_us: at,
+            start: None,
         }
+    }
+
+    /// The execution runs while `start` is on its way to the store: its first records go
+    /// with the start (or after it, never before), and fail if the start could not be
+    /// written.
+    pub(super) fn after(mut self, start: Arc<PendingStart>) -> Self {
+        self.start = Some(start);
+        self
     }
 
     pub(super) fn resumed(workflow: Arc<Workflow>, stored: StoredExecution) -> Self {
@@ -61,6 +74,7 @@ impl Run {
             input: None,
             created_at_unix_us: stored.execution.created_at_unix_us,
             stored: Some(stored),
+            start: None,
         }
     }
 }
@@ -80,6 +94,7 @@ pub(super) async fn drive(
         input,
         stored,
         created_at_unix_us,
+        mut start,
     } = run;
     let name = workflow.name().to_owned();
     let start_time = stored::time(created_at_unix_us);
@@ -125,7 +140,7 @@ pub(super) async fn drive(
                     tracing::error!(execution = id, workflow = %name, %reason, "cannot resume");
                     let state = ExecutionState::new(&workflow, Context::new());
                     let result = end(&state, &mut results, WorkflowStatus::Failed, Some(reason));
-                    return finish(inner, result, ExecutionStatus::Failed).await;
+                    return finish(inner, &mut start, result, ExecutionStatus::Failed).await;
                 }
             }
         }
@@ -133,7 +148,7 @@ pub(super) async fn drive(
             let state = ExecutionState::new(&workflow, Context::new());
             let reason = Some("nothing to run: no input and no stored execution".to_owned());
             let result = end(&state, &mut results, WorkflowStatus::Failed, reason);
-            return finish(inner, result, ExecutionStatus::Failed).await;
+            return finish(inner, &mut start, result, ExecutionStatus::Failed).await;
         }
     };
 
@@ -172,7 +187,8 @@ pub(super) async fn drive(
                         drop(running);
                         let result = end(&state, &mut results, WorkflowStatus::Cancelled,
                             Some("cancelled".into()));
-                        return finish(inner, result, ExecutionStatus::Cancelled).await;
+                        return finish(inner, &mut start, result, ExecutionStatus::Cancelled)
+                            .await;
                     }
                     Control::Paused => inner.emit(id, &name, || Ev::Paused),
                     Control::Running => inner.emit(id, &name, || Ev::Unpaused),
@@ -200,10 +216,11 @@ pub(super) async fn drive(
                         // The last outcomes and the end go in one record batch.
                         let status = state.status();
                         let result = end(&state, &mut results, status, None);
-                        return finish_with(inner, result, stored_status(status), records, events)
+                        let status = stored_status(status);
+                        return finish_with(inner, &mut start, result, status, records, events)
                             .await;
                     }
-                    let recorded = inner.recorder.record(records);
+                    let recorded = record(inner, &mut start, records);
                     tokio::pin!(recorded);
                     loop {
                         tokio::select! {
@@ -225,7 +242,27 @@ pub(super) async fn drive(
     // Every task final (all were replayed, or skipped).
     let status = state.status();
     let result = end(&state, &mut results, status, None);
-    finish(inner, result, stored_status(status)).await
+    finish(inner, &mut start, result, stored_status(status)).await
+}
+
+/// Records `records` and returns once they are written: with the execution's start while
+/// that waits for a batch (one commit for both), otherwise once the start is written.
+async fn record(
+    inner: &Inner,
+    start: &mut Option<Arc<PendingStart>>,
+    records: Vec<WorkflowRecord>,
+) -> Result<(), Arc<LedgerError>> {
+    let records = match start.take() {
+        None => records,
+        Some(pending) => match pending.join(records) {
+            Ok(()) => return pending.written().await,
+            Err(records) => {
+                pending.written().await?;
+                records
+            }
+        },
+    };
+    inner.recorder.record(records).await
 }
 
 /// What one task's run ended with: its index, the attempts made, its output or error, and
@@ -355,16 +392,18 @@ fn replay(
 /// Records the end of an execution.
 async fn finish(
     inner: &Arc<Inner>,
+    start: &mut Option<Arc<PendingStart>>,
     result: WorkflowExecutionResult,
     status: ExecutionStatus,
 ) -> Outcome {
-    finish_with(inner, result, status, Vec::new(), Vec::new()).await
+    finish_with(inner, start, result, status, Vec::new(), Vec::new()).await
 }
 
 /// Records `last` (the outcomes of the tasks that ended last, if any) with the end of the
 /// execution in one batch, then emits `last_events` and the end.
 async fn finish_with(
     inner: &Arc<Inner>,
+    start: &mut Option<Arc<PendingStart>>,
     result: WorkflowExecutionResult,
     status: ExecutionStatus,
     mut records: Vec<WorkflowRecord>,
@@ -378,7 +417,7 @@ async fn finish_with(
         error: result.error.clone(),
         finished_at_unix_us: now_unix_us(),
     }));
-    inner.recorder.record(records).await?;
+    record(inner, start, records).await?;
     let (id, name) = (result.execution_id, result.workflow_name.as_str());
     for event in last_events {
         inner.emit(id, name, || event);

@@ -11,6 +11,7 @@
 
 mod config;
 mod drive;
+mod ended;
 mod events;
 mod recorder;
 mod stored;
@@ -124,6 +125,8 @@ pub(crate) struct Inner {
     config: RunnerConfig,
     workflows: RwLock<HashMap<String, Arc<Workflow>>>,
     live: Mutex<HashMap<u64, Live>>,
+    /// Results of executions that ended here lately.
+    ended: Mutex<ended::Ended>,
     /// Executions claimed at start whose workflow is not known yet.
     orphans: Mutex<Vec<cloacina_ledger::StoredExecution>>,
     /// Execution ids reserved from the store: `(next, end)`.
@@ -194,6 +197,7 @@ impl DefaultRunner {
             config,
             workflows: RwLock::new(HashMap::new()),
             live: Mutex::new(HashMap::new()),
+            ended: Mutex::new(ended::Ended::default()),
             orphans: Mutex::new(Vec::new()),
             ids: tokio::sync::Mutex::new((0, 0)),
             events,
@@ -284,12 +288,26 @@ impl DefaultRunner {
             owner: self.inner.config.runner_id.clone(),
             lease_until_unix_us: now.saturating_add(self.inner.config.lease_us()),
         };
-        self.inner
+        let start = self
+            .inner
             .recorder
-            .record(vec![WorkflowRecord::Started(record)])
+            .start(WorkflowRecord::Started(record))
             .await
             .map_err(RunnerError::Store)?;
-        self.spawn(Run::fresh(id, workflow, input, now));
+        let run = Run::fresh(id, workflow, input, now);
+        match self.inner.config.durability {
+            // The first tasks run while the start is written; their records join it if no
+            // batch has taken it yet (one commit for a short execution), or follow it.
+            WorkflowDurability::Batched => {
+                self.spawn(run.after(Arc::clone(&start)));
+                start.written().await.map_err(RunnerError::Store)?;
+            }
+            // Nothing runs before the start is on stable storage.
+            WorkflowDurability::Sync => {
+                start.written().await.map_err(RunnerError::Store)?;
+                self.spawn(run);
+            }
+        }
         Ok(id)
     }
 
@@ -310,6 +328,9 @@ impl DefaultRunner {
                 Some(Err(e)) => return Err(RunnerError::Store(e)),
                 None => {} // The driver went away: read what the store holds.
             }
+        }
+        if let Some(result) = lock(&self.inner.ended).get(id) {
+            return Ok((*result).clone());
         }
         let stored = self.stored(id).await?;
         match stored::result(&stored, self.known(&stored.execution.workflow).as_deref()) {
@@ -332,6 +353,9 @@ impl DefaultRunner {
                 Control::Paused => WorkflowStatus::Paused,
                 _ => WorkflowStatus::Running,
             });
+        }
+        if let Some(result) = lock(&self.inner.ended).get(id) {
+            return Ok(result.status);
         }
         let stored = self.stored(id).await?;
         Ok(stored::status(stored.status))
@@ -564,6 +588,12 @@ impl DefaultRunner {
                 id,
             };
             let outcome = drive::drive(&inner, run, control_rx).await;
+            // Kept before it leaves the live map: a `wait` in between finds one or the other.
+            if let Ok(result) = &outcome {
+                if result.status != WorkflowStatus::Paused {
+                    lock(&inner.ended).insert(Arc::clone(result));
+                }
+            }
             // Off the live map first: a status query from now on reads the store, which
             // holds the end (recorded before the driver returned).
             drop(_gone);

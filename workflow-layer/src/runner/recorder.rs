@@ -3,8 +3,12 @@
 //! at once as the store takes, and answers every sender when its batch is written.
 //! Under load one commit covers the records of many executions; alone, a record waits for
 //! nothing but its own write.
+//!
+//! An execution's start goes in as a [`PendingStart`]: until a batch takes it, the
+//! execution's driver may add its first records to it ([`PendingStart::join`]), so under
+//! load a short execution's start, task outcomes and end share one commit.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use std::future::Future;
@@ -12,7 +16,7 @@ use std::pin::Pin;
 
 use cloacina_ledger::{Commit, Ledger, LedgerError, WorkflowRecord, WorkflowStore};
 use futures_util::stream::{FuturesUnordered, StreamExt};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 /// Most records in one batch.
 const MAX_BATCH: usize = 4_096;
@@ -29,7 +33,93 @@ const FLUSH_EVERY: Duration = Duration::from_millis(100);
 /// Tries per batch when the store reports a transient error.
 const TRIES: u32 = 5;
 
-type Ack = oneshot::Sender<Result<(), Arc<LedgerError>>>;
+type Written = Result<(), Arc<LedgerError>>;
+
+/// Who is answered when a batch is written.
+enum Ack {
+    Records(oneshot::Sender<Written>),
+    Start(StartAck),
+}
+
+impl Ack {
+    fn send(self, written: Written) {
+        match self {
+            Self::Records(tx) => {
+                let _ = tx.send(written);
+            }
+            Self::Start(start) => start.send(written),
+        }
+    }
+}
+
+/// An execution's start on its way to the store, with whatever its driver added to it
+/// before a batch took it.
+pub(crate) struct PendingStart {
+    /// `Some` until a batch takes the records.
+    records: Mutex<Option<Vec<WorkflowRecord>>>,
+    written: watch::Sender<Option<Written>>,
+}
+
+impl PendingStart {
+    /// Adds `records` to the start if no batch has taken it yet (they are then written with
+    /// it, in one commit); gives them back otherwise.
+    pub(crate) fn join(&self, records: Vec<WorkflowRecord>) -> Result<(), Vec<WorkflowRecord>> {
+        let mut open = self.records.lock().unwrap_or_else(PoisonError::into_inner);
+        match open.as_mut() {
+            Some(start) => {
+                start.extend(records);
+                Ok(())
+            }
+            None => Err(records),
+        }
+    }
+
+    /// Waits until the start (and what joined it) is written, or could not be.
+    pub(crate) async fn written(&self) -> Written {
+        let mut rx = self.written.subscribe();
+        let answer = rx.wait_for(Option::is_some).await.map(|w| w.clone());
+        match answer {
+            Ok(Some(written)) => written,
+            // The sender lives in `self`: neither can happen.
+            _ => Err(Arc::new(LedgerError::Closed { pending: 1 })),
+        }
+    }
+
+    /// Takes the records for a batch; later joins are refused.
+    fn take(&self) -> Vec<WorkflowRecord> {
+        self.records
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+            .unwrap_or_default()
+    }
+}
+
+/// The group-commit task's hold on a [`PendingStart`]: answers it exactly once, with
+/// [`LedgerError::Closed`] if dropped unanswered (the task stopped with it still queued).
+struct StartAck {
+    start: Arc<PendingStart>,
+    pending: usize,
+    answered: bool,
+}
+
+impl StartAck {
+    fn send(mut self, written: Written) {
+        self.answered = true;
+        self.start.written.send_replace(Some(written));
+    }
+}
+
+impl Drop for StartAck {
+    fn drop(&mut self) {
+        if !self.answered {
+            let pending = self.pending.max(1);
+            self.start
+                .written
+                .send_replace(Some(Err(Arc::new(LedgerError::Closed { pending }))));
+        }
+    }
+}
 
 /// Flushes what was written (the ledger's [`Ledger::flush`]); the closure owns the ledger.
 type Flush =
@@ -43,7 +133,8 @@ enum InFlight {
 }
 
 enum Msg {
-    Records(Vec<WorkflowRecord>, Ack),
+    Records(Vec<WorkflowRecord>, oneshot::Sender<Written>),
+    Start(StartAck),
     /// Write what is queued, let go of the store, then answer.
     Close(oneshot::Sender<()>),
 }
@@ -97,6 +188,28 @@ impl Recorder {
             .unwrap_or_else(|_| Err(Arc::new(LedgerError::Closed { pending })))
     }
 
+    /// Queues an execution's start (`record`) and returns it as a [`PendingStart`], to
+    /// which the execution's first records may be added until a batch takes it.
+    pub(crate) async fn start(
+        &self,
+        record: WorkflowRecord,
+    ) -> Result<Arc<PendingStart>, Arc<LedgerError>> {
+        let start = Arc::new(PendingStart {
+            records: Mutex::new(Some(vec![record])),
+            written: watch::Sender::new(None),
+        });
+        let ack = StartAck {
+            start: Arc::clone(&start),
+            pending: 1,
+            answered: false,
+        };
+        self.tx
+            .send(Msg::Start(ack))
+            .await
+            .map_err(|_| Arc::new(LedgerError::Closed { pending: 1 }))?;
+        Ok(start)
+    }
+
     /// Writes what is queued and stops the task (it drops its handle on the store); later
     /// records fail with [`LedgerError::Closed`].
     pub(crate) async fn close(&self) {
@@ -142,7 +255,13 @@ async fn run(
                 while let Some(msg) = next.take() {
                     match msg {
                         Msg::Records(records, ack) => {
-                            acks.push((batch.len(), ack));
+                            acks.push((batch.len(), Ack::Records(ack)));
+                            batch.extend(records);
+                        }
+                        Msg::Start(mut ack) => {
+                            let records = ack.start.take();
+                            ack.pending = records.len();
+                            acks.push((batch.len(), Ack::Start(ack)));
                             batch.extend(records);
                         }
                         Msg::Close(done) => {
@@ -175,12 +294,12 @@ async fn run(
                                     .collect();
                                 for ((start, ack), end) in acks.into_iter().zip(ends) {
                                     let alone = write(&*store, &batch[start..end], commit).await;
-                                    let _ = ack.send(alone);
+                                    ack.send(alone);
                                 }
                             }
                             outcome => {
                                 for (_, ack) in acks {
-                                    let _ = ack.send(outcome.clone());
+                                    ack.send(outcome.clone());
                                 }
                             }
                         }
@@ -206,7 +325,8 @@ async fn run(
     drop(store);
     drop(flush);
     rx.close();
-    // Records sent after the close: refused, not lost silently.
+    // Records sent after the close: refused, not lost silently (a start is answered so
+    // when its `StartAck` drops).
     while let Ok(msg) = rx.try_recv() {
         if let Msg::Records(records, ack) = msg {
             let _ = ack.send(Err(Arc::new(LedgerError::Closed {
@@ -252,14 +372,27 @@ mod tests {
     struct SlowStore {
         delays: Mutex<Vec<Duration>>,
         ended: Mutex<Vec<Instant>>,
+        /// Each write's records.
+        batches: Mutex<Vec<Vec<WorkflowRecord>>>,
+    }
+
+    impl SlowStore {
+        fn new(delays: Vec<Duration>) -> Arc<Self> {
+            Arc::new(Self {
+                delays: Mutex::new(delays),
+                ended: Mutex::new(Vec::new()),
+                batches: Mutex::new(Vec::new()),
+            })
+        }
     }
 
     impl WorkflowStore for SlowStore {
         fn workflow_backend(&self) -> &'static str {
             "slow"
         }
-        fn write<'a>(&'a self, _: &'a [WorkflowRecord], _: Commit) -> LedgerFuture<'a, ()> {
+        fn write<'a>(&'a self, batch: &'a [WorkflowRecord], _: Commit) -> LedgerFuture<'a, ()> {
             Box::pin(async move {
+                self.batches.lock().expect("lock").push(batch.to_vec());
                 let delay = self.delays.lock().expect("lock").remove(0);
                 tokio::time::sleep(delay).await;
                 self.ended.lock().expect("lock").push(Instant::now());
@@ -300,10 +433,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_buffered_write_still_under_way_when_a_flush_starts_gets_a_later_flush() {
-        let store = Arc::new(SlowStore {
-            delays: Mutex::new(vec![Duration::from_millis(10), Duration::from_millis(50)]),
-            ended: Mutex::new(Vec::new()),
-        });
+        let store = SlowStore::new(vec![Duration::from_millis(10), Duration::from_millis(50)]);
         let flushes = Arc::new(Mutex::new(Vec::<Instant>::new()));
         let noted = Arc::clone(&flushes);
         let flush: Flush = Arc::new(move || {
@@ -331,5 +461,74 @@ mod tests {
             "flushes only after writes: {}",
             flushes.len()
         );
+    }
+
+    fn noop_flush() -> Flush {
+        Arc::new(|| Box::pin(async { Ok(()) }))
+    }
+
+    fn end(id: u64) -> WorkflowRecord {
+        WorkflowRecord::Ended(cloacina_ledger::ExecutionEndRecord {
+            execution_id: id,
+            status: cloacina_ledger::ExecutionStatus::Completed,
+            final_context: b"{}".to_vec(),
+            error: None,
+            finished_at_unix_us: 1,
+        })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn records_joining_a_queued_start_share_its_commit() {
+        let store = SlowStore::new(vec![Duration::from_millis(20); 3]);
+        let recorder = Recorder::spawn_with(noop_flush(), store.clone(), Commit::Buffered, 1);
+        // A write under way: the start queues behind it.
+        let busy = {
+            let recorder = recorder.clone();
+            tokio::spawn(async move { recorder.record(start(1)).await })
+        };
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        let pending = recorder.start(start(2).remove(0)).await.expect("queued");
+        assert!(
+            pending.join(vec![end(2)]).is_ok(),
+            "joined the queued start"
+        );
+        pending.written().await.expect("written");
+        busy.await.expect("task").expect("first write");
+        recorder.close().await;
+        let batches = store.batches.lock().expect("lock").clone();
+        assert_eq!(batches.len(), 2, "one commit for the start and its end");
+        assert_eq!(batches[1], vec![start(2).remove(0), end(2)]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn records_after_a_taken_start_are_given_back() {
+        let store = SlowStore::new(vec![Duration::from_millis(20); 2]);
+        let recorder = Recorder::spawn_with(noop_flush(), store.clone(), Commit::Buffered, 1);
+        let pending = recorder.start(start(3).remove(0)).await.expect("queued");
+        // The idle recorder takes it at once.
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        let back = pending.join(vec![end(3)]).expect_err("start already taken");
+        assert_eq!(back, vec![end(3)]);
+        pending.written().await.expect("start written");
+        recorder.record(back).await.expect("end written");
+        recorder.close().await;
+        assert_eq!(store.batches.lock().expect("lock").len(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_start_queued_at_close_is_answered_closed() {
+        let store = SlowStore::new(vec![Duration::from_millis(0); 2]);
+        let recorder = Recorder::spawn_with(noop_flush(), store.clone(), Commit::Buffered, 1);
+        recorder.close().await;
+        match recorder.start(start(4).remove(0)).await {
+            // Refused at the channel, or queued and answered Closed.
+            Err(e) => assert!(matches!(*e, LedgerError::Closed { .. })),
+            Ok(pending) => {
+                let written = pending.written().await;
+                let e = written.expect_err("closed");
+                assert!(matches!(*e, LedgerError::Closed { .. }));
+            }
+        }
+        assert!(store.batches.lock().expect("lock").is_empty());
     }
 }

@@ -1,7 +1,7 @@
 //! [`PostgresLedger`]'s workflow store: tables `wf_executions` and `wf_tasks`
 //! (`migrations/postgres/0002_workflows.sql`). A write takes its rows as arrays (`UNNEST`):
-//! one statement (one round trip) whatever its size, or, for a batch that starts an
-//! execution and records its tasks too, one transaction of up to three statements. Claims take rows with
+//! one statement (one round trip, atomic on its own) whatever its size and whatever it
+//! holds. Claims take rows with
 //! `FOR UPDATE SKIP LOCKED`: runners sharing the database never wait on each other's claims
 //! and never take the same execution.
 
@@ -11,48 +11,60 @@ use crate::sql::workflows::{
 };
 use crate::{ExecutionEndRecord, ExecutionRecord, StoredExecution, TaskRecord, WorkflowRecord};
 
-const INSERT_STARTS: &str = "\
-INSERT INTO wf_executions (id, workflow, version, input, created_at_us, owner, lease_until_us, status)
-SELECT u.id, u.workflow, u.version, u.input, u.created, u.owner, u.lease, 0
-FROM UNNEST($1::BIGINT[], $2::TEXT[], $3::TEXT[], $4::BYTEA[], $5::BIGINT[], $6::TEXT[], $7::BIGINT[])
-     AS u(id, workflow, version, input, created, owner, lease)
-ON CONFLICT (id) DO NOTHING";
-
-const INSERT_TASKS: &str = "\
-INSERT INTO wf_tasks (execution_id, task, outcome, attempts, output, error, started_at_us, finished_at_us)
-SELECT u.id, u.task, u.outcome, u.attempts, u.output, u.error, u.started, u.finished
-FROM UNNEST($1::BIGINT[], $2::TEXT[], $3::BIGINT[], $4::BIGINT[], $5::BYTEA[], $6::TEXT[], $7::BIGINT[], $8::BIGINT[])
-     AS u(id, task, outcome, attempts, output, error, started, finished)
-WHERE EXISTS (SELECT 1 FROM wf_executions e WHERE e.id = u.id AND e.id = ANY($1::BIGINT[]))
-ON CONFLICT (execution_id, task) DO NOTHING";
-
-const UPDATE_ENDS: &str = "\
-UPDATE wf_executions e
-SET status = u.status, final_context = u.ctx, error = u.error, finished_at_us = u.at
-FROM UNNEST($1::BIGINT[], $2::BIGINT[], $3::BYTEA[], $4::TEXT[], $5::BIGINT[])
-     AS u(id, status, ctx, error, at)
-WHERE e.id = u.id AND e.id = ANY($1::BIGINT[]) AND e.status = 0";
-
-/// The whole batch as one statement (one round trip, atomic on its own), for a batch whose
-/// tasks and ends refer to no execution it starts: data-modifying CTEs see the table as it
-/// was before the statement. Only the parts the batch has are in it: one text per
-/// combination of starts, tasks and ends. Each is planned once per connection (see
+/// The whole batch as one statement. Data-modifying CTEs see the tables as they were before
+/// the statement, so what refers to an execution the batch starts cannot look it up: an end
+/// of such an execution is written with its start (the inserted row is already ended), and
+/// its tasks are written without a lookup (a part of their own); tasks and ends of other
+/// executions need the execution in the table. Only the parts the batch has are in it: one
+/// text per combination of starts, tasks and ends. Each is planned once per connection (see
 /// `open.rs`), maybe while the tables are empty, so every lookup of `wf_executions` also
 /// says `id = ANY(ids)`: whatever join the planner picks, the table side is then an index
-/// probe per id, never a scan of the unfinished (or all) executions. `cfg` (`$1`) makes a Buffered commit asynchronous (`off`) or leaves the
-/// server's setting (NULL); it is read when the statement commits.
-fn write_one_sql(starts: bool, tasks: bool, ends: bool) -> &'static str {
+/// probe per id, never a scan of the unfinished (or all) executions. `cfg` (`$1`) makes a
+/// Buffered commit asynchronous (`off`) or leaves the server's setting (NULL); it is read
+/// when the statement commits.
+fn write_one_sql(parts: Parts) -> &'static str {
     static SQL: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
     let all = SQL.get_or_init(|| {
-        (0..8u8)
-            .map(|m| build_write_one(m & 1 != 0, m & 2 != 0, m & 4 != 0))
+        (0..16u8)
+            .map(|m| {
+                build_write_one(Parts {
+                    starts: m & 1 != 0,
+                    new_tasks: m & 2 != 0,
+                    tasks: m & 4 != 0,
+                    ends: m & 8 != 0,
+                })
+            })
             .collect()
     });
-    let m = usize::from(starts) | usize::from(tasks) << 1 | usize::from(ends) << 2;
+    let m = usize::from(parts.starts)
+        | usize::from(parts.new_tasks) << 1
+        | usize::from(parts.tasks) << 2
+        | usize::from(parts.ends) << 3;
     all.get(m).map_or("", String::as_str)
 }
 
-fn build_write_one(starts: bool, tasks: bool, ends: bool) -> String {
+/// Which parts a batch's statement has.
+#[derive(Debug, Clone, Copy)]
+struct Parts {
+    /// Execution starts (each with its end, if the batch has it).
+    starts: bool,
+    /// Task outcomes of executions the batch starts: no lookup (a separate part, not an
+    /// `OR` beside the lookup, which would make it a subplan hashing the whole table).
+    new_tasks: bool,
+    /// Task outcomes of other executions: recorded if the execution is in the table.
+    tasks: bool,
+    /// Ends of other executions.
+    ends: bool,
+}
+
+fn build_write_one(
+    Parts {
+        starts,
+        new_tasks,
+        tasks,
+        ends,
+    }: Parts,
+) -> String {
     let mut n = 1; // $1: cfg
     let mut params = |types: &[&str]| -> String {
         types
@@ -69,29 +81,48 @@ fn build_write_one(starts: bool, tasks: bool, ends: bool) -> String {
         .to_owned()];
     if starts {
         let p = params(&[
-            "BIGINT", "TEXT", "TEXT", "BYTEA", "BIGINT", "TEXT", "BIGINT",
+            "BIGINT", "TEXT", "TEXT", "BYTEA", "BIGINT", "TEXT", "BIGINT", "BIGINT", "BYTEA",
+            "TEXT", "BIGINT",
         ]);
+        // A second start changes nothing; an end written with a start ends an execution a
+        // lost-answer retry already started (the first end wins: only a running row).
         parts.push(format!(
-            "s AS (INSERT INTO wf_executions \
-             (id, workflow, version, input, created_at_us, owner, lease_until_us, status) \
-             SELECT u.id, u.workflow, u.version, u.input, u.created, u.owner, u.lease, 0 \
-             FROM UNNEST({p}) AS u(id, workflow, version, input, created, owner, lease) \
-             ON CONFLICT (id) DO NOTHING)"
+            "s AS (INSERT INTO wf_executions AS x \
+             (id, workflow, version, input, created_at_us, owner, lease_until_us, status, \
+              final_context, error, finished_at_us) \
+             SELECT u.id, u.workflow, u.version, u.input, u.created, u.owner, u.lease, \
+              u.status, u.ctx, u.error, u.at \
+             FROM UNNEST({p}) \
+              AS u(id, workflow, version, input, created, owner, lease, status, ctx, error, at) \
+             ON CONFLICT (id) DO UPDATE SET status = EXCLUDED.status, \
+              final_context = EXCLUDED.final_context, error = EXCLUDED.error, \
+              finished_at_us = EXCLUDED.finished_at_us \
+             WHERE x.status = 0 AND EXCLUDED.status <> 0)"
         ));
     }
-    if tasks {
-        let p = params(&[
-            "BIGINT", "TEXT", "BIGINT", "BIGINT", "BYTEA", "TEXT", "BIGINT", "BIGINT",
-        ]);
-        let ids = first_param(&p);
-        parts.push(format!(
-            "t AS (INSERT INTO wf_tasks \
+    let task_params = [
+        "BIGINT", "TEXT", "BIGINT", "BIGINT", "BYTEA", "TEXT", "BIGINT", "BIGINT",
+    ];
+    let insert_tasks = |name: &str, p: &str, filter: &str| {
+        format!(
+            "{name} AS (INSERT INTO wf_tasks \
              (execution_id, task, outcome, attempts, output, error, started_at_us, finished_at_us) \
              SELECT u.id, u.task, u.outcome, u.attempts, u.output, u.error, u.started, u.finished \
              FROM UNNEST({p}) AS u(id, task, outcome, attempts, output, error, started, finished) \
-             WHERE EXISTS (SELECT 1 FROM wf_executions e WHERE e.id = u.id AND e.id = ANY({ids})) \
-             ON CONFLICT (execution_id, task) DO NOTHING)"
-        ));
+             {filter} ON CONFLICT (execution_id, task) DO NOTHING)"
+        )
+    };
+    if new_tasks {
+        let p = params(&task_params);
+        parts.push(insert_tasks("tn", &p, ""));
+    }
+    if tasks {
+        let p = params(&task_params);
+        let ids = first_param(&p);
+        let filter = format!(
+            "WHERE EXISTS (SELECT 1 FROM wf_executions e WHERE e.id = u.id AND e.id = ANY({ids}))"
+        );
+        parts.push(insert_tasks("t", &p, &filter));
     }
     if ends {
         let p = params(&["BIGINT", "BIGINT", "BYTEA", "TEXT", "BIGINT"]);
@@ -116,8 +147,13 @@ fn first_param(params: &str) -> &str {
 
 type PgQuery<'q> = sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>;
 
-/// Binds execution starts as the 7 arrays the statements unnest.
-fn bind_starts<'q>(q: PgQuery<'q>, s: &[&'q ExecutionRecord]) -> PgQuery<'q> {
+/// Binds execution starts, each with its end if the batch has one (`ended`, in the same
+/// order), as the 11 arrays the statement unnests.
+fn bind_starts<'q>(
+    q: PgQuery<'q>,
+    s: &[&'q ExecutionRecord],
+    ended: &[Option<&'q ExecutionEndRecord>],
+) -> PgQuery<'q> {
     q.bind(s.iter().map(|r| sql_id(r.id)).collect::<Vec<_>>())
         .bind(s.iter().map(|r| r.workflow.as_str()).collect::<Vec<_>>())
         .bind(s.iter().map(|r| r.version.as_str()).collect::<Vec<_>>())
@@ -125,6 +161,30 @@ fn bind_starts<'q>(q: PgQuery<'q>, s: &[&'q ExecutionRecord]) -> PgQuery<'q> {
         .bind(s.iter().map(|r| r.created_at_unix_us).collect::<Vec<_>>())
         .bind(s.iter().map(|r| r.owner.as_str()).collect::<Vec<_>>())
         .bind(s.iter().map(|r| r.lease_until_unix_us).collect::<Vec<_>>())
+        .bind(
+            ended
+                .iter()
+                .map(|e| e.map_or(0, |e| e.status.code()))
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            ended
+                .iter()
+                .map(|e| e.map(|e| e.final_context.as_slice()))
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            ended
+                .iter()
+                .map(|e| e.and_then(|e| e.error.as_deref()))
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            ended
+                .iter()
+                .map(|e| e.map(|e| e.finished_at_unix_us))
+                .collect::<Vec<_>>(),
+        )
 }
 
 /// Binds task outcomes as the 8 arrays the statements unnest.
@@ -194,64 +254,51 @@ impl PostgresLedger {
         staged: &crate::sql::workflows::Staged<'_>,
         commit: Commit,
     ) -> Result<(), (&'static str, sqlx::Error)> {
-        let at = |what: &'static str| move |e: sqlx::Error| (what, e);
+        // Ends of executions the batch starts go with their starts.
+        let mut ends_of_starts: std::collections::HashMap<u64, &ExecutionEndRecord> =
+            std::collections::HashMap::new();
+        let mut ends = Vec::with_capacity(staged.ends.len());
         let started: std::collections::HashSet<u64> = staged.starts.iter().map(|s| s.id).collect();
-        let independent = !staged
+        for e in &staged.ends {
+            if started.contains(&e.execution_id) {
+                ends_of_starts.insert(e.execution_id, e);
+            } else {
+                ends.push(*e);
+            }
+        }
+        let ended: Vec<Option<&ExecutionEndRecord>> = staged
+            .starts
+            .iter()
+            .map(|s| ends_of_starts.get(&s.id).copied())
+            .collect();
+        let (new_tasks, tasks): (Vec<&TaskRecord>, Vec<&TaskRecord>) = staged
             .tasks
             .iter()
-            .map(|t| t.execution_id)
-            .chain(staged.ends.iter().map(|e| e.execution_id))
-            .any(|id| started.contains(&id));
-        let (s, t, e) = (&staged.starts, &staged.tasks, &staged.ends);
-        if independent {
-            let sql = write_one_sql(!s.is_empty(), !t.is_empty(), !e.is_empty());
-            let mut q = sqlx::query(sql).bind((commit == Commit::Buffered).then_some("off"));
-            if !s.is_empty() {
-                q = bind_starts(q, s);
-            }
-            if !t.is_empty() {
-                q = bind_tasks(q, t);
-            }
-            if !e.is_empty() {
-                q = bind_ends(q, e);
-            }
-            q.execute(&self.workflow_writes)
-                .await
-                .map_err(at("cannot record workflow records"))?;
-            return Ok(());
-        }
-        let mut tx = self
-            .workflow_writes
-            .begin()
-            .await
-            .map_err(at("cannot begin a workflow write"))?;
-        if commit == Commit::Buffered {
-            sqlx::query("SET LOCAL synchronous_commit = off")
-                .execute(&mut *tx)
-                .await
-                .map_err(at("cannot set synchronous_commit"))?;
-        }
+            .partition(|t| started.contains(&t.execution_id));
+        let s = &staged.starts;
+        let sql = write_one_sql(Parts {
+            starts: !s.is_empty(),
+            new_tasks: !new_tasks.is_empty(),
+            tasks: !tasks.is_empty(),
+            ends: !ends.is_empty(),
+        });
+        let mut q = sqlx::query(sql).bind((commit == Commit::Buffered).then_some("off"));
         if !s.is_empty() {
-            bind_starts(sqlx::query(INSERT_STARTS), s)
-                .execute(&mut *tx)
-                .await
-                .map_err(at("cannot record execution starts"))?;
+            q = bind_starts(q, s, &ended);
         }
-        if !t.is_empty() {
-            bind_tasks(sqlx::query(INSERT_TASKS), t)
-                .execute(&mut *tx)
-                .await
-                .map_err(at("cannot record task outcomes"))?;
+        if !new_tasks.is_empty() {
+            q = bind_tasks(q, &new_tasks);
         }
-        if !e.is_empty() {
-            bind_ends(sqlx::query(UPDATE_ENDS), e)
-                .execute(&mut *tx)
-                .await
-                .map_err(at("cannot record execution ends"))?;
+        if !tasks.is_empty() {
+            q = bind_tasks(q, &tasks);
         }
-        tx.commit()
+        if !ends.is_empty() {
+            q = bind_ends(q, &ends);
+        }
+        q.execute(&self.workflow_writes)
             .await
-            .map_err(at("cannot commit a workflow write"))
+            .map_err(|e| ("cannot record workflow records", e))?;
+        Ok(())
     }
 
     pub(super) async fn read_execution(
