@@ -355,8 +355,10 @@ fn postgres_rounds(durability: WorkflowDurability) {
     let Some(base) = cloacina::ledger::testing::postgres_url() else {
         return;
     };
+    // Named per durability too: both tests start at once, maybe in the same microsecond.
     let schema = format!(
-        "wf_crash_{}",
+        "wf_crash_{}_{}",
+        format!("{durability:?}").to_lowercase(),
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_micros())
