@@ -320,22 +320,21 @@ fn sigkill_rounds_on_sled_complete_every_execution() {
 
 #[test]
 fn sigkill_rounds_on_sqlite_complete_every_execution() {
-    if std::env::var(URL_ENV).is_ok() {
-        return;
-    }
-    let dir = temp_dir("sqlite");
-    let url = format!("sqlite://{}", dir.path().join("store.db").display());
-    kill_rounds("sqlite", &url, dir.path(), WorkflowDurability::Sync);
+    sqlite_rounds(WorkflowDurability::Sync);
 }
 
 #[test]
 fn sigkill_rounds_on_sqlite_batched_complete_every_execution() {
+    sqlite_rounds(WorkflowDurability::Batched);
+}
+
+fn sqlite_rounds(durability: WorkflowDurability) {
     if std::env::var(URL_ENV).is_ok() {
         return;
     }
-    let dir = temp_dir("sqlite-batched");
+    let dir = temp_dir(&format!("sqlite-{durability:?}"));
     let url = format!("sqlite://{}", dir.path().join("store.db").display());
-    kill_rounds("sqlite", &url, dir.path(), WorkflowDurability::Batched);
+    kill_rounds("sqlite", &url, dir.path(), durability);
 }
 
 #[test]
