@@ -627,3 +627,159 @@ async fn a_dependant_starts_only_after_every_dependency_is_recorded() {
         );
     }
 }
+
+/// A memory ledger whose workflow store refuses every batch holding an execution start.
+struct RefusingStarts(Arc<cloacina_ledger::MemoryLedger>);
+
+/// Its workflow store.
+struct RefusingStore(Arc<dyn cloacina_ledger::WorkflowStore>);
+
+impl cloacina_ledger::Ledger for RefusingStarts {
+    fn backend(&self) -> &'static str {
+        "refusing"
+    }
+    fn append<'a>(
+        &'a self,
+        records: &'a [cloacina_ledger::Record],
+        commit: cloacina_ledger::Commit,
+    ) -> cloacina_ledger::LedgerFuture<'a, ()> {
+        self.0.append(records, commit)
+    }
+    fn flush(&self) -> cloacina_ledger::LedgerFuture<'_, ()> {
+        self.0.flush()
+    }
+    fn firings<'a>(
+        &'a self,
+        query: &'a cloacina_ledger::FiringQuery,
+    ) -> cloacina_ledger::LedgerFuture<'a, Vec<cloacina_ledger::FiringRecord>> {
+        self.0.firings(query)
+    }
+    fn last_firing<'a>(
+        &'a self,
+        reactor: &'a str,
+    ) -> cloacina_ledger::LedgerFuture<'a, Option<cloacina_ledger::FiringRecord>> {
+        self.0.last_firing(reactor)
+    }
+    fn boundaries<'a>(
+        &'a self,
+        query: &'a cloacina_ledger::BoundaryQuery,
+    ) -> cloacina_ledger::LedgerFuture<'a, Vec<cloacina_ledger::BoundaryRecord>> {
+        self.0.boundaries(query)
+    }
+    fn snapshot<'a>(
+        &'a self,
+        reactor: &'a str,
+    ) -> cloacina_ledger::LedgerFuture<'a, Option<cloacina_ledger::SnapshotRecord>> {
+        self.0.snapshot(reactor)
+    }
+    fn checkpoint<'a>(
+        &'a self,
+        owner: &'a str,
+        key: &'a str,
+    ) -> cloacina_ledger::LedgerFuture<'a, Option<cloacina_ledger::CheckpointRecord>> {
+        self.0.checkpoint(owner, key)
+    }
+    fn retain<'a>(
+        &'a self,
+        reactor: &'a str,
+        retention: cloacina_ledger::Retention,
+    ) -> cloacina_ledger::LedgerFuture<'a, cloacina_ledger::RetainReport> {
+        self.0.retain(reactor, retention)
+    }
+    fn verify(&self) -> cloacina_ledger::LedgerFuture<'_, cloacina_ledger::VerifyReport> {
+        self.0.verify()
+    }
+    fn workflow_store(self: Arc<Self>) -> Option<Arc<dyn cloacina_ledger::WorkflowStore>> {
+        let inner = Arc::clone(&self.0).workflow_store()?;
+        Some(Arc::new(RefusingStore(inner)))
+    }
+}
+
+impl cloacina_ledger::WorkflowStore for RefusingStore {
+    fn workflow_backend(&self) -> &'static str {
+        "refusing"
+    }
+    fn write<'a>(
+        &'a self,
+        records: &'a [WorkflowRecord],
+        commit: cloacina_ledger::Commit,
+    ) -> cloacina_ledger::LedgerFuture<'a, ()> {
+        if records
+            .iter()
+            .any(|r| matches!(r, WorkflowRecord::Started(_)))
+        {
+            return Box::pin(async {
+                Err(cloacina_ledger::LedgerError::Rejected {
+                    backend: "refusing",
+                    message: "no starts here".into(),
+                })
+            });
+        }
+        self.0.write(records, commit)
+    }
+    fn execution(&self, id: u64) -> cloacina_ledger::LedgerFuture<'_, Option<StoredExecution>> {
+        self.0.execution(id)
+    }
+    fn claim_unfinished<'a>(
+        &'a self,
+        owner: &'a str,
+        now_unix_us: i64,
+        lease_until_unix_us: i64,
+        limit: usize,
+    ) -> cloacina_ledger::LedgerFuture<'a, Vec<StoredExecution>> {
+        self.0
+            .claim_unfinished(owner, now_unix_us, lease_until_unix_us, limit)
+    }
+    fn renew_claims<'a>(
+        &'a self,
+        owner: &'a str,
+        lease_until_unix_us: i64,
+    ) -> cloacina_ledger::LedgerFuture<'a, u64> {
+        self.0.renew_claims(owner, lease_until_unix_us)
+    }
+    fn reserve_execution_ids(&self, count: u64) -> cloacina_ledger::LedgerFuture<'_, u64> {
+        self.0.reserve_execution_ids(count)
+    }
+}
+
+use cloacina_ledger::StoredExecution;
+
+#[tokio::test]
+async fn a_start_that_cannot_be_recorded_stops_the_tasks_already_running() {
+    let ledger = Arc::new(RefusingStarts(Arc::new(
+        cloacina_ledger::MemoryLedger::default(),
+    )));
+    let runner = DefaultRunner::from_ledger(ledger, Default::default())
+        .await
+        .expect("runner");
+    let effects = Arc::new(AtomicU32::new(0));
+    let seen = Arc::clone(&effects);
+    let wf = Workflow::builder("slow_effect")
+        .task(FnTask::new(
+            "effect",
+            Vec::<&str>::new(),
+            move |ctx: Context| {
+                let seen = Arc::clone(&seen);
+                async move {
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    seen.fetch_add(1, Ordering::SeqCst);
+                    Ok(ctx)
+                }
+            },
+        ))
+        .build()
+        .expect("valid");
+    runner.register_workflow(wf).expect("register");
+    let refused = runner.schedule("slow_effect", Context::new()).await;
+    assert!(
+        matches!(refused, Err(RunnerError::Store(_))),
+        "the start was refused: {refused:?}"
+    );
+    // Long past the task's sleep: it was stopped, so its side effect never happened.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(effects.load(Ordering::SeqCst), 0, "the task ran on");
+    tokio::time::timeout(Duration::from_secs(5), runner.shutdown())
+        .await
+        .expect("shutdown does not wait for a stopped driver")
+        .expect("shutdown");
+}

@@ -229,6 +229,30 @@ pub(super) async fn run(harness: &dyn Harness) {
     c.write(retried).await;
     assert_eq!(c.get(whole).await, Some(got), "{name}: whole batch again");
 
+    // A start written again with an end, the execution running in the store: the end is
+    // recorded, the first start kept.
+    let running = second + 2;
+    c.write(vec![WorkflowRecord::Started(start(running, "r1", T0))])
+        .await;
+    let mut again = start(running, "r5", T0 + 5);
+    again.workflow = "changed".into();
+    c.write(vec![
+        WorkflowRecord::Started(again),
+        WorkflowRecord::Ended(end(running, ExecutionStatus::Failed)),
+    ])
+    .await;
+    let got = c.must_get(running).await;
+    assert_eq!(
+        got.execution,
+        start(running, "r1", T0),
+        "{name}: first start kept"
+    );
+    assert_eq!(
+        got.end,
+        Some(end(running, ExecutionStatus::Failed)),
+        "{name}: end with a second start"
+    );
+
     // A bad record refuses the whole batch.
     let refused = store
         .write(

@@ -180,7 +180,10 @@ pub(crate) fn stage<'a>(
     check_batch(backend, batch)?;
     let (starts, tasks, ends) = by_kind(batch);
     let mut seen = HashSet::new();
-    let starts = starts.into_iter().filter(|s| seen.insert(s.id)).collect();
+    let mut starts: Vec<&ExecutionRecord> =
+        starts.into_iter().filter(|s| seen.insert(s.id)).collect();
+    // A start can update its row (an end written with it): locked in id order too.
+    starts.sort_by_key(|s| s.id);
     let mut seen = HashSet::new();
     let tasks = tasks
         .into_iter()

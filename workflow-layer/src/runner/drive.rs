@@ -179,6 +179,20 @@ pub(super) async fn drive(
             break;
         }
         tokio::select! {
+            written = async { start_written(&start).await }, if start.is_some() => {
+                match written {
+                    // Written: later records go straight to the recorder.
+                    Ok(()) => start = None,
+                    // Nothing of this execution can be recorded: stop its running tasks
+                    // (dropping the attempts aborts them) rather than let them go on.
+                    Err(e) => {
+                        drop(running);
+                        tracing::error!(execution = id, workflow = %name, error = %e,
+                            "execution start not recorded; its tasks are stopped");
+                        return Err(e);
+                    }
+                }
+            }
             changed = control.changed() => {
                 let now = if changed.is_ok() { *control.borrow() } else { Control::Detached };
                 match now {
@@ -243,6 +257,14 @@ pub(super) async fn drive(
     let status = state.status();
     let result = end(&state, &mut results, status, None);
     finish(inner, &mut start, result, stored_status(status)).await
+}
+
+/// Waits until the execution's start (if it is still on its way) is written.
+async fn start_written(start: &Option<Arc<PendingStart>>) -> Result<(), Arc<LedgerError>> {
+    match start {
+        Some(pending) => pending.written().await,
+        None => Ok(()),
+    }
 }
 
 /// Records `records` and returns once they are written: with the execution's start while
@@ -410,6 +432,7 @@ async fn finish_with(
     last_events: Vec<Ev>,
 ) -> Outcome {
     let final_context = stored::bytes(&result.final_context).unwrap_or_else(|_| b"{}".to_vec());
+    let size = final_context.len();
     records.push(WorkflowRecord::Ended(ExecutionEndRecord {
         execution_id: result.execution_id,
         status,
@@ -425,5 +448,8 @@ async fn finish_with(
     inner.emit(id, name, || Ev::Finished {
         status: result.status,
     });
-    Ok(Arc::new(result))
+    let result = Arc::new(result);
+    // Kept while the driver is still in the live map: a `wait` finds one or the other.
+    super::lock(&inner.ended).insert(Arc::clone(&result), size);
+    Ok(result)
 }

@@ -11,7 +11,6 @@ use tokio::sync::watch;
 
 use super::drive::{self, Control, Run};
 use super::{lock, DefaultRunner, Inner, Live, RunnerError, ID_BLOCK};
-use crate::WorkflowStatus;
 
 impl DefaultRunner {
     pub(super) async fn next_id(&self) -> Result<u64, RunnerError> {
@@ -95,12 +94,6 @@ impl DefaultRunner {
                 id,
             };
             let outcome = drive::drive(&inner, run, control_rx).await;
-            // Kept before it leaves the live map: a `wait` in between finds one or the other.
-            if let Ok(result) = &outcome {
-                if result.status != WorkflowStatus::Paused {
-                    lock(&inner.ended).insert(Arc::clone(result));
-                }
-            }
             // Off the live map first: a status query from now on reads the store, which
             // holds the end (recorded before the driver returned).
             drop(_gone);
