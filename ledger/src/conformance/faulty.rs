@@ -1,15 +1,21 @@
 //! [`FaultyLedger`]: a ledger that fails on purpose.
 
+use std::sync::Arc;
+
 use crate::{
     BoundaryQuery, BoundaryRecord, CheckpointRecord, Commit, FiringQuery, FiringRecord, Ledger,
-    LedgerError, Record, RetainReport, Retention, SnapshotRecord,
+    LedgerError, Record, RetainReport, Retention, SnapshotRecord, StoredExecution, WorkflowRecord,
+    WorkflowStore,
 };
 
-/// A [`crate::MemoryLedger`] whose first appends fail (with a transient error) or panic, for testing what sits on top
-/// of a ledger (writers, reactors) against outages. Reads always work.
+/// A [`crate::MemoryLedger`] whose first appends fail (with a transient error) or panic, or
+/// whose workflow store refuses execution starts, for testing what sits on top of a ledger
+/// (writers, reactors, workflow runners) against outages. Reads always work.
 #[derive(Debug, Default)]
 pub struct FaultyLedger {
-    inner: crate::MemoryLedger,
+    inner: Arc<crate::MemoryLedger>,
+    /// Its workflow store refuses (permanently) every batch holding an execution start.
+    refuse_starts: bool,
     fail: std::sync::atomic::AtomicU64,
     panics: std::sync::atomic::AtomicU64,
     permanent: bool,
@@ -38,6 +44,15 @@ impl FaultyLedger {
     /// Appends attempted so far (failed, panicked or stored).
     pub fn attempts(&self) -> u64 {
         self.attempts.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Appends work; its workflow store refuses, with a permanent error, every batch that
+    /// holds an execution start (and stores every other).
+    pub fn refusing_workflow_starts() -> Self {
+        Self {
+            refuse_starts: true,
+            ..Self::default()
+        }
     }
 
     /// Panics in its first `n` appends, then stores.
@@ -120,5 +135,55 @@ impl Ledger for FaultyLedger {
     }
     fn verify(&self) -> crate::LedgerFuture<'_, crate::VerifyReport> {
         self.inner.verify()
+    }
+    fn workflow_store(self: Arc<Self>) -> Option<Arc<dyn WorkflowStore>> {
+        Some(self)
+    }
+}
+
+impl WorkflowStore for FaultyLedger {
+    fn workflow_backend(&self) -> &'static str {
+        "faulty"
+    }
+    fn write<'a>(
+        &'a self,
+        records: &'a [WorkflowRecord],
+        commit: Commit,
+    ) -> crate::LedgerFuture<'a, ()> {
+        let starts = records
+            .iter()
+            .any(|r| matches!(r, WorkflowRecord::Started(_)));
+        if self.refuse_starts && starts {
+            return Box::pin(async {
+                Err(LedgerError::Rejected {
+                    backend: "faulty",
+                    message: "injected refusal of an execution start".into(),
+                })
+            });
+        }
+        self.inner.write(records, commit)
+    }
+    fn execution(&self, id: u64) -> crate::LedgerFuture<'_, Option<StoredExecution>> {
+        self.inner.execution(id)
+    }
+    fn claim_unfinished<'a>(
+        &'a self,
+        owner: &'a str,
+        now_unix_us: i64,
+        lease_until_unix_us: i64,
+        limit: usize,
+    ) -> crate::LedgerFuture<'a, Vec<StoredExecution>> {
+        self.inner
+            .claim_unfinished(owner, now_unix_us, lease_until_unix_us, limit)
+    }
+    fn renew_claims<'a>(
+        &'a self,
+        owner: &'a str,
+        lease_until_unix_us: i64,
+    ) -> crate::LedgerFuture<'a, u64> {
+        self.inner.renew_claims(owner, lease_until_unix_us)
+    }
+    fn reserve_execution_ids(&self, count: u64) -> crate::LedgerFuture<'_, u64> {
+        self.inner.reserve_execution_ids(count)
     }
 }

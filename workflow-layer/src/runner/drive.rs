@@ -179,7 +179,7 @@ pub(super) async fn drive(
             break;
         }
         tokio::select! {
-            written = async { start_written(&start).await }, if start.is_some() => {
+            written = start_written(&start), if start.is_some() => {
                 match written {
                     // Written: later records go straight to the recorder.
                     Ok(()) => start = None,

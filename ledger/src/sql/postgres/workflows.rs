@@ -220,6 +220,50 @@ fn sql_id(id: u64) -> i64 {
     i64::try_from(id).unwrap_or(i64::MAX)
 }
 
+/// A staged batch in the statement's parts (see [`write_one_sql`]).
+struct Batch<'a> {
+    starts: Vec<&'a ExecutionRecord>,
+    /// Per start, its end if the batch has one.
+    ended: Vec<Option<&'a ExecutionEndRecord>>,
+    /// Task outcomes of executions the batch starts.
+    new_tasks: Vec<&'a TaskRecord>,
+    /// Task outcomes of other executions.
+    tasks: Vec<&'a TaskRecord>,
+    /// Ends of other executions.
+    ends: Vec<&'a ExecutionEndRecord>,
+}
+
+impl<'a> Batch<'a> {
+    fn of(staged: &crate::sql::workflows::Staged<'a>) -> Self {
+        // Each started execution, with its end once found.
+        let mut started: std::collections::HashMap<u64, Option<&'a ExecutionEndRecord>> =
+            staged.starts.iter().map(|s| (s.id, None)).collect();
+        let mut ends = Vec::with_capacity(staged.ends.len());
+        for e in &staged.ends {
+            match started.get_mut(&e.execution_id) {
+                Some(end) => *end = Some(*e),
+                None => ends.push(*e),
+            }
+        }
+        let ended = staged
+            .starts
+            .iter()
+            .map(|s| started.get(&s.id).copied().flatten())
+            .collect();
+        let (new_tasks, tasks) = staged
+            .tasks
+            .iter()
+            .partition(|t| started.contains_key(&t.execution_id));
+        Self {
+            starts: staged.starts.clone(),
+            ended,
+            new_tasks,
+            tasks,
+            ends,
+        }
+    }
+}
+
 impl PostgresLedger {
     /// One write per connection of its own: the server runs them side by side (measured
     /// with the runner's simple workflows: 8.3k workflows/s with one, 10.2k with two).
@@ -236,68 +280,41 @@ impl PostgresLedger {
         if records.is_empty() {
             return Ok(());
         }
+        let batch = Batch::of(&staged);
         let mut tries = 0;
         loop {
             tries += 1;
-            match self.try_write(&staged, commit).await {
+            match self.try_write(&batch, commit).await {
                 Ok(()) => return Ok(()),
-                Err((_, e)) if retryable(&e) && tries < APPEND_TRIES => {
+                Err(e) if retryable(&e) && tries < APPEND_TRIES => {
                     tracing::debug!(error = %e, "postgres workflow store: write aborted, trying again");
                 }
-                Err((what, e)) => return Err(self.err(what)(e)),
+                Err(e) => return Err(self.err("cannot record workflow records")(e)),
             }
         }
     }
 
-    async fn try_write(
-        &self,
-        staged: &crate::sql::workflows::Staged<'_>,
-        commit: Commit,
-    ) -> Result<(), (&'static str, sqlx::Error)> {
-        // Ends of executions the batch starts go with their starts.
-        let mut ends_of_starts: std::collections::HashMap<u64, &ExecutionEndRecord> =
-            std::collections::HashMap::new();
-        let mut ends = Vec::with_capacity(staged.ends.len());
-        let started: std::collections::HashSet<u64> = staged.starts.iter().map(|s| s.id).collect();
-        for e in &staged.ends {
-            if started.contains(&e.execution_id) {
-                ends_of_starts.insert(e.execution_id, e);
-            } else {
-                ends.push(*e);
-            }
-        }
-        let ended: Vec<Option<&ExecutionEndRecord>> = staged
-            .starts
-            .iter()
-            .map(|s| ends_of_starts.get(&s.id).copied())
-            .collect();
-        let (new_tasks, tasks): (Vec<&TaskRecord>, Vec<&TaskRecord>) = staged
-            .tasks
-            .iter()
-            .partition(|t| started.contains(&t.execution_id));
-        let s = &staged.starts;
+    async fn try_write(&self, batch: &Batch<'_>, commit: Commit) -> Result<(), sqlx::Error> {
         let sql = write_one_sql(Parts {
-            starts: !s.is_empty(),
-            new_tasks: !new_tasks.is_empty(),
-            tasks: !tasks.is_empty(),
-            ends: !ends.is_empty(),
+            starts: !batch.starts.is_empty(),
+            new_tasks: !batch.new_tasks.is_empty(),
+            tasks: !batch.tasks.is_empty(),
+            ends: !batch.ends.is_empty(),
         });
         let mut q = sqlx::query(sql).bind((commit == Commit::Buffered).then_some("off"));
-        if !s.is_empty() {
-            q = bind_starts(q, s, &ended);
+        if !batch.starts.is_empty() {
+            q = bind_starts(q, &batch.starts, &batch.ended);
         }
-        if !new_tasks.is_empty() {
-            q = bind_tasks(q, &new_tasks);
+        if !batch.new_tasks.is_empty() {
+            q = bind_tasks(q, &batch.new_tasks);
         }
-        if !tasks.is_empty() {
-            q = bind_tasks(q, &tasks);
+        if !batch.tasks.is_empty() {
+            q = bind_tasks(q, &batch.tasks);
         }
-        if !ends.is_empty() {
-            q = bind_ends(q, &ends);
+        if !batch.ends.is_empty() {
+            q = bind_ends(q, &batch.ends);
         }
-        q.execute(&self.workflow_writes)
-            .await
-            .map_err(|e| ("cannot record workflow records", e))?;
+        q.execute(&self.workflow_writes).await?;
         Ok(())
     }
 
