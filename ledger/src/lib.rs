@@ -81,7 +81,8 @@ pub use workflows::{
     WorkflowRecord, WorkflowStore,
 };
 pub use writer::{
-    AckSender, LedgerWriter, WriterOptions, WriterReport, WriterStatus, APPEND_ATTEMPTS, MAX_BATCH,
+    AckSender, LedgerWriter, RecordBuilder, WriterOptions, WriterReport, WriterStatus,
+    APPEND_ATTEMPTS, MAX_BATCH,
 };
 
 /// Version of the ledger's stored layout, kept in every store and checked on open: a store of

@@ -10,6 +10,11 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::{error_chain, Commit, Ledger, LedgerError, Record};
 
+mod deferred;
+
+use deferred::Payload;
+pub use deferred::RecordBuilder;
+
 /// Told once the record it went with has been appended (with the writer's [`Commit`]), or
 /// given up on. A `Durable` writer's `Ok` means the record is on stable storage.
 pub type AckSender = oneshot::Sender<Result<(), LedgerError>>;
@@ -45,7 +50,7 @@ impl Default for WriterOptions {
 }
 
 struct Entry {
-    record: Record,
+    payload: Payload,
     ack: Option<AckSender>,
     /// Whether this record ends its group: a batch never ends inside a group (see
     /// [`LedgerWriter::write_all`]).
@@ -155,7 +160,7 @@ fn publish(watch: &watch::Sender<WriterStatus>, cells: &StatusCells) {
 
 impl std::fmt::Debug for Entry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.record.describe())
+        self.payload.fmt(f)
     }
 }
 
@@ -194,7 +199,7 @@ impl LedgerWriter {
     pub async fn write(&self, record: Record) -> Result<(), LedgerError> {
         self.tx
             .send(Entry {
-                record,
+                payload: Payload::Record(record),
                 ack: None,
                 ends_group: true,
             })
@@ -215,7 +220,7 @@ impl LedgerWriter {
         match self
             .tx
             .send(Entry {
-                record,
+                payload: Payload::Record(record),
                 ack: Some(ack),
                 ends_group: true,
             })
@@ -239,27 +244,64 @@ impl LedgerWriter {
     /// told as for [`LedgerWriter::write_acked`]. Returns how many records could not be
     /// handed over because the writer has stopped (their acks get the error).
     pub async fn write_all(&self, entries: &mut Vec<(Record, Option<AckSender>)>) -> usize {
+        self.write_group(None, entries).await
+    }
+
+    /// [`LedgerWriter::write_all`] with records the writer builds itself (see
+    /// [`RecordBuilder`]) at the head of the group: `built`'s records, then `entries`, are
+    /// appended in one batch. Returns how many records could not be handed over.
+    pub async fn write_all_built(
+        &self,
+        built: Box<dyn RecordBuilder>,
+        entries: &mut Vec<(Record, Option<AckSender>)>,
+    ) -> usize {
+        self.write_group(Some(built), entries).await
+    }
+
+    async fn write_group(
+        &self,
+        mut built: Option<Box<dyn RecordBuilder>>,
+        entries: &mut Vec<(Record, Option<AckSender>)>,
+    ) -> usize {
         let mut lost = 0;
         let mut rest = entries.drain(..);
         loop {
-            let want = rest.len().min(self.tx.max_capacity()).min(MAX_BATCH);
+            let total = rest.len() + usize::from(built.is_some());
+            let want = total.min(self.tx.max_capacity()).min(MAX_BATCH);
             if want == 0 {
                 break;
             }
             match self.tx.reserve_many(want).await {
-                Ok(permits) => {
-                    // The last chunk's last record ends the group.
-                    let group_ends_at = (rest.len() == want).then_some(want - 1);
-                    for (i, (permit, (record, ack))) in permits.zip(rest.by_ref()).enumerate() {
+                Ok(mut permits) => {
+                    // The last chunk's last entry ends the group.
+                    let group_ends_at = (total == want).then_some(want - 1);
+                    let (mut i, mut handed) = (0, 0u64);
+                    if let Some(builder) = built.take() {
+                        if let Some(permit) = permits.next() {
+                            handed += builder.count() as u64;
+                            permit.send(Entry {
+                                payload: Payload::Built(builder),
+                                ack: None,
+                                ends_group: group_ends_at == Some(0),
+                            });
+                            i = 1;
+                        }
+                    }
+                    for (permit, (record, ack)) in permits.zip(rest.by_ref()) {
                         permit.send(Entry {
-                            record,
+                            payload: Payload::Record(record),
                             ack,
                             ends_group: group_ends_at == Some(i),
                         });
+                        i += 1;
+                        handed += 1;
                     }
-                    self.status.handed.fetch_add(want as u64, Ordering::Relaxed);
+                    self.status.handed.fetch_add(handed, Ordering::Relaxed);
                 }
                 Err(_) => {
+                    if let Some(builder) = built.take() {
+                        lost += builder.count();
+                    }
                     for (_, ack) in rest.by_ref() {
                         lost += 1;
                         if let Some(ack) = ack {
@@ -409,11 +451,17 @@ async fn run(
         }
         metrics.queue_depth.set(rx.len() as f64);
         let started = Instant::now();
+        let mut unbuilt = 0u64;
         for entry in entries.drain(..) {
-            records.push(entry.record);
+            unbuilt += entry.payload.build(&mut records) as u64;
             if let Some(ack) = entry.ack {
                 acks.push(ack);
             }
+        }
+        if unbuilt > 0 {
+            // Logged by the builder; lost like a batch given up, and settled with this one.
+            cells.lost_records.fetch_add(unbuilt, Ordering::Relaxed);
+            metrics.lost.increment(unbuilt);
         }
         let mut attempt = 0;
         let outcome = loop {
@@ -477,9 +525,10 @@ async fn run(
             }
         }
         // Settled: given up, or durable. A buffered batch is durable once a flush covers it.
+        let accounted = records.len() as u64 + unbuilt;
         match (&outcome_kind, flushes_buffered) {
-            (BatchEnd::Appended, true) => unflushed_records += records.len() as u64,
-            _ => settle(&cells, records.len() as u64),
+            (BatchEnd::Appended, true) => unflushed_records += accounted,
+            _ => settle(&cells, accounted),
         }
         records.clear();
         // Buffered: flush when the queue runs dry or the interval has passed under load.

@@ -287,6 +287,7 @@ impl ReactorBuilder {
                 runtime: runtime.clone(),
                 stats: Arc::clone(&stats),
                 sources: Arc::clone(&sources),
+                decls: self.graph.sources().iter().cloned().collect(),
             }),
             subscribers: Subscribers::default(),
             failure_policy: self.failure_policy,

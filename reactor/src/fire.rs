@@ -5,15 +5,13 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use cloacina_graph_core::{Collect, Execution, Executor, GraphResult, InputCache};
-use cloacina_ledger::{FiringOutcome, FiringRecord, FiringTrigger};
+use cloacina_ledger::FiringTrigger;
 use tracing::Instrument;
 
 use crate::config::FailurePolicy;
 use crate::core::Core;
-use crate::durable::unix_us;
 use crate::error::ReactorError;
 use crate::firing::{Firing, FiringInput};
-use crate::recorder::encode_outputs;
 
 impl Core {
     /// Fires once on the live cache, or on `inputs` (a `fire_with`, which leaves the live
@@ -120,8 +118,11 @@ impl Core {
             },
         });
         self.record(&firing, trigger);
+        // Within a Sequential backlog the next firing follows at once: subscribers get the
+        // run's firings together (see `delivery.rs`).
+        let more = inputs.is_none() && !manual && self.trigger.owes_firings();
         self.subscribers
-            .deliver(&self.name, &firing, &self.stats, &self.metrics)
+            .deliver(&self.name, &firing, more, &self.stats, &self.metrics)
             .await;
         if inputs.is_none() {
             self.publish_if_due(completed).await;
@@ -129,33 +130,10 @@ impl Core {
         Some(firing)
     }
 
-    /// Queues a firing's record (handed over with the batch's boundary records, after them).
-    fn record(&mut self, firing: &Firing, trigger: FiringTrigger) {
-        if !self.recorder.is_recording() {
-            return;
-        }
-        let outcome = match &firing.result {
-            GraphResult::Completed { outputs } => FiringOutcome::Completed {
-                outputs: encode_outputs(&self.name, outputs),
-            },
-            GraphResult::Error(e) => FiringOutcome::Failed {
-                node: e.node().to_owned(),
-                error: e.to_string(),
-            },
-        };
-        self.recorder.firing(FiringRecord {
-            reactor: self.name.to_string(),
-            firing_id: firing.id,
-            trigger,
-            inputs: firing
-                .inputs
-                .iter()
-                .map(|i| (i.source.as_str().to_owned(), i.seq))
-                .collect(),
-            fired_at_unix_us: unix_us(firing.fired_at),
-            duration_ns: u64::try_from(firing.duration().as_nanos()).unwrap_or(u64::MAX),
-            outcome,
-        });
+    /// Queues a firing's record (handed over with the batch's boundary records, after them;
+    /// built by the ledger writer).
+    fn record(&mut self, firing: &Arc<Firing>, trigger: FiringTrigger) {
+        self.recorder.firing(firing, trigger);
     }
 
     /// Checks a `fire_with` cache against the graph's sources (names and types) and aligns it.

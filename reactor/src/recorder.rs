@@ -12,11 +12,13 @@ use std::time::SystemTime;
 use cloacina_accumulators::SourcePosition;
 use cloacina_graph_core::{Boundary, SourceDecl, SourceName, TerminalOutputs};
 use cloacina_ledger::{
-    AckSender, CheckpointRecord, FiringQuery, FiringRecord, Ledger, LedgerError, LedgerWriter,
-    Record, SnapshotRecord, WriterReport, WriterStatus,
+    AckSender, CheckpointRecord, FiringQuery, FiringRecord, FiringTrigger, Ledger, LedgerError,
+    LedgerWriter, Record, SnapshotRecord, WriterReport, WriterStatus,
 };
 
+use crate::built::Unbuilt;
 use crate::durable::{self, boundary_record, unix_us, Durability, RecoveryError, RetentionPolicy};
+use crate::firing::Firing;
 use crate::positions::PendingPositions;
 use crate::stats::ReactorStats;
 use crate::trigger::Trigger;
@@ -38,6 +40,11 @@ pub(crate) struct Recorder {
     durability: Durability,
     /// Records (with their senders' acknowledgements) waiting to be handed to the writer.
     outbox: Vec<(Record, Option<AckSender>)>,
+    /// Boundaries and firings waiting to be handed to the writer, which builds their records
+    /// (ahead of the outbox's, in the same group).
+    unbuilt: Unbuilt,
+    /// The graph's sources (their codecs), by index.
+    decls: Arc<[SourceDecl]>,
     /// Source positions of the boundaries in the outbox: the newest `next` per
     /// `(source index, lane)`, recorded as checkpoints at the end of the same hand-over.
     positions: PendingPositions,
@@ -66,6 +73,8 @@ pub(crate) struct RecorderSetup {
     pub(crate) stats: Arc<ReactorStats>,
     /// The graph's sources, by index.
     pub(crate) sources: Arc<[SourceName]>,
+    /// The graph's source declarations (codecs), by index.
+    pub(crate) decls: Arc<[SourceDecl]>,
 }
 
 impl Recorder {
@@ -88,6 +97,8 @@ impl Recorder {
             recover_from,
             durability: setup.durability,
             outbox: Vec::with_capacity(256),
+            unbuilt: Unbuilt::default(),
+            decls: setup.decls,
             snapshot_every: setup.snapshot_every.max(1),
             since_snapshot: 0,
             retention,
@@ -136,6 +147,14 @@ impl Recorder {
             return;
         }
         self.since_snapshot += 1;
+        if ack.is_none() && decl.codec.is_some() {
+            // The writer builds the record (see `built.rs`).
+            self.unbuilt.boundary(source, boundary);
+            if let Some(p) = position {
+                self.positions.note(source, p);
+            }
+            return;
+        }
         match boundary_record(&self.name, decl, boundary) {
             Ok(record) => {
                 self.outbox.push((Record::Boundary(record), ack));
@@ -163,10 +182,10 @@ impl Recorder {
         }
     }
 
-    /// Queues a firing's record, behind the boundaries it used.
-    pub(crate) fn firing(&mut self, record: FiringRecord) {
+    /// Queues a firing's record (built by the writer), behind the boundaries it used.
+    pub(crate) fn firing(&mut self, firing: &Arc<Firing>, trigger: FiringTrigger) {
         if self.writer.is_some() {
-            self.outbox.push((Record::Firing(record), None));
+            self.unbuilt.firing(firing, trigger);
         }
     }
 
@@ -176,16 +195,24 @@ impl Recorder {
     /// never holds a boundary without its position, nor a position ahead of its boundaries.
     /// Returns whether the ledger's failing state changed.
     pub(crate) async fn hand_over(&mut self) -> bool {
-        if self.outbox.is_empty() {
+        if self.outbox.is_empty() && self.unbuilt.is_empty() {
             return false;
         }
         let Some(writer) = &self.writer else {
             self.outbox.clear();
+            self.unbuilt.clear();
             self.positions.clear();
             return false;
         };
         self.positions.drain_into(&self.name, &mut self.outbox);
-        let lost = writer.write_all(&mut self.outbox).await as u64;
+        let lost = if self.unbuilt.is_empty() {
+            writer.write_all(&mut self.outbox).await
+        } else {
+            let built = self.unbuilt.take(&self.name, &self.decls);
+            writer
+                .write_all_built(Box::new(built), &mut self.outbox)
+                .await
+        } as u64;
         if lost > 0 {
             self.unwritten += lost;
             tracing::error!(reactor = %self.name, lost, "ledger writer gone; records not written");

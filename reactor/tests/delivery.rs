@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cloacina_graph_core::{source, CompiledGraph, GraphBuilder};
-use cloacina_ledger::{FiringQuery, Ledger, SledLedger};
+use cloacina_ledger::{BoundaryQuery, FiringQuery, Ledger, SledLedger};
 use cloacina_reactor::{InputStrategy, ReactorHandle};
 use tokio::sync::Semaphore;
 
@@ -177,4 +177,99 @@ async fn a_lost_ledger_batch_stops_the_watermark() {
     assert_eq!(x.delivered().get(), 0);
     r.shutdown().await.expect("shutdown");
     assert_eq!(x.delivered().get(), 0, "not even at shutdown");
+}
+
+/// A value its codec refuses: the ledger writer builds the records, so the refusal happens
+/// there; it must still be counted (and stop the watermark) while the rest is recorded.
+#[derive(Debug, Clone, serde::Deserialize)]
+struct Refused(u64);
+
+impl serde::Serialize for Refused {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if self.0 == 7 {
+            return Err(serde::ser::Error::custom("seven is not encodable"));
+        }
+        s.serialize_u64(self.0)
+    }
+}
+
+#[tokio::test]
+async fn a_boundary_that_cannot_be_encoded_is_counted_lost_and_the_rest_recorded() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ledger: Arc<dyn Ledger> = Arc::new(SledLedger::open(dir.path().join("l")).expect("sled"));
+    let graph = Arc::new(
+        GraphBuilder::new("refusing")
+            .node("v", (source::<Refused>("x"),), |x: Option<&Refused>| {
+                x.map_or(0, |r| r.0)
+            })
+            .build()
+            .expect("graph"),
+    );
+    let r = ReactorHandle::builder(graph)
+        .strategy(InputStrategy::Sequential)
+        .ledger(Arc::clone(&ledger), 64)
+        .spawn()
+        .expect("spawn");
+    let mut sub = r.subscribe();
+    let x = r.sender::<Refused>("x").expect("sender");
+    for i in 1..=10 {
+        x.send(Refused(i)).await.expect("send");
+    }
+    for _ in 0..10 {
+        let f = tokio::time::timeout(PATIENCE, sub.recv()).await;
+        assert!(matches!(f, Ok(Some(Ok(_)))), "{f:?}");
+    }
+    let report = r.shutdown().await.expect("shutdown");
+    assert_eq!(report.ledger_lost, 1, "{report:?}");
+    let seqs: Vec<u64> = ledger
+        .boundaries(&BoundaryQuery::reactor("refusing").allow_gaps())
+        .await
+        .expect("read")
+        .iter()
+        .map(|b| b.seq)
+        .collect();
+    assert_eq!(seqs, [1, 2, 3, 4, 5, 6, 8, 9, 10]);
+    let firings = ledger
+        .firings(&FiringQuery::reactor("refusing"))
+        .await
+        .expect("read");
+    assert_eq!(firings.len(), 10, "every firing is recorded");
+    assert!(
+        x.delivered().get() < 7,
+        "the watermark never passes what was lost: {}",
+        x.delivered().get()
+    );
+}
+
+/// A Sequential backlog's firings reach a subscriber in order, handed over in runs; the
+/// last one of the backlog does not wait for firings that are not coming.
+#[tokio::test]
+async fn a_backlog_reaches_subscribers_in_order_and_its_last_firing_is_not_held() {
+    let r = ReactorHandle::builder(echo_graph())
+        .strategy(InputStrategy::Sequential)
+        .spawn()
+        .expect("spawn");
+    let mut sub = r.subscribe();
+    let x = r.sender::<u64>("x").expect("sender");
+    for round in 0..3u64 {
+        // Queued at once: the reactor works through them as one backlog.
+        for i in 1..=500 {
+            x.try_send(round * 1000 + i).expect("room");
+        }
+        for i in 1..=500 {
+            let f = tokio::time::timeout(PATIENCE, sub.recv())
+                .await
+                .expect("every firing arrives, the backlog's last one too")
+                .expect("open")
+                .expect("not lagged");
+            let out = match &f.result {
+                cloacina_graph_core::GraphResult::Completed { outputs } => {
+                    outputs.get::<u64>("echo").copied()
+                }
+                other => panic!("{other:?}"),
+            };
+            assert_eq!(out, Some(round * 1000 + i), "in order");
+        }
+    }
+    r.shutdown().await.expect("shutdown");
 }

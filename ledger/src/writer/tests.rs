@@ -302,3 +302,69 @@ async fn a_group_is_appended_in_one_batch_even_past_the_batch_limit() {
         .len() as u64;
     assert_eq!(stored, n);
 }
+
+/// Firings `first..first + n`, built on the writer's task; `refuse` ids are not buildable.
+struct Firings {
+    first: u64,
+    n: u64,
+    refuse: Vec<u64>,
+}
+
+impl RecordBuilder for Firings {
+    fn count(&self) -> usize {
+        self.n as usize
+    }
+
+    fn build(self: Box<Self>, out: &mut Vec<Record>) -> usize {
+        let mut failed = 0;
+        for id in self.first..self.first + self.n {
+            if self.refuse.contains(&id) {
+                failed += 1;
+            } else {
+                out.push(firing("r", id));
+            }
+        }
+        failed
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn built_records_go_with_their_group_and_unbuildable_ones_count_as_lost() {
+    let ledger = Arc::new(FaultyLedger::failing_first(0));
+    let writer = LedgerWriter::spawn(ledger.clone(), options(4));
+    let built = |first, n, refuse| Box::new(Firings { first, n, refuse });
+    // A builder and eager records: one group, one append.
+    let mut rest: Vec<(Record, Option<AckSender>)> =
+        (101..=103).map(|id| (firing("r", id), None)).collect();
+    assert_eq!(
+        writer
+            .write_all_built(built(1, 100, vec![]), &mut rest)
+            .await,
+        0
+    );
+    assert_eq!(
+        writer.handed(),
+        103,
+        "a builder counts as the records it stands for"
+    );
+    // A builder with two records it cannot build.
+    let mut none = Vec::new();
+    assert_eq!(
+        writer
+            .write_all_built(built(104, 10, vec![105, 110]), &mut none)
+            .await,
+        0
+    );
+    assert_eq!(writer.handed(), 113);
+    let report = writer.close().await;
+    assert_eq!((report.written, report.lost), (111, 2));
+    let ids: Vec<u64> = ledger
+        .firings(&FiringQuery::reactor("r").allow_gaps())
+        .await
+        .expect("read")
+        .iter()
+        .map(|f| f.firing_id)
+        .collect();
+    let expected: Vec<u64> = (1..=113).filter(|id| ![105, 110].contains(id)).collect();
+    assert_eq!(ids, expected);
+}
