@@ -11,7 +11,7 @@ use cloacina_accumulators::{
 };
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::Message;
+use rdkafka::message::{BorrowedMessage, Message};
 
 use crate::dead_letter::DeadLetters;
 use crate::decode::KafkaRecord;
@@ -32,6 +32,9 @@ const REBALANCE_HOLD_MAX: Duration = Duration::from_secs(10);
 /// event counters are published once per this many records, not per record; an idle poll
 /// does both at once.
 const CLOCK_EVERY: u32 = 64;
+/// Records taken from the client at most before they are offered to the reactor together
+/// (see the burst in `run`).
+const BURST: u32 = 128;
 
 /// Records taken but not yet added to the accumulator's event counters (published in
 /// groups; whatever is left is published when the loop ends, however it ends).
@@ -191,94 +194,58 @@ pub(crate) fn run<T: Send + Sync + 'static>(
         } else {
             Duration::ZERO
         };
-        // Before blocking, a non-blocking poll: if nothing is waiting, the loop goes round
-        // (reading the clock: a commit may be due) and blocks on the next poll. So a record
-        // that had to be waited for is always followed by a clock read: only records that
-        // were already there when asked for (a burst) share one.
-        let polled = if wait.is_zero() || quiet {
-            quiet = false;
-            consumer.poll(wait)
+        // A burst: records already fetched are taken together (up to BURST) and offered
+        // together at the top of the next turn, so the reactor is woken once per burst, not
+        // once per record. Only while nothing is held back (memory stays bounded under
+        // backpressure), and it ends at a rebalance (its records are then checked below).
+        let burst_max = if held.is_empty() && !holding {
+            BURST
         } else {
-            let polled = consumer.poll(Duration::ZERO);
-            quiet = polled.is_none();
-            polled
+            1
         };
-        match polled {
-            // Idle: read the clock and publish the counters next turn.
-            None => unclocked = CLOCK_EVERY,
-            Some(Err(e)) => {
-                unclocked = CLOCK_EVERY;
-                tracing::warn!(source = %source, error = %e, "kafka consume error");
-            }
-            Some(Ok(msg)) => {
-                shared.brokers_down.store(false, Ordering::Release);
-                shared.stats.records.fetch_add(1, Ordering::Relaxed);
-                unclocked += 1;
-                uncounted.events += 1;
-                let record = KafkaRecord {
-                    topic: msg.topic(),
-                    partition: msg.partition(),
-                    offset: msg.offset(),
-                    key: msg.key(),
-                    payload: msg.payload(),
-                    timestamp_ms: msg.timestamp().to_millis(),
-                };
-                let (slot, generation, lane) = {
-                    let mut tracker = shared.tracker();
-                    let slot = tracker.slot(record.topic, record.partition);
-                    (slot, tracker.generation(slot), tracker.lane(slot))
-                };
-                let item = match src.decoder.decode(&record) {
-                    Ok(Some(value)) => Held::Value {
-                        slot,
-                        generation,
-                        lane,
-                        offset: record.offset,
-                        value,
-                    },
-                    Ok(None) => {
-                        shared.stats.filtered.fetch_add(1, Ordering::Relaxed);
-                        Held::Skip {
-                            slot,
-                            offset: record.offset,
-                        }
-                    }
-                    Err(reason) => {
-                        // A dead letter may wait for its topic's acknowledgement: a burst of
-                        // them must not hold off the commit clock.
-                        unclocked = CLOCK_EVERY;
-                        shared.stats.dead_letters.fetch_add(1, Ordering::Relaxed);
-                        if let Some(dead) = &dead_letters {
-                            if let Err(e) = dead.send(&record, &reason) {
-                                shared
-                                    .stats
-                                    .dead_letters_unsent
-                                    .fetch_add(1, Ordering::Relaxed);
-                                tracing::error!(source = %source, error = %e, "dead letter not sent to its topic (logged here only)");
-                            }
-                        }
-                        tracing::error!(
-                            source = %source,
-                            topic = record.topic,
-                            partition = record.partition,
-                            offset = record.offset,
-                            key = ?record.key.map(String::from_utf8_lossy),
-                            %reason,
-                            "undecodable record: dead letter (skipped, offset committed)"
-                        );
-                        Held::Skip {
-                            slot,
-                            offset: record.offset,
-                        }
-                    }
-                };
-                if held.is_empty() && !holding {
-                    if let Some(back) = offer(ctx, &shared, item, Duration::ZERO)? {
-                        held.push_back(back);
-                    }
-                } else {
-                    held.push_back(item);
+        let mut burst = 0;
+        while burst < burst_max {
+            // Before blocking, a non-blocking poll: if nothing is waiting, the loop goes
+            // round (reading the clock: a commit may be due) and blocks on the next poll.
+            // So a record that had to be waited for is always followed by a clock read:
+            // only records that were already there when asked for (a burst) share one.
+            let polled = if burst > 0 {
+                consumer.poll(Duration::ZERO)
+            } else if wait.is_zero() || quiet {
+                quiet = false;
+                consumer.poll(wait)
+            } else {
+                let polled = consumer.poll(Duration::ZERO);
+                quiet = polled.is_none();
+                polled
+            };
+            match polled {
+                // Idle (or the burst is over): read the clock and publish the counters
+                // next turn.
+                None => {
+                    unclocked = CLOCK_EVERY;
+                    break;
                 }
+                Some(Err(e)) => {
+                    unclocked = CLOCK_EVERY;
+                    tracing::warn!(source = %source, error = %e, "kafka consume error");
+                    break;
+                }
+                Some(Ok(msg)) => {
+                    unclocked += 1;
+                    uncounted.events += 1;
+                    let (item, dead) = take(src, &shared, dead_letters.as_ref(), &msg);
+                    if dead {
+                        // A dead letter may wait for its topic's acknowledgement: a burst
+                        // of them must not hold off the commit clock.
+                        unclocked = CLOCK_EVERY;
+                    }
+                    held.push_back(item);
+                    burst += 1;
+                }
+            }
+            if shared.stats.rebalances.load(Ordering::Relaxed) != seen_rebalances {
+                break;
             }
         }
         // Records held for partitions revoked meanwhile are the new owner's now (checked only
@@ -313,6 +280,82 @@ pub(crate) fn run<T: Send + Sync + 'static>(
     uncounted.publish();
     close(src, ctx, &consumer, &shared);
     Ok(())
+}
+
+/// Turns one polled record into an item to offer: its decoded value, or a skip (filtered
+/// by the decoder, or a dead letter: sent to the dead-letter topic if there is one, logged
+/// and counted either way). Returns whether it was a dead letter.
+fn take<T: Send + Sync + 'static>(
+    src: &KafkaSource<T>,
+    shared: &SourceContext,
+    dead_letters: Option<&DeadLetters>,
+    msg: &BorrowedMessage<'_>,
+) -> (Held<T>, bool) {
+    shared.brokers_down.store(false, Ordering::Release);
+    shared.stats.records.fetch_add(1, Ordering::Relaxed);
+    let record = KafkaRecord {
+        topic: msg.topic(),
+        partition: msg.partition(),
+        offset: msg.offset(),
+        key: msg.key(),
+        payload: msg.payload(),
+        timestamp_ms: msg.timestamp().to_millis(),
+    };
+    let (slot, generation, lane) = {
+        let mut tracker = shared.tracker();
+        let slot = tracker.slot(record.topic, record.partition);
+        (slot, tracker.generation(slot), tracker.lane(slot))
+    };
+    match src.decoder.decode(&record) {
+        Ok(Some(value)) => (
+            Held::Value {
+                slot,
+                generation,
+                lane,
+                offset: record.offset,
+                value,
+            },
+            false,
+        ),
+        Ok(None) => {
+            shared.stats.filtered.fetch_add(1, Ordering::Relaxed);
+            (
+                Held::Skip {
+                    slot,
+                    offset: record.offset,
+                },
+                false,
+            )
+        }
+        Err(reason) => {
+            shared.stats.dead_letters.fetch_add(1, Ordering::Relaxed);
+            if let Some(dead) = dead_letters {
+                if let Err(e) = dead.send(&record, &reason) {
+                    shared
+                        .stats
+                        .dead_letters_unsent
+                        .fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(source = %shared.source, error = %e, "dead letter not sent to its topic (logged here only)");
+                }
+            }
+            tracing::error!(
+                source = %shared.source,
+                topic = record.topic,
+                partition = record.partition,
+                offset = record.offset,
+                key = ?record.key.map(String::from_utf8_lossy),
+                %reason,
+                "undecodable record: dead letter (skipped, offset committed)"
+            );
+            (
+                Held::Skip {
+                    slot,
+                    offset: record.offset,
+                },
+                true,
+            )
+        }
+    }
 }
 
 /// Offers one item to the reactor, waiting up to `wait` for room; hands it back if the
