@@ -18,11 +18,11 @@ use crate::stats::ReactorStats;
 use crate::subscription::{Delivery, Subscriber};
 
 /// Firings handed over together at most.
-pub(crate) const RUN_MAX: usize = 32;
+pub(crate) const RUN_MAX: usize = 256;
 
 /// The longest a firing waits for later ones of its run (judged by the firings' own
 /// completion times: no clock read).
-pub(crate) const RUN_SPAN: Duration = Duration::from_micros(100);
+pub(crate) const RUN_SPAN: Duration = Duration::from_micros(200);
 
 /// A reactor's subscribers.
 #[derive(Default)]
