@@ -351,8 +351,10 @@ impl<T: Send + Sync + 'static> BoundarySender<T> {
 
     /// Sends a value from a plain OS thread, blocking it at most `timeout` while the
     /// reactor's queue is full; then hands the value back as [`TrySendError::Full`]. For a
-    /// consumer thread that must also serve its client between waits: it wakes as soon as
-    /// there is room (no polling). Like `try_send`, it does not wait for a `Sync` reactor's
+    /// consumer thread that must also serve its client between waits: with room it sends at
+    /// once; on a full queue it wakes (no polling) as soon as there is room for a run of
+    /// sends (an eighth of the queue, at most 128 places), so it may hand the value back
+    /// although fewer places than that freed up meanwhile. Like `try_send`, it does not wait for a `Sync` reactor's
     /// durable recording. On a thread that runs a tokio runtime it does not block: it is
     /// `try_send`.
     pub fn send_timeout(

@@ -68,6 +68,7 @@ enum Held<T> {
     },
     Skip {
         slot: u32,
+        generation: u32,
         offset: i64,
     },
 }
@@ -235,13 +236,15 @@ pub(crate) fn run<T: Send + Sync + 'static>(
                     unclocked += 1;
                     uncounted.events += 1;
                     let (item, dead) = take(src, &shared, dead_letters.as_ref(), &msg);
-                    if dead {
-                        // A dead letter may wait for its topic's acknowledgement: a burst
-                        // of them must not hold off the commit clock.
-                        unclocked = CLOCK_EVERY;
-                    }
                     held.push_back(item);
                     burst += 1;
+                    if dead {
+                        // A dead letter may wait for its topic's acknowledgement: a run of
+                        // them must not hold off the commit clock, shutdown or the burst's
+                        // offer.
+                        unclocked = CLOCK_EVERY;
+                        break;
+                    }
                 }
             }
             if shared.stats.rebalances.load(Ordering::Relaxed) != seen_rebalances {
@@ -261,8 +264,10 @@ pub(crate) fn run<T: Send + Sync + 'static>(
             held.retain(|h| match h {
                 Held::Value {
                     slot, generation, ..
+                }
+                | Held::Skip {
+                    slot, generation, ..
                 } => tracker.is_current(*slot, *generation),
-                Held::Skip { .. } => true,
             });
         }
         seen_rebalances = rebalances;
@@ -322,6 +327,7 @@ fn take<T: Send + Sync + 'static>(
             (
                 Held::Skip {
                     slot,
+                    generation,
                     offset: record.offset,
                 },
                 false,
@@ -350,6 +356,7 @@ fn take<T: Send + Sync + 'static>(
             (
                 Held::Skip {
                     slot,
+                    generation,
                     offset: record.offset,
                 },
                 true,
@@ -367,7 +374,7 @@ fn offer<T: Send + Sync + 'static>(
     wait: Duration,
 ) -> Result<Option<Held<T>>, AccumulatorError> {
     match item {
-        Held::Skip { slot, offset } => {
+        Held::Skip { slot, offset, .. } => {
             shared.tracker().took(slot, offset, false);
             Ok(None)
         }

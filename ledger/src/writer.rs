@@ -19,7 +19,9 @@ pub use deferred::RecordBuilder;
 /// given up on. A `Durable` writer's `Ok` means the record is on stable storage.
 pub type AckSender = oneshot::Sender<Result<(), LedgerError>>;
 
-/// Records appended per batch at most.
+/// Queue entries taken per batch at most. An entry is one record, or the records the writer
+/// builds itself ([`RecordBuilder`]), which are bounded apart: at most the writer's capacity
+/// of them wait in its queue at once.
 pub const MAX_BATCH: usize = 4096;
 
 /// Tries per batch, when appends fail with transient errors, before its records are counted
@@ -110,6 +112,10 @@ pub struct LedgerWriter {
     status: Arc<StatusCells>,
     watch: watch::Receiver<WriterStatus>,
     commit: Commit,
+    /// Room for records built by the writer (one place per record, the writer's capacity
+    /// in all): a builder takes its places before it is queued, and the writer gives them
+    /// back when it takes the builder from the queue.
+    built_room: Arc<tokio::sync::Semaphore>,
 }
 
 /// The writer's metric handles, registered once at spawn (see the crate docs for names).
@@ -175,18 +181,29 @@ impl LedgerWriter {
     /// `reactor=label` (the reactor it writes for).
     pub fn spawn_labeled(ledger: Arc<dyn Ledger>, options: WriterOptions, label: &str) -> Self {
         // Clamped: tokio's semaphore caps permits, and a deeper queue only hides a slow store.
-        let (tx, rx) = mpsc::channel::<Entry>(options.capacity.clamp(1, 1 << 24));
+        let capacity = options.capacity.clamp(1, 1 << 24);
+        let (tx, rx) = mpsc::channel::<Entry>(capacity);
         let status = Arc::new(StatusCells::default());
         let (watch_tx, watch) = watch::channel(WriterStatus::default());
         let cells = Arc::clone(&status);
         let metrics = Metrics::register(label);
-        let task = tokio::spawn(run(ledger, options, rx, cells, watch_tx, metrics));
+        let built_room = Arc::new(tokio::sync::Semaphore::new(capacity));
+        let task = tokio::spawn(run(
+            ledger,
+            options,
+            rx,
+            cells,
+            watch_tx,
+            metrics,
+            Arc::clone(&built_room),
+        ));
         Self {
             tx,
             task,
             status,
             watch,
             commit: options.commit,
+            built_room,
         }
     }
 
@@ -258,12 +275,34 @@ impl LedgerWriter {
         self.write_group(Some(built), entries).await
     }
 
+    /// Places a builder takes in [`LedgerWriter::built_room`] (never more than there are).
+    fn built_places(&self, builder: &dyn RecordBuilder) -> u32 {
+        built_places(builder.count(), self.tx.max_capacity())
+    }
+
     async fn write_group(
         &self,
         mut built: Option<Box<dyn RecordBuilder>>,
         entries: &mut Vec<(Record, Option<AckSender>)>,
     ) -> usize {
         let mut lost = 0;
+        if let Some(builder) = &built {
+            // Bounded like records queued one by one: wait for room for its records.
+            let places = self.built_places(builder.as_ref());
+            let room = tokio::select! {
+                room = self.built_room.acquire_many(places) => room.ok(),
+                () = self.tx.closed() => None,
+            };
+            match room {
+                // Given back by the writer when it takes the builder.
+                Some(room) => room.forget(),
+                None => {
+                    if let Some(builder) = built.take() {
+                        lost += builder.count();
+                    }
+                }
+            }
+        }
         let mut rest = entries.drain(..);
         loop {
             let total = rest.len() + usize::from(built.is_some());
@@ -301,6 +340,8 @@ impl LedgerWriter {
                 Err(_) => {
                     if let Some(builder) = built.take() {
                         lost += builder.count();
+                        self.built_room
+                            .add_permits(self.built_places(builder.as_ref()) as usize);
                     }
                     for (_, ack) in rest.by_ref() {
                         lost += 1;
@@ -430,7 +471,9 @@ async fn run(
     cells: Arc<StatusCells>,
     watch: watch::Sender<WriterStatus>,
     metrics: Metrics,
+    built_room: Arc<tokio::sync::Semaphore>,
 ) -> WriterReport {
+    let capacity = rx.max_capacity();
     let mut entries: Vec<Entry> = Vec::with_capacity(MAX_BATCH);
     let mut records: Vec<Record> = Vec::with_capacity(MAX_BATCH);
     let mut acks: Vec<AckSender> = Vec::new();
@@ -452,12 +495,29 @@ async fn run(
         metrics.queue_depth.set(rx.len() as f64);
         let started = Instant::now();
         let mut unbuilt = 0u64;
+        let mut built_places_taken = 0usize;
         for entry in entries.drain(..) {
-            unbuilt += entry.payload.build(&mut records) as u64;
+            let count = entry.payload.count();
+            if entry.payload.is_built() {
+                built_places_taken += built_places(count, capacity) as usize;
+            }
+            let before = records.len();
+            // A builder runs user codecs: a panic there loses its records, not the writer.
+            match std::panic::catch_unwind(AssertUnwindSafe(|| entry.payload.build(&mut records))) {
+                Ok(failed) => unbuilt += failed as u64,
+                Err(panic) => {
+                    records.truncate(before);
+                    unbuilt += count as u64;
+                    tracing::error!(backend = ledger.backend(), records = count, panic = %panic_text(&*panic), "building records panicked; they are lost");
+                }
+            }
             if let Some(ack) = entry.ack {
                 acks.push(ack);
             }
         }
+        // Out of the queue: their places are free again (as a queued record's place is once
+        // the writer takes it).
+        built_room.add_permits(built_places_taken);
         if unbuilt > 0 {
             // Logged by the builder; lost like a batch given up, and settled with this one.
             cells.lost_records.fetch_add(unbuilt, Ordering::Relaxed);
@@ -563,6 +623,11 @@ async fn run(
         lost: cells.lost_records.load(Ordering::Relaxed),
         first_error,
     }
+}
+
+/// Places a builder of `count` records takes in a writer of `capacity`.
+fn built_places(count: usize, capacity: usize) -> u32 {
+    u32::try_from(count.clamp(1, capacity)).unwrap_or(u32::MAX)
 }
 
 /// How a batch ended, for settling.

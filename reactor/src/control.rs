@@ -53,8 +53,6 @@ impl Core {
 
     /// Handles one command in order (see [`Core::run`]).
     pub(crate) async fn ordered(&mut self, cmd: Command) -> Flow {
-        // Firings before the command reach subscribers before anything it causes.
-        self.flush_firings().await;
         match cmd {
             Command::Subscribe(s) => self.subscribers.add(s),
             Command::Shutdown(reply) => {
@@ -194,7 +192,6 @@ impl Core {
             report.ledger_lost += written.lost;
             report.ledger_error = written.first_error.map(|e| e.to_string());
         }
-        self.flush_firings().await;
         self.subscribers.clear();
         self.set_health(ReactorHealth::Stopped);
         report

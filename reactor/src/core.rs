@@ -106,7 +106,6 @@ impl Core {
                 self.refresh_health();
             }
             self.publish_delivery();
-            self.flush_firings().await;
             if let Some(spin) = self.intake.spin {
                 if self.spin_for_work(&control, spin) {
                     // Boundaries are waiting: take them without going through `select!`
@@ -222,13 +221,6 @@ impl Core {
             }
             std::hint::spin_loop();
         }
-    }
-
-    /// Hands subscribers the firings of the current run not yet handed over.
-    pub(crate) async fn flush_firings(&mut self) {
-        self.subscribers
-            .flush(&self.name, &self.stats, &self.metrics)
-            .await;
     }
 
     /// Publishes the delivery watermarks: at once without a ledger; with one, once the

@@ -118,11 +118,8 @@ impl Core {
             },
         });
         self.record(&firing, trigger);
-        // Within a Sequential backlog the next firing follows at once: subscribers get the
-        // run's firings together (see `delivery.rs`).
-        let more = inputs.is_none() && !manual && self.trigger.owes_firings();
         self.subscribers
-            .deliver(&self.name, &firing, more, &self.stats, &self.metrics)
+            .deliver(&self.name, &firing, &self.stats, &self.metrics)
             .await;
         if inputs.is_none() {
             self.publish_if_due(completed).await;

@@ -33,7 +33,7 @@
 //! Inside, the loop (`core`) drives a sans-IO `trigger` (criteria, dirty flags, cache,
 //! Sequential queue), a `recorder` (ledger records, snapshots, retention, recovery; the
 //! records themselves are built by the ledger writer from what `built` hands it) and
-//! `delivery` (subscribers, in runs during a backlog). Operators read [`ReactorHandle::stats`] and the `cloacina_*`
+//! `delivery` (subscribers). Operators read [`ReactorHandle::stats`] and the `cloacina_*`
 //! metrics (through the `metrics` facade; see the `metrics` table in the README); each firing
 //! runs in a `firing` tracing span at debug level.
 //!

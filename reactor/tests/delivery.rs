@@ -241,10 +241,10 @@ async fn a_boundary_that_cannot_be_encoded_is_counted_lost_and_the_rest_recorded
     );
 }
 
-/// A Sequential backlog's firings reach a subscriber in order, handed over in runs; the
-/// last one of the backlog does not wait for firings that are not coming.
+/// A Sequential backlog's firings reach a subscriber in order, every one of them, the
+/// backlog's last one included.
 #[tokio::test]
-async fn a_backlog_reaches_subscribers_in_order_and_its_last_firing_is_not_held() {
+async fn a_backlog_reaches_subscribers_in_order_to_its_last_firing() {
     let r = ReactorHandle::builder(echo_graph())
         .strategy(InputStrategy::Sequential)
         .spawn()

@@ -32,6 +32,19 @@ pub(super) enum Payload {
 }
 
 impl Payload {
+    /// Records this entry stands for.
+    pub(super) fn count(&self) -> usize {
+        match self {
+            Payload::Record(_) => 1,
+            Payload::Built(b) => b.count(),
+        }
+    }
+
+    /// Whether the writer builds this entry's records.
+    pub(super) fn is_built(&self) -> bool {
+        matches!(self, Payload::Built(_))
+    }
+
     /// Moves the records onto `out`; returns how many could not be built.
     pub(super) fn build(self, out: &mut Vec<Record>) -> usize {
         match self {

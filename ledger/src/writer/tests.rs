@@ -356,8 +356,25 @@ async fn built_records_go_with_their_group_and_unbuildable_ones_count_as_lost() 
         0
     );
     assert_eq!(writer.handed(), 113);
+    // A group larger than the queue (4 places): taken in pieces, appended at once.
+    let mut more: Vec<(Record, Option<AckSender>)> =
+        (124..=129).map(|id| (firing("r", id), None)).collect();
+    assert_eq!(
+        writer
+            .write_all_built(built(114, 10, vec![]), &mut more)
+            .await,
+        0
+    );
+    assert_eq!(writer.handed(), 129);
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while writer.settled() < writer.handed() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("everything handed over settles, the unbuilt records included");
     let report = writer.close().await;
-    assert_eq!((report.written, report.lost), (111, 2));
+    assert_eq!((report.written, report.lost), (127, 2));
     let ids: Vec<u64> = ledger
         .firings(&FiringQuery::reactor("r").allow_gaps())
         .await
@@ -365,6 +382,39 @@ async fn built_records_go_with_their_group_and_unbuildable_ones_count_as_lost() 
         .iter()
         .map(|f| f.firing_id)
         .collect();
-    let expected: Vec<u64> = (1..=113).filter(|id| ![105, 110].contains(id)).collect();
+    let expected: Vec<u64> = (1..=129).filter(|id| ![105, 110].contains(id)).collect();
     assert_eq!(ids, expected);
+}
+
+struct Panicking;
+
+impl RecordBuilder for Panicking {
+    fn count(&self) -> usize {
+        3
+    }
+
+    fn build(self: Box<Self>, out: &mut Vec<Record>) -> usize {
+        out.push(firing("p", 1));
+        panic!("a codec panicked");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_builder_loses_its_records_not_the_writer() {
+    let ledger = Arc::new(MemoryLedger::new());
+    let writer = LedgerWriter::spawn(ledger.clone(), options(8));
+    let mut none = Vec::new();
+    assert_eq!(
+        writer.write_all_built(Box::new(Panicking), &mut none).await,
+        0
+    );
+    let mut after: Vec<(Record, Option<AckSender>)> = vec![(firing("q", 1), None)];
+    assert_eq!(writer.write_all(&mut after).await, 0);
+    let report = writer.close().await;
+    assert_eq!((report.written, report.lost), (1, 3), "{report:?}");
+    assert!(ledger
+        .firings(&FiringQuery::reactor("p").allow_gaps())
+        .await
+        .expect("read")
+        .is_empty());
 }
