@@ -275,20 +275,18 @@ impl LedgerWriter {
         self.write_group(Some(built), entries).await
     }
 
-    /// Places a builder takes in [`LedgerWriter::built_room`] (never more than there are).
-    fn built_places(&self, builder: &dyn RecordBuilder) -> u32 {
-        built_places(builder.count(), self.tx.max_capacity())
-    }
-
     async fn write_group(
         &self,
         mut built: Option<Box<dyn RecordBuilder>>,
         entries: &mut Vec<(Record, Option<AckSender>)>,
     ) -> usize {
         let mut lost = 0;
-        if let Some(builder) = &built {
+        // Places a builder takes in `built_room`: one per record, never more than there are.
+        let places = built.as_ref().map_or(0, |b| {
+            u32::try_from(b.count().clamp(1, self.tx.max_capacity())).unwrap_or(u32::MAX)
+        });
+        if built.is_some() {
             // Bounded like records queued one by one: wait for room for its records.
-            let places = self.built_places(builder.as_ref());
             let room = tokio::select! {
                 room = self.built_room.acquire_many(places) => room.ok(),
                 () = self.tx.closed() => None,
@@ -319,7 +317,7 @@ impl LedgerWriter {
                         if let Some(permit) = permits.next() {
                             handed += builder.count() as u64;
                             permit.send(Entry {
-                                payload: Payload::Built(builder),
+                                payload: Payload::Built { builder, places },
                                 ack: None,
                                 ends_group: group_ends_at == Some(0),
                             });
@@ -340,8 +338,7 @@ impl LedgerWriter {
                 Err(_) => {
                     if let Some(builder) = built.take() {
                         lost += builder.count();
-                        self.built_room
-                            .add_permits(self.built_places(builder.as_ref()) as usize);
+                        self.built_room.add_permits(places as usize);
                     }
                     for (_, ack) in rest.by_ref() {
                         lost += 1;
@@ -473,7 +470,6 @@ async fn run(
     metrics: Metrics,
     built_room: Arc<tokio::sync::Semaphore>,
 ) -> WriterReport {
-    let capacity = rx.max_capacity();
     let mut entries: Vec<Entry> = Vec::with_capacity(MAX_BATCH);
     let mut records: Vec<Record> = Vec::with_capacity(MAX_BATCH);
     let mut acks: Vec<AckSender> = Vec::new();
@@ -498,9 +494,7 @@ async fn run(
         let mut built_places_taken = 0usize;
         for entry in entries.drain(..) {
             let count = entry.payload.count();
-            if entry.payload.is_built() {
-                built_places_taken += built_places(count, capacity) as usize;
-            }
+            built_places_taken += entry.payload.places() as usize;
             let before = records.len();
             // A builder runs user codecs: a panic there loses its records, not the writer.
             match std::panic::catch_unwind(AssertUnwindSafe(|| entry.payload.build(&mut records))) {
@@ -623,11 +617,6 @@ async fn run(
         lost: cells.lost_records.load(Ordering::Relaxed),
         first_error,
     }
-}
-
-/// Places a builder of `count` records takes in a writer of `capacity`.
-fn built_places(count: usize, capacity: usize) -> u32 {
-    u32::try_from(count.clamp(1, capacity)).unwrap_or(u32::MAX)
 }
 
 /// How a batch ended, for settling.

@@ -6,12 +6,11 @@
 
 use std::sync::Arc;
 
-use cloacina_graph_core::{Boundary, GraphResult, SourceDecl};
+use cloacina_graph_core::{Boundary, GraphResult, SourceDecl, TerminalOutputs};
 use cloacina_ledger::{FiringOutcome, FiringRecord, FiringTrigger, Record, RecordBuilder};
 
 use crate::durable::{boundary_record, unix_us};
 use crate::firing::Firing;
-use crate::recorder::encode_outputs;
 
 /// Boundaries and firings waiting for the next hand-over, in the order they happened.
 #[derive(Default)]
@@ -121,4 +120,19 @@ pub(crate) fn firing_record(
         duration_ns: u64::try_from(firing.duration().as_nanos()).unwrap_or(u64::MAX),
         outcome,
     }
+}
+
+/// Encodes a firing's terminal outputs for its ledger record (outputs without a codec are
+/// skipped, and logged).
+fn encode_outputs(reactor: &str, outputs: &TerminalOutputs) -> Vec<(String, Vec<u8>)> {
+    outputs
+        .iter()
+        .filter_map(|o| match o.encode() {
+            Ok(bytes) => Some((o.node().to_owned(), bytes)),
+            Err(e) => {
+                tracing::error!(reactor, node = o.node(), error = %e, "cannot encode output for the ledger");
+                None
+            }
+        })
+        .collect()
 }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use cloacina_accumulators::SourcePosition;
-use cloacina_graph_core::{Boundary, SourceDecl, SourceName, TerminalOutputs};
+use cloacina_graph_core::{Boundary, SourceDecl, SourceName};
 use cloacina_ledger::{
     AckSender, CheckpointRecord, FiringQuery, FiringRecord, FiringTrigger, Ledger, LedgerError,
     LedgerWriter, Record, SnapshotRecord, WriterReport, WriterStatus,
@@ -475,21 +475,6 @@ async fn last_live_seq(
         below = from;
     }
     Ok(0)
-}
-
-/// Encodes a firing's terminal outputs for its ledger record (outputs without a codec are
-/// skipped, and logged).
-pub(crate) fn encode_outputs(reactor: &str, outputs: &TerminalOutputs) -> Vec<(String, Vec<u8>)> {
-    outputs
-        .iter()
-        .filter_map(|o| match o.encode() {
-            Ok(bytes) => Some((o.node().to_owned(), bytes)),
-            Err(e) => {
-                tracing::error!(reactor, node = o.node(), error = %e, "cannot encode output for the ledger");
-                None
-            }
-        })
-        .collect()
 }
 
 pub(crate) fn not_recorded(reason: String) -> LedgerError {

@@ -27,8 +27,12 @@ pub trait RecordBuilder: Send {
 pub(super) enum Payload {
     /// A record built by the sender.
     Record(Record),
-    /// Records the writer builds.
-    Built(Box<dyn RecordBuilder>),
+    /// Records the writer builds, with the places they took in the writer's room for
+    /// built records (given back when the writer takes the entry).
+    Built {
+        builder: Box<dyn RecordBuilder>,
+        places: u32,
+    },
 }
 
 impl Payload {
@@ -36,13 +40,16 @@ impl Payload {
     pub(super) fn count(&self) -> usize {
         match self {
             Payload::Record(_) => 1,
-            Payload::Built(b) => b.count(),
+            Payload::Built { builder, .. } => builder.count(),
         }
     }
 
-    /// Whether the writer builds this entry's records.
-    pub(super) fn is_built(&self) -> bool {
-        matches!(self, Payload::Built(_))
+    /// Places this entry holds in the writer's room for built records.
+    pub(super) fn places(&self) -> u32 {
+        match self {
+            Payload::Record(_) => 0,
+            Payload::Built { places, .. } => *places,
+        }
     }
 
     /// Moves the records onto `out`; returns how many could not be built.
@@ -52,7 +59,7 @@ impl Payload {
                 out.push(r);
                 0
             }
-            Payload::Built(b) => b.build(out),
+            Payload::Built { builder, .. } => builder.build(out),
         }
     }
 }
@@ -61,7 +68,9 @@ impl std::fmt::Debug for Payload {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Payload::Record(r) => f.write_str(&r.describe()),
-            Payload::Built(b) => write!(f, "{} records built by the writer", b.count()),
+            Payload::Built { builder, .. } => {
+                write!(f, "{} records built by the writer", builder.count())
+            }
         }
     }
 }
