@@ -9,7 +9,8 @@
 //! in-process librdkafka mock cluster), `--ledger URL` (adds the ledger phase; durability
 //! Batched), `--latency-secs S` (5), `--batch-records B` (producer batch size, librdkafka's
 //! default when absent; `--batch-records 1` for `tansu` 0.6, which skips the rest of a record
-//! batch when a fetch starts inside it, as a consumer resuming a paused partition does).
+//! batch when a fetch starts inside it, as a consumer resuming a paused partition does),
+//! `--max-in-flight W` (`KafkaSource::max_in_flight` for the pipeline phases; unset by default).
 //!
 //! Produces N records (64-byte payloads, unique keys "0".."N-1") into a fresh topic, then
 //! reads them all from the beginning, each phase with its own consumer group:
@@ -48,7 +49,7 @@ use cloacina::kafka::{Decoder, KafkaRecord, KafkaSource};
 use cloacina::prelude::*;
 
 const USAGE: &str = "usage: kafka_bench [--messages N] [--partitions P] [--brokers HOST:PORT] \
-[--ledger URL] [--latency-secs S] [--batch-records B]";
+[--ledger URL] [--latency-secs S] [--batch-records B] [--max-in-flight W]";
 
 /// Every consumer here (raw and pipeline alike) long-polls at most this long: the mock
 /// cluster answers a fetch only when its wait expires, so the default 500 ms would be the
@@ -62,6 +63,7 @@ struct Args {
     ledger: Option<String>,
     latency_secs: u64,
     batch_records: Option<u32>,
+    max_in_flight: Option<usize>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -72,6 +74,7 @@ fn parse_args() -> Result<Args, String> {
         ledger: None,
         latency_secs: 5,
         batch_records: None,
+        max_in_flight: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -93,6 +96,13 @@ fn parse_args() -> Result<Args, String> {
                     value()?
                         .parse()
                         .map_err(|e| format!("--batch-records: {e}"))?,
+                )
+            }
+            "--max-in-flight" => {
+                args.max_in_flight = Some(
+                    value()?
+                        .parse()
+                        .map_err(|e| format!("--max-in-flight: {e}"))?,
                 )
             }
             "--latency-secs" => {
@@ -127,6 +137,8 @@ async fn create_topic(brokers: &str, topic: &str, partitions: i32) -> Result<(),
 
 /// Producer batch size (`--batch-records`), if set: read once by every producer here.
 static BATCH_RECORDS: std::sync::OnceLock<Option<u32>> = std::sync::OnceLock::new();
+/// `--max-in-flight`, for every pipeline phase.
+static MAX_IN_FLIGHT: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
 
 fn producer(brokers: &str) -> BaseProducer {
     let mut config = ClientConfig::new();
@@ -284,9 +296,12 @@ async fn pipeline(phase: Phase<'_>) -> f64 {
         ready,
     } = phase;
     let group = group.as_str();
-    let kafka = KafkaSource::new(brokers, group, &[topic], Decoder::from_fn(key_id))
+    let mut kafka = KafkaSource::new(brokers, group, &[topic], Decoder::from_fn(key_id))
         .set("fetch.wait.max.ms", FETCH_WAIT_MS)
         .set("fetch.queue.backoff.ms", "10");
+    if let Some(Some(window)) = MAX_IN_FLIGHT.get() {
+        kafka = kafka.max_in_flight(*window);
+    }
     let stats = kafka.stats();
     let mut builder = EmbeddedGraph::builder(graph(seen, base))
         .strategy(InputStrategy::Sequential)
@@ -408,6 +423,7 @@ async fn main() {
         }
     };
     let _ = BATCH_RECORDS.set(args.batch_records);
+    let _ = MAX_IN_FLIGHT.set(args.max_in_flight);
     let run = std::process::id();
     let mock = match &args.brokers {
         Some(_) => None,

@@ -88,7 +88,7 @@ pub(crate) fn run<T: Send + Sync + 'static>(
     if ctx.position_reader().is_some() {
         // A restarted instance: the boundaries earlier instances sent must be recorded
         // before the ledger's positions are read, or they would be read (and recorded) again.
-        let deadline = Instant::now() + src.close_timeout;
+        let deadline = Instant::now() + src.pacing.close_timeout;
         while ctx.delivered().get() < ctx.metrics().boundaries()
             && Instant::now() < deadline
             && !ctx.is_shutdown()
@@ -102,6 +102,10 @@ pub(crate) fn run<T: Send + Sync + 'static>(
             std::thread::sleep(Duration::from_millis(5));
         }
     }
+    let window = src.pacing.max_in_flight.map(|max| InFlightWindow {
+        max,
+        runtime: runtime.clone(),
+    });
     let consumer = connect(src, ctx, runtime).map_err(&fail)?;
     if let Some(link) = &src.exactly_once {
         link.register_source(consumer.context().clone());
@@ -148,7 +152,7 @@ pub(crate) fn run<T: Send + Sync + 'static>(
             unclocked = 0;
             uncounted.publish();
         }
-        if clock_due && last_commit.elapsed() >= src.commit_every {
+        if clock_due && last_commit.elapsed() >= src.pacing.commit_every {
             match shared.commit(&consumer) {
                 Commit::Failed { rebalancing: true } => {
                     if rebalance_hold.is_none() {
@@ -171,7 +175,7 @@ pub(crate) fn run<T: Send + Sync + 'static>(
         // (Not while a rebalance hold lasts.)
         if !holding {
             while let Some(front) = held.pop_front() {
-                if let Some(back) = offer(ctx, &shared, front, HOLD_WAIT)? {
+                if let Some(back) = offer(ctx, &shared, front, HOLD_WAIT, window.as_ref())? {
                     held.push_front(back);
                     break;
                 }
@@ -365,14 +369,49 @@ fn take<T: Send + Sync + 'static>(
     }
 }
 
-/// Offers one item to the reactor, waiting up to `wait` for room; hands it back if the
-/// queue is still full.
+/// [`KafkaSource::max_in_flight`]: a cap on the boundaries sent and not yet done.
+struct InFlightWindow {
+    max: u64,
+    /// Drives the wait for the delivery watermark (this is the consumer's own OS thread).
+    runtime: tokio::runtime::Handle,
+}
+
+impl InFlightWindow {
+    /// Whether one more boundary may be sent: at once if fewer than `max` are in flight,
+    /// else once the watermark moves past enough of them, waiting up to `wait`. A full
+    /// window waits for a run of room (an eighth of it, at most 128), not a single place,
+    /// so the consumer is woken once per run rather than once per record.
+    fn room<T: Send + Sync + 'static>(&self, ctx: &AccumulatorContext<T>, wait: Duration) -> bool {
+        let sent = ctx.metrics().boundaries();
+        let delivered = ctx.delivered();
+        if sent.saturating_sub(delivered.get()) < self.max {
+            return true;
+        }
+        // In flight drops to `max - run` once the watermark is past `sent - max + run - 1`.
+        let run = (self.max / 8).clamp(1, 128);
+        let past = sent - self.max + run - 1;
+        self.runtime.block_on(async {
+            tokio::time::timeout(wait, delivered.wait_past(past))
+                .await
+                .is_ok()
+        })
+    }
+}
+
+/// Offers one item to the reactor, waiting up to `wait` for room (in its queue, and in
+/// the in-flight window if there is one); hands it back if there is still none.
 fn offer<T: Send + Sync + 'static>(
     ctx: &AccumulatorContext<T>,
     shared: &SourceContext,
     item: Held<T>,
     wait: Duration,
+    window: Option<&InFlightWindow>,
 ) -> Result<Option<Held<T>>, AccumulatorError> {
+    if let (Some(window), Held::Value { .. }) = (window, &item) {
+        if !window.room(ctx, wait) {
+            return Ok(Some(item));
+        }
+    }
     match item {
         Held::Skip { slot, offset, .. } => {
             shared.tracker().took(slot, offset, false);
@@ -470,7 +509,7 @@ fn connect<T: Send + Sync + 'static>(
         stats: Arc::clone(&src.stats),
         source: ctx.source().to_string(),
         positions: ctx.position_reader().map(|reader| (reader, runtime)),
-        settle_timeout: src.close_timeout,
+        settle_timeout: src.pacing.close_timeout,
         transactional: src.exactly_once.is_some(),
         group: Mutex::new(None),
         revocations: std::sync::atomic::AtomicU64::new(0),
@@ -480,7 +519,7 @@ fn connect<T: Send + Sync + 'static>(
         .map_err(|e| format!("bad Kafka configuration: {e}"))?;
     for topic in src.topics.iter().filter(|t| !t.starts_with('^')) {
         let metadata = consumer
-            .fetch_metadata(Some(topic), src.connect_timeout)
+            .fetch_metadata(Some(topic), src.pacing.connect_timeout)
             .map_err(|e| format!("cannot reach the brokers `{}`: {e}", src.brokers))?;
         let known = metadata
             .topics()
@@ -507,7 +546,7 @@ fn close<T: Send + Sync + 'static>(
     consumer: &BaseConsumer<SourceContext>,
     shared: &SourceContext,
 ) {
-    let deadline = Instant::now() + src.close_timeout;
+    let deadline = Instant::now() + src.pacing.close_timeout;
     loop {
         let in_flight = {
             let mut tracker = shared.tracker();

@@ -266,12 +266,17 @@ impl ConsumerContext for SourceContext {
         if let Rebalance::Revoke(tpl) = rebalance {
             self.stats.rebalances.fetch_add(1, Ordering::Relaxed);
             self.revocations.fetch_add(1, Ordering::AcqRel);
-            // The records in flight from these partitions are let finish first (bounded by
-            // the close timeout), so the next owner starts after them rather than firing
-            // them again; then what is done is committed before the partitions go, and
-            // what is not done (past the bound) is not.
-            self.settle_in_flight(tpl);
-            let _ = self.commit(consumer);
+            // What is done is committed before the partitions go, and what is not done is
+            // not. Where the coordinator takes commits during the rebalance (Kafka does
+            // while the group prepares it), the records in flight from these partitions are
+            // let finish first (bounded by the close timeout) and committed too, so the next
+            // owner starts after them rather than firing them again. Where it refuses them
+            // (some coordinators do until the new generation forms), waiting would only
+            // hold up the whole group's rebalance: the next owner fires them again.
+            if !matches!(self.commit(consumer), Commit::Failed { rebalancing: true }) {
+                self.settle_in_flight(tpl);
+                let _ = self.commit(consumer);
+            }
             let mut tracker = self.tracker();
             for elem in tpl.elements() {
                 tracker.revoked(elem.topic(), elem.partition());

@@ -28,6 +28,8 @@
 //! is rebalancing, the source takes no more records (partitions paused) until its partitions
 //! have moved ([`KafkaStats::rebalance_holds`]): a coordinator that refuses commits until the
 //! new generation forms would otherwise see all of that work repeated by the new owner.
+//! [`KafkaSource::max_in_flight`] caps the records in the reactor's hands, and with them
+//! what a rebalance can repeat.
 //!
 //! **Effectively-once into a ledger.** Each boundary is sent with its partition's position
 //! (`cloacina_accumulators::SourcePosition`); the reactor records the partition's next

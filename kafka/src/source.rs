@@ -79,6 +79,27 @@ impl KafkaStats {
     }
 }
 
+/// How a [`KafkaSource`] paces its commits and waits.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Pacing {
+    pub(crate) commit_every: Duration,
+    pub(crate) close_timeout: Duration,
+    pub(crate) connect_timeout: Duration,
+    /// At most this many boundaries sent and not yet done (`None`: no cap of its own).
+    pub(crate) max_in_flight: Option<u64>,
+}
+
+impl Default for Pacing {
+    fn default() -> Self {
+        Self {
+            commit_every: Duration::from_millis(200),
+            close_timeout: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(10),
+            max_in_flight: None,
+        }
+    }
+}
+
 /// A Kafka topic (or several) as the boundaries of one source: an `Accumulator` that
 /// consumes on a dedicated OS thread with librdkafka, commits offsets only past records
 /// whose boundaries the reactor reports done (commit-after-fire), and pauses its partitions
@@ -91,9 +112,7 @@ pub struct KafkaSource<T> {
     pub(crate) start: StartFrom,
     pub(crate) settings: Vec<(String, String)>,
     pub(crate) decoder: Decoder<T>,
-    pub(crate) commit_every: Duration,
-    pub(crate) close_timeout: Duration,
-    pub(crate) connect_timeout: Duration,
+    pub(crate) pacing: Pacing,
     pub(crate) dead_letter_topic: Option<String>,
     pub(crate) exactly_once: Option<crate::ExactlyOnce>,
     pub(crate) stats: Arc<KafkaStats>,
@@ -123,9 +142,7 @@ impl<T: Send + Sync + 'static> KafkaSource<T> {
             start: StartFrom::default(),
             settings: Vec::new(),
             decoder,
-            commit_every: Duration::from_millis(200),
-            close_timeout: Duration::from_secs(10),
-            connect_timeout: Duration::from_secs(10),
+            pacing: Pacing::default(),
             dead_letter_topic: None,
             exactly_once: None,
             stats: Arc::default(),
@@ -148,7 +165,7 @@ impl<T: Send + Sync + 'static> KafkaSource<T> {
 
     /// How often done offsets are committed (default 200 ms; also on revoke and on close).
     pub fn commit_every(mut self, every: Duration) -> Self {
-        self.commit_every = every;
+        self.pacing.commit_every = every;
         self
     }
 
@@ -156,13 +173,25 @@ impl<T: Send + Sync + 'static> KafkaSource<T> {
     /// the final commit (default 10 s); what is not done by then is read again on restart.
     /// The same bound applies when partitions are revoked in a rebalance.
     pub fn close_timeout(mut self, timeout: Duration) -> Self {
-        self.close_timeout = timeout;
+        self.pacing.close_timeout = timeout;
+        self
+    }
+
+    /// Caps the records this consumer has in the reactor's hands (sent, not yet done) at
+    /// `records`; past it the consumer waits for the delivery watermark as it waits for room
+    /// in a full queue (then pauses its partitions). Unset (the default), the reactor's
+    /// queues bound them. A rebalance repeats at most the records in flight at that moment
+    /// (plus those done since the last commit), so a small window bounds the duplicates of
+    /// at-least-once delivery, and the revoke-time wait for them, at some cost in
+    /// throughput (measure it with `kafka_bench --max-in-flight`).
+    pub fn max_in_flight(mut self, records: usize) -> Self {
+        self.pacing.max_in_flight = Some(records.max(1) as u64);
         self
     }
 
     /// How long the start-up check (brokers reachable, topics exist) may take (default 10 s).
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
-        self.connect_timeout = timeout;
+        self.pacing.connect_timeout = timeout;
         self
     }
 
