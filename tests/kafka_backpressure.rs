@@ -45,10 +45,11 @@ async fn a_slow_graph_behind_200k_records_keeps_memory_bounded() {
             }
             node_fired.fetch_add(1, Ordering::Relaxed);
             async move {
-                // Slower than the consumer: a stall now and then (longer than the source
-                // waits for room before it pauses), a little work on every record.
-                if v % 5_000 == 0 {
-                    tokio::time::sleep(Duration::from_millis(30)).await;
+                // Slower than the consumer: a stall now and then (longer than records
+                // wait for room, 250 ms, before the source pauses), a little work on
+                // every record.
+                if v % 40_000 == 0 {
+                    tokio::time::sleep(Duration::from_millis(400)).await;
                 } else {
                     let until = Instant::now() + Duration::from_micros(2);
                     while Instant::now() < until {

@@ -23,6 +23,9 @@ const POLL: Duration = Duration::from_millis(50);
 /// How long the thread waits for room in the reactor's queue before it serves the client
 /// (callbacks, rebalances) again.
 const HOLD_WAIT: Duration = Duration::from_millis(20);
+/// How long records may wait for room in the reactor's queue before the partitions are
+/// paused (see the backpressure in `run`).
+const PAUSE_AFTER: Duration = Duration::from_millis(250);
 /// Tries of the final commit at close (100 ms of client service between them).
 const CLOSE_COMMIT_ATTEMPTS: u32 = 20;
 /// The longest the consumer stops handing out records after a commit was refused because
@@ -117,6 +120,7 @@ pub(crate) fn run<T: Send + Sync + 'static>(
     let shared = consumer.context().clone();
     let mut held: VecDeque<Held<T>> = VecDeque::new();
     let mut paused = false;
+    let mut backed_up: Option<Instant> = None;
     let mut live = false;
     let mut last_commit = Instant::now();
     let mut seen_rebalances = 0u64;
@@ -181,10 +185,20 @@ pub(crate) fn run<T: Send + Sync + 'static>(
                 }
             }
         }
-        // Waited HOLD_WAIT without room: the reactor is well behind. Pause the partitions so
-        // librdkafka stops fetching too (bounded memory on both sides); resume once every
-        // held record is in. A rebalance hold pauses them too.
-        let want_paused = holding || !held.is_empty();
+        // Records held back since `backed_up` (the reactor had no room for them): once that
+        // lasts PAUSE_AFTER, the reactor is well behind. Pause the partitions so librdkafka
+        // stops fetching too (bounded memory on both sides); resume once every held record
+        // is in. Until then the loop takes at most one more record per HOLD_WAIT. Not at
+        // once: a pause drops what librdkafka prefetched for the partitions (fetched again
+        // on resume), a waste when the reactor is only briefly slow (a ledger flush).
+        // A rebalance hold pauses them too.
+        if held.is_empty() {
+            backed_up = None;
+        } else if backed_up.is_none() {
+            backed_up = Some(Instant::now());
+        }
+        let behind = backed_up.is_some_and(|since| paused || since.elapsed() >= PAUSE_AFTER);
+        let want_paused = holding || behind;
         if want_paused != paused || reapply_pause {
             set_paused(&consumer, want_paused)?;
             if want_paused && !paused && !holding {

@@ -44,8 +44,9 @@
 //!
 //! **Backpressure**: when the reactor's queue is full the consumer thread parks until there is
 //! room (`BoundarySender::send_timeout`: woken by the reactor, no polling), serving the client
-//! every 20 ms; if the queue stays full it pauses its partitions (`pause`) and resumes them
-//! once the held records are in: bounded memory, nothing dropped, no busy loop.
+//! every 20 ms; if records wait for room for 250 ms it pauses its partitions (`pause`) and
+//! resumes them once the held records are in: bounded memory, nothing dropped, no busy
+//! loop. (Not at the first brief stall: a pause drops librdkafka's prefetched records.)
 //!
 //! **Bad input**: a record the decoder rejects is a dead letter: counted
 //! ([`KafkaStats::dead_letters`]), logged at `error` with topic, partition, offset, key and
