@@ -7,13 +7,13 @@
 mod kafka_common;
 
 use std::collections::HashMap;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cloacina::kafka::rdkafka::config::ClientConfig;
 use cloacina::kafka::rdkafka::consumer::{BaseConsumer, Consumer};
-use cloacina::kafka::{KafkaSource, KafkaStats};
+use cloacina::kafka::{Decoder, KafkaRecord, KafkaSource, KafkaStats};
 use cloacina::prelude::*;
 use kafka_common::{cluster, committed, echo_graph, numbers, produce, PATIENCE};
 
@@ -262,6 +262,106 @@ async fn an_unknown_topic_is_a_clear_error() {
     let report = engine.shutdown().await.expect("shutdown");
     let message = &report.accumulator_errors[0].1;
     assert!(message.contains("topic `nope` does not exist"), "{message}");
+    drop(c.mock);
+}
+
+/// A source restarted after a panic (its decoder's, here) commits only past records that
+/// fired: the reactor's delivery watermark also counts the boundaries the failed instance
+/// sent, and they must not retire the new instance's records early (a crash then would lose
+/// them). The graph holds from record 1,200 on; while it holds, the group's committed
+/// offset stays at or below 1,200.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_source_commits_only_past_records_that_fired() {
+    const RECORDS: u64 = 2000;
+    const HOLD_FROM: u64 = 1200;
+    let c = cluster("restart", 1);
+    produce(&c.brokers, "restart", 1, 0, &numbers(0..RECORDS));
+    let panicked = Arc::new(AtomicBool::new(false));
+    let decoder = {
+        let panicked = Arc::clone(&panicked);
+        Decoder::from_fn(move |r: &KafkaRecord<'_>| {
+            let v: u64 =
+                serde_json::from_slice(r.payload.unwrap_or_default()).map_err(|e| e.to_string())?;
+            if v == 500 && !panicked.swap(true, Ordering::SeqCst) {
+                panic!("a decoder bug at record {v}");
+            }
+            Ok(Some(v))
+        })
+    };
+    let kafka = KafkaSource::new(&c.brokers, "g-restart", &["restart"], decoder)
+        .commit_every(Duration::from_millis(20))
+        .set("session.timeout.ms", "6000")
+        .set("heartbeat.interval.ms", "500");
+    let stats = kafka.stats();
+    let open = Arc::new(AtomicBool::new(false));
+    let fired: Arc<Mutex<HashMap<u64, u32>>> = Arc::default();
+    let graph = {
+        let (open, fired) = (Arc::clone(&open), Arc::clone(&fired));
+        GraphBuilder::new("restart")
+            .async_node("echo", (source::<u64>("n"),), move |n: Option<&u64>| {
+                let v = n.copied().unwrap_or(0);
+                let (open, fired) = (Arc::clone(&open), Arc::clone(&fired));
+                async move {
+                    while v >= HOLD_FROM && !open.load(Ordering::SeqCst) {
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                    *fired.lock().expect("fired").entry(v).or_default() += 1;
+                    v
+                }
+            })
+            .build()
+            .expect("graph")
+    };
+    let engine = EmbeddedGraph::builder(graph)
+        .strategy(InputStrategy::Sequential)
+        .restart_policy(RestartPolicy {
+            initial_backoff: Duration::from_millis(50),
+            ..RestartPolicy::default()
+        })
+        .accumulator_factory("n", move || kafka.clone())
+        .start()
+        .expect("start");
+    let fired_below = |limit: u64| {
+        let fired = fired.lock().expect("fired");
+        (0..limit).filter(|v| fired.contains_key(v)).count() as u64
+    };
+    tokio::time::timeout(PATIENCE, async {
+        while fired_below(HOLD_FROM) < HOLD_FROM {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the records before the hold fire");
+    assert!(panicked.load(Ordering::SeqCst), "the first instance failed");
+    // Several commit intervals while the graph holds.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let brokers = c.brokers.clone();
+    let held_at =
+        tokio::task::spawn_blocking(move || committed(&brokers, "g-restart", "restart", 1))
+            .await
+            .expect("committed")[0];
+    assert!(
+        held_at <= HOLD_FROM as i64,
+        "committed to {held_at} while record {HOLD_FROM} had not fired"
+    );
+    open.store(true, Ordering::SeqCst);
+    tokio::time::timeout(PATIENCE, async {
+        while fired_below(RECORDS) < RECORDS {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("every record fires");
+    engine.shutdown().await.expect("shutdown");
+    assert!(
+        stats.records() > RECORDS,
+        "the restart read some records again"
+    );
+    assert_eq!(
+        committed(&c.brokers, "g-restart", "restart", 1),
+        [RECORDS as i64],
+        "shutdown commits everything that fired"
+    );
     drop(c.mock);
 }
 

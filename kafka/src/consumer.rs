@@ -16,6 +16,7 @@ use rdkafka::message::{BorrowedMessage, Message};
 use crate::dead_letter::DeadLetters;
 use crate::decode::KafkaRecord;
 use crate::group::{Commit, SourceContext};
+use crate::offsets::OffsetTracker;
 use crate::source::{KafkaSource, StartFrom};
 
 /// How long one poll waits (bounds how late a shutdown or a commit is noticed).
@@ -273,9 +274,11 @@ pub(crate) fn run<T: Send + Sync + 'static>(
         // after a rebalance: a scan per record would cost O(held) each).
         let rebalances = shared.stats.rebalances.load(Ordering::Relaxed);
         if rebalances != seen_rebalances {
-            // This member's rebalance callback ran: the hold has done its job.
+            // This member's rebalance callback ran: the hold has done its job. Records
+            // still held (checked below) start a new wait for room.
             rebalance_hold = None;
             reapply_pause = true;
+            backed_up = None;
         }
         if rebalances != seen_rebalances && !held.is_empty() {
             let tracker = shared.tracker();
@@ -517,7 +520,9 @@ fn connect<T: Send + Sync + 'static>(
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false");
     let context = SourceContext {
-        tracker: Mutex::default(),
+        // The watermark counts every boundary of this source since the reactor started;
+        // earlier instances (before a restart) have finished sending theirs.
+        tracker: Mutex::new(OffsetTracker::after(ctx.metrics().boundaries())),
         delivered: Arc::clone(ctx.delivered()),
         brokers_down: AtomicBool::new(false),
         stats: Arc::clone(&src.stats),

@@ -143,7 +143,7 @@ impl SourceContext {
         let Some((reader, runtime)) = &self.positions else {
             return Vec::new();
         };
-        self.settle_in_flight(tpl);
+        self.settle_in_flight(tpl, None);
         let mut recorded = Vec::new();
         for elem in tpl.elements() {
             let (topic, partition) = (elem.topic(), elem.partition());
@@ -183,13 +183,20 @@ impl SourceContext {
     }
 
     /// Waits (up to the close timeout) until no record this consumer took from the
-    /// partitions of `tpl` is still in the reactor's hands.
-    fn settle_in_flight(&self, tpl: &TopicPartitionList) {
+    /// partitions of `tpl` is still in the reactor's hands. `commit_while`: commits what
+    /// gets done meanwhile (every 20 ms), and stops waiting at once if the coordinator
+    /// refuses a commit because the group is rebalancing (no commit could cover the rest).
+    fn settle_in_flight(
+        &self,
+        tpl: &TopicPartitionList,
+        commit_while: Option<&BaseConsumer<Self>>,
+    ) {
         if self.transactional {
             // Exactly-once: records retire as the sink commits them, not by the watermark.
             return;
         }
         let deadline = Instant::now() + self.settle_timeout;
+        let mut last_commit = Instant::now();
         loop {
             let pending: usize = {
                 let mut tracker = self.tracker();
@@ -206,10 +213,21 @@ impl SourceContext {
                 tracing::warn!(source = %self.source, pending, "records of an earlier assignment still in flight; they may be recorded twice");
                 return;
             }
+            if let Some(consumer) = commit_while {
+                if last_commit.elapsed() >= SETTLE_COMMIT_EVERY {
+                    if matches!(self.commit(consumer), Commit::Failed { rebalancing: true }) {
+                        return;
+                    }
+                    last_commit = Instant::now();
+                }
+            }
             std::thread::sleep(Duration::from_millis(2));
         }
     }
 }
+
+/// While a revoke waits for the records in flight, how often it commits what got done.
+const SETTLE_COMMIT_EVERY: Duration = Duration::from_millis(20);
 
 impl ConsumerContext for SourceContext {
     fn rebalance(
@@ -274,7 +292,7 @@ impl ConsumerContext for SourceContext {
             // (some coordinators do until the new generation forms), waiting would only
             // hold up the whole group's rebalance: the next owner fires them again.
             if !matches!(self.commit(consumer), Commit::Failed { rebalancing: true }) {
-                self.settle_in_flight(tpl);
+                self.settle_in_flight(tpl, Some(consumer));
                 let _ = self.commit(consumer);
             }
             let mut tracker = self.tracker();

@@ -45,6 +45,16 @@ pub(crate) struct OffsetTracker {
 }
 
 impl OffsetTracker {
+    /// A tracker for a consumer whose first boundary follows `boundaries` that earlier
+    /// instances of its source sent: the delivery watermark counts those too (it lives as
+    /// long as the reactor), so they are not this consumer's to retire.
+    pub(crate) fn after(boundaries: u64) -> Self {
+        Self {
+            done: boundaries,
+            ..Self::default()
+        }
+    }
+
     /// The slot of `topic`/`partition` (made on first sight; partitions are few, so a scan).
     pub(crate) fn slot(&mut self, topic: &str, partition: i32) -> u32 {
         if let Some(i) = self
@@ -220,6 +230,23 @@ mod tests {
         t.delivered(3);
         assert_eq!(t.due(), [("t".into(), 0, 13)]);
         assert_eq!(t.in_flight(), 0);
+    }
+
+    #[test]
+    fn a_restarted_consumer_retires_only_its_own_boundaries() {
+        // An earlier instance sent 5 boundaries; the watermark reads 5 once they are done.
+        let mut t = OffsetTracker::after(5);
+        let a = t.slot("t", 0);
+        t.took(a, 40, true);
+        t.took(a, 41, true);
+        t.delivered(5);
+        assert!(
+            t.due().is_empty(),
+            "the earlier instance's boundaries retire nothing here"
+        );
+        t.delivered(6);
+        assert_eq!(t.due(), [("t".into(), 0, 41)]);
+        assert_eq!(t.in_flight(), 1);
     }
 
     #[test]

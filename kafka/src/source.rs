@@ -64,7 +64,8 @@ impl KafkaStats {
     pub fn commit_failures(&self) -> u64 {
         self.commit_failures.load(Ordering::Relaxed)
     }
-    /// Times the source paused its partitions because the reactor's queue was full.
+    /// Times the source paused its partitions because records had waited 250 ms for room
+    /// (in the reactor's queue, or in the [`KafkaSource::max_in_flight`] window).
     pub fn pauses(&self) -> u64 {
         self.pauses.load(Ordering::Relaxed)
     }
@@ -171,7 +172,8 @@ impl<T: Send + Sync + 'static> KafkaSource<T> {
 
     /// On shutdown, how long to wait for the reactor to finish the records in flight before
     /// the final commit (default 10 s); what is not done by then is read again on restart.
-    /// The same bound applies when partitions are revoked in a rebalance.
+    /// The same bound applies when partitions are revoked in a rebalance, where the
+    /// coordinator takes commits meanwhile (the wait ends at the first commit it refuses).
     pub fn close_timeout(mut self, timeout: Duration) -> Self {
         self.pacing.close_timeout = timeout;
         self
@@ -183,7 +185,10 @@ impl<T: Send + Sync + 'static> KafkaSource<T> {
     /// queues bound them. A rebalance repeats at most the records in flight at that moment
     /// (plus those done since the last commit), so a small window bounds the duplicates of
     /// at-least-once delivery, and the revoke-time wait for them, at some cost in
-    /// throughput (measure it with `kafka_bench --max-in-flight`).
+    /// throughput (measure it with `kafka_bench --max-in-flight`). A boundary is done only
+    /// once a firing consumes it: where firings wait for other sources (`when_all`) or the
+    /// reactor is paused, a full window holds this source (its partitions paused) until
+    /// they come.
     pub fn max_in_flight(mut self, records: usize) -> Self {
         self.pacing.max_in_flight = Some(records.max(1) as u64);
         self
