@@ -23,7 +23,8 @@
 //! so it must not be committed; a restart resumes from the last committed position.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
@@ -35,6 +36,11 @@ pub struct Delivered {
     changed: Notify,
     /// Tasks inside `wait_past`: without any, advancing skips the notify (and its lock).
     waiters: AtomicUsize,
+    /// Threads inside `wait_past_blocking`, parked on `parked`; without any, advancing
+    /// skips the lock.
+    blocked: AtomicUsize,
+    parking: Mutex<()>,
+    parked: Condvar,
 }
 
 impl Delivered {
@@ -73,12 +79,45 @@ impl Delivered {
         }
     }
 
+    /// [`Delivered::wait_past`] for a thread outside any async runtime (a consumer's own OS
+    /// thread): parks it until the watermark is past `seen` or `timeout` passes. Returns the
+    /// watermark if it got past `seen`, `None` on timeout.
+    pub fn wait_past_blocking(&self, seen: u64, timeout: Duration) -> Option<u64> {
+        let deadline = Instant::now() + timeout;
+        let mut guard = self.parking.lock().unwrap_or_else(|p| p.into_inner());
+        self.blocked.fetch_add(1, Ordering::SeqCst);
+        let result = loop {
+            // Under the lock, after counting this thread: an `advance` that this load
+            // misses sees the count and notifies once this thread waits.
+            let now = self.done.load(Ordering::SeqCst);
+            if now > seen {
+                break Some(now);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break None;
+            }
+            guard = match self.parked.wait_timeout(guard, left) {
+                Ok((guard, _)) => guard,
+                Err(p) => p.into_inner().0,
+            };
+        };
+        self.blocked.fetch_sub(1, Ordering::SeqCst);
+        result
+    }
+
     /// Moves the watermark up to `to` (never down) and wakes waiters. Called by the reactor.
     pub fn advance(&self, to: u64) {
         // SeqCst on both sides: either the waiter sees the new value, or this sees the waiter.
-        if self.done.fetch_max(to, Ordering::SeqCst) < to && self.waiters.load(Ordering::SeqCst) > 0
-        {
-            self.changed.notify_waiters();
+        if self.done.fetch_max(to, Ordering::SeqCst) < to {
+            if self.waiters.load(Ordering::SeqCst) > 0 {
+                self.changed.notify_waiters();
+            }
+            if self.blocked.load(Ordering::SeqCst) > 0 {
+                // Taking the lock orders this after a parked thread's check.
+                drop(self.parking.lock().unwrap_or_else(|p| p.into_inner()));
+                self.parked.notify_all();
+            }
         }
     }
 }
@@ -103,5 +142,27 @@ mod tests {
         d.advance(3);
         assert_eq!(d.get(), 5, "never moves back");
         assert_eq!(d.wait_past(4).await, 5, "already past: at once");
+    }
+
+    #[test]
+    fn a_blocked_thread_is_woken_past_its_mark_or_times_out() {
+        let d = Delivered::new();
+        assert_eq!(d.wait_past_blocking(0, Duration::from_millis(20)), None);
+        d.advance(1);
+        assert_eq!(
+            d.wait_past_blocking(0, Duration::ZERO),
+            Some(1),
+            "already past: at once"
+        );
+        let waiter = {
+            let d = Arc::clone(&d);
+            std::thread::spawn(move || d.wait_past_blocking(3, Duration::from_secs(30)))
+        };
+        // Advances below the mark wake nothing it returns on; past it, it returns.
+        d.advance(3);
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(!waiter.is_finished(), "3 is not past 3");
+        d.advance(7);
+        assert_eq!(waiter.join().expect("join"), Some(7));
     }
 }

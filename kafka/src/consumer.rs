@@ -106,10 +106,7 @@ pub(crate) fn run<T: Send + Sync + 'static>(
             std::thread::sleep(Duration::from_millis(5));
         }
     }
-    let window = src.pacing.max_in_flight.map(|max| InFlightWindow {
-        max,
-        runtime: runtime.clone(),
-    });
+    let window = src.pacing.max_in_flight.map(|max| InFlightWindow { max });
     let consumer = connect(src, ctx, runtime).map_err(&fail)?;
     if let Some(link) = &src.exactly_once {
         link.register_source(consumer.context().clone());
@@ -389,8 +386,6 @@ fn take<T: Send + Sync + 'static>(
 /// [`KafkaSource::max_in_flight`]: a cap on the boundaries sent and not yet done.
 struct InFlightWindow {
     max: u64,
-    /// Drives the wait for the delivery watermark (this is the consumer's own OS thread).
-    runtime: tokio::runtime::Handle,
 }
 
 impl InFlightWindow {
@@ -407,11 +402,8 @@ impl InFlightWindow {
         // In flight drops to `max - run` once the watermark is past `sent - max + run - 1`.
         let run = (self.max / 8).clamp(1, 128);
         let past = sent - self.max + run - 1;
-        self.runtime.block_on(async {
-            tokio::time::timeout(wait, delivered.wait_past(past))
-                .await
-                .is_ok()
-        })
+        // This is the consumer's own OS thread: it parks (no runtime needed).
+        delivered.wait_past_blocking(past, wait).is_some()
     }
 }
 
