@@ -63,6 +63,7 @@ mod dead_letter;
 mod decode;
 mod exactly_once;
 mod group;
+mod handoff;
 mod offsets;
 mod sink;
 mod source;
