@@ -148,11 +148,15 @@ impl SourceContext {
         for elem in tpl.elements() {
             let (topic, partition) = (elem.topic(), elem.partition());
             let lane = cloacina_accumulators::lane_id(topic, partition);
-            match runtime.block_on(reader.get(lane)) {
-                Ok(Some(next)) => recorded.push((topic.to_owned(), partition, next)),
-                Ok(None) => {}
-                Err(e) => {
+            let reader = reader.clone();
+            match run_on(runtime, async move { reader.get(lane).await }) {
+                Some(Ok(Some(next))) => recorded.push((topic.to_owned(), partition, next)),
+                Some(Ok(None)) => {}
+                Some(Err(e)) => {
                     tracing::warn!(source = %self.source, topic, partition, error = %e, "cannot read the ledger's position; resuming from the committed offset");
+                }
+                None => {
+                    tracing::warn!(source = %self.source, topic, partition, "the runtime is gone: cannot read the ledger's position; resuming from the committed offset");
                 }
             }
         }
@@ -322,5 +326,69 @@ impl ConsumerContext for SourceContext {
             }
             Rebalance::Revoke(_) => {}
         }
+    }
+}
+
+/// Runs `fut` on `runtime` and waits for its output on this thread (the consumer's own OS
+/// thread, inside a librdkafka callback). `None` if the runtime is shut down or dropped
+/// before the task completes. Unlike `Handle::block_on`, it cannot panic when the runtime
+/// is gone, and a panic inside librdkafka's callback would abort the process.
+pub(crate) fn run_on<F>(runtime: &tokio::runtime::Handle, fut: F) -> Option<F::Output>
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    // A runtime that is gone drops the task (and with it `tx`) without running it.
+    drop(runtime.spawn(async move {
+        let _ = tx.send(fut.await);
+    }));
+    rx.recv().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::run_on;
+
+    #[test]
+    fn run_on_returns_the_output_while_the_runtime_runs() {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let got = run_on(rt.handle(), async {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            7
+        });
+        assert_eq!(got, Some(7));
+    }
+
+    #[test]
+    fn run_on_a_runtime_that_is_gone_is_none_not_a_panic() {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let handle = rt.handle().clone();
+        rt.shutdown_background();
+        assert_eq!(run_on(&handle, async { 7 }), None);
+        // A task parked on I/O when the runtime goes away is dropped too.
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let handle = rt.handle().clone();
+        let waiter = std::thread::spawn(move || {
+            run_on(&handle, async {
+                tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
+                7
+            })
+        });
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        drop(rt);
+        assert_eq!(waiter.join().expect("no panic"), None);
     }
 }
