@@ -168,6 +168,10 @@ impl Core {
         if unfired_queued > 0 || unfired_dirty_sources > 0 {
             tracing::warn!(reactor = %self.name, unfired_queued, unfired_dirty_sources, "reactor stopped paused with inputs never fired");
         }
+        // Everything is fired: the subscribers get what is held before the ledger closes.
+        self.subscribers
+            .send(&self.name, &self.stats, &self.metrics)
+            .await;
         // A final snapshot: a restart resumes exactly here without replaying boundaries.
         self.snapshot().await;
         self.publish_delivery();

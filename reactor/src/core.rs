@@ -102,6 +102,11 @@ impl Core {
         // Work restored from the ledger is owed its firings like any other.
         self.evaluate().await;
         loop {
+            // The turn is over: what it fired goes to the subscribers (first: the ledger's
+            // hand-over may wait for room) before the loop waits.
+            self.subscribers
+                .send(&self.name, &self.stats, &self.metrics)
+                .await;
             if self.recorder.hand_over().await {
                 self.refresh_health();
             }

@@ -1,8 +1,10 @@
 //! Firing: runs the graph on the live cache (or on supplied inputs), applies the failure
 //! policy, counts and traces it, queues its ledger record and delivers it to subscribers.
 
+use std::future::Future;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::task::Poll;
 
 use cloacina_graph_core::{Collect, Execution, Executor, GraphResult, InputCache};
 use cloacina_ledger::FiringTrigger;
@@ -47,11 +49,27 @@ impl Core {
         // on the hot path (tracing's `log` bridge checks on every poll): only when enabled.
         let span = tracing::enabled!(tracing::Level::DEBUG)
             .then(|| tracing::debug_span!("firing", reactor = %self.name, firing = id, manual));
+        let execution = {
+            let run = run_graph(&mut self.executor, cache, collect, span.as_ref());
+            let mut run = std::pin::pin!(run);
+            match std::future::poll_fn(|cx| Poll::Ready(run.as_mut().poll(cx))).await {
+                Poll::Ready(execution) => execution,
+                Poll::Pending => {
+                    // The graph waits (an async node is not ready): what earlier firings
+                    // left held goes to the subscribers now, not after this one (see
+                    // `delivery.rs`).
+                    self.subscribers
+                        .send(&self.name, &self.stats, &self.metrics)
+                        .await;
+                    run.await
+                }
+            }
+        };
         let Execution {
             mut outcome,
             started,
             mut completed,
-        } = run_graph(&mut self.executor, cache, collect, span.as_ref()).await;
+        } = execution;
         let mut attempts = 1;
         if let FailurePolicy::Retry {
             attempts: max,
@@ -62,6 +80,9 @@ impl Core {
                 let Err(error) = &outcome else { break };
                 tracing::warn!(reactor = %self.name, attempt = attempts, node = error.node(), %error, "firing failed; retrying on the same inputs");
                 self.stats.retries.fetch_add(1, Ordering::Relaxed);
+                self.subscribers
+                    .send(&self.name, &self.stats, &self.metrics)
+                    .await;
                 tokio::time::sleep(backoff).await;
                 let again = run_graph(&mut self.executor, cache, collect, span.as_ref()).await;
                 (outcome, completed) = (again.outcome, again.completed);
@@ -118,8 +139,10 @@ impl Core {
             },
         });
         self.record(&firing, trigger);
+        // A firing somebody asked for goes to the subscribers at once; others may be held
+        // for a run of them (see `delivery.rs`).
         self.subscribers
-            .deliver(&self.name, &firing, &self.stats, &self.metrics)
+            .deliver(&self.name, &firing, manual, &self.stats, &self.metrics)
             .await;
         if inputs.is_none() {
             self.publish_if_due(completed).await;

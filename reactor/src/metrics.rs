@@ -92,8 +92,8 @@ impl ReactorMetrics {
         self.subscriber_depth.set(deepest as f64);
     }
 
-    pub(crate) fn subscriber_missed(&self) {
-        self.subscriber_missed.increment(1);
+    pub(crate) fn subscriber_missed(&self, n: u64) {
+        self.subscriber_missed.increment(n);
     }
 
     pub(crate) fn subscriber_detached(&self) {

@@ -30,13 +30,16 @@ pub(crate) struct Subscriber {
     tx: mpsc::Sender<Arc<Firing>>,
     shared: Arc<Shared>,
     overflow: Overflow,
+    /// Firings for this subscriber not yet put in its queue (see [`crate::delivery`]).
+    held: Vec<Arc<Firing>>,
 }
 
-/// Outcome of offering a firing to one subscriber.
-pub(crate) enum Delivery {
-    Delivered,
-    Missed,
-    Gone,
+/// Outcome of putting the held firings in one subscriber's queue.
+pub(crate) struct Sent {
+    /// Firings not delivered (its queue was full, or it was detached meanwhile).
+    pub(crate) missed: u64,
+    /// Whether the subscriber is gone (its stream was dropped, or it was detached).
+    pub(crate) gone: bool,
 }
 
 impl Subscriber {
@@ -48,6 +51,7 @@ impl Subscriber {
                 tx,
                 shared: Arc::clone(&shared),
                 overflow: options.overflow,
+                held: Vec::new(),
             },
             Subscription {
                 rx,
@@ -57,28 +61,62 @@ impl Subscriber {
         )
     }
 
-    pub(crate) async fn offer(&self, firing: &Arc<Firing>) -> Delivery {
-        match self.tx.try_send(Arc::clone(firing)) {
-            Ok(()) => Delivery::Delivered,
-            Err(mpsc::error::TrySendError::Closed(_)) => Delivery::Gone,
-            Err(mpsc::error::TrySendError::Full(f)) => match self.overflow {
-                Overflow::DropNewest => {
-                    self.shared.missed.fetch_add(1, Ordering::Relaxed);
-                    Delivery::Missed
+    /// Holds `firing` for this subscriber until [`Subscriber::send_held`].
+    pub(crate) fn hold(&mut self, firing: &Arc<Firing>) {
+        self.held.push(Arc::clone(firing));
+    }
+
+    /// Puts the held firings in the subscriber's queue, in order, as its overflow policy
+    /// says. The first one wakes the subscriber, which then finds the rest waiting: one
+    /// wake-up for the lot rather than one per firing.
+    pub(crate) async fn send_held(&mut self) -> Sent {
+        let mut sent = Sent {
+            missed: 0,
+            gone: false,
+        };
+        let mut held = std::mem::take(&mut self.held);
+        let mut firings = held.drain(..);
+        for firing in firings.by_ref() {
+            match self.tx.try_send(firing) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Closed(_)) => {
+                    sent.gone = true;
+                    break;
                 }
-                Overflow::Block { max_wait } => {
-                    match tokio::time::timeout(max_wait, self.tx.send(f)).await {
-                        Ok(Ok(())) => Delivery::Delivered,
-                        Ok(Err(_)) => Delivery::Gone,
-                        Err(_) => {
-                            self.shared.missed.fetch_add(1, Ordering::Relaxed);
-                            self.shared.detached.store(true, Ordering::Release);
-                            Delivery::Gone
+                Err(mpsc::error::TrySendError::Full(firing)) => match self.overflow {
+                    Overflow::DropNewest => {
+                        self.shared.missed.fetch_add(1, Ordering::Relaxed);
+                        sent.missed += 1;
+                    }
+                    Overflow::Block { max_wait } => {
+                        match tokio::time::timeout(max_wait, self.tx.send(firing)).await {
+                            Ok(Ok(())) => {}
+                            Ok(Err(_)) => {
+                                sent.gone = true;
+                                break;
+                            }
+                            Err(_) => {
+                                self.shared.missed.fetch_add(1, Ordering::Relaxed);
+                                self.shared.detached.store(true, Ordering::Release);
+                                sent.missed += 1;
+                                sent.gone = true;
+                                break;
+                            }
                         }
                     }
-                }
-            },
+                },
+            }
         }
+        if self.detached() {
+            // Cut off: the firings it was still owed are missed too (and reported as such).
+            let rest = firings.len() as u64;
+            self.shared.missed.fetch_add(rest, Ordering::Relaxed);
+            sent.missed += rest;
+        }
+        drop(firings);
+        // The list's allocation is kept for the next run.
+        self.held = held;
+        sent
     }
 
     /// Firings waiting in this subscriber's queue.
@@ -88,6 +126,18 @@ impl Subscriber {
 
     pub(crate) fn detached(&self) -> bool {
         self.shared.detached.load(Ordering::Acquire)
+    }
+}
+
+impl Drop for Subscriber {
+    /// Firings still held (the reactor stopped without sending them: its task was
+    /// cancelled) go in without waiting; any that find no room are reported as missed.
+    fn drop(&mut self) {
+        for firing in self.held.drain(..) {
+            if let Err(mpsc::error::TrySendError::Full(_)) = self.tx.try_send(firing) {
+                self.shared.missed.fetch_add(1, Ordering::Relaxed);
+            }
+        }
     }
 }
 

@@ -273,3 +273,64 @@ async fn a_backlog_reaches_subscribers_in_order_to_its_last_firing() {
     }
     r.shutdown().await.expect("shutdown");
 }
+
+/// Firings held for a run (see the reactor's delivery docs) do not wait for a later firing
+/// whose graph waits: the fast firings of a backlog reach the subscriber while a slow one is
+/// still running, and a forced firing is in the queue by the time `force_fire` returns.
+#[tokio::test]
+async fn held_firings_go_out_before_a_waiting_graph_and_forced_ones_at_once() {
+    let gate = Arc::new(Semaphore::new(0));
+    let g = Arc::clone(&gate);
+    let graph = Arc::new(
+        GraphBuilder::new("gated_at_100")
+            .async_node("wait", (source::<u64>("x"),), move |x: Option<&u64>| {
+                let (v, g) = (x.copied().unwrap_or(0), Arc::clone(&g));
+                async move {
+                    if v == 100 {
+                        g.acquire().await.expect("gate").forget();
+                    }
+                    v
+                }
+            })
+            .build()
+            .expect("graph"),
+    );
+    let r = ReactorHandle::builder(graph)
+        .strategy(InputStrategy::Sequential)
+        .spawn()
+        .expect("spawn");
+    let mut sub = r.subscribe();
+    let x = r.sender::<u64>("x").expect("sender");
+    // One backlog: 1..=99 fire at once, 100 waits for the gate.
+    for i in 1..=100 {
+        x.try_send(i).expect("room");
+    }
+    let output = |f: &cloacina_reactor::Firing| match &f.result {
+        cloacina_graph_core::GraphResult::Completed { outputs } => {
+            outputs.get::<u64>("wait").copied()
+        }
+        other => panic!("{other:?}"),
+    };
+    for i in 1..=99 {
+        let f = tokio::time::timeout(PATIENCE, sub.recv())
+            .await
+            .expect("the fast firings arrive while firing 100 waits")
+            .expect("open")
+            .expect("not lagged");
+        assert_eq!(output(&f), Some(i), "in order");
+    }
+    // One permit for firing 100, one for the forced firing below (it sees 100 again).
+    gate.add_permits(2);
+    let f = tokio::time::timeout(PATIENCE, sub.recv())
+        .await
+        .expect("firing 100 arrives once its graph completes")
+        .expect("open")
+        .expect("not lagged");
+    assert_eq!(output(&f), Some(100));
+    // A forced firing is delivered before force_fire returns: no waiting needed.
+    let forced = r.force_fire().await.expect("forced");
+    let got = sub.try_recv().expect("already in the queue");
+    assert_eq!(got.id, forced.id);
+    assert_eq!(output(&got), Some(100));
+    r.shutdown().await.expect("shutdown");
+}
