@@ -156,7 +156,7 @@ impl SourceContext {
                     tracing::warn!(source = %self.source, topic, partition, error = %e, "cannot read the ledger's position; resuming from the committed offset");
                 }
                 None => {
-                    tracing::warn!(source = %self.source, topic, partition, "the runtime is gone: cannot read the ledger's position; resuming from the committed offset");
+                    tracing::warn!(source = %self.source, topic, partition, "the ledger read did not complete (runtime shut down, or the read panicked); resuming from the committed offset");
                 }
             }
         }

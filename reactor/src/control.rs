@@ -63,6 +63,9 @@ impl Core {
             cmd => {
                 let fire_all = matches!(cmd, Command::ForceFire(_) | Command::FireWith(..));
                 self.catch_up(fire_all).await;
+                // The caller learns of the command after the subscribers have the firings
+                // that came before it.
+                self.send_held().await;
                 self.command(cmd).await;
             }
         }
@@ -168,10 +171,8 @@ impl Core {
         if unfired_queued > 0 || unfired_dirty_sources > 0 {
             tracing::warn!(reactor = %self.name, unfired_queued, unfired_dirty_sources, "reactor stopped paused with inputs never fired");
         }
-        // Everything is fired: the subscribers get what is held before the ledger closes.
-        self.subscribers
-            .send(&self.name, &self.stats, &self.metrics)
-            .await;
+        // Everything is fired: the subscribers get what is held before the ledger closes
+        // (the snapshot sends it first).
         // A final snapshot: a restart resumes exactly here without replaying boundaries.
         self.snapshot().await;
         self.publish_delivery();

@@ -104,9 +104,7 @@ impl Core {
         loop {
             // The turn is over: what it fired goes to the subscribers (first: the ledger's
             // hand-over may wait for room) before the loop waits.
-            self.subscribers
-                .send(&self.name, &self.stats, &self.metrics)
-                .await;
+            self.send_held().await;
             if self.recorder.hand_over().await {
                 self.refresh_health();
             }
@@ -248,6 +246,7 @@ impl Core {
             return;
         }
         self.signals.published_at = completed;
+        self.send_held().await;
         if self.recorder.hand_over().await {
             self.refresh_health();
         }
@@ -284,8 +283,17 @@ impl Core {
         self.maybe_snapshot().await;
     }
 
+    /// Puts the firings held for the subscribers' runs in their queues: at the end of each
+    /// turn, and before anything that may wait (a ledger hand-over, a command's reply).
+    pub(crate) async fn send_held(&mut self) {
+        self.subscribers
+            .send(&self.name, &self.stats, &self.metrics)
+            .await;
+    }
+
     /// Sync hand-over and queue gauges after boundaries were taken in.
     pub(crate) async fn after_intake(&mut self) {
+        self.send_held().await;
         if self.recorder.hand_over_if_sync().await {
             self.refresh_health();
         }
@@ -361,6 +369,7 @@ impl Core {
     }
 
     pub(crate) async fn snapshot(&mut self) {
+        self.send_held().await;
         let counters = Counters {
             last_seq: self.counters.last_seq,
             next_id: self.counters.next_id,

@@ -57,11 +57,13 @@ impl Core {
                 Poll::Pending => {
                     // The graph waits (an async node is not ready): what earlier firings
                     // left held goes to the subscribers now, not after this one (see
-                    // `delivery.rs`).
-                    self.subscribers
-                        .send(&self.name, &self.stats, &self.metrics)
-                        .await;
-                    run.await
+                    // `delivery.rs`), while the graph runs on (a subscriber slow to make
+                    // room must not eat into the firing's deadline).
+                    let send = self
+                        .subscribers
+                        .send(&self.name, &self.stats, &self.metrics);
+                    let ((), execution) = tokio::join!(send, run);
+                    execution
                 }
             }
         };

@@ -66,56 +66,94 @@ impl Subscriber {
         self.held.push(Arc::clone(firing));
     }
 
-    /// Puts the held firings in the subscriber's queue, in order, as its overflow policy
-    /// says. The first one wakes the subscriber, which then finds the rest waiting: one
-    /// wake-up for the lot rather than one per firing.
-    pub(crate) async fn send_held(&mut self) -> Sent {
+    /// Whether firings are held for this subscriber.
+    pub(crate) fn has_held(&self) -> bool {
+        !self.held.is_empty()
+    }
+
+    /// The most firings worth holding for this subscriber: half its queue (a run that
+    /// fills the queue at once would make a `DropNewest` subscriber that keeps up drop).
+    pub(crate) fn hold_limit(&self) -> usize {
+        (self.tx.max_capacity() / 2).max(1)
+    }
+
+    /// Puts the held firings in the subscriber's queue, in order, as far as there is room,
+    /// without waiting. The first one wakes the subscriber, which then finds the rest
+    /// waiting: one wake-up for the lot rather than one per firing. With `DropNewest`,
+    /// a firing that finds no room is missed (counted); with `Block` it stays held, and
+    /// so do the ones after it (see [`Subscriber::send_held`]).
+    pub(crate) fn send_ready(&mut self) -> Sent {
         let mut sent = Sent {
             missed: 0,
             gone: false,
         };
-        let mut held = std::mem::take(&mut self.held);
-        let mut firings = held.drain(..);
-        for firing in firings.by_ref() {
-            match self.tx.try_send(firing) {
-                Ok(()) => {}
+        let mut taken = 0;
+        for firing in &self.held {
+            match self.tx.try_send(Arc::clone(firing)) {
+                Ok(()) => taken += 1,
                 Err(mpsc::error::TrySendError::Closed(_)) => {
                     sent.gone = true;
+                    taken = self.held.len();
                     break;
                 }
-                Err(mpsc::error::TrySendError::Full(firing)) => match self.overflow {
+                Err(mpsc::error::TrySendError::Full(_)) => match self.overflow {
                     Overflow::DropNewest => {
                         self.shared.missed.fetch_add(1, Ordering::Relaxed);
                         sent.missed += 1;
+                        taken += 1;
                     }
-                    Overflow::Block { max_wait } => {
-                        match tokio::time::timeout(max_wait, self.tx.send(firing)).await {
-                            Ok(Ok(())) => {}
-                            Ok(Err(_)) => {
-                                sent.gone = true;
-                                break;
-                            }
-                            Err(_) => {
-                                self.shared.missed.fetch_add(1, Ordering::Relaxed);
-                                self.shared.detached.store(true, Ordering::Release);
-                                sent.missed += 1;
-                                sent.gone = true;
-                                break;
-                            }
-                        }
-                    }
+                    Overflow::Block { .. } => break,
                 },
             }
         }
+        self.held.drain(..taken);
+        sent
+    }
+
+    /// Puts every held firing in the subscriber's queue, in order, waiting for room as
+    /// its overflow policy says (`Block`: up to `max_wait` per firing, then the subscriber
+    /// is detached and what it was still owed is missed). Cancel-safe: a firing leaves
+    /// the held list only once it is in the queue, so a cancelled send leaves the rest
+    /// for [`Drop`].
+    pub(crate) async fn send_held(&mut self) -> Sent {
+        let mut sent = self.send_ready();
+        if sent.gone || self.held.is_empty() {
+            return sent;
+        }
+        let Overflow::Block { max_wait } = self.overflow else {
+            return sent;
+        };
+        while !self.held.is_empty() {
+            let placed = match tokio::time::timeout(max_wait, self.tx.reserve()).await {
+                Ok(Ok(permit)) => {
+                    permit.send(self.held.remove(0));
+                    true
+                }
+                Ok(Err(_)) => false,
+                Err(_) => {
+                    self.shared.detached.store(true, Ordering::Release);
+                    false
+                }
+            };
+            if !placed {
+                sent.gone = true;
+                break;
+            }
+            // Whatever else fits goes without waiting.
+            let more = self.send_ready();
+            sent.missed += more.missed;
+            if more.gone {
+                sent.gone = true;
+                break;
+            }
+        }
         if self.detached() {
-            // Cut off: the firings it was still owed are missed too (and reported as such).
-            let rest = firings.len() as u64;
+            // Cut off: the firings it was still owed are missed (and reported as such).
+            let rest = self.held.len() as u64;
             self.shared.missed.fetch_add(rest, Ordering::Relaxed);
             sent.missed += rest;
         }
-        drop(firings);
-        // The list's allocation is kept for the next run.
-        self.held = held;
+        self.held.clear();
         sent
     }
 
