@@ -10,7 +10,10 @@
 //! Batched), `--latency-secs S` (5), `--batch-records B` (producer batch size, librdkafka's
 //! default when absent; `--batch-records 1` for `tansu` 0.6, which skips the rest of a record
 //! batch when a fetch starts inside it, as a consumer resuming a paused partition does),
-//! `--max-in-flight W` (`KafkaSource::max_in_flight` for the pipeline phases; unset by default).
+//! `--max-in-flight W` (`KafkaSource::max_in_flight` for the pipeline phases; unset by default),
+//! `--repeat R` (1: run the raw, pipeline and ledger phases R times, in rounds, and report
+//! medians; `raw_runs`, `pipeline_runs`, `ledger_runs` list every round's rate: on a shared
+//! 2-core machine one phase swings by ±30%, so quote medians).
 //!
 //! Produces N records (64-byte payloads, unique keys "0".."N-1") into a fresh topic, then
 //! reads them all from the beginning, each phase with its own consumer group:
@@ -49,7 +52,7 @@ use cloacina::kafka::{Decoder, KafkaRecord, KafkaSource};
 use cloacina::prelude::*;
 
 const USAGE: &str = "usage: kafka_bench [--messages N] [--partitions P] [--brokers HOST:PORT] \
-[--ledger URL] [--latency-secs S] [--batch-records B] [--max-in-flight W]";
+[--ledger URL] [--latency-secs S] [--batch-records B] [--max-in-flight W] [--repeat R]";
 
 /// Every consumer here (raw and pipeline alike) long-polls at most this long: the mock
 /// cluster answers a fetch only when its wait expires, so the default 500 ms would be the
@@ -64,6 +67,7 @@ struct Args {
     latency_secs: u64,
     batch_records: Option<u32>,
     max_in_flight: Option<usize>,
+    repeat: usize,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -75,6 +79,7 @@ fn parse_args() -> Result<Args, String> {
         latency_secs: 5,
         batch_records: None,
         max_in_flight: None,
+        repeat: 1,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -104,6 +109,12 @@ fn parse_args() -> Result<Args, String> {
                         .parse()
                         .map_err(|e| format!("--max-in-flight: {e}"))?,
                 )
+            }
+            "--repeat" => {
+                args.repeat = value()?
+                    .parse::<usize>()
+                    .map_err(|e| format!("--repeat: {e}"))?
+                    .max(1)
             }
             "--latency-secs" => {
                 args.latency_secs = value()?
@@ -303,7 +314,9 @@ async fn pipeline(phase: Phase<'_>) -> f64 {
         kafka = kafka.max_in_flight(*window);
     }
     let stats = kafka.stats();
+    // A reactor of its own per phase (its ledger records and source positions apart).
     let mut builder = EmbeddedGraph::builder(graph(seen, base))
+        .name(format!("kafka_bench-{group}"))
         .strategy(InputStrategy::Sequential)
         .accumulator_factory("n", move || kafka.clone());
     if let Some(ledger) = ledger {
@@ -380,6 +393,19 @@ fn cpu_us_per_record(since: f64, n: u64) -> f64 {
     (cpu_secs() - since) * 1e6 / n as f64
 }
 
+/// The median of `runs` (NaN if empty).
+fn median(runs: &[f64]) -> f64 {
+    let mut sorted = runs.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    percentile(&sorted, 0.5)
+}
+
+/// `[a,b,...]` (rounded) for the JSON line.
+fn json_list(runs: &[f64]) -> String {
+    let items: Vec<String> = runs.iter().map(|r| format!("{r:.0}")).collect();
+    format!("[{}]", items.join(","))
+}
+
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
@@ -452,61 +478,79 @@ async fn main() {
             .expect("produce");
     eprintln!("produced {n} records at {produce_per_s:.0}/s");
 
-    let (b, t) = (brokers.clone(), topic.clone());
-    let cpu = cpu_secs();
-    let raw = tokio::task::spawn_blocking(move || raw_consume(&b, &t, &format!("raw-{run}"), n))
+    // Each round reads the topic from the beginning three ways (raw, pipeline, ledger), each
+    // with a group of its own; with --repeat R the figures are medians over the R rounds.
+    let base = Instant::now();
+    let (mut raw_runs, mut raw_cpus) = (Vec::new(), Vec::new());
+    let (mut pipe_runs, mut pipe_cpus) = (Vec::new(), Vec::new());
+    let (mut ledger_runs, mut ledger_cpus) = (Vec::new(), Vec::new());
+    let (mut lost, mut duplicated) = (0, 0);
+    for round in 0..args.repeat {
+        let (b, t) = (brokers.clone(), topic.clone());
+        let cpu = cpu_secs();
+        let raw = tokio::task::spawn_blocking(move || {
+            raw_consume(&b, &t, &format!("raw-{run}-{round}"), n)
+        })
         .await
         .expect("raw");
-    let raw_cpu = cpu_us_per_record(cpu, n);
-    eprintln!("raw consumer: {raw:.0} records/s");
+        raw_cpus.push(cpu_us_per_record(cpu, n));
+        raw_runs.push(raw);
+        eprintln!("raw consumer: {raw:.0} records/s");
 
-    let base = Instant::now();
-    let seen = Seen::new(n);
-    let cpu = cpu_secs();
-    let piped = pipeline(Phase {
-        brokers: &brokers,
-        topic: &topic,
-        group: format!("pipe-{run}"),
-        n,
-        ledger: None,
-        seen: Arc::clone(&seen),
-        base,
-        sub_ns: None,
-        ready: None,
-    })
-    .await;
-    let piped_cpu = cpu_us_per_record(cpu, n);
-    let (mut lost, mut duplicated) = count_seen(&seen);
-    eprintln!(
-        "pipeline: {piped:.0} firings/s (ratio {:.2}), lost {lost}, duplicated {duplicated}",
-        piped / raw
-    );
-
-    let mut ledger_rate = None;
-    let mut ledger_cpu = None;
-    if let Some(url) = &args.ledger {
-        let ledger = cloacina::ledger::open(url).await.expect("ledger");
         let seen = Seen::new(n);
         let cpu = cpu_secs();
-        let rate = pipeline(Phase {
+        let piped = pipeline(Phase {
             brokers: &brokers,
             topic: &topic,
-            group: format!("ledger-{run}"),
+            group: format!("pipe-{run}-{round}"),
             n,
-            ledger: Some(ledger),
+            ledger: None,
             seen: Arc::clone(&seen),
             base,
             sub_ns: None,
             ready: None,
         })
         .await;
+        pipe_cpus.push(cpu_us_per_record(cpu, n));
+        pipe_runs.push(piped);
         let (l, d) = count_seen(&seen);
         lost += l;
         duplicated += d;
-        eprintln!("pipeline with ledger {url}: {rate:.0} firings/s (ratio {:.2}), lost {l}, duplicated {d}", rate / raw);
-        ledger_rate = Some(rate);
-        ledger_cpu = Some(cpu_us_per_record(cpu, n));
+        eprintln!(
+            "pipeline: {piped:.0} firings/s (ratio {:.2}), lost {l}, duplicated {d}",
+            piped / raw
+        );
+
+        if let Some(url) = &args.ledger {
+            let ledger = cloacina::ledger::open(url).await.expect("ledger");
+            let seen = Seen::new(n);
+            let cpu = cpu_secs();
+            let rate = pipeline(Phase {
+                brokers: &brokers,
+                topic: &topic,
+                group: format!("ledger-{run}-{round}"),
+                n,
+                ledger: Some(ledger),
+                seen: Arc::clone(&seen),
+                base,
+                sub_ns: None,
+                ready: None,
+            })
+            .await;
+            ledger_cpus.push(cpu_us_per_record(cpu, n));
+            ledger_runs.push(rate);
+            let (l, d) = count_seen(&seen);
+            lost += l;
+            duplicated += d;
+            eprintln!("pipeline with ledger {url}: {rate:.0} firings/s (ratio {:.2}), lost {l}, duplicated {d}", rate / raw);
+        }
     }
+    let raw = median(&raw_runs);
+    let raw_cpu = median(&raw_cpus);
+    let piped = median(&pipe_runs);
+    let piped_cpu = median(&pipe_cpus);
+    let ledger_rate = (!ledger_runs.is_empty()).then(|| median(&ledger_runs));
+    let ledger_cpu = (!ledger_cpus.is_empty()).then(|| median(&ledger_cpus));
 
     // Latency: 1,000 records/s for latency_secs (+1 s warm-up), read by both at once.
     let total = (args.latency_secs + 1) * 1000;
@@ -613,7 +657,7 @@ async fn main() {
         percentile(&raw_lat, 0.5), percentile(&raw_lat, 0.99), done.len(), sub.len(), raw_lat.len()
     );
     let json = format!(
-        "{{\"broker\":\"{}\",\"messages\":{n},\"partitions\":{},\"produce_per_s\":{produce_per_s:.0},\"raw_consume_per_s\":{raw:.0},\"pipeline_per_s\":{piped:.0},\"ratio\":{:.3},\"ledger_pipeline_per_s\":{},\"ledger_ratio\":{},\"lat_p50_us\":{:.0},\"lat_p99_us\":{:.0},\"sub_lat_p50_us\":{:.0},\"sub_lat_p99_us\":{:.0},\"raw_lat_p50_us\":{:.0},\"raw_lat_p99_us\":{:.0},\"lat_samples\":{},\"lost\":{lost},\"duplicated\":{duplicated},\"raw_cpu_us_per_record\":{raw_cpu:.3},\"pipeline_cpu_us_per_record\":{piped_cpu:.3},\"ledger_cpu_us_per_record\":{}}}",
+        "{{\"broker\":\"{}\",\"messages\":{n},\"partitions\":{},\"produce_per_s\":{produce_per_s:.0},\"raw_consume_per_s\":{raw:.0},\"pipeline_per_s\":{piped:.0},\"ratio\":{:.3},\"ledger_pipeline_per_s\":{},\"ledger_ratio\":{},\"lat_p50_us\":{:.0},\"lat_p99_us\":{:.0},\"sub_lat_p50_us\":{:.0},\"sub_lat_p99_us\":{:.0},\"raw_lat_p50_us\":{:.0},\"raw_lat_p99_us\":{:.0},\"lat_samples\":{},\"lost\":{lost},\"duplicated\":{duplicated},\"raw_cpu_us_per_record\":{raw_cpu:.3},\"pipeline_cpu_us_per_record\":{piped_cpu:.3},\"ledger_cpu_us_per_record\":{},\"repeat\":{},\"raw_runs\":{},\"pipeline_runs\":{},\"ledger_runs\":{}}}",
         if mock.is_some() { "mock" } else { brokers.as_str() },
         args.partitions,
         piped / raw,
@@ -622,6 +666,10 @@ async fn main() {
         percentile(&done, 0.5), percentile(&done, 0.99), percentile(&sub, 0.5), percentile(&sub, 0.99),
         percentile(&raw_lat, 0.5), percentile(&raw_lat, 0.99), done.len(),
         ledger_cpu.map_or("null".into(), |c| format!("{c:.3}")),
+        args.repeat,
+        json_list(&raw_runs),
+        json_list(&pipe_runs),
+        json_list(&ledger_runs),
     );
     println!("{json}");
     if lost > 0 || duplicated > 0 {
