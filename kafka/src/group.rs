@@ -350,13 +350,17 @@ where
 mod tests {
     use super::run_on;
 
-    #[test]
-    fn run_on_returns_the_output_while_the_runtime_runs() {
-        let rt = tokio::runtime::Builder::new_multi_thread()
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
             .build()
-            .expect("runtime");
+            .expect("runtime")
+    }
+
+    #[test]
+    fn run_on_returns_the_output_while_the_runtime_runs() {
+        let rt = runtime();
         let got = run_on(rt.handle(), async {
             tokio::time::sleep(std::time::Duration::from_millis(5)).await;
             7
@@ -366,20 +370,12 @@ mod tests {
 
     #[test]
     fn run_on_a_runtime_that_is_gone_is_none_not_a_panic() {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .expect("runtime");
+        let rt = runtime();
         let handle = rt.handle().clone();
         rt.shutdown_background();
         assert_eq!(run_on(&handle, async { 7 }), None);
         // A task parked on I/O when the runtime goes away is dropped too.
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .expect("runtime");
+        let rt = runtime();
         let handle = rt.handle().clone();
         let waiter = std::thread::spawn(move || {
             run_on(&handle, async {

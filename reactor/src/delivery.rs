@@ -119,10 +119,7 @@ impl Subscribers {
             while i < self.list.len() {
                 let subscriber = &mut self.list[i];
                 let sent = if !subscriber.has_held() {
-                    Sent {
-                        missed: 0,
-                        gone: false,
-                    }
+                    Sent::default()
                 } else if blocking {
                     subscriber.send_held().await
                 } else {

@@ -35,6 +35,7 @@ pub(crate) struct Subscriber {
 }
 
 /// Outcome of putting the held firings in one subscriber's queue.
+#[derive(Default)]
 pub(crate) struct Sent {
     /// Firings not delivered (its queue was full, or it was detached meanwhile).
     pub(crate) missed: u64,
@@ -83,10 +84,7 @@ impl Subscriber {
     /// a firing that finds no room is missed (counted); with `Block` it stays held, and
     /// so do the ones after it (see [`Subscriber::send_held`]).
     pub(crate) fn send_ready(&mut self) -> Sent {
-        let mut sent = Sent {
-            missed: 0,
-            gone: false,
-        };
+        let mut sent = Sent::default();
         let mut taken = 0;
         for firing in &self.held {
             match self.tx.try_send(Arc::clone(firing)) {

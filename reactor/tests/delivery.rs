@@ -27,6 +27,26 @@ fn echo_graph() -> Arc<CompiledGraph> {
     )
 }
 
+/// A graph whose one node returns its input, first waiting for a permit of `gate` when
+/// `waits(input)`.
+fn gated_graph(gate: &Arc<Semaphore>, waits: fn(u64) -> bool) -> Arc<CompiledGraph> {
+    let g = Arc::clone(gate);
+    Arc::new(
+        GraphBuilder::new("gated")
+            .async_node("wait", (source::<u64>("x"),), move |x: Option<&u64>| {
+                let (v, g) = (x.copied().unwrap_or(0), Arc::clone(&g));
+                async move {
+                    if waits(v) {
+                        g.acquire().await.expect("gate").forget();
+                    }
+                    v
+                }
+            })
+            .build()
+            .expect("graph"),
+    )
+}
+
 /// Waits until `d` reaches `n` (or fails after PATIENCE).
 async fn reach(d: &cloacina_accumulators::Delivered, n: u64) {
     let got = tokio::time::timeout(PATIENCE, async {
@@ -67,19 +87,7 @@ async fn sequential_and_latest_count_every_boundary_sent_once_fired() {
 #[tokio::test]
 async fn the_watermark_waits_for_the_firing_to_complete() {
     let gate = Arc::new(Semaphore::new(0));
-    let g = Arc::clone(&gate);
-    let graph = Arc::new(
-        GraphBuilder::new("gated")
-            .async_node("wait", (source::<u64>("x"),), move |x: Option<&u64>| {
-                let (v, g) = (x.copied().unwrap_or(0), Arc::clone(&g));
-                async move {
-                    g.acquire().await.expect("gate").forget();
-                    v
-                }
-            })
-            .build()
-            .expect("graph"),
-    );
+    let graph = gated_graph(&gate, |_| true);
     let r = ReactorHandle::builder(graph)
         .strategy(InputStrategy::Sequential)
         .spawn()
@@ -280,21 +288,7 @@ async fn a_backlog_reaches_subscribers_in_order_to_its_last_firing() {
 #[tokio::test]
 async fn held_firings_go_out_before_a_waiting_graph_and_forced_ones_at_once() {
     let gate = Arc::new(Semaphore::new(0));
-    let g = Arc::clone(&gate);
-    let graph = Arc::new(
-        GraphBuilder::new("gated_at_100")
-            .async_node("wait", (source::<u64>("x"),), move |x: Option<&u64>| {
-                let (v, g) = (x.copied().unwrap_or(0), Arc::clone(&g));
-                async move {
-                    if v == 100 {
-                        g.acquire().await.expect("gate").forget();
-                    }
-                    v
-                }
-            })
-            .build()
-            .expect("graph"),
-    );
+    let graph = gated_graph(&gate, |v| v == 100);
     let r = ReactorHandle::builder(graph)
         .strategy(InputStrategy::Sequential)
         .spawn()
