@@ -104,10 +104,10 @@ pub mod prelude {
     pub use crate::registry::Registry;
     pub use crate::workflow::{
         invoke_graph, BackoffStrategy, Context, ContextError, DefaultRunner, ExecutionEvent,
-        ExecutionEventKind, FnTask, RecordedEvent, RetryCondition, RetryPolicy, RunnerConfig,
-        RunnerError, Task, TaskError, TaskHandle, TaskResult, TaskState, TriggerRule,
-        ValueOperator, Workflow, WorkflowDurability, WorkflowError, WorkflowExecutionResult,
-        WorkflowStatus,
+        ExecutionEventKind, ExecutorPool, FnTask, KeyLimit, RecordedEvent, RetryCondition,
+        RetryPolicy, RunnerConfig, RunnerError, Task, TaskError, TaskHandle, TaskResult, TaskState,
+        TriggerRule, ValueOperator, Workflow, WorkflowDurability, WorkflowError,
+        WorkflowExecutionResult, WorkflowStatus,
     };
     pub use crate::{computation_graph, reactor, task, workflow};
     pub use crate::{EmbeddedGraph, EngineReport, Error};

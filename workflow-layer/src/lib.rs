@@ -62,8 +62,8 @@ pub use invoke::{invoke_graph, InvokeError};
 pub use retry::{BackoffStrategy, RetryCondition, RetryPolicy, RetryPolicyBuilder};
 pub use run::{TaskResult, WorkflowExecutionResult};
 pub use runner::{
-    DefaultRunner, ExecutionEvent, ExecutionEventKind, RecordedEvent, RunnerBuilder, RunnerConfig,
-    RunnerError, WorkflowDurability,
+    DefaultRunner, ExecutionEvent, ExecutionEventKind, ExecutorPool, KeyLimit, KeyUsage, PoolUsage,
+    RecordedEvent, RunnerBuilder, RunnerConfig, RunnerError, WorkflowDurability,
 };
 pub use task::{FnTask, Task, TaskError, TaskFuture};
 pub use trigger::{

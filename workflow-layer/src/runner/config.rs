@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use cloacina_ledger::Commit;
 
-use super::{DefaultRunner, RunnerError};
+use super::{DefaultRunner, ExecutorPool, KeyLimit, RunnerError};
 
 /// How durable a record is when the runner goes on (to a task's dependants, or returns an
 /// execution id).
@@ -33,9 +33,14 @@ impl WorkflowDurability {
 /// A runner's settings.
 #[derive(Debug, Clone)]
 pub struct RunnerConfig {
-    /// Task attempts running at once across all executions (default 64). A task waiting
-    /// for a retry holds no slot.
+    /// Task attempts running at once in the default pool: every task no [`ExecutorPool`]
+    /// claims (default 64). A task waiting for a retry holds no slot.
     pub concurrency: usize,
+    /// Named pools with limits of their own, for the tasks their patterns match (first
+    /// match wins; default none).
+    pub pools: Vec<ExecutorPool>,
+    /// Per-key limits on running executions, at most one per workflow (default none).
+    pub key_limits: Vec<KeyLimit>,
     /// When records are durable (default [`WorkflowDurability::Batched`]).
     pub durability: WorkflowDurability,
     /// This runner's name in the store's claims (default `"local"`). A runner restarted
@@ -54,6 +59,8 @@ impl Default for RunnerConfig {
     fn default() -> Self {
         Self {
             concurrency: 64,
+            pools: Vec::new(),
+            key_limits: Vec::new(),
             durability: WorkflowDurability::Batched,
             runner_id: "local".into(),
             lease: Duration::from_secs(30),
@@ -89,9 +96,37 @@ impl RunnerBuilder {
         self
     }
 
-    /// Task attempts running at once.
+    /// Task attempts running at once in the default pool.
     pub fn concurrency(mut self, n: usize) -> Self {
         self.config.concurrency = n;
+        self
+    }
+
+    /// A named pool of `concurrency` task slots for the tasks whose `workflow::task` name
+    /// matches one of `patterns` (see [`ExecutorPool`]).
+    pub fn pool(
+        mut self,
+        name: impl Into<String>,
+        concurrency: usize,
+        patterns: impl IntoIterator<Item = impl Into<String>>,
+    ) -> Self {
+        self.config
+            .pools
+            .push(ExecutorPool::new(name, concurrency, patterns));
+        self
+    }
+
+    /// At most `max` executions of `workflow` running their tasks at once per value of the
+    /// input context's `key` (see [`KeyLimit`]).
+    pub fn limit_per_key(
+        mut self,
+        workflow: impl Into<String>,
+        key: impl Into<String>,
+        max: usize,
+    ) -> Self {
+        self.config
+            .key_limits
+            .push(KeyLimit::new(workflow, key, max));
         self
     }
 

@@ -17,6 +17,7 @@ use tokio::sync::watch;
 
 use super::events::ExecutionEventKind as Ev;
 use super::recorder::PendingStart;
+use super::routing::KeyTicket;
 use super::{stored, Inner};
 use crate::run::run_attempts;
 use crate::{
@@ -45,6 +46,9 @@ pub(super) struct Run {
     /// For a fresh execution started before its start was written: the start, which the
     /// first records join if no batch has taken it yet.
     start: Option<Arc<PendingStart>>,
+    /// Its place under its workflow's key limit, taken when it was scheduled (a resumed
+    /// execution takes one when its driver starts).
+    ticket: Option<KeyTicket>,
 }
 
 impl Run {
@@ -56,7 +60,14 @@ impl Run {
             stored: None,
             created_at_unix_us: at,
             start: None,
+            ticket: None,
         }
+    }
+
+    /// Its place under a key limit.
+    pub(super) fn with_ticket(mut self, ticket: Option<KeyTicket>) -> Self {
+        self.ticket = ticket;
+        self
     }
 
     /// The execution runs while `start` is on its way to the store: its first records go
@@ -75,6 +86,7 @@ impl Run {
             created_at_unix_us: stored.execution.created_at_unix_us,
             stored: Some(stored),
             start: None,
+            ticket: None,
         }
     }
 }
@@ -95,6 +107,7 @@ pub(super) async fn drive(
         stored,
         created_at_unix_us,
         mut start,
+        ticket,
     } = run;
     let name = workflow.name().to_owned();
     let start_time = stored::time(created_at_unix_us);
@@ -122,6 +135,11 @@ pub(super) async fn drive(
         }
     };
 
+    // Its place under a key limit: taken at `schedule`, or now from the stored input.
+    let mut ticket = ticket.or_else(|| {
+        key_of(inner, &workflow, input.as_ref(), stored.as_ref())
+            .and_then(|value| inner.keys.ticket(&name, value))
+    });
     // The starting state: fresh, or the store's record replayed.
     let (mut state, mut ready) = match (input, stored) {
         (Some(input), _) => {
@@ -152,6 +170,40 @@ pub(super) async fn drive(
         }
     };
 
+    // Under a key limit, its tasks wait for a place (held until the execution ends).
+    if let Some(ticket) = ticket.as_mut() {
+        if !ticket.try_take() {
+            let (key, value) = (inner.keys.key_name(&name), ticket.value().to_owned());
+            inner.emit(id, &name, || Ev::WaitingForKey { key, value });
+            loop {
+                tokio::select! {
+                    () = ticket.wait() => break,
+                    written = start_written(&start), if start.is_some() => match written {
+                        Ok(()) => start = None,
+                        Err(e) => return Err(e),
+                    },
+                    changed = control.changed() => {
+                        let now = if changed.is_ok() { *control.borrow() } else { Control::Detached };
+                        match now {
+                            Control::Cancelled => {
+                                let result = end(&state, &mut results, WorkflowStatus::Cancelled,
+                                    Some("cancelled".into()));
+                                return finish(inner, &mut start, result, ExecutionStatus::Cancelled)
+                                    .await;
+                            }
+                            Control::Detached => {
+                                // Shutdown: left unfinished; the next runner start resumes it.
+                                let result = end(&state, &mut results, WorkflowStatus::Paused, None);
+                                return Ok(Arc::new(result));
+                            }
+                            Control::Paused => inner.emit(id, &name, || Ev::Paused),
+                            Control::Running => inner.emit(id, &name, || Ev::Unpaused),
+                        }
+                    }
+                }
+            }
+        }
+    }
     let mut running = FuturesUnordered::new();
     loop {
         let mode = *control.borrow();
@@ -164,7 +216,7 @@ pub(super) async fn drive(
             for i in ready.drain(..) {
                 let task = Arc::clone(&tasks[i]);
                 let input = state.input_for(i);
-                let slots = Arc::clone(&inner.slots);
+                let slots = Arc::clone(inner.pools.slots_for(&name, task.id()));
                 results[i].started = Some(SystemTime::now());
                 inner.emit(id, &name, || Ev::TaskStarted {
                     task: task.id().to_owned(),
@@ -257,6 +309,25 @@ pub(super) async fn drive(
     let status = state.status();
     let result = end(&state, &mut results, status, None);
     finish(inner, &mut start, result, stored_status(status)).await
+}
+
+/// The value of `workflow`'s key limit in the execution's input, if it has one.
+pub(super) fn key_of(
+    inner: &Inner,
+    workflow: &Workflow,
+    input: Option<&Context<Value>>,
+    stored: Option<&StoredExecution>,
+) -> Option<String> {
+    if !inner.keys.limits(workflow.name()) {
+        return None;
+    }
+    match (input, stored) {
+        (Some(input), _) => inner.keys.key_of(workflow.name(), input),
+        (None, Some(stored)) => stored::context(&stored.execution.input)
+            .ok()
+            .and_then(|input| inner.keys.key_of(workflow.name(), &input)),
+        (None, None) => None,
+    }
 }
 
 /// Waits until the execution's start (if it is still on its way) is written.

@@ -28,6 +28,14 @@ pub enum ExecutionEventKind {
     Started,
     /// A runner took it up again after an interruption.
     Resumed,
+    /// A [`KeyLimit`](super::KeyLimit) holds it back: as many executions with its key
+    /// value as the limit allows are running. Its tasks start when one of them ends.
+    WaitingForKey {
+        /// The context key.
+        key: String,
+        /// Its value in this execution's input.
+        value: String,
+    },
     /// A task's first attempt is about to run.
     TaskStarted {
         /// The task.

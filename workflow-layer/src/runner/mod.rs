@@ -16,6 +16,7 @@ mod ended;
 mod events;
 mod lifecycle;
 mod recorder;
+mod routing;
 mod stored;
 
 use std::collections::HashMap;
@@ -24,10 +25,11 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use cloacina_ledger::{now_unix_us, Ledger, LedgerError, WorkflowRecord, WorkflowStore};
 use serde_json::Value;
-use tokio::sync::{broadcast, watch, Notify, Semaphore};
+use tokio::sync::{broadcast, watch, Notify};
 
 pub use config::{RunnerBuilder, RunnerConfig, WorkflowDurability};
 pub use events::{ExecutionEvent, ExecutionEventKind, RecordedEvent};
+pub use routing::{ExecutorPool, KeyLimit, KeyUsage, PoolUsage};
 
 use crate::{
     Context, ContextError, Workflow, WorkflowError, WorkflowExecutionResult, WorkflowStatus,
@@ -79,6 +81,12 @@ pub enum RunnerError {
     /// The input context could not be stored as JSON.
     #[error("input context: {0}")]
     Context(#[from] ContextError),
+    /// The runner's settings are invalid (an executor pool, a key limit, a concurrency of 0).
+    #[error("invalid runner configuration: {reason}")]
+    InvalidConfig {
+        /// What is wrong.
+        reason: String,
+    },
     /// The runner is shutting down and takes no new executions.
     #[error("the runner is shutting down")]
     ShuttingDown,
@@ -133,7 +141,10 @@ pub(crate) struct Inner {
     orphans: Mutex<Vec<cloacina_ledger::StoredExecution>>,
     /// Execution ids reserved from the store: `(next, end)`.
     ids: tokio::sync::Mutex<(u64, u64)>,
-    slots: Arc<Semaphore>,
+    /// Task slots: the executor pools.
+    pools: routing::Pools,
+    /// Per-key limits on running executions.
+    keys: Arc<routing::KeyGates>,
     events: broadcast::Sender<ExecutionEvent>,
     accepting: AtomicBool,
     drained: Notify,
@@ -179,6 +190,8 @@ impl DefaultRunner {
         ledger: Arc<dyn Ledger>,
         config: RunnerConfig,
     ) -> Result<Self, RunnerError> {
+        let pools = routing::Pools::new(config.concurrency, &config.pools)?;
+        let keys = Arc::new(routing::KeyGates::new(&config.key_limits)?);
         let backend = ledger.backend();
         let store = Arc::clone(&ledger)
             .workflow_store()
@@ -193,9 +206,8 @@ impl DefaultRunner {
             ledger,
             store,
             recorder,
-            slots: Arc::new(Semaphore::new(
-                config.concurrency.clamp(1, Semaphore::MAX_PERMITS),
-            )),
+            pools,
+            keys,
             config,
             workflows: RwLock::new(HashMap::new()),
             live: Mutex::new(HashMap::new()),
@@ -215,6 +227,23 @@ impl DefaultRunner {
     /// The ledger this runner records into (reactors can share it).
     pub fn ledger(&self) -> Arc<dyn Ledger> {
         Arc::clone(&self.inner.ledger)
+    }
+
+    /// Each executor pool's limit and the slots its running attempts hold, the default
+    /// pool last.
+    pub fn pools(&self) -> Vec<PoolUsage> {
+        self.inner.pools.usage()
+    }
+
+    /// The executor pool that runs `workflow`'s task `task` (`default` if no pool's
+    /// pattern matches `workflow::task`).
+    pub fn pool_for(&self, workflow: &str, task: &str) -> String {
+        self.inner.pools.pool_name(workflow, task).to_owned()
+    }
+
+    /// The key values of [`KeyLimit`]s in use now: executions running and waiting per value.
+    pub fn key_usage(&self) -> Vec<KeyUsage> {
+        self.inner.keys.usage()
     }
 
     /// The settings in force.
@@ -296,7 +325,10 @@ impl DefaultRunner {
             .start(WorkflowRecord::Started(record))
             .await
             .map_err(RunnerError::Store)?;
-        let run = Run::fresh(id, workflow, input, now);
+        // Its place under a key limit, in the order executions were scheduled.
+        let ticket = drive::key_of(&self.inner, &workflow, Some(&input), None)
+            .and_then(|value| self.inner.keys.ticket(workflow.name(), value));
+        let run = Run::fresh(id, workflow, input, now).with_ticket(ticket);
         match self.inner.config.durability {
             // The first tasks run while the start is written; their records join it if no
             // batch has taken it yet (one commit for a short execution), or follow it.
