@@ -103,11 +103,11 @@ pub mod prelude {
     };
     pub use crate::registry::Registry;
     pub use crate::workflow::{
-        invoke_graph, BackoffStrategy, Context, ContextError, DefaultRunner, ExecutionEvent,
-        ExecutionEventKind, ExecutorPool, FnTask, KeyLimit, RecordedEvent, RetryCondition,
-        RetryPolicy, RunnerConfig, RunnerError, Task, TaskError, TaskHandle, TaskResult, TaskState,
-        TriggerRule, ValueOperator, Workflow, WorkflowDurability, WorkflowError,
-        WorkflowExecutionResult, WorkflowStatus,
+        invoke_graph, BackoffStrategy, CatchUp, Context, ContextError, DefaultRunner,
+        ExecutionEvent, ExecutionEventKind, ExecutorPool, FnTask, KeyLimit, RecordedEvent,
+        RetryCondition, RetryPolicy, RunnerConfig, RunnerError, Schedule, Task, TaskError,
+        TaskHandle, TaskResult, TaskState, TriggerRule, ValueOperator, Workflow,
+        WorkflowDurability, WorkflowError, WorkflowExecutionResult, WorkflowStatus,
     };
     pub use crate::{computation_graph, reactor, task, workflow};
     pub use crate::{EmbeddedGraph, EngineReport, Error};

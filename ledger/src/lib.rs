@@ -345,6 +345,19 @@ pub trait Ledger: Send + Sync + 'static {
         key: &'a str,
     ) -> LedgerFuture<'a, Option<CheckpointRecord>>;
 
+    /// Every checkpoint of `owner`, by key. The built-in backends list them; a ledger that
+    /// cannot refuses with [`LedgerError::Rejected`].
+    fn checkpoints<'a>(&'a self, owner: &'a str) -> LedgerFuture<'a, Vec<CheckpointRecord>> {
+        let _ = owner;
+        let backend = self.backend();
+        Box::pin(async move {
+            Err(LedgerError::Rejected {
+                backend,
+                message: "this ledger does not list checkpoints".into(),
+            })
+        })
+    }
+
     /// Removes `reactor`'s old boundaries and firings as `retention` says (never what a
     /// restart needs; see [`Retention`]) and gives the space back to the store where it can.
     fn retain<'a>(

@@ -188,6 +188,20 @@ impl Ledger for MemoryLedger {
         })
     }
 
+    fn checkpoints<'a>(&'a self, owner: &'a str) -> LedgerFuture<'a, Vec<CheckpointRecord>> {
+        Box::pin(async move {
+            let mut found: Vec<CheckpointRecord> = self
+                .lock()?
+                .checkpoints
+                .values()
+                .filter(|c| c.owner == owner)
+                .cloned()
+                .collect();
+            found.sort_by(|a, b| a.key.cmp(&b.key));
+            Ok(found)
+        })
+    }
+
     fn retain<'a>(
         &'a self,
         reactor: &'a str,

@@ -43,6 +43,7 @@
 //! ```
 
 mod context;
+mod cron;
 mod declared;
 mod defer;
 mod execution;
@@ -62,8 +63,9 @@ pub use invoke::{invoke_graph, InvokeError};
 pub use retry::{BackoffStrategy, RetryCondition, RetryPolicy, RetryPolicyBuilder};
 pub use run::{TaskResult, WorkflowExecutionResult};
 pub use runner::{
-    DefaultRunner, ExecutionEvent, ExecutionEventKind, ExecutorPool, KeyLimit, KeyUsage, PoolUsage,
-    RecordedEvent, RunnerBuilder, RunnerConfig, RunnerError, WorkflowDurability,
+    CatchUp, DefaultRunner, ExecutionEvent, ExecutionEventKind, ExecutorPool, KeyLimit, KeyUsage,
+    PoolUsage, RecordedEvent, RunnerBuilder, RunnerConfig, RunnerError, Schedule, ScheduleInfo,
+    WorkflowDurability, SCHEDULES_OWNER,
 };
 pub use task::{FnTask, Task, TaskError, TaskFuture};
 pub use trigger::{

@@ -130,6 +130,9 @@ impl Ledger for FaultyLedger {
     ) -> crate::LedgerFuture<'a, Option<CheckpointRecord>> {
         self.inner.checkpoint(o, k)
     }
+    fn checkpoints<'a>(&'a self, o: &'a str) -> crate::LedgerFuture<'a, Vec<CheckpointRecord>> {
+        self.inner.checkpoints(o)
+    }
     fn retain<'a>(&'a self, r: &'a str, p: Retention) -> crate::LedgerFuture<'a, RetainReport> {
         self.inner.retain(r, p)
     }

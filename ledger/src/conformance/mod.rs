@@ -193,8 +193,35 @@ pub async fn run(harness: &dyn Harness) {
     .await;
     assert_eq!(
         ledger.checkpoint("conf-a/kafka", "offsets/t/0").await.ok(),
-        Some(Some(newer)),
+        Some(Some(newer.clone())),
         "{name}: a newer checkpoint replaces the older"
+    );
+    // Listing: an owner's checkpoints by key, the newest of each, no other owner's (not
+    // even one whose name starts with this owner's).
+    let other_key = CheckpointRecord {
+        key: "offsets/t/1".into(),
+        ..checkpoint.clone()
+    };
+    let longer_owner = CheckpointRecord {
+        owner: "conf-a/kafka2".into(),
+        ..checkpoint.clone()
+    };
+    c.append(
+        &[
+            Record::Checkpoint(other_key.clone()),
+            Record::Checkpoint(longer_owner),
+        ],
+        Commit::Buffered,
+    )
+    .await;
+    assert_eq!(
+        ledger.checkpoints("conf-a/kafka").await.ok(),
+        Some(vec![newer, other_key]),
+        "{name}: an owner's checkpoints listed by key"
+    );
+    assert_eq!(
+        ledger.checkpoints("conf-nobody").await.ok(),
+        Some(Vec::new())
     );
     assert_eq!(
         ledger.snapshot("conf-a").await.ok(),

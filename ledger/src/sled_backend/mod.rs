@@ -494,6 +494,22 @@ impl Ledger for SledLedger {
         })
     }
 
+    fn checkpoints<'a>(&'a self, owner: &'a str) -> LedgerFuture<'a, Vec<CheckpointRecord>> {
+        Box::pin(async move {
+            let mut found = Vec::new();
+            for entry in self.records.scan_prefix(prefix(CHECKPOINT, owner)) {
+                let (key, bytes) = entry.map_err(|e| self.read_error(e))?;
+                let location = self.path.display().to_string();
+                found.push(decode_sealed(&bytes).map_err(frame_error(
+                    BACKEND,
+                    &location,
+                    || describe_key(&key),
+                ))?);
+            }
+            Ok(found)
+        })
+    }
+
     fn retain<'a>(
         &'a self,
         reactor: &'a str,

@@ -543,6 +543,12 @@ macro_rules! forward_ledger {
             ) -> $crate::LedgerFuture<'a, Option<$crate::CheckpointRecord>> {
                 Box::pin(self.read_checkpoint(owner, key))
             }
+            fn checkpoints<'a>(
+                &'a self,
+                owner: &'a str,
+            ) -> $crate::LedgerFuture<'a, Vec<$crate::CheckpointRecord>> {
+                Box::pin(self.read_checkpoints(owner))
+            }
             fn retain<'a>(
                 &'a self,
                 reactor: &'a str,

@@ -39,6 +39,16 @@ impl DefaultRunner {
             )
             .await?;
         for stored in claimed {
+            let id = stored.execution.id;
+            // Already driven here, or already waiting for its workflow (a sweep claims
+            // this runner's own executions again).
+            if lock(&self.inner.live).contains_key(&id)
+                || lock(&self.inner.orphans)
+                    .iter()
+                    .any(|o| o.execution.id == id)
+            {
+                continue;
+            }
             let name = stored.execution.workflow.clone();
             match self.resolve(&name) {
                 Ok(_) => self.adopt(stored),
@@ -82,6 +92,10 @@ impl DefaultRunner {
                 );
                 return;
             }
+            if live.contains_key(&run.id) {
+                // Driven here already (a sweep and a schedule's fire can meet).
+                return;
+            }
             live.insert(run.id, Live { control, result });
         }
         let inner = Arc::clone(&self.inner);
@@ -115,7 +129,9 @@ impl Drop for LiveGuard {
     }
 }
 
-/// Renews this runner's leases every third of the lease while it lives.
+/// Renews this runner's leases every third of the lease while it lives, and sweeps: takes
+/// over (and resumes) the unfinished executions whose lease expired, such as those of a
+/// runner that died.
 pub(super) async fn heartbeat(inner: std::sync::Weak<Inner>) {
     let period = match inner.upgrade() {
         Some(i) => (i.config.lease / 3).max(Duration::from_millis(10)),
@@ -133,6 +149,14 @@ pub(super) async fn heartbeat(inner: std::sync::Weak<Inner>) {
             .await
         {
             tracing::warn!(error = %e, "cannot renew workflow leases");
+        }
+        if inner.accepting.load(Ordering::Acquire) {
+            let runner = DefaultRunner {
+                inner: Arc::clone(&inner),
+            };
+            if let Err(e) = runner.resume_claimed().await {
+                tracing::warn!(error = %e, "cannot sweep expired workflow claims");
+            }
         }
     }
 }

@@ -17,6 +17,7 @@ mod events;
 mod lifecycle;
 mod recorder;
 mod routing;
+mod schedules;
 mod stored;
 
 use std::collections::HashMap;
@@ -30,6 +31,7 @@ use tokio::sync::{broadcast, watch, Notify};
 pub use config::{RunnerBuilder, RunnerConfig, WorkflowDurability};
 pub use events::{ExecutionEvent, ExecutionEventKind, RecordedEvent};
 pub use routing::{ExecutorPool, KeyLimit, KeyUsage, PoolUsage};
+pub use schedules::{CatchUp, Schedule, ScheduleInfo, SCHEDULES_OWNER};
 
 use crate::{
     Context, ContextError, Workflow, WorkflowError, WorkflowExecutionResult, WorkflowStatus,
@@ -87,6 +89,17 @@ pub enum RunnerError {
         /// What is wrong.
         reason: String,
     },
+    /// A schedule's expression, time zone or name is invalid.
+    #[error("schedule `{name}`: {reason}")]
+    InvalidSchedule {
+        /// The schedule.
+        name: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// No schedule of that name is in the store.
+    #[error("no schedule `{0}` in the store")]
+    UnknownSchedule(String),
     /// The runner is shutting down and takes no new executions.
     #[error("the runner is shutting down")]
     ShuttingDown,
@@ -148,6 +161,9 @@ pub(crate) struct Inner {
     events: broadcast::Sender<ExecutionEvent>,
     accepting: AtomicBool,
     drained: Notify,
+    /// A schedule was written here: the scheduler reads them again at once.
+    /// (Shared with the scheduler, which holds no strong reference while it waits.)
+    schedules_changed: Arc<Notify>,
 }
 
 /// Execution ids reserved from the store at a time.
@@ -217,10 +233,12 @@ impl DefaultRunner {
             events,
             accepting: AtomicBool::new(true),
             drained: Notify::new(),
+            schedules_changed: Arc::new(Notify::new()),
         });
         let runner = Self { inner };
         runner.resume_claimed().await?;
         tokio::spawn(heartbeat(Arc::downgrade(&runner.inner)));
+        tokio::spawn(schedules::scheduler(Arc::downgrade(&runner.inner)));
         Ok(runner)
     }
 
@@ -448,6 +466,8 @@ impl DefaultRunner {
             let _live = lock(&self.inner.live);
             self.inner.accepting.store(false, Ordering::Release);
         }
+        // The scheduler stops at once.
+        self.inner.schedules_changed.notify_one();
         loop {
             let drained = self.inner.drained.notified();
             let paused: Vec<u64> = {

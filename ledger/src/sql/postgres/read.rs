@@ -124,6 +124,25 @@ impl PostgresLedger {
             .transpose()
     }
 
+    pub(super) async fn read_checkpoints(
+        &self,
+        owner: &str,
+    ) -> Result<Vec<CheckpointRecord>, LedgerError> {
+        if owner.contains('\0') {
+            return Ok(Vec::new());
+        }
+        let rows: Vec<(String, Vec<u8>, i64, i64)> = sqlx::query_as(
+            "SELECT key, value, at_us, crc FROM checkpoints WHERE owner = $1 ORDER BY key",
+        )
+        .bind(owner)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(self.err("cannot list the checkpoints"))?;
+        rows.into_iter()
+            .map(|(key, value, at, crc)| self.rows().checkpoint(owner, &key, value, at, crc))
+            .collect()
+    }
+
     pub(super) async fn retain_records(
         &self,
         reactor: &str,

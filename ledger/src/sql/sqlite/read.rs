@@ -132,6 +132,22 @@ impl SqliteLedger {
             .transpose()
     }
 
+    pub(super) async fn read_checkpoints(
+        &self,
+        owner: &str,
+    ) -> Result<Vec<CheckpointRecord>, LedgerError> {
+        let rows: Vec<(String, Vec<u8>, i64, i64)> = sqlx::query_as(
+            "SELECT key, value, at_us, crc FROM checkpoints WHERE owner = ? ORDER BY key",
+        )
+        .bind(owner)
+        .fetch_all(&self.readers)
+        .await
+        .map_err(self.err(&format!("cannot list the checkpoints of `{owner}`")))?;
+        rows.into_iter()
+            .map(|(key, value, at, crc)| self.rows().checkpoint(owner, &key, value, at, crc))
+            .collect()
+    }
+
     pub(super) async fn retain_records(
         &self,
         reactor: &str,

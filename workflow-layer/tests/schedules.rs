@@ -1,0 +1,233 @@
+//! Cron schedules on real runners sharing one store: each instant fires exactly once across
+//! runners, schedules are listed, disabled, enabled and deleted through any runner, missed
+//! instants follow the catch-up policy, and bad definitions are refused.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use cloacina_ledger::Ledger;
+use cloacina_workflow_layer::{
+    CatchUp, Context, DefaultRunner, FnTask, RunnerConfig, RunnerError, Schedule, Workflow,
+};
+use serde_json::json;
+
+type Fired = Arc<Mutex<HashMap<String, u32>>>;
+
+/// A workflow `tick` counting its executions per `scheduled_for`.
+fn tick(fired: &Fired) -> Workflow {
+    let fired = Arc::clone(fired);
+    let task = FnTask::new("count", [] as [&str; 0], move |ctx: Context| {
+        let at = ctx
+            .get("scheduled_for")
+            .and_then(|v| v.as_str())
+            .unwrap_or("none")
+            .to_owned();
+        *fired.lock().expect("fired").entry(at).or_default() += 1;
+        async move { Ok(ctx) }
+    });
+    Workflow::builder("tick").task(task).build().expect("valid")
+}
+
+async fn runner(ledger: &Arc<dyn Ledger>, id: &str, fired: &Fired) -> DefaultRunner {
+    let config = RunnerConfig {
+        runner_id: id.into(),
+        ..RunnerConfig::default()
+    };
+    let runner = DefaultRunner::from_ledger(Arc::clone(ledger), config)
+        .await
+        .expect("runner");
+    runner.register_workflow(tick(fired)).expect("register");
+    runner
+}
+
+fn snapshot(fired: &Fired) -> HashMap<String, u32> {
+    fired.lock().expect("fired").clone()
+}
+
+/// The instants fired, in order, as whole seconds since the epoch.
+fn seconds(fired: &HashMap<String, u32>) -> Vec<i64> {
+    let mut s: Vec<i64> = fired
+        .keys()
+        .map(|k| {
+            chrono::DateTime::parse_from_rfc3339(k)
+                .expect("rfc3339")
+                .timestamp()
+        })
+        .collect();
+    s.sort_unstable();
+    s
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_instant_fires_exactly_once_across_three_runners() {
+    let ledger = cloacina_ledger::open("memory://").await.expect("ledger");
+    let fired: Fired = Arc::default();
+    let a = runner(&ledger, "a", &fired).await;
+    let b = runner(&ledger, "b", &fired).await;
+    let c = runner(&ledger, "c", &fired).await;
+    a.register_schedule(Schedule::new("every-second", "tick", "*/1 * * * * *"))
+        .await
+        .expect("register");
+    // Every runner registers the same definition at its start: nothing changes.
+    b.register_schedule(Schedule::new("every-second", "tick", "*/1 * * * * *"))
+        .await
+        .expect("register again");
+    tokio::time::sleep(Duration::from_millis(4_500)).await;
+    c.disable_schedule("every-second").await.expect("disable");
+    // Every runner sees the disable within its refresh; in-flight fires end.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let after_disable = snapshot(&fired);
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let got = snapshot(&fired);
+    assert_eq!(got, after_disable, "nothing fires once disabled");
+    assert!(
+        got.values().all(|n| *n == 1),
+        "an instant fired more than once: {got:?}"
+    );
+    let instants = seconds(&got);
+    assert!(instants.len() >= 3, "{instants:?}");
+    assert!(
+        instants.windows(2).all(|w| w[1] == w[0] + 1),
+        "every second fired, none missed: {instants:?}"
+    );
+    for r in [&a, &b, &c] {
+        r.shutdown().await.expect("shutdown");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schedules_are_listed_disabled_enabled_and_deleted_from_any_runner() {
+    let ledger = cloacina_ledger::open("memory://").await.expect("ledger");
+    let fired: Fired = Arc::default();
+    let a = runner(&ledger, "a", &fired).await;
+    let b = runner(&ledger, "b", &fired).await;
+    let mut input = Context::new();
+    input.insert("region", json!("eu")).expect("new key");
+    a.register_schedule(
+        Schedule::new("nightly", "tick", "0 30 2 * * *")
+            .time_zone("Europe/Paris")
+            .catch_up(CatchUp::RunMissed { max: 2 })
+            .input(input.clone()),
+    )
+    .await
+    .expect("register");
+    let listed = b.schedules().await.expect("list");
+    assert_eq!(listed.len(), 1);
+    let info = &listed[0];
+    assert_eq!(
+        (
+            info.schedule.name.as_str(),
+            info.schedule.expression.as_str(),
+            info.schedule.time_zone.as_str(),
+            info.schedule.catch_up,
+            info.enabled
+        ),
+        (
+            "nightly",
+            "0 30 2 * * *",
+            "Europe/Paris",
+            CatchUp::RunMissed { max: 2 },
+            true
+        )
+    );
+    assert_eq!(info.schedule.input, input);
+    assert!(info.next.is_some());
+    b.disable_schedule("nightly").await.expect("disable");
+    let listed = a.schedules().await.expect("list");
+    assert!(!listed[0].enabled && listed[0].next.is_none());
+    a.enable_schedule("nightly").await.expect("enable");
+    assert!(b.schedules().await.expect("list")[0].enabled);
+    b.delete_schedule("nightly").await.expect("delete");
+    assert!(a.schedules().await.expect("list").is_empty());
+    assert!(matches!(
+        a.enable_schedule("nightly").await,
+        Err(RunnerError::UnknownSchedule(name)) if name == "nightly"
+    ));
+}
+
+#[tokio::test]
+async fn bad_expressions_zones_and_workflows_are_refused_saying_which() {
+    let ledger = cloacina_ledger::open("memory://").await.expect("ledger");
+    let fired: Fired = Arc::default();
+    let a = runner(&ledger, "a", &fired).await;
+    let err = a
+        .register_schedule(Schedule::new("s", "tick", "0 99 * * *"))
+        .await
+        .expect_err("minute 99");
+    assert!(
+        matches!(&err, RunnerError::InvalidSchedule { name, reason } if name == "s" && reason.contains("`0 99 * * *`")),
+        "{err}"
+    );
+    let err = a
+        .register_schedule(Schedule::new("s", "tick", "* * * * *").time_zone("Nowhere/Land"))
+        .await
+        .expect_err("zone");
+    assert!(err.to_string().contains("`Nowhere/Land`"), "{err}");
+    let err = a
+        .register_schedule(Schedule::new("s", "nope", "* * * * *"))
+        .await
+        .expect_err("unknown workflow");
+    assert!(matches!(err, RunnerError::UnknownWorkflow { .. }), "{err}");
+    assert!(
+        a.schedules().await.expect("list").is_empty(),
+        "nothing stored"
+    );
+}
+
+/// Registers an every-second schedule with `catch_up` on one runner, stops it, leaves the
+/// store without a runner for about 3.5 s, starts another (half-way through a second):
+/// returns the instants fired (whole seconds), when the first stopped and when the second
+/// started (microseconds).
+async fn gap_with(catch_up: CatchUp) -> (Vec<i64>, i64, i64) {
+    let ledger = cloacina_ledger::open("memory://").await.expect("ledger");
+    let fired: Fired = Arc::default();
+    let first = runner(&ledger, "first", &fired).await;
+    first
+        .register_schedule(
+            Schedule::new("every-second", "tick", "*/1 * * * * *").catch_up(catch_up),
+        )
+        .await
+        .expect("register");
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    first.shutdown().await.expect("shutdown");
+    let stopped = chrono::Utc::now().timestamp_micros();
+    tokio::time::sleep(Duration::from_millis(3_000)).await;
+    // Start the second runner mid-second, far from any instant.
+    let into_second = chrono::Utc::now().timestamp_subsec_millis();
+    tokio::time::sleep(Duration::from_millis(u64::from(
+        (1_500 - into_second) % 1_000,
+    )))
+    .await;
+    let started = chrono::Utc::now().timestamp_micros();
+    let second = runner(&ledger, "second", &fired).await;
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    second.shutdown().await.expect("shutdown");
+    let got = snapshot(&fired);
+    assert!(got.values().all(|n| *n == 1), "{got:?}");
+    (seconds(&got), stopped, started)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missed_instants_are_skipped_by_default_and_run_up_to_max_when_asked() {
+    let missed = |fired: &[i64], stopped: i64, started: i64| -> Vec<i64> {
+        fired
+            .iter()
+            .copied()
+            .filter(|t| t * 1_000_000 > stopped && t * 1_000_000 < started)
+            .collect()
+    };
+    let (skipped, stopped, started) = gap_with(CatchUp::Skip).await;
+    assert_eq!(
+        missed(&skipped, stopped, started),
+        Vec::<i64>::new(),
+        "Skip: nothing of the gap fires"
+    );
+    let (caught_up, stopped, started) = gap_with(CatchUp::RunMissed { max: 2 }).await;
+    let last = started.div_euclid(1_000_000);
+    assert_eq!(
+        missed(&caught_up, stopped, started),
+        [last - 1, last],
+        "RunMissed {{ max: 2 }}: the 2 latest missed instants ({caught_up:?})"
+    );
+}
