@@ -49,7 +49,7 @@ async fn three_runners_fire_each_instant_once(url: &str, tenant: Option<&str>) {
         .disable_schedule("every-second")
         .await
         .expect("disable");
-    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
     let settled = fired.lock().expect("fired").clone();
     tokio::time::sleep(Duration::from_millis(1_200)).await;
     let got = fired.lock().expect("fired").clone();

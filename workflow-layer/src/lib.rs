@@ -65,7 +65,7 @@ pub use run::{TaskResult, WorkflowExecutionResult};
 pub use runner::{
     CatchUp, DefaultRunner, ExecutionEvent, ExecutionEventKind, ExecutorPool, KeyLimit, KeyUsage,
     PoolUsage, RecordedEvent, RunnerBuilder, RunnerConfig, RunnerError, Schedule, ScheduleInfo,
-    WorkflowDurability, SCHEDULES_OWNER,
+    WorkflowDurability, MAX_CATCH_UP, SCHEDULES_OWNER,
 };
 pub use task::{FnTask, Task, TaskError, TaskFuture};
 pub use trigger::{

@@ -75,8 +75,8 @@ async fn each_instant_fires_exactly_once_across_three_runners() {
         .expect("register again");
     tokio::time::sleep(Duration::from_millis(4_500)).await;
     c.disable_schedule("every-second").await.expect("disable");
-    // Every runner sees the disable within its refresh; in-flight fires end.
-    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    // Every runner sees the disable within its refresh (1 s); in-flight fires end.
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
     let after_disable = snapshot(&fired);
     tokio::time::sleep(Duration::from_millis(1_500)).await;
     let got = snapshot(&fired);
@@ -210,24 +210,65 @@ async fn gap_with(catch_up: CatchUp) -> (Vec<i64>, i64, i64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn missed_instants_are_skipped_by_default_and_run_up_to_max_when_asked() {
-    let missed = |fired: &[i64], stopped: i64, started: i64| -> Vec<i64> {
+    // The instants fired after the first runner stopped: with Skip, only the second
+    // runner's own (from its start on); with RunMissed { max: 2 }, the 2 latest missed
+    // instants before them as well, with no hole between.
+    let after = |fired: &[i64], stopped: i64| -> Vec<i64> {
         fired
             .iter()
             .copied()
-            .filter(|t| t * 1_000_000 > stopped && t * 1_000_000 < started)
+            .filter(|t| t * 1_000_000 > stopped)
             .collect()
     };
+    let contiguous = |s: &[i64]| s.windows(2).all(|w| w[1] == w[0] + 1);
     let (skipped, stopped, started) = gap_with(CatchUp::Skip).await;
-    assert_eq!(
-        missed(&skipped, stopped, started),
-        Vec::<i64>::new(),
-        "Skip: nothing of the gap fires"
+    let tail = after(&skipped, stopped);
+    assert!(
+        tail.first().is_some_and(|t| t * 1_000_000 > started) && contiguous(&tail),
+        "Skip: nothing of the gap fires ({skipped:?}, started {started})"
     );
     let (caught_up, stopped, started) = gap_with(CatchUp::RunMissed { max: 2 }).await;
-    let last = started.div_euclid(1_000_000);
-    assert_eq!(
-        missed(&caught_up, stopped, started),
-        [last - 1, last],
-        "RunMissed {{ max: 2 }}: the 2 latest missed instants ({caught_up:?})"
+    let tail = after(&caught_up, stopped);
+    let in_gap = tail.iter().filter(|t| **t * 1_000_000 < started).count();
+    assert!(
+        contiguous(&tail) && (1..=2).contains(&in_gap) && tail.len() >= 3,
+        "RunMissed {{ max: 2 }}: the latest missed instants, joined to the next ones \
+         ({caught_up:?}, started {started})"
+    );
+    // Exactly two were caught up: the block starts two instants before the second
+    // runner's first own instant, which is at or after its start.
+    let first = tail[0];
+    assert!(
+        (first + 2) * 1_000_000 > started,
+        "at most 2 caught up ({caught_up:?}, started {started})"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runner_without_the_workflow_leaves_the_instants_to_one_with_it() {
+    let ledger = cloacina_ledger::open("memory://").await.expect("ledger");
+    let fired: Fired = Arc::default();
+    let without = DefaultRunner::from_ledger(
+        Arc::clone(&ledger),
+        RunnerConfig {
+            runner_id: "without".into(),
+            ..RunnerConfig::default()
+        },
+    )
+    .await
+    .expect("runner");
+    let with = runner(&ledger, "with", &fired).await;
+    with.register_schedule(Schedule::new("every-second", "tick", "* * * * * *"))
+        .await
+        .expect("register");
+    tokio::time::sleep(Duration::from_millis(3_200)).await;
+    without.shutdown().await.expect("shutdown");
+    with.shutdown().await.expect("shutdown");
+    let got = snapshot(&fired);
+    let instants = seconds(&got);
+    assert!(instants.len() >= 2, "{instants:?}");
+    assert!(
+        instants.windows(2).all(|w| w[1] == w[0] + 1) && got.values().all(|n| *n == 1),
+        "every instant once, none taken by the runner without the workflow: {got:?}"
     );
 }

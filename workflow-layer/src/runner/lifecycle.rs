@@ -129,9 +129,7 @@ impl Drop for LiveGuard {
     }
 }
 
-/// Renews this runner's leases every third of the lease while it lives, and sweeps: takes
-/// over (and resumes) the unfinished executions whose lease expired, such as those of a
-/// runner that died.
+/// Renews this runner's leases every third of the lease while it lives.
 pub(super) async fn heartbeat(inner: std::sync::Weak<Inner>) {
     let period = match inner.upgrade() {
         Some(i) => (i.config.lease / 3).max(Duration::from_millis(10)),
@@ -149,14 +147,6 @@ pub(super) async fn heartbeat(inner: std::sync::Weak<Inner>) {
             .await
         {
             tracing::warn!(error = %e, "cannot renew workflow leases");
-        }
-        if inner.accepting.load(Ordering::Acquire) {
-            let runner = DefaultRunner {
-                inner: Arc::clone(&inner),
-            };
-            if let Err(e) = runner.resume_claimed().await {
-                tracing::warn!(error = %e, "cannot sweep expired workflow claims");
-            }
         }
     }
 }

@@ -31,7 +31,7 @@ use tokio::sync::{broadcast, watch, Notify};
 pub use config::{RunnerBuilder, RunnerConfig, WorkflowDurability};
 pub use events::{ExecutionEvent, ExecutionEventKind, RecordedEvent};
 pub use routing::{ExecutorPool, KeyLimit, KeyUsage, PoolUsage};
-pub use schedules::{CatchUp, Schedule, ScheduleInfo, SCHEDULES_OWNER};
+pub use schedules::{CatchUp, Schedule, ScheduleInfo, MAX_CATCH_UP, SCHEDULES_OWNER};
 
 use crate::{
     Context, ContextError, Workflow, WorkflowError, WorkflowExecutionResult, WorkflowStatus,
@@ -164,6 +164,8 @@ pub(crate) struct Inner {
     /// A schedule was written here: the scheduler reads them again at once.
     /// (Shared with the scheduler, which holds no strong reference while it waits.)
     schedules_changed: Arc<Notify>,
+    /// The scheduler task, awaited by `shutdown`.
+    scheduler: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 /// Execution ids reserved from the store at a time.
@@ -234,11 +236,13 @@ impl DefaultRunner {
             accepting: AtomicBool::new(true),
             drained: Notify::new(),
             schedules_changed: Arc::new(Notify::new()),
+            scheduler: Mutex::new(None),
         });
         let runner = Self { inner };
         runner.resume_claimed().await?;
         tokio::spawn(heartbeat(Arc::downgrade(&runner.inner)));
-        tokio::spawn(schedules::scheduler(Arc::downgrade(&runner.inner)));
+        let scheduler = tokio::spawn(schedules::scheduler(Arc::downgrade(&runner.inner)));
+        *lock(&runner.inner.scheduler) = Some(scheduler);
         Ok(runner)
     }
 
@@ -292,6 +296,8 @@ impl DefaultRunner {
             }
             known.insert(name.clone(), Arc::new(workflow));
         }
+        // Schedules of this workflow start firing here.
+        self.inner.schedules_changed.notify_one();
         let adopted: Vec<_> = {
             let mut orphans = lock(&self.inner.orphans);
             let (mine, rest) = orphans
@@ -466,8 +472,13 @@ impl DefaultRunner {
             let _live = lock(&self.inner.live);
             self.inner.accepting.store(false, Ordering::Release);
         }
-        // The scheduler stops at once.
+        // The scheduler stops (a fire under way ends first): no start is written after
+        // this returns.
         self.inner.schedules_changed.notify_one();
+        let scheduler = lock(&self.inner.scheduler).take();
+        if let Some(scheduler) = scheduler {
+            let _ = scheduler.await;
+        }
         loop {
             let drained = self.inner.drained.notified();
             let paused: Vec<u64> = {

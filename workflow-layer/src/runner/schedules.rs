@@ -6,9 +6,10 @@
 //! as they come. The fire of instant `t` of schedule `s` is an execution whose id is
 //! derived from `(s, t)` ([`fire_id`]): every runner that fires it writes the same start,
 //! the store keeps the first (its owner is the runner that drives it), and the others see
-//! that it is not theirs. That start is the audit record, written before anything runs;
-//! if its runner dies before or while running it, its lease expires and another runner's
-//! sweep takes it over and runs it (the hand-off is never lost).
+//! that it is not theirs. That start is the audit record, written durably before anything
+//! runs; if its runner dies before or while running it, the execution stays unfinished in
+//! the store and the next runner start on the store resumes it (that runner's restart at
+//! once, another runner's once the lease expired): the fire is never lost.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -32,14 +33,17 @@ pub const SCHEDULES_OWNER: &str = "cloacina/schedules";
 /// deletes made by other runners are seen within this).
 const REFRESH: Duration = Duration::from_secs(1);
 
+/// The most missed instants a [`CatchUp::RunMissed`] schedule may ask for.
+pub const MAX_CATCH_UP: u32 = 1_000;
+
 /// What a schedule does about instants that passed while no runner was firing it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub enum CatchUp {
     /// They are not fired (the default): a runner fires the instants from when it starts.
     #[default]
     Skip,
-    /// The latest `max` of them that no runner fired are fired when a runner starts (or
-    /// first sees the schedule), oldest first, then the schedule goes on.
+    /// The latest `max` of them (at most [`MAX_CATCH_UP`]) that no runner fired are fired
+    /// when a runner starts firing the schedule, oldest first, then the schedule goes on.
     RunMissed {
         /// At most this many.
         max: u32,
@@ -193,6 +197,14 @@ impl DefaultRunner {
         }
         CronSpec::parse(&schedule.expression, &schedule.time_zone)
             .map_err(|reason| invalid(name, reason))?;
+        if let CatchUp::RunMissed { max } = schedule.catch_up {
+            if max > MAX_CATCH_UP {
+                return Err(invalid(
+                    name,
+                    format!("RunMissed {{ max: {max} }}: at most {MAX_CATCH_UP} missed instants"),
+                ));
+            }
+        }
         self.resolve(&schedule.workflow)?;
         let stored = Stored {
             workflow: schedule.workflow.clone(),
@@ -291,25 +303,32 @@ impl DefaultRunner {
     }
 
     /// Fires instant `at` of schedule `name` unless some runner did: writes its start
-    /// (the store keeps the first) and drives it if the start is this runner's.
-    async fn fire(&self, name: &str, stored: &Stored, at: DateTime<Utc>) {
+    /// (the store keeps the first) and drives it if the start is this runner's. `false`:
+    /// not done (the store failed, or the runner is stopping); to be tried again.
+    async fn fire(&self, name: &str, stored: &Stored, at: DateTime<Utc>) -> bool {
+        if !self
+            .inner
+            .accepting
+            .load(std::sync::atomic::Ordering::Acquire)
+        {
+            return false;
+        }
         let instant_us = at.timestamp_micros();
         let id = fire_id(name, instant_us);
         if super::lock(&self.inner.live).contains_key(&id) {
-            return;
+            return true;
         }
         match self.inner.store.execution(id).await {
-            Ok(Some(_)) => return,
+            Ok(Some(_)) => return true,
             Ok(None) => {}
             Err(e) => {
-                tracing::warn!(schedule = name, error = %e, "cannot check a schedule's fire; retried at the next instant");
-                return;
+                tracing::warn!(schedule = name, error = %e, "cannot check a schedule's fire; tried again in a second");
+                return false;
             }
         }
-        let Some(workflow) = self.known(&stored.workflow) else {
-            tracing::warn!(schedule = name, workflow = %stored.workflow,
-                "schedule's workflow not registered in this runner: instant left to others");
-            return;
+        // Activation checked that this runner has the workflow.
+        let Ok(workflow) = self.resolve(&stored.workflow) else {
+            return false;
         };
         let mut input = Context::from_json(stored.input.clone()).unwrap_or_default();
         input.insert_or_update("schedule", Value::from(name));
@@ -320,8 +339,8 @@ impl DefaultRunner {
         let encoded = match serde_json::to_vec(&input.to_json().unwrap_or_default()) {
             Ok(bytes) => bytes,
             Err(e) => {
-                tracing::error!(schedule = name, error = %e, "cannot encode a schedule's input");
-                return;
+                tracing::error!(schedule = name, error = %e, "cannot encode a schedule's input; instant not fired");
+                return true;
             }
         };
         let now = now_unix_us();
@@ -335,15 +354,19 @@ impl DefaultRunner {
             owner: owner.clone(),
             lease_until_unix_us: now.saturating_add(self.inner.config.lease_us()),
         };
-        let commit = self.inner.config.durability.commit();
+        // Durable whatever the runner's durability: it is the audit record of the fire,
+        // and what keeps a crash from firing the instant again.
         if let Err(e) = self
             .inner
             .store
-            .write(&[WorkflowRecord::Started(start)], commit)
+            .write(
+                &[WorkflowRecord::Started(start)],
+                cloacina_ledger::Commit::Durable,
+            )
             .await
         {
-            tracing::warn!(schedule = name, error = %e, "cannot record a schedule's fire; retried at the next instant");
-            return;
+            tracing::warn!(schedule = name, error = %e, "cannot record a schedule's fire; tried again in a second");
+            return false;
         }
         // The first start written wins: drive it only if it is this one.
         match self.inner.store.execution(id).await {
@@ -354,12 +377,15 @@ impl DefaultRunner {
                 self.spawn(Run::fresh(id, workflow, input, now));
             }
             Ok(_) => {}
-            // Written but not read back: the sweep resumes it once its lease expires.
+            // Written but not read back: an unfinished execution, resumed by the next
+            // runner start on the store (this runner's at once, another's once the lease
+            // expired).
             Err(e) => {
                 tracing::warn!(schedule = name, execution = id, error = %e,
-                    "schedule fired but not confirmed; resumed when its lease expires");
+                    "schedule fired but not confirmed; resumed at the next runner start");
             }
         }
+        true
     }
 }
 
@@ -391,6 +417,7 @@ struct Active {
 pub(super) async fn scheduler(inner: std::sync::Weak<Inner>) {
     let mut active: HashMap<String, Active> = HashMap::new();
     let mut refreshed: Option<tokio::time::Instant> = None;
+    let mut read_failures = 0u64;
     loop {
         let Some(strong) = inner.upgrade() else {
             return;
@@ -406,33 +433,56 @@ pub(super) async fn scheduler(inner: std::sync::Weak<Inner>) {
         if refreshed.is_none_or(|at| at.elapsed() >= REFRESH) {
             refreshed = Some(tokio::time::Instant::now());
             match read_all(&runner.inner).await {
-                Ok(all) => refresh(&runner, &mut active, all).await,
-                Err(e) => tracing::warn!(error = %e, "cannot read the schedules"),
+                Ok(all) => {
+                    read_failures = 0;
+                    refresh(&runner, &mut active, all).await;
+                }
+                Err(e) => {
+                    // Logged at the first failure and once a minute after.
+                    if read_failures % 60 == 0 {
+                        tracing::warn!(error = %e, failures = read_failures + 1, "cannot read the schedules");
+                    }
+                    read_failures += 1;
+                }
             }
         }
-        // Fire what is due, in order.
+        // Fire what is due, in order; an instant not done is tried again after a pause.
         let now = Utc::now();
+        let mut stalled = false;
         let names: Vec<String> = active.keys().cloned().collect();
         for name in names {
-            while let Some(a) = active.get_mut(&name) {
+            while let Some(a) = active.get(&name) {
                 let Some(next) = a.spec.next_after(a.cursor).filter(|t| *t <= now) else {
                     break;
                 };
-                a.cursor = next;
                 let stored = a.stored.clone();
-                runner.fire(&name, &stored, next).await;
+                if !runner.fire(&name, &stored, next).await {
+                    stalled = true;
+                    break;
+                }
+                if let Some(a) = active.get_mut(&name) {
+                    a.cursor = next;
+                }
             }
         }
-        // Sleep until the next instant, the next refresh, or a local change.
-        let next = active
-            .values()
-            .filter_map(|a| a.spec.next_after(a.cursor))
-            .min();
+        // Sleep until the next instant (at once if one is overdue; a pause after a
+        // failure), the next refresh, or a local change.
         let until_refresh =
             REFRESH.saturating_sub(refreshed.map_or(Duration::ZERO, |r| r.elapsed()));
-        let wait = next
-            .and_then(|t| (t - Utc::now()).to_std().ok())
-            .map_or(until_refresh, |d| d.min(until_refresh));
+        let wait = if stalled {
+            REFRESH
+        } else {
+            active
+                .values()
+                .filter_map(|a| a.spec.next_after(a.cursor))
+                .min()
+                .map_or(until_refresh, |t| {
+                    (t - Utc::now())
+                        .to_std()
+                        .unwrap_or(Duration::ZERO)
+                        .min(until_refresh)
+                })
+        };
         // Only the weak reference is held while waiting: a dropped runner's store closes.
         let changed = Arc::clone(&runner.inner.schedules_changed);
         drop(runner);
@@ -443,9 +493,9 @@ pub(super) async fn scheduler(inner: std::sync::Weak<Inner>) {
     }
 }
 
-/// Brings the active set in line with the store: new or changed schedules start from
-/// now (firing their missed instants first, if their catch-up says so), disabled and
-/// deleted ones stop.
+/// Brings the active set in line with the store: new or changed schedules whose workflow
+/// this runner has start from now (firing their missed instants first, if their catch-up
+/// says so), disabled and deleted ones stop.
 async fn refresh(
     runner: &DefaultRunner,
     active: &mut HashMap<String, Active>,
@@ -470,11 +520,24 @@ async fn refresh(
                 continue;
             }
         };
+        // Fired here only once this runner has the workflow (registered, or declared):
+        // until then, tried again at each refresh.
+        if runner.resolve(&stored.workflow).is_err() {
+            continue;
+        }
         if let CatchUp::RunMissed { max } = stored.catch_up {
             let floor =
                 DateTime::<Utc>::from_timestamp_micros(stored.registered_at_unix_us).unwrap_or(now);
-            for at in spec.last_before(now, floor, max as usize) {
-                runner.fire(&name, &stored, at).await;
+            let mut done = true;
+            for at in spec.last_before(now, floor, max.min(MAX_CATCH_UP) as usize) {
+                if !runner.fire(&name, &stored, at).await {
+                    done = false;
+                    break;
+                }
+            }
+            if !done {
+                // Activated at a later refresh, its catch-up tried again then.
+                continue;
             }
         }
         active.insert(
