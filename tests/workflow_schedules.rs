@@ -93,3 +93,46 @@ async fn sqlite_three_runners_fire_each_instant_exactly_once() {
     let url = format!("sqlite://{}", dir.path().join("wf.db").display());
     three_runners_fire_each_instant_once(&url, None).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_never_sees_or_fires_another_tenants_schedules() {
+    let Some(url) = cloacina::ledger::testing::postgres_url() else {
+        eprintln!("a_tenant_never_sees_or_fires_another_tenants_schedules: skipped");
+        return;
+    };
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let (fired_a, fired_b): (Fired, Fired) = (Arc::default(), Arc::default());
+    let mut runners = Vec::new();
+    for (tenant, fired) in [("a", &fired_a), ("b", &fired_b)] {
+        let runner = DefaultRunner::builder()
+            .url(url.clone())
+            .tenant(format!(
+                "cron_tenant_{tenant}_{}_{nanos}",
+                std::process::id()
+            ))
+            .build()
+            .await
+            .expect("runner");
+        runner.register_workflow(tick(fired)).expect("register");
+        runners.push(runner);
+    }
+    runners[0]
+        .register_schedule(Schedule::new("every-second", "tick", "* * * * * *"))
+        .await
+        .expect("register");
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    assert!(runners[1].schedules().await.expect("list").is_empty());
+    assert!(
+        fired_b.lock().expect("fired").is_empty(),
+        "tenant b fired nothing"
+    );
+    assert!(
+        !fired_a.lock().expect("fired").is_empty(),
+        "tenant a fired its own"
+    );
+    for r in &runners {
+        r.shutdown().await.expect("shutdown");
+    }
+}
