@@ -132,43 +132,76 @@ async fn tasks_run_in_their_pool_within_its_limit_and_other_pools_go_on() {
     assert!(usage().values().all(|(running, _)| *running == 0));
 }
 
-/// A workflow whose one task notes the execution's `n` in `order` and holds
-/// `gauges[customer]` until `hold` is released.
-fn orders(
-    gauges: &Arc<Mutex<HashMap<String, Arc<Gauge>>>>,
-    order: &Arc<Mutex<Vec<i64>>>,
-    hold: &Arc<Hold>,
-) -> Workflow {
-    let (gauges, order, hold) = (Arc::clone(gauges), Arc::clone(order), Arc::clone(hold));
-    let task = FnTask::new("handle", [] as [&str; 0], move |ctx: Context| {
-        let customer = ctx
-            .get("customer")
-            .and_then(|v| v.as_str())
-            .unwrap_or("")
-            .to_owned();
-        let gauge = Arc::clone(
-            gauges
-                .lock()
-                .expect("gauges")
-                .entry(customer.clone())
-                .or_default(),
+/// What the `orders` workflow's executions did: a gauge per customer, the `n` of each
+/// execution that started (in order), and the hold every task waits on.
+#[derive(Default)]
+struct Orders {
+    gauges: Arc<Mutex<HashMap<String, Arc<Gauge>>>>,
+    started: Arc<Mutex<Vec<i64>>>,
+    hold: Arc<Hold>,
+}
+
+impl Orders {
+    /// A workflow whose one task notes the execution's `n` and holds its customer's gauge
+    /// until the hold is released.
+    fn workflow(&self) -> Workflow {
+        let (gauges, started, hold) = (
+            Arc::clone(&self.gauges),
+            Arc::clone(&self.started),
+            Arc::clone(&self.hold),
         );
-        order
-            .lock()
-            .expect("order")
-            .push(ctx.get("n").and_then(|v| v.as_i64()).unwrap_or(-1));
-        let hold = Arc::clone(&hold);
-        async move {
-            gauge.enter();
-            hold.until_released().await;
-            gauge.leave();
-            Ok(ctx)
-        }
-    });
-    Workflow::builder("orders")
-        .task(task)
+        let task = FnTask::new("handle", [] as [&str; 0], move |ctx: Context| {
+            let customer = ctx
+                .get("customer")
+                .and_then(|v| v.as_str())
+                .unwrap_or("")
+                .to_owned();
+            let gauge = Arc::clone(
+                gauges
+                    .lock()
+                    .expect("gauges")
+                    .entry(customer.clone())
+                    .or_default(),
+            );
+            started
+                .lock()
+                .expect("started")
+                .push(ctx.get("n").and_then(|v| v.as_i64()).unwrap_or(-1));
+            let hold = Arc::clone(&hold);
+            async move {
+                gauge.enter();
+                hold.until_released().await;
+                gauge.leave();
+                Ok(ctx)
+            }
+        });
+        Workflow::builder("orders")
+            .task(task)
+            .build()
+            .expect("valid")
+    }
+
+    fn started(&self) -> Vec<i64> {
+        self.started.lock().expect("started").clone()
+    }
+
+    fn max_running(&self, customer: &str) -> usize {
+        self.gauges.lock().expect("gauges")[customer].max()
+    }
+}
+
+/// A memory-store runner with one `orders` execution per customer at a time.
+async fn one_per_customer(orders: &Orders) -> DefaultRunner {
+    let runner = DefaultRunner::builder()
+        .url("memory://")
+        .limit_per_key("orders", "customer", 1)
         .build()
-        .expect("valid")
+        .await
+        .expect("runner");
+    runner
+        .register_workflow(orders.workflow())
+        .expect("register");
+    runner
 }
 
 fn order(customer: &str, n: i64) -> Context {
@@ -180,18 +213,8 @@ fn order(customer: &str, n: i64) -> Context {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn executions_sharing_a_key_value_run_one_at_a_time_in_arrival_order() {
-    let runner = DefaultRunner::builder()
-        .url("memory://")
-        .limit_per_key("orders", "customer", 1)
-        .build()
-        .await
-        .expect("runner");
-    let gauges = Arc::new(Mutex::new(HashMap::new()));
-    let started = Arc::new(Mutex::new(Vec::new()));
-    let hold = Arc::new(Hold::default());
-    runner
-        .register_workflow(orders(&gauges, &started, &hold))
-        .expect("register");
+    let orders = Orders::default();
+    let runner = one_per_customer(&orders).await;
     let mut events = runner.subscribe();
     let mut ids = Vec::new();
     for n in 1..=3 {
@@ -216,32 +239,23 @@ async fn executions_sharing_a_key_value_run_one_at_a_time_in_arrival_order() {
                 .find(|u| u.value == v)
                 .map(|u| (u.running, u.waiting))
         };
-        of("acme") == Some((1, 2))
-            && of("globex") == Some((1, 0))
-            && started.lock().expect("order").len() == 2
+        of("acme") == Some((1, 2)) && of("globex") == Some((1, 0)) && orders.started().len() == 2
     })
     .await;
     assert_eq!(runner.key_usage()[0].key, "customer");
     tokio::time::sleep(Duration::from_millis(50)).await;
-    assert_eq!(
-        started.lock().expect("order").len(),
-        2,
-        "only acme 1 and globex run"
-    );
-    hold.release();
+    assert_eq!(orders.started().len(), 2, "only acme 1 and globex run");
+    orders.hold.release();
     for id in &ids {
         let result = runner.wait(*id).await.expect("wait");
         assert_eq!(result.status, WorkflowStatus::Completed, "{result:?}");
     }
-    let gauges = gauges.lock().expect("gauges").clone();
-    assert_eq!(gauges["acme"].max(), 1, "one `acme` execution at a time");
-    let acme: Vec<i64> = started
-        .lock()
-        .expect("order")
-        .iter()
-        .copied()
-        .filter(|n| *n <= 3)
-        .collect();
+    assert_eq!(
+        orders.max_running("acme"),
+        1,
+        "one `acme` execution at a time"
+    );
+    let acme: Vec<i64> = orders.started().into_iter().filter(|n| *n <= 3).collect();
     assert_eq!(acme, [1, 2, 3], "first come, first served");
     assert!(
         runner.key_usage().is_empty(),
@@ -265,18 +279,8 @@ async fn executions_sharing_a_key_value_run_one_at_a_time_in_arrival_order() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_execution_waiting_for_its_key_can_be_cancelled_and_never_runs() {
-    let runner = DefaultRunner::builder()
-        .url("memory://")
-        .limit_per_key("orders", "customer", 1)
-        .build()
-        .await
-        .expect("runner");
-    let gauges = Arc::new(Mutex::new(HashMap::new()));
-    let started = Arc::new(Mutex::new(Vec::new()));
-    let hold = Arc::new(Hold::default());
-    runner
-        .register_workflow(orders(&gauges, &started, &hold))
-        .expect("register");
+    let orders = Orders::default();
+    let runner = one_per_customer(&orders).await;
     let first = runner
         .schedule("orders", order("blocked", 1))
         .await
@@ -295,14 +299,10 @@ async fn an_execution_waiting_for_its_key_can_be_cancelled_and_never_runs() {
         .expect("a waiting execution ends at once when cancelled")
         .expect("wait");
     assert_eq!(cancelled.status, WorkflowStatus::Cancelled);
-    hold.release();
+    orders.hold.release();
     let done = runner.wait(first).await.expect("wait");
     assert_eq!(done.status, WorkflowStatus::Completed);
-    assert_eq!(
-        *started.lock().expect("order"),
-        [1],
-        "the cancelled one never ran"
-    );
+    assert_eq!(orders.started(), [1], "the cancelled one never ran");
     assert!(runner.key_usage().is_empty());
 }
 
@@ -331,10 +331,8 @@ async fn bad_pools_and_key_limits_are_refused_at_build() {
 async fn resumed_executions_keep_to_their_key_limit() {
     let dir = tempfile::tempdir().expect("tempdir");
     let url = format!("sled://{}", dir.path().join("wf").display());
-    let gauges = Arc::new(Mutex::new(HashMap::new()));
-    let started = Arc::new(Mutex::new(Vec::new()));
-    let hold = Arc::new(Hold::default());
-    let workflow = orders(&gauges, &started, &hold);
+    let orders = Orders::default();
+    let workflow = orders.workflow();
     // What a crash leaves: two `acme` executions started, nothing else recorded.
     let ids = {
         let ledger = cloacina_ledger::open(&url).await.expect("open");
@@ -368,18 +366,15 @@ async fn resumed_executions_keep_to_their_key_limit() {
         .await
         .expect("runner");
     runner.register_workflow(workflow).expect("register");
-    eventually("one resumed execution runs", || {
-        started.lock().expect("order").len() == 1
-    })
-    .await;
+    eventually("one resumed execution runs", || orders.started().len() == 1).await;
     tokio::time::sleep(Duration::from_millis(50)).await;
-    assert_eq!(started.lock().expect("order").len(), 1, "the other waits");
+    assert_eq!(orders.started().len(), 1, "the other waits");
     let usage = runner.key_usage();
     assert_eq!((usage[0].running, usage[0].waiting), (1, 1), "{usage:?}");
-    hold.release();
+    orders.hold.release();
     for id in ids {
         let result = runner.wait(id).await.expect("wait");
         assert_eq!(result.status, WorkflowStatus::Completed, "{result:?}");
     }
-    assert_eq!(gauges.lock().expect("gauges")["acme"].max(), 1);
+    assert_eq!(orders.max_running("acme"), 1);
 }

@@ -1,6 +1,8 @@
-//! Cron schedules on real runners sharing one store: each instant fires exactly once across
-//! runners, schedules are listed, disabled, enabled and deleted through any runner, missed
-//! instants follow the catch-up policy, and bad definitions are refused.
+//! Cron schedules on real runners sharing one store (memory; PostgreSQL and a SQLite file
+//! with each runner opening the store itself, as separate processes would): each instant
+//! fires exactly once across runners, schedules are listed, disabled, enabled and deleted
+//! through any runner, missed instants follow the catch-up policy, tenants are isolated,
+//! and bad definitions are refused.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -59,31 +61,30 @@ fn seconds(fired: &HashMap<String, u32>) -> Vec<i64> {
     s
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn each_instant_fires_exactly_once_across_three_runners() {
-    let ledger = cloacina_ledger::open("memory://").await.expect("ledger");
-    let fired: Fired = Arc::default();
-    let a = runner(&ledger, "a", &fired).await;
-    let b = runner(&ledger, "b", &fired).await;
-    let c = runner(&ledger, "c", &fired).await;
-    a.register_schedule(Schedule::new("every-second", "tick", "*/1 * * * * *"))
+/// Each of `runners` registers an every-second schedule (as each runner of a deployment
+/// does at its start: the same definition again changes nothing); after about 4 s one
+/// disables it through the last runner: every instant fired exactly once, none missed,
+/// and nothing fires once the disable is seen.
+async fn fire_each_instant_once(runners: &[DefaultRunner], fired: &Fired) {
+    for r in runners {
+        r.register_schedule(Schedule::new("every-second", "tick", "* * * * * *"))
+            .await
+            .expect("register");
+    }
+    tokio::time::sleep(Duration::from_millis(4_200)).await;
+    let last = runners.last().expect("runners");
+    last.disable_schedule("every-second")
         .await
-        .expect("register");
-    // Every runner registers the same definition at its start: nothing changes.
-    b.register_schedule(Schedule::new("every-second", "tick", "*/1 * * * * *"))
-        .await
-        .expect("register again");
-    tokio::time::sleep(Duration::from_millis(4_500)).await;
-    c.disable_schedule("every-second").await.expect("disable");
+        .expect("disable");
     // Every runner sees the disable within its refresh (1 s); in-flight fires end.
     tokio::time::sleep(Duration::from_millis(2_500)).await;
-    let after_disable = snapshot(&fired);
-    tokio::time::sleep(Duration::from_millis(1_500)).await;
-    let got = snapshot(&fired);
-    assert_eq!(got, after_disable, "nothing fires once disabled");
+    let settled = snapshot(fired);
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    let got = snapshot(fired);
+    assert_eq!(got, settled, "nothing fires once disabled");
     assert!(
         got.values().all(|n| *n == 1),
-        "an instant fired more than once: {got:?}"
+        "fired more than once: {got:?}"
     );
     let instants = seconds(&got);
     assert!(instants.len() >= 3, "{instants:?}");
@@ -91,9 +92,20 @@ async fn each_instant_fires_exactly_once_across_three_runners() {
         instants.windows(2).all(|w| w[1] == w[0] + 1),
         "every second fired, none missed: {instants:?}"
     );
-    for r in [&a, &b, &c] {
+    for r in runners {
         r.shutdown().await.expect("shutdown");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_instant_fires_exactly_once_across_three_runners() {
+    let ledger = cloacina_ledger::open("memory://").await.expect("ledger");
+    let fired: Fired = Arc::default();
+    let mut runners = Vec::new();
+    for id in ["a", "b", "c"] {
+        runners.push(runner(&ledger, id, &fired).await);
+    }
+    fire_each_instant_once(&runners, &fired).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -271,4 +283,77 @@ async fn a_runner_without_the_workflow_leaves_the_instants_to_one_with_it() {
         instants.windows(2).all(|w| w[1] == w[0] + 1) && got.values().all(|n| *n == 1),
         "every instant once, none taken by the runner without the workflow: {got:?}"
     );
+}
+
+/// Three runners each opening `url` (tenant `tenant`) themselves.
+async fn three_runners_fire_each_instant_once(url: &str, tenant: Option<&str>) {
+    let fired: Fired = Arc::default();
+    let mut runners = Vec::new();
+    for id in ["a", "b", "c"] {
+        let mut builder = DefaultRunner::builder().url(url).runner_id(id);
+        if let Some(t) = tenant {
+            builder = builder.tenant(t);
+        }
+        let runner = builder.build().await.expect("runner");
+        runner.register_workflow(tick(&fired)).expect("register");
+        runners.push(runner);
+    }
+    fire_each_instant_once(&runners, &fired).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_three_runners_fire_each_instant_exactly_once() {
+    let Some(url) = cloacina_ledger::testing::postgres_url() else {
+        eprintln!("postgres_three_runners_fire_each_instant_exactly_once: skipped");
+        return;
+    };
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let tenant = format!("cron_{}_{nanos}", std::process::id());
+    three_runners_fire_each_instant_once(&url, Some(&tenant)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_three_runners_fire_each_instant_exactly_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = format!("sqlite://{}", dir.path().join("wf.db").display());
+    three_runners_fire_each_instant_once(&url, None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_never_sees_or_fires_another_tenants_schedules() {
+    let Some(url) = cloacina_ledger::testing::postgres_url() else {
+        eprintln!("a_tenant_never_sees_or_fires_another_tenants_schedules: skipped");
+        return;
+    };
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let (fired_a, fired_b): (Fired, Fired) = (Arc::default(), Arc::default());
+    let mut runners = Vec::new();
+    for (tenant, fired) in [("a", &fired_a), ("b", &fired_b)] {
+        let runner = DefaultRunner::builder()
+            .url(url.clone())
+            .tenant(format!(
+                "cron_tenant_{tenant}_{}_{nanos}",
+                std::process::id()
+            ))
+            .build()
+            .await
+            .expect("runner");
+        runner.register_workflow(tick(fired)).expect("register");
+        runners.push(runner);
+    }
+    runners[0]
+        .register_schedule(Schedule::new("every-second", "tick", "* * * * * *"))
+        .await
+        .expect("register");
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    assert!(runners[1].schedules().await.expect("list").is_empty());
+    assert!(snapshot(&fired_b).is_empty(), "tenant b fired nothing");
+    assert!(!snapshot(&fired_a).is_empty(), "tenant a fired its own");
+    for r in &runners {
+        r.shutdown().await.expect("shutdown");
+    }
 }
