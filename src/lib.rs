@@ -54,6 +54,9 @@ use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 
 pub mod registry;
+mod subscribe;
+
+pub use subscribe::subscribe_workflow;
 
 pub use cloacina_accumulators as accumulators;
 pub use cloacina_graph_core as graph;
@@ -104,13 +107,13 @@ pub mod prelude {
     pub use crate::registry::Registry;
     pub use crate::workflow::{
         invoke_graph, BackoffStrategy, CatchUp, Context, ContextError, DefaultRunner,
-        ExecutionEvent, ExecutionEventKind, ExecutorPool, FnTask, KeyLimit, RecordedEvent,
-        RetryCondition, RetryPolicy, RunnerConfig, RunnerError, Schedule, Task, TaskError,
-        TaskHandle, TaskResult, TaskState, TriggerRule, ValueOperator, Workflow,
+        ExecutionEvent, ExecutionEventKind, ExecutorPool, FnTask, KeyLimit, ReactorSubscription,
+        RecordedEvent, RetryCondition, RetryPolicy, RunnerConfig, RunnerError, Schedule, Task,
+        TaskError, TaskHandle, TaskResult, TaskState, TriggerRule, ValueOperator, Workflow,
         WorkflowDurability, WorkflowError, WorkflowExecutionResult, WorkflowStatus,
     };
     pub use crate::{computation_graph, reactor, task, workflow};
-    pub use crate::{EmbeddedGraph, EngineReport, Error};
+    pub use crate::{subscribe_workflow, EmbeddedGraph, EngineReport, Error};
 }
 
 /// Anything the facade can fail with.

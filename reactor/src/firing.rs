@@ -80,6 +80,18 @@ impl Firing {
         self.completed.saturating_duration_since(self.started)
     }
 
+    /// The firing as its ledger record says it (outputs encoded with their codecs; the
+    /// trigger is `Forced` for a manual firing, `Criteria` otherwise): what a reactor
+    /// writes to its ledger, for consumers that handle pushed and stored firings alike.
+    pub fn to_record(&self) -> cloacina_ledger::FiringRecord {
+        let trigger = if self.manual {
+            cloacina_ledger::FiringTrigger::Forced
+        } else {
+            cloacina_ledger::FiringTrigger::Criteria
+        };
+        crate::built::firing_record(&self.reactor, self, trigger)
+    }
+
     /// Sequence number of the boundary of `source` this firing saw.
     pub fn input_seq(&self, source: &str) -> Option<u64> {
         self.inputs

@@ -19,6 +19,7 @@ mod recorder;
 mod routing;
 mod schedules;
 mod stored;
+mod subscriptions;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -32,6 +33,7 @@ pub use config::{RunnerBuilder, RunnerConfig, WorkflowDurability};
 pub use events::{ExecutionEvent, ExecutionEventKind, RecordedEvent};
 pub use routing::{ExecutorPool, KeyLimit, KeyUsage, PoolUsage};
 pub use schedules::{CatchUp, Schedule, ScheduleInfo, MAX_CATCH_UP, SCHEDULES_OWNER};
+pub use subscriptions::{FiringSink, ReactorSubscription, SUBSCRIPTIONS_OWNER};
 
 use crate::{
     Context, ContextError, Workflow, WorkflowError, WorkflowExecutionResult, WorkflowStatus,
@@ -93,6 +95,14 @@ pub enum RunnerError {
     #[error("schedule `{name}`: {reason}")]
     InvalidSchedule {
         /// The schedule.
+        name: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A reactor subscription is invalid (its name, or the reactor it names).
+    #[error("reactor subscription `{name}`: {reason}")]
+    InvalidSubscription {
+        /// The subscription.
         name: String,
         /// What is wrong.
         reason: String,
@@ -331,8 +341,18 @@ impl DefaultRunner {
             return Err(RunnerError::ShuttingDown);
         }
         let workflow = self.resolve(name)?;
-        let encoded = stored::bytes(&input)?;
         let id = self.next_id().await?;
+        self.start_as(id, workflow, input).await
+    }
+
+    /// Starts `workflow` on `input` as execution `id` (see [`DefaultRunner::schedule`]).
+    pub(super) async fn start_as(
+        &self,
+        id: u64,
+        workflow: Arc<Workflow>,
+        input: Context<Value>,
+    ) -> Result<u64, RunnerError> {
+        let encoded = stored::bytes(&input)?;
         let now = now_unix_us();
         let record = cloacina_ledger::ExecutionRecord {
             id,

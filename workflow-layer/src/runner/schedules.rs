@@ -166,11 +166,18 @@ impl Stored {
 /// every id the store's sequence hands out, the same in every runner (SHA-256 of both;
 /// two fires meet on one id with a probability of about 2^-62 per pair).
 pub(crate) fn fire_id(schedule: &str, instant_us: i64) -> u64 {
+    derived_id(b"cloacina-cron", schedule, &instant_us.to_be_bytes())
+}
+
+/// An execution id in `2^62 .. 2^63` derived from `(kind, name, at)`: the same in every
+/// runner, never one the store's sequence hands out.
+pub(crate) fn derived_id(kind: &[u8], name: &str, at: &[u8]) -> u64 {
     let mut hash = Sha256::new();
-    hash.update(b"cloacina-cron\0");
-    hash.update(schedule.as_bytes());
+    hash.update(kind);
     hash.update([0]);
-    hash.update(instant_us.to_be_bytes());
+    hash.update(name.as_bytes());
+    hash.update([0]);
+    hash.update(at);
     let digest = hash.finalize();
     let mut first = [0u8; 8];
     first.copy_from_slice(&digest[..8]);
