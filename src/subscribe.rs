@@ -15,17 +15,23 @@ const QUEUE: usize = 4_096;
 /// subscribed again and what it missed is read back from the ledger.
 const MAX_WAIT: Duration = Duration::from_secs(60);
 
+/// How often the task saves the subscription's position.
+const SAVE_EVERY: Duration = Duration::from_millis(100);
+
 /// Starts `subscription`'s workflow for each firing of `reactor` it accepts, in process:
-/// the reactor's stream is subscribed first, then the firings the runner's ledger holds
-/// past the subscription's stored position are caught up, then pushed firings are
-/// handled as they come (no polling). Each firing starts at most one execution, whose
-/// input carries `reactor_firing_id` (see [`ReactorSubscription`]).
+/// the subscription's sink is opened (a new subscription starts after the reactor's last
+/// recorded firing), then the reactor's stream is subscribed, then the firings the
+/// runner's ledger holds past the position are caught up, then pushed firings are handled
+/// as they come (no polling). Each firing starts at most one execution, whose input
+/// carries `reactor_firing_id` (see [`ReactorSubscription`]).
 ///
-/// Durable when the reactor records its firings into the runner's ledger: after a
-/// restart, calling this again resumes from the stored position. A firing the runner
-/// could not start (a store error) is retried, holding the stream back, until it starts
-/// or the runner shuts down. The returned task ends when the reactor stops or the runner
-/// shuts down, after saving the position.
+/// Durable when the reactor records its firings into the runner's ledger: calling this
+/// again after a restart resumes from the stored position (saved every 100 ms). A start
+/// that fails on a store error is retried, holding the stream back, and a firing the
+/// stream missed (a lag, a detach) is read from the ledger; neither is skipped. Other
+/// errors (the workflow no longer registered) end the task, logged, with the position
+/// before the firing. The task ends when the reactor stops or the runner begins to shut
+/// down, after saving the position; it holds a handle of the reactor until then.
 pub async fn subscribe_workflow(
     reactor: &ReactorHandle,
     runner: &DefaultRunner,
@@ -45,35 +51,58 @@ pub async fn subscribe_workflow(
         capacity: QUEUE,
         overflow: Overflow::Block { max_wait: MAX_WAIT },
     };
-    // Subscribed before the catch-up: a firing is either in the ledger read or pushed
-    // (or both: the sink starts it once).
-    let mut stream = reactor.subscribe_with(options);
+    // The position first, then the stream, then the ledger: a firing after the position
+    // is pushed, or in the ledger, or (the ledger's writer lagging) waited for by the
+    // sink when a later one is pushed.
     let mut sink = runner.subscribe_reactor(subscription).await?;
+    let mut stream = reactor.subscribe_with(options);
     sink.catch_up().await?;
     let reactor = reactor.clone();
+    let runner = runner.clone();
     Ok(tokio::spawn(async move {
+        let mut save = tokio::time::interval(SAVE_EVERY);
+        save.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let stopping = runner.shutting_down();
+        tokio::pin!(stopping);
         'stream: loop {
-            match stream.recv().await {
+            let item = tokio::select! {
+                item = stream.recv() => item,
+                _ = save.tick() => {
+                    if let Err(e) = sink.save().await {
+                        tracing::warn!(error = %e, "cannot save a workflow subscription's position");
+                    }
+                    continue;
+                }
+                () = &mut stopping => break,
+            };
+            match item {
                 Some(Ok(firing)) => {
                     let record = firing.to_record();
                     let mut pause = Duration::from_millis(50);
                     loop {
                         match sink.deliver(&record).await {
                             Ok(()) => break,
-                            Err(RunnerError::ShuttingDown) => break 'stream,
-                            Err(e) => {
+                            Err(e) if retryable(&e) => {
                                 tracing::warn!(error = %e, firing = record.firing_id,
                                     "cannot start a subscribed workflow; retrying");
-                                tokio::time::sleep(pause).await;
+                                if pause_or_stop(&runner, pause).await {
+                                    break 'stream;
+                                }
                                 pause = (pause * 2).min(Duration::from_secs(5));
+                            }
+                            Err(RunnerError::ShuttingDown) => break 'stream,
+                            Err(e) => {
+                                tracing::error!(error = %e, firing = record.firing_id,
+                                    "workflow subscription stopped: cannot start its workflow");
+                                break 'stream;
                             }
                         }
                     }
                 }
                 Some(Err(lagged)) => {
                     tracing::warn!(%lagged, "workflow subscription fell behind its reactor; reading the ledger");
-                    if let Err(e) = sink.catch_up().await {
-                        tracing::warn!(error = %e, "catch-up from the ledger failed");
+                    if !catch_up(&mut sink, &runner).await {
+                        break;
                     }
                 }
                 None => {
@@ -85,8 +114,8 @@ pub async fn subscribe_workflow(
                     }
                     // Detached while the reactor runs: subscribe again, read what was missed.
                     stream = reactor.subscribe_with(options);
-                    if let Err(e) = sink.catch_up().await {
-                        tracing::warn!(error = %e, "catch-up from the ledger failed");
+                    if !catch_up(&mut sink, &runner).await {
+                        break;
                     }
                 }
             }
@@ -95,4 +124,40 @@ pub async fn subscribe_workflow(
             tracing::warn!(error = %e, "cannot save the workflow subscription's position");
         }
     }))
+}
+
+/// A store error: worth trying again.
+fn retryable(e: &RunnerError) -> bool {
+    matches!(e, RunnerError::Ledger(_) | RunnerError::Store(_))
+}
+
+/// Sleeps `pause`; `true` if the runner began to shut down meanwhile.
+async fn pause_or_stop(runner: &DefaultRunner, pause: Duration) -> bool {
+    tokio::select! {
+        () = tokio::time::sleep(pause) => false,
+        () = runner.shutting_down() => true,
+    }
+}
+
+/// Catches the sink up from the ledger, retrying store errors until it succeeds; `false`
+/// if the task should end (the runner stopping, or an error that retrying cannot fix).
+async fn catch_up(sink: &mut crate::workflow::FiringSink, runner: &DefaultRunner) -> bool {
+    let mut pause = Duration::from_millis(50);
+    loop {
+        match sink.catch_up().await {
+            Ok(_) => return true,
+            Err(e) if retryable(&e) => {
+                tracing::warn!(error = %e, "catch-up from the ledger failed; retrying");
+                if pause_or_stop(runner, pause).await {
+                    return false;
+                }
+                pause = (pause * 2).min(Duration::from_secs(5));
+            }
+            Err(RunnerError::ShuttingDown) => return false,
+            Err(e) => {
+                tracing::error!(error = %e, "workflow subscription stopped: catch-up failed");
+                return false;
+            }
+        }
+    }
 }

@@ -132,7 +132,64 @@ async fn accepted_firings_start_one_execution_each_carrying_the_firing_id() {
         .await
         .expect("the subscription ends with its reactor")
         .expect("task");
+    // Its position is saved: the last firing handled.
+    let saved = ledger
+        .checkpoint(cloacina::workflow::SUBSCRIPTIONS_OWNER, "big")
+        .await
+        .expect("read")
+        .expect("saved");
+    let saved: serde_json::Value = serde_json::from_slice(&saved.value).expect("json");
+    assert_eq!(saved["position"], json!(expected.keys().max().copied()));
     runner.shutdown().await.expect("runner shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_subscription_starts_after_the_last_firing_and_one_sink_per_name() {
+    let ledger = cloacina::ledger::open("memory://").await.expect("ledger");
+    let reactor = doubler(&ledger);
+    let runner = DefaultRunner::from_ledger(Arc::clone(&ledger), RunnerConfig::default())
+        .await
+        .expect("runner");
+    let seen: Seen = Arc::default();
+    runner.register_workflow(react(&seen)).expect("register");
+    send(&reactor, 1..=3).await;
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while ledger
+            .last_firing("doubler")
+            .await
+            .expect("read")
+            .is_none_or(|f| f.firing_id < 3)
+        {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("three firings recorded");
+    let task = cloacina::subscribe_workflow(&reactor, &runner, at_least("late", 0))
+        .await
+        .expect("subscribe");
+    let err = cloacina::subscribe_workflow(&reactor, &runner, at_least("late", 0))
+        .await
+        .expect_err("a second sink of one name");
+    assert!(err.to_string().contains("already open"), "{err}");
+    send(&reactor, 4..=5).await;
+    eventually("two executions", || seen.lock().expect("seen").len() == 2).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut ids: Vec<u64> = seen.lock().expect("seen").keys().copied().collect();
+    ids.sort_unstable();
+    assert_eq!(
+        ids.len(),
+        2,
+        "no backfill of the firings before it: {ids:?}"
+    );
+    assert!(ids.iter().all(|id| *id > 3), "{ids:?}");
+    // The task ends when the runner shuts down, though the reactor runs on.
+    runner.shutdown().await.expect("runner shutdown");
+    tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .expect("the subscription ends with its runner")
+        .expect("task");
+    reactor.shutdown().await.expect("reactor shutdown");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -213,4 +270,5 @@ async fn a_subscription_naming_another_reactor_is_refused() {
     .expect_err("unknown workflow");
     assert!(err.to_string().contains("nope"), "{err}");
     reactor.shutdown().await.expect("shutdown");
+    runner.shutdown().await.expect("runner shutdown");
 }

@@ -170,6 +170,10 @@ pub(crate) struct Inner {
     keys: Arc<routing::KeyGates>,
     events: broadcast::Sender<ExecutionEvent>,
     accepting: AtomicBool,
+    /// Set once `shutdown` begins (see [`DefaultRunner::shutting_down`]).
+    stopping: watch::Sender<bool>,
+    /// Names of the reactor subscriptions with a sink open here (one each).
+    sinks: Mutex<std::collections::HashSet<String>>,
     drained: Notify,
     /// A schedule was written here: the scheduler reads them again at once.
     /// (Shared with the scheduler, which holds no strong reference while it waits.)
@@ -244,6 +248,8 @@ impl DefaultRunner {
             ids: tokio::sync::Mutex::new((0, 0)),
             events,
             accepting: AtomicBool::new(true),
+            stopping: watch::channel(false).0,
+            sinks: Mutex::new(std::collections::HashSet::new()),
             drained: Notify::new(),
             schedules_changed: Arc::new(Notify::new()),
             scheduler: Mutex::new(None),
@@ -276,6 +282,14 @@ impl DefaultRunner {
     /// The key values of [`KeyLimit`]s in use now: executions running and waiting per value.
     pub fn key_usage(&self) -> Vec<KeyUsage> {
         self.inner.keys.usage()
+    }
+
+    /// Completes once [`DefaultRunner::shutdown`] has begun (at once if it has): for
+    /// tasks that feed the runner and should stop with it.
+    pub async fn shutting_down(&self) {
+        let mut stopping = self.inner.stopping.subscribe();
+        // An error means the runner is gone, which is a shutdown too.
+        let _ = stopping.wait_for(|stop| *stop).await;
     }
 
     /// The settings in force.
@@ -492,6 +506,7 @@ impl DefaultRunner {
             let _live = lock(&self.inner.live);
             self.inner.accepting.store(false, Ordering::Release);
         }
+        self.inner.stopping.send_replace(true);
         // The scheduler stops (a fire under way ends first): no start is written after
         // this returns.
         self.inner.schedules_changed.notify_one();

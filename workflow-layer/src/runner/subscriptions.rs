@@ -88,8 +88,9 @@ impl ReactorSubscription {
     }
 
     /// `select` decides per firing: `Some(input)` starts the workflow on `input` (plus the
-    /// reactor keys), `None` passes the firing over. Outputs are in the record as the
-    /// ledger encodes them (`cloacina::codec::decode` reads one back).
+    /// reactor keys), `None` passes the firing over (as does a panic in it, logged).
+    /// Outputs are in the record as the ledger encodes them
+    /// (`cloacina::graph::codec::decode` reads one back).
     pub fn select(
         mut self,
         select: impl Fn(&FiringRecord) -> Option<Context<Value>> + Send + Sync + 'static,
@@ -112,12 +113,15 @@ struct Stored {
 /// A subscription's delivery end in this runner: takes firings (pushed, or read back
 /// from the ledger) and starts one execution per accepted firing.
 pub struct FiringSink {
-    runner: DefaultRunner,
     subscription: ReactorSubscription,
     position: u64,
     position_fired_at: i64,
     saved: (u64, i64),
     saved_at: Instant,
+    /// The last `deliver` failed: the next checks the store before starting.
+    failed: bool,
+    /// The runner, and the subscription's name held in it.
+    hold: SinkName,
 }
 
 impl std::fmt::Debug for FiringSink {
@@ -130,47 +134,74 @@ impl std::fmt::Debug for FiringSink {
 }
 
 impl DefaultRunner {
-    /// Stores `subscription` (keeping its position if it was stored before for the same
-    /// reactor and workflow) and returns its sink. An unknown workflow is an error.
+    /// Stores `subscription` and returns its sink. A subscription stored before for the
+    /// same reactor and workflow keeps its position; a new one starts after the reactor's
+    /// last firing in the runner's ledger (no backfill of older firings). One sink per name
+    /// may be open in a runner; an unknown workflow is an error.
     pub async fn subscribe_reactor(
         &self,
         subscription: ReactorSubscription,
     ) -> Result<FiringSink, RunnerError> {
-        let name = &subscription.name;
+        let name = subscription.name.clone();
+        let invalid = |reason: &str| RunnerError::InvalidSubscription {
+            name: name.clone(),
+            reason: reason.to_owned(),
+        };
         if name.is_empty() || name.contains('\0') {
-            return Err(RunnerError::InvalidSubscription {
-                name: name.clone(),
-                reason: "the name is empty or contains NUL".into(),
-            });
+            return Err(invalid("the name is empty or contains NUL"));
         }
         self.resolve(&subscription.workflow)?;
+        if !super::lock(&self.inner.sinks).insert(name.clone()) {
+            return Err(invalid("a sink for it is already open in this runner"));
+        }
+        // From here the name is held; the sink (or this guard, on an error) frees it.
+        let hold = SinkName {
+            runner: self.clone(),
+            name: name.clone(),
+        };
         let stored = self
             .inner
             .ledger
-            .checkpoint(SUBSCRIPTIONS_OWNER, name)
+            .checkpoint(SUBSCRIPTIONS_OWNER, &name)
             .await?
             .and_then(|r| serde_json::from_slice::<Stored>(&r.value).ok())
             .filter(|s| s.reactor == subscription.reactor && s.workflow == subscription.workflow);
-        let (position, position_fired_at) =
-            stored.map_or((0, i64::MIN), |s| (s.position, s.position_fired_at_unix_us));
+        let (position, position_fired_at) = match stored {
+            Some(s) => (s.position, s.position_fired_at_unix_us),
+            None => match self.inner.ledger.last_firing(&subscription.reactor).await? {
+                Some(last) => (last.firing_id, last.fired_at_unix_us),
+                None => (0, i64::MIN),
+            },
+        };
         let mut sink = FiringSink {
-            runner: self.clone_handle(),
             subscription,
             position,
             position_fired_at,
             saved: (u64::MAX, i64::MIN),
             saved_at: Instant::now(),
+            failed: false,
+            hold,
         };
         sink.save().await?;
         Ok(sink)
     }
+}
 
-    fn clone_handle(&self) -> DefaultRunner {
-        DefaultRunner {
-            inner: Arc::clone(&self.inner),
-        }
+/// Frees a subscription's name in its runner when its sink goes.
+struct SinkName {
+    runner: DefaultRunner,
+    name: String,
+}
+
+impl Drop for SinkName {
+    fn drop(&mut self) {
+        super::lock(&self.runner.inner.sinks).remove(&self.name);
     }
 }
+
+/// How long a pushed firing waits for the firings before it (missed by the stream) to
+/// reach the ledger before they are given up, logged as not started.
+const GAP_WAIT: Duration = Duration::from_secs(30);
 
 impl FiringSink {
     /// The last firing id handled.
@@ -178,9 +209,48 @@ impl FiringSink {
         self.position
     }
 
-    /// Starts the executions of the firings the runner's ledger holds after the position
-    /// (what a restart missed); returns how many firings it handled.
+    fn runner(&self) -> &DefaultRunner {
+        &self.hold.runner
+    }
+
+    /// Starts the executions of the firings the runner's ledger holds past the position
+    /// (what the stream did not bring: before subscribing, after a restart or a lag),
+    /// including those of a reactor that numbered its firings again since the position
+    /// (read by time); returns how many firings it handled.
     pub async fn catch_up(&mut self) -> Result<usize, RunnerError> {
+        let mut handled = self.catch_up_ids().await?;
+        if self.position_fired_at > i64::MIN {
+            // Firings that fired after the position whatever their id (a reactor that
+            // lost unwritten firings in a crash numbers from its ledger's last again).
+            let mut since = self.position_fired_at;
+            loop {
+                let query = FiringQuery {
+                    since_unix_us: Some(since),
+                    limit: Some(CATCH_UP_BATCH),
+                    ..FiringQuery::reactor(self.subscription.reactor.clone())
+                };
+                let firings = self.runner().inner.ledger.firings(&query).await?;
+                for firing in &firings {
+                    if self.handled_already(firing) {
+                        continue;
+                    }
+                    self.handle(firing, true).await?;
+                    handled += 1;
+                }
+                match firings.last() {
+                    Some(last) if firings.len() == CATCH_UP_BATCH => {
+                        since = (last.fired_at_unix_us).max(since.saturating_add(1));
+                    }
+                    _ => break,
+                }
+            }
+        }
+        self.save().await?;
+        Ok(handled)
+    }
+
+    /// The firings the ledger holds past the position, by id.
+    async fn catch_up_ids(&mut self) -> Result<usize, RunnerError> {
         let mut handled = 0;
         loop {
             let query = FiringQuery {
@@ -189,37 +259,87 @@ impl FiringSink {
                 ..FiringQuery::reactor(self.subscription.reactor.clone())
             }
             .allow_gaps();
-            let firings = self.runner.inner.ledger.firings(&query).await?;
-            let n = firings.len();
+            let firings = self.runner().inner.ledger.firings(&query).await?;
             for firing in &firings {
                 self.handle(firing, true).await?;
                 handled += 1;
             }
-            if n < CATCH_UP_BATCH {
-                break;
+            if firings.len() < CATCH_UP_BATCH {
+                return Ok(handled);
             }
         }
-        self.save().await?;
-        Ok(handled)
     }
 
     /// Handles a firing pushed from the reactor: starts its execution unless the firing was
-    /// handled already (at or before the position) or the subscription passes it over. A
-    /// firing numbered at or below the position that fired after it is a new one (a
-    /// reactor without a ledger numbers its firings from the start again when it
-    /// restarts): it is handled, and the position follows it.
+    /// handled already (at or before the position) or the subscription passes it over.
+    /// Firings between the position and this one that the stream did not bring are read
+    /// from the ledger first (waiting up to 30 s for its writer). A firing numbered at or
+    /// below the position that fired after it is a new one (a reactor without a ledger
+    /// numbers its firings from the start again when it restarts): it is handled, and the
+    /// position follows it. After a failed call the next one checks the store before
+    /// starting (the failed start may have been written).
     pub async fn deliver(&mut self, firing: &FiringRecord) -> Result<(), RunnerError> {
-        if firing.firing_id <= self.position && firing.fired_at_unix_us <= self.position_fired_at {
+        if firing.reactor != self.subscription.reactor {
+            return Err(RunnerError::InvalidSubscription {
+                name: self.subscription.name.clone(),
+                reason: format!(
+                    "firing of reactor `{}` delivered to a subscription of `{}`",
+                    firing.reactor, self.subscription.reactor
+                ),
+            });
+        }
+        if self.handled_already(firing) {
             return Ok(());
         }
-        self.handle(firing, false).await?;
+        // A firing numbered at or below the position is a renumbered one: no gap to fill.
+        if firing.firing_id > self.position.saturating_add(1) {
+            self.fill_gap(firing.firing_id).await?;
+        }
+        let checked = self.failed;
+        self.failed = true;
+        self.handle(firing, checked).await?;
+        self.failed = false;
         if self.saved_at.elapsed() >= SAVE_EVERY {
             self.save().await?;
         }
         Ok(())
     }
 
-    /// Writes the position to the store (if it moved).
+    /// Whether `firing` is at or before the position: numbered at or below it and fired
+    /// no later (a lower number that fired later is a renumbered, new firing).
+    fn handled_already(&self, firing: &FiringRecord) -> bool {
+        firing.firing_id <= self.position && firing.fired_at_unix_us <= self.position_fired_at
+    }
+
+    /// Reads the firings before `id` (after the position) from the ledger, waiting for its
+    /// writer; gives up (logged) if the ledger holds none of the reactor's firings, or
+    /// after [`GAP_WAIT`].
+    async fn fill_gap(&mut self, id: u64) -> Result<(), RunnerError> {
+        let started = Instant::now();
+        loop {
+            self.catch_up_ids().await?;
+            if self.position.saturating_add(1) >= id {
+                return Ok(());
+            }
+            let recorded = self
+                .runner()
+                .inner
+                .ledger
+                .last_firing(&self.subscription.reactor)
+                .await?
+                .is_some();
+            if !recorded || started.elapsed() >= GAP_WAIT {
+                tracing::error!(subscription = %self.subscription.name,
+                    from = self.position + 1, to = id - 1, recorded,
+                    "firings missed by the stream are not in the ledger: not started");
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Writes the position to the store (if it moved). The facade's task calls it every
+    /// 100 ms and at its end.
     pub async fn save(&mut self) -> Result<(), RunnerError> {
         let now = (self.position, self.position_fired_at);
         if self.saved == now {
@@ -235,7 +355,8 @@ impl FiringSink {
             name: self.subscription.name.clone(),
             reason: e.to_string(),
         })?;
-        self.runner
+        self.hold
+            .runner
             .inner
             .ledger
             .append(
@@ -257,6 +378,7 @@ impl FiringSink {
     /// a replay must) and moves the position past it.
     async fn handle(&mut self, firing: &FiringRecord, checked: bool) -> Result<(), RunnerError> {
         if !self
+            .hold
             .runner
             .inner
             .accepting
@@ -266,15 +388,25 @@ impl FiringSink {
             return Err(RunnerError::ShuttingDown);
         }
         let sub = &self.subscription;
-        if let Some(mut input) = (sub.select)(firing) {
+        // A panicking `select` is reported and the firing passed over (never fatal).
+        let selected =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (sub.select)(firing)))
+                .unwrap_or_else(|payload| {
+                    tracing::error!(subscription = %sub.name, firing = firing.firing_id,
+                panic = %cloacina_graph_core::panic_message(payload),
+                "the subscription's select panicked; firing passed over");
+                    None
+                });
+        if let Some(mut input) = selected {
             // The firing's id and time: the same whether pushed or read back, and unique
             // even across a reactor that numbers its firings again.
             let mut key = [0u8; 16];
             key[..8].copy_from_slice(&firing.firing_id.to_be_bytes());
             key[8..].copy_from_slice(&firing.fired_at_unix_us.to_be_bytes());
             let id = derived_id(b"cloacina-reactor", &sub.name, &key);
-            let started = checked && self.runner.inner.store.execution(id).await?.is_some();
-            if !started && !super::lock(&self.runner.inner.live).contains_key(&id) {
+            let runner = &self.hold.runner;
+            let started = checked && runner.inner.store.execution(id).await?.is_some();
+            if !started && !super::lock(&runner.inner.live).contains_key(&id) {
                 input.insert_or_update("reactor_name", Value::from(firing.reactor.as_str()));
                 input.insert_or_update("reactor_firing_id", Value::from(firing.firing_id));
                 let fired_at =
@@ -282,8 +414,8 @@ impl FiringSink {
                         .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
                         .unwrap_or_default();
                 input.insert_or_update("reactor_fired_at", Value::from(fired_at));
-                let workflow = self.runner.resolve(&sub.workflow)?;
-                self.runner.start_as(id, workflow, input).await?;
+                let workflow = runner.resolve(&sub.workflow)?;
+                runner.start_as(id, workflow, input).await?;
             }
         }
         self.position = firing.firing_id;
