@@ -9,7 +9,8 @@
 //! disabled just after it. Last line JSON:
 //! `{"seconds","runners","url","instants","fired","twice","missed"}`: `instants` distinct
 //! instants of the window fired (S expected), `fired` executions run for them (S
-//! expected), `twice` instants run more than once, `missed` instants never fired.
+//! expected), `twice` instants run more than once, `missed` instants never fired. Exits
+//! with an error if any instant fired twice or was missed.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -134,5 +135,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         args.runners,
         in_window.len()
     );
+    if twice > 0 || missed > 0 {
+        return Err(format!("{twice} instants fired twice, {missed} missed").into());
+    }
     Ok(())
 }

@@ -6,7 +6,8 @@
 //! on each value sent; `cloacina::subscribe_workflow` starts a one-task workflow per firing;
 //! the task notes the wall clock against the firing's `reactor_fired_at` (when the firing
 //! started, µs). Last line JSON: `{"firings","every_us","ledger","p50_us","p99_us","max_us",
-//! "started"}` (`started`: executions whose task ran; equal to `firings`).
+//! "started"}` (`started`: executions whose task ran; equal to `firings`, or the example
+//! exits with an error).
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -126,5 +127,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         sorted.last().copied().unwrap_or(0.0),
         sorted.len()
     );
+    if sorted.len() as u64 != args.firings {
+        return Err(format!(
+            "{} of {} firings started their workflow",
+            sorted.len(),
+            args.firings
+        )
+        .into());
+    }
     Ok(())
 }
