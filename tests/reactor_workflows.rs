@@ -56,6 +56,18 @@ fn react(seen: &Seen) -> Workflow {
         .expect("valid")
 }
 
+/// The ledger at `url`, a `doubler` reactor recording into it, and a runner on it with
+/// the `react` workflow noting into `seen`.
+async fn world(url: &str, seen: &Seen) -> (Arc<dyn Ledger>, ReactorHandle, DefaultRunner) {
+    let ledger = cloacina::ledger::open(url).await.expect("ledger");
+    let reactor = doubler(&ledger);
+    let runner = DefaultRunner::from_ledger(Arc::clone(&ledger), RunnerConfig::default())
+        .await
+        .expect("runner");
+    runner.register_workflow(react(seen)).expect("register");
+    (ledger, reactor, runner)
+}
+
 /// The `doubled` output of a completed firing.
 fn doubled(firing: &FiringRecord) -> Option<u64> {
     match &firing.outcome {
@@ -94,13 +106,8 @@ async fn send(reactor: &ReactorHandle, values: std::ops::RangeInclusive<u64>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn accepted_firings_start_one_execution_each_carrying_the_firing_id() {
-    let ledger = cloacina::ledger::open("memory://").await.expect("ledger");
-    let reactor = doubler(&ledger);
-    let runner = DefaultRunner::from_ledger(Arc::clone(&ledger), RunnerConfig::default())
-        .await
-        .expect("runner");
     let seen: Seen = Arc::default();
-    runner.register_workflow(react(&seen)).expect("register");
+    let (ledger, reactor, runner) = world("memory://", &seen).await;
     let task = cloacina::subscribe_workflow(&reactor, &runner, at_least("big", 10))
         .await
         .expect("subscribe");
@@ -145,13 +152,8 @@ async fn accepted_firings_start_one_execution_each_carrying_the_firing_id() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_subscription_starts_after_the_last_firing_and_one_sink_per_name() {
-    let ledger = cloacina::ledger::open("memory://").await.expect("ledger");
-    let reactor = doubler(&ledger);
-    let runner = DefaultRunner::from_ledger(Arc::clone(&ledger), RunnerConfig::default())
-        .await
-        .expect("runner");
     let seen: Seen = Arc::default();
-    runner.register_workflow(react(&seen)).expect("register");
+    let (ledger, reactor, runner) = world("memory://", &seen).await;
     send(&reactor, 1..=3).await;
     tokio::time::timeout(Duration::from_secs(10), async {
         while ledger
@@ -200,12 +202,7 @@ async fn after_a_crash_the_subscription_starts_what_it_missed_once() {
     // First life: five firings handled live, then the subscription task is killed (its
     // position may not be saved) and everything stops.
     {
-        let ledger = cloacina::ledger::open(&url).await.expect("ledger");
-        let reactor = doubler(&ledger);
-        let runner = DefaultRunner::from_ledger(Arc::clone(&ledger), RunnerConfig::default())
-            .await
-            .expect("runner");
-        runner.register_workflow(react(&seen)).expect("register");
+        let (ledger, reactor, runner) = world(&url, &seen).await;
         let task = cloacina::subscribe_workflow(&reactor, &runner, at_least("all", 0))
             .await
             .expect("subscribe");
@@ -221,12 +218,7 @@ async fn after_a_crash_the_subscription_starts_what_it_missed_once() {
     }
     // Second life: the subscription catches up 6..=8 from the ledger (and passes over
     // what already started), then takes 9..=10 live.
-    let ledger = cloacina::ledger::open(&url).await.expect("reopen");
-    let reactor = doubler(&ledger);
-    let runner = DefaultRunner::from_ledger(Arc::clone(&ledger), RunnerConfig::default())
-        .await
-        .expect("runner");
-    runner.register_workflow(react(&seen)).expect("register");
+    let (_ledger, reactor, runner) = world(&url, &seen).await;
     let _task = cloacina::subscribe_workflow(&reactor, &runner, at_least("all", 0))
         .await
         .expect("subscribe again");
@@ -246,13 +238,8 @@ async fn after_a_crash_the_subscription_starts_what_it_missed_once() {
 
 #[tokio::test]
 async fn a_subscription_naming_another_reactor_is_refused() {
-    let ledger = cloacina::ledger::open("memory://").await.expect("ledger");
-    let reactor = doubler(&ledger);
-    let runner = DefaultRunner::from_ledger(Arc::clone(&ledger), RunnerConfig::default())
-        .await
-        .expect("runner");
     let seen: Seen = Arc::default();
-    runner.register_workflow(react(&seen)).expect("register");
+    let (_ledger, reactor, runner) = world("memory://", &seen).await;
     let err = cloacina::subscribe_workflow(
         &reactor,
         &runner,
