@@ -262,12 +262,14 @@ async fn executions_sharing_a_key_value_run_one_at_a_time_in_arrival_order() {
         "values are forgotten once idle"
     );
 
+    // Each waiting execution says why (the drivers emit it as they start, in any order).
     let mut waited = Vec::new();
     while let Ok(event) = events.try_recv() {
         if let ExecutionEventKind::WaitingForKey { key, value } = event.kind {
             waited.push((event.execution_id, key, value));
         }
     }
+    waited.sort();
     assert_eq!(
         waited,
         [
