@@ -39,16 +39,6 @@ impl DefaultRunner {
             )
             .await?;
         for stored in claimed {
-            let id = stored.execution.id;
-            // Already driven here, or already waiting for its workflow (a sweep claims
-            // this runner's own executions again).
-            if lock(&self.inner.live).contains_key(&id)
-                || lock(&self.inner.orphans)
-                    .iter()
-                    .any(|o| o.execution.id == id)
-            {
-                continue;
-            }
             let name = stored.execution.workflow.clone();
             match self.resolve(&name) {
                 Ok(_) => self.adopt(stored),
