@@ -78,7 +78,7 @@ pub use sql::postgres::PostgresLedger;
 pub use sql::sqlite::SqliteLedger;
 pub use workflows::{
     ExecutionEndRecord, ExecutionRecord, ExecutionStatus, StoredExecution, TaskOutcome, TaskRecord,
-    WorkflowRecord, WorkflowStore,
+    WorkflowRecord, WorkflowStore, UNCLAIMED,
 };
 pub use writer::{
     AckSender, LedgerWriter, RecordBuilder, WriterOptions, WriterReport, WriterStatus,

@@ -144,6 +144,23 @@ impl Ledger for FaultyLedger {
     }
 }
 
+impl FaultyLedger {
+    /// The injected refusal of a batch that starts an execution, if asked for.
+    fn refusal(&self, records: &[WorkflowRecord]) -> Option<crate::LedgerFuture<'static, ()>> {
+        let starts = records
+            .iter()
+            .any(|r| matches!(r, WorkflowRecord::Started(_)));
+        (self.refuse_starts && starts).then(|| -> crate::LedgerFuture<'static, ()> {
+            Box::pin(async {
+                Err(LedgerError::Rejected {
+                    backend: "faulty",
+                    message: "injected refusal of an execution start".into(),
+                })
+            })
+        })
+    }
+}
+
 impl WorkflowStore for FaultyLedger {
     fn workflow_backend(&self) -> &'static str {
         "faulty"
@@ -153,18 +170,21 @@ impl WorkflowStore for FaultyLedger {
         records: &'a [WorkflowRecord],
         commit: Commit,
     ) -> crate::LedgerFuture<'a, ()> {
-        let starts = records
-            .iter()
-            .any(|r| matches!(r, WorkflowRecord::Started(_)));
-        if self.refuse_starts && starts {
-            return Box::pin(async {
-                Err(LedgerError::Rejected {
-                    backend: "faulty",
-                    message: "injected refusal of an execution start".into(),
-                })
-            });
+        if let Some(refused) = self.refusal(records) {
+            return refused;
         }
         self.inner.write(records, commit)
+    }
+    fn write_as<'a>(
+        &'a self,
+        owner: &'a str,
+        records: &'a [WorkflowRecord],
+        commit: Commit,
+    ) -> crate::LedgerFuture<'a, ()> {
+        if let Some(refused) = self.refusal(records) {
+            return refused;
+        }
+        self.inner.write_as(owner, records, commit)
     }
     fn execution(&self, id: u64) -> crate::LedgerFuture<'_, Option<StoredExecution>> {
         self.inner.execution(id)
@@ -179,12 +199,25 @@ impl WorkflowStore for FaultyLedger {
         self.inner
             .claim_unfinished(owner, now_unix_us, lease_until_unix_us, limit)
     }
+    fn claim_expired<'a>(
+        &'a self,
+        owner: &'a str,
+        now_unix_us: i64,
+        lease_until_unix_us: i64,
+        limit: usize,
+    ) -> crate::LedgerFuture<'a, Vec<StoredExecution>> {
+        self.inner
+            .claim_expired(owner, now_unix_us, lease_until_unix_us, limit)
+    }
     fn renew_claims<'a>(
         &'a self,
         owner: &'a str,
         lease_until_unix_us: i64,
-    ) -> crate::LedgerFuture<'a, u64> {
+    ) -> crate::LedgerFuture<'a, Vec<u64>> {
         self.inner.renew_claims(owner, lease_until_unix_us)
+    }
+    fn work_signal(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        self.inner.work_signal()
     }
     fn reserve_execution_ids(&self, count: u64) -> crate::LedgerFuture<'_, u64> {
         self.inner.reserve_execution_ids(count)

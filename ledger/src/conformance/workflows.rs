@@ -301,10 +301,13 @@ pub(super) async fn run(harness: &dyn Harness) {
     );
     assert_eq!(
         store.renew_claims("r2", T0 + 20_000).await.ok(),
-        Some(1),
+        Some(vec![e2]),
         "{name}: renew"
     );
-    assert_eq!(store.renew_claims("r1", T0 + 20_000).await.ok(), Some(0));
+    assert_eq!(
+        store.renew_claims("r1", T0 + 20_000).await.ok(),
+        Some(vec![])
+    );
     assert_eq!(
         c.get(e2).await.map(|e| e.execution.lease_until_unix_us),
         Some(T0 + 20_000)
@@ -314,6 +317,8 @@ pub(super) async fn run(harness: &dyn Harness) {
         .await
         .expect("claim");
     assert!(limited.is_empty(), "{name}: limit 0 claims nothing");
+
+    scale_out(&c, &*store).await;
 
     // A large batch (backends split it into several statements or key writes): every
     // record lands once, the first of each kind wins across the whole batch, and a task of
@@ -401,4 +406,86 @@ pub(super) async fn run(harness: &dyn Harness) {
             "{name}: ids reused after reopen ({third})"
         );
     }
+}
+
+/// What several runners sharing a store rely on: expired claims taken over (and counted),
+/// work submitted unclaimed, the work signal, and fenced writes.
+async fn scale_out(c: &Check<'_>, store: &dyn WorkflowStore) {
+    let name = c.name;
+    let signal = store.work_signal();
+    let seen = signal.as_ref().map(|s| *s.borrow());
+    let b = store.reserve_execution_ids(3).await.expect("reserve");
+    let (held, expired, submitted) = (b, b + 1, b + 2);
+    c.write(vec![
+        WorkflowRecord::Started(start(held, "r1", T0 + 50_000)),
+        WorkflowRecord::Started(start(expired, "r1", T0 + 1_000)),
+        WorkflowRecord::Started(start(submitted, crate::UNCLAIMED, 0)),
+    ])
+    .await;
+    if let (Some(signal), Some(seen)) = (&signal, seen) {
+        assert_ne!(*signal.borrow(), seen, "{name}: submitted work is signalled");
+    }
+
+    // Only expired leases (and unclaimed work), whoever held them; never r1's live one.
+    let claimed = store
+        .claim_expired("r2", T0 + 10_000, T0 + 60_000, 100)
+        .await
+        .expect("claim expired");
+    let got: Vec<(u64, u32)> = claimed
+        .iter()
+        .filter(|e| e.execution.id >= b)
+        .map(|e| (e.execution.id, e.takeovers))
+        .collect();
+    assert_eq!(
+        got,
+        vec![(expired, 1), (submitted, 0)],
+        "{name}: claim_expired takes expired and unclaimed executions; a takeover counts"
+    );
+    assert_eq!(c.must_get(expired).await.takeovers, 1, "{name}: takeovers stored");
+    assert_eq!(c.must_get(expired).await.execution.owner, "r2");
+    assert_eq!(c.must_get(held).await.execution.owner, "r1");
+
+    // Fenced writes: r1 lost `expired`, so its records of it are dropped; r2's land.
+    let r1_late = [
+        WorkflowRecord::Task(task(expired, "late", true)),
+        WorkflowRecord::Ended(end(expired, ExecutionStatus::Failed)),
+        WorkflowRecord::Task(task(held, "mine", true)),
+    ];
+    store
+        .write_as("r1", &r1_late, Commit::Buffered)
+        .await
+        .expect("fenced write");
+    let lost = c.must_get(expired).await;
+    assert!(
+        lost.tasks.is_empty() && lost.end.is_none(),
+        "{name}: a runner that lost its claim recorded {lost:?}"
+    );
+    assert_eq!(
+        c.must_get(held).await.tasks.len(),
+        1,
+        "{name}: a fenced write records what its runner holds"
+    );
+    store
+        .write_as(
+            "r2",
+            &[
+                WorkflowRecord::Task(task(expired, "late", true)),
+                WorkflowRecord::Ended(end(expired, ExecutionStatus::Completed)),
+            ],
+            Commit::Buffered,
+        )
+        .await
+        .expect("holder's write");
+    let done = c.must_get(expired).await;
+    assert_eq!(
+        (done.tasks.len(), done.status),
+        (1, ExecutionStatus::Completed),
+        "{name}: the holder's records land"
+    );
+    // Clean up for the checks after this one: r2 and r1 end theirs.
+    c.write(vec![
+        WorkflowRecord::Ended(end(held, ExecutionStatus::Completed)),
+        WorkflowRecord::Ended(end(submitted, ExecutionStatus::Completed)),
+    ])
+    .await;
 }

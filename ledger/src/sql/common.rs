@@ -575,7 +575,15 @@ macro_rules! forward_ledger {
                 records: &'a [$crate::WorkflowRecord],
                 commit: $crate::Commit,
             ) -> $crate::LedgerFuture<'a, ()> {
-                Box::pin(self.write_workflow_records(records, commit))
+                Box::pin(self.write_workflow_records(records, commit, None))
+            }
+            fn write_as<'a>(
+                &'a self,
+                owner: &'a str,
+                records: &'a [$crate::WorkflowRecord],
+                commit: $crate::Commit,
+            ) -> $crate::LedgerFuture<'a, ()> {
+                Box::pin(self.write_workflow_records(records, commit, Some(owner)))
             }
             fn execution(
                 &self,
@@ -590,14 +598,38 @@ macro_rules! forward_ledger {
                 lease_until_unix_us: i64,
                 limit: usize,
             ) -> $crate::LedgerFuture<'a, Vec<$crate::StoredExecution>> {
-                Box::pin(self.claim_executions(owner, now_unix_us, lease_until_unix_us, limit))
+                Box::pin(self.claim_executions(
+                    owner,
+                    now_unix_us,
+                    lease_until_unix_us,
+                    limit,
+                    false,
+                ))
+            }
+            fn claim_expired<'a>(
+                &'a self,
+                owner: &'a str,
+                now_unix_us: i64,
+                lease_until_unix_us: i64,
+                limit: usize,
+            ) -> $crate::LedgerFuture<'a, Vec<$crate::StoredExecution>> {
+                Box::pin(self.claim_executions(
+                    owner,
+                    now_unix_us,
+                    lease_until_unix_us,
+                    limit,
+                    true,
+                ))
             }
             fn renew_claims<'a>(
                 &'a self,
                 owner: &'a str,
                 lease_until_unix_us: i64,
-            ) -> $crate::LedgerFuture<'a, u64> {
+            ) -> $crate::LedgerFuture<'a, Vec<u64>> {
                 Box::pin(self.renew_executions(owner, lease_until_unix_us))
+            }
+            fn work_signal(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+                Some(self.work_receiver())
             }
             fn reserve_execution_ids(&self, count: u64) -> $crate::LedgerFuture<'_, u64> {
                 Box::pin(self.reserve_ids(count))

@@ -11,7 +11,7 @@ use crate::{
 
 /// The columns of `wf_executions`, in [`ExecRow`] order.
 pub(crate) const EXEC_COLUMNS: &str = "id, workflow, version, input, created_at_us, owner, \
-     lease_until_us, status, final_context, error, finished_at_us";
+     lease_until_us, status, final_context, error, finished_at_us, takeovers";
 /// The columns of `wf_tasks`, in [`TaskRow`] order.
 pub(crate) const TASK_COLUMNS: &str =
     "execution_id, task, outcome, attempts, output, error, started_at_us, finished_at_us";
@@ -29,6 +29,7 @@ pub(crate) type ExecRow = (
     Option<Vec<u8>>,
     Option<String>,
     Option<i64>,
+    i64,
 );
 /// A `wf_tasks` row.
 pub(crate) type TaskRow = (i64, String, i64, i64, Vec<u8>, Option<String>, i64, i64);
@@ -66,6 +67,7 @@ pub(crate) fn stored(
         final_context,
         error,
         finished,
+        takeovers,
     ) = row;
     let id = id_of(backend, location, id)?;
     let status = ExecutionStatus::from_code(status).ok_or_else(|| {
@@ -133,6 +135,7 @@ pub(crate) fn stored(
         status,
         tasks,
         end,
+        takeovers: u32::try_from(takeovers).unwrap_or(u32::MAX),
     })
 }
 

@@ -2,8 +2,10 @@
 
 use std::collections::BTreeMap;
 
+use super::signal::submits_work;
 use super::{
-    by_kind, check_batch, ExecutionStatus, StoredExecution, WorkflowRecord, WorkflowStore,
+    by_kind, check_batch, ExecutionStatus, StoredExecution, WorkSignal, WorkflowRecord,
+    WorkflowStore, UNCLAIMED,
 };
 use crate::{Commit, LedgerError, LedgerFuture, MemoryLedger};
 
@@ -15,10 +17,14 @@ pub(crate) struct MemoryWorkflows {
     executions: BTreeMap<u64, StoredExecution>,
     /// The last execution id handed out.
     last_id: u64,
+    /// Bumped when work is submitted unclaimed.
+    signal: WorkSignal,
 }
 
 impl MemoryWorkflows {
-    fn apply(&mut self, batch: &[WorkflowRecord]) {
+    /// Applies `batch`; with `fence`, only to executions that runner holds (starts aside).
+    fn apply(&mut self, batch: &[WorkflowRecord], fence: Option<&str>) {
+        let held = |e: &StoredExecution| fence.is_none_or(|owner| e.execution.owner == owner);
         let (starts, tasks, ends) = by_kind(batch);
         for s in starts {
             self.executions
@@ -28,22 +34,26 @@ impl MemoryWorkflows {
                     status: ExecutionStatus::Running,
                     tasks: Vec::new(),
                     end: None,
+                    takeovers: 0,
                 });
         }
         for t in tasks {
-            if let Some(e) = self.executions.get_mut(&t.execution_id) {
+            if let Some(e) = self.executions.get_mut(&t.execution_id).filter(|e| held(e)) {
                 if let Err(i) = e.tasks.binary_search_by(|r| r.task.as_str().cmp(&t.task)) {
                     e.tasks.insert(i, t.clone());
                 }
             }
         }
         for end in ends {
-            if let Some(e) = self.executions.get_mut(&end.execution_id) {
+            if let Some(e) = self.executions.get_mut(&end.execution_id).filter(|e| held(e)) {
                 if e.end.is_none() {
                     e.status = end.status;
                     e.end = Some(end.clone());
                 }
             }
+        }
+        if submits_work(batch) {
+            self.signal.bump();
         }
     }
 }
@@ -65,7 +75,20 @@ impl WorkflowStore for MemoryLedger {
     fn write<'a>(&'a self, records: &'a [WorkflowRecord], _commit: Commit) -> LedgerFuture<'a, ()> {
         Box::pin(async move {
             check_batch(BACKEND, records)?;
-            self.workflows()?.apply(records);
+            self.workflows()?.apply(records, None);
+            Ok(())
+        })
+    }
+
+    fn write_as<'a>(
+        &'a self,
+        owner: &'a str,
+        records: &'a [WorkflowRecord],
+        _commit: Commit,
+    ) -> LedgerFuture<'a, ()> {
+        Box::pin(async move {
+            check_batch(BACKEND, records)?;
+            self.workflows()?.apply(records, Some(owner));
             Ok(())
         })
     }
@@ -92,6 +115,38 @@ impl WorkflowStore for MemoryLedger {
                     && (e.execution.owner == owner
                         || e.execution.lease_until_unix_us < now_unix_us);
                 if claimable {
+                    if e.execution.owner != UNCLAIMED && e.execution.owner != owner {
+                        e.takeovers = e.takeovers.saturating_add(1);
+                    }
+                    e.execution.owner = owner.to_owned();
+                    e.execution.lease_until_unix_us = lease_until_unix_us;
+                    out.push(e.clone());
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    fn claim_expired<'a>(
+        &'a self,
+        owner: &'a str,
+        now_unix_us: i64,
+        lease_until_unix_us: i64,
+        limit: usize,
+    ) -> LedgerFuture<'a, Vec<StoredExecution>> {
+        Box::pin(async move {
+            let mut store = self.workflows()?;
+            let mut out = Vec::new();
+            for e in store.executions.values_mut() {
+                if out.len() >= limit {
+                    break;
+                }
+                if e.status == ExecutionStatus::Running
+                    && e.execution.lease_until_unix_us < now_unix_us
+                {
+                    if e.execution.owner != UNCLAIMED && e.execution.owner != owner {
+                        e.takeovers = e.takeovers.saturating_add(1);
+                    }
                     e.execution.owner = owner.to_owned();
                     e.execution.lease_until_unix_us = lease_until_unix_us;
                     out.push(e.clone());
@@ -105,18 +160,22 @@ impl WorkflowStore for MemoryLedger {
         &'a self,
         owner: &'a str,
         lease_until_unix_us: i64,
-    ) -> LedgerFuture<'a, u64> {
+    ) -> LedgerFuture<'a, Vec<u64>> {
         Box::pin(async move {
             let mut store = self.workflows()?;
-            let mut renewed = 0;
-            for e in store.executions.values_mut() {
+            let mut renewed = Vec::new();
+            for (id, e) in store.executions.iter_mut() {
                 if e.status == ExecutionStatus::Running && e.execution.owner == owner {
                     e.execution.lease_until_unix_us = lease_until_unix_us;
-                    renewed += 1;
+                    renewed.push(*id);
                 }
             }
             Ok(renewed)
         })
+    }
+
+    fn work_signal(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        self.workflows().ok().map(|w| w.signal.subscribe())
     }
 
     fn reserve_execution_ids(&self, count: u64) -> LedgerFuture<'_, u64> {

@@ -23,14 +23,20 @@
 //! ([`WorkflowStore::reserve_execution_ids`]), unique across runners sharing it.
 
 mod memory;
+pub(crate) mod signal;
 mod sled_store;
 
 pub(crate) use memory::MemoryWorkflows;
+pub(crate) use signal::WorkSignal;
 pub(crate) use sled_store::SledWorkflowState;
 
 use serde::{Deserialize, Serialize};
 
 use crate::{Commit, LedgerFuture};
+
+/// The owner of an execution submitted for any runner to claim
+/// ([`WorkflowStore::claim_expired`] takes it: its lease is 0).
+pub const UNCLAIMED: &str = "";
 
 /// An execution's start and its claim.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -157,6 +163,10 @@ pub struct StoredExecution {
     pub tasks: Vec<TaskRecord>,
     /// Its end, once recorded.
     pub end: Option<ExecutionEndRecord>,
+    /// Times a runner took it over from another whose lease had expired
+    /// ([`WorkflowStore::claim_expired`]): what caps re-runs of an execution that kills
+    /// its runners. sled counts them in the process that holds the store.
+    pub takeovers: u32,
 }
 
 /// The durable state of workflow executions. Every method is atomic for each execution it
@@ -177,6 +187,17 @@ pub trait WorkflowStore: Send + Sync + 'static {
     /// when this returns.
     fn write<'a>(&'a self, records: &'a [WorkflowRecord], commit: Commit) -> LedgerFuture<'a, ()>;
 
+    /// [`write`](Self::write) by runner `owner`, fenced: task outcomes and ends of
+    /// executions that `owner` does not hold (another runner took them over after its lease
+    /// expired) are dropped, so a runner that lost its claim records nothing more of them.
+    /// Starts are written as given (first wins, as ever).
+    fn write_as<'a>(
+        &'a self,
+        owner: &'a str,
+        records: &'a [WorkflowRecord],
+        commit: Commit,
+    ) -> LedgerFuture<'a, ()>;
+
     /// Execution `id`, with its task outcomes and end.
     fn execution(&self, id: u64) -> LedgerFuture<'_, Option<StoredExecution>>;
 
@@ -191,12 +212,36 @@ pub trait WorkflowStore: Send + Sync + 'static {
         limit: usize,
     ) -> LedgerFuture<'a, Vec<StoredExecution>>;
 
-    /// Extends the lease of every unfinished execution `owner` holds; returns how many.
+    /// Atomically claims up to `limit` executions that have not ended and whose lease
+    /// expired before `now_unix_us`, whoever held them: what several runners sharing a
+    /// store take from each other when one dies, and how work submitted unclaimed
+    /// ([`UNCLAIMED`], lease 0) reaches a runner. Each becomes `owner`'s until
+    /// `lease_until_unix_us`; one taken from another runner counts a takeover
+    /// ([`StoredExecution::takeovers`]). PostgreSQL skips rows another claim holds
+    /// (`FOR UPDATE SKIP LOCKED`). Returns them, oldest first, with their task outcomes.
+    fn claim_expired<'a>(
+        &'a self,
+        owner: &'a str,
+        now_unix_us: i64,
+        lease_until_unix_us: i64,
+        limit: usize,
+    ) -> LedgerFuture<'a, Vec<StoredExecution>>;
+
+    /// Extends the lease of every unfinished execution `owner` holds; returns their ids
+    /// (an execution `owner` drives that is not among them was taken over).
     fn renew_claims<'a>(
         &'a self,
         owner: &'a str,
         lease_until_unix_us: i64,
-    ) -> LedgerFuture<'a, u64>;
+    ) -> LedgerFuture<'a, Vec<u64>>;
+
+    /// Changes whenever work may be waiting to be claimed: an execution submitted
+    /// unclaimed through this store (any process sharing a PostgreSQL database hears it by
+    /// `LISTEN`/`NOTIFY`; the other backends, in this process). `None` where the backend
+    /// cannot tell. Runners still sweep for expired leases on a timer.
+    fn work_signal(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        None
+    }
 
     /// Reserves `count` execution ids (at least 1); returns the first. Ids are never handed
     /// out twice by one store, across processes and restarts, and start at 1.

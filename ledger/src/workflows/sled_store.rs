@@ -28,9 +28,10 @@ use std::sync::MutexGuard;
 
 use serde::{Deserialize, Serialize};
 
+use super::signal::submits_work;
 use super::{
     by_kind, check_batch, ExecutionEndRecord, ExecutionRecord, ExecutionStatus, StoredExecution,
-    TaskRecord, WorkflowRecord, WorkflowStore,
+    TaskRecord, WorkSignal, WorkflowRecord, WorkflowStore, UNCLAIMED,
 };
 use crate::frame::{decode_sealed, encode_sealed, frame_error};
 use crate::sled_backend::sled_error;
@@ -57,6 +58,11 @@ pub(crate) struct SledWorkflowState {
     /// Unfinished executions whose rows do not decode, with why: only the calls that
     /// touch them fail.
     corrupt: BTreeMap<u64, String>,
+    /// Takeovers of unfinished executions in this process (not stored: one process holds
+    /// a sled store, so only runners sharing it take over from each other).
+    takeovers: HashMap<u64, u32>,
+    /// Bumped when work is submitted unclaimed.
+    signal: WorkSignal,
 }
 
 /// Where a row a write works on came from.
@@ -185,8 +191,9 @@ impl SledLedger {
         }
     }
 
-    fn stored(row: ExecutionRow) -> StoredExecution {
+    fn stored(row: ExecutionRow, takeovers: &HashMap<u64, u32>) -> StoredExecution {
         StoredExecution {
+            takeovers: takeovers.get(&row.execution.id).copied().unwrap_or(0),
             execution: row.execution,
             status: row.status,
             tasks: row.tasks,
@@ -194,13 +201,25 @@ impl SledLedger {
         }
     }
 
-    fn apply_workflow_batch(&self, records: &[WorkflowRecord]) -> Result<(), LedgerError> {
+    /// Applies `records`; with `fence`, task outcomes and ends only to executions that
+    /// runner holds.
+    fn apply_workflow_batch(
+        &self,
+        records: &[WorkflowRecord],
+        fence: Option<&str>,
+    ) -> Result<(), LedgerError> {
         check_batch(BACKEND, records)?;
         let mut state = self.wf_state()?;
         let SledWorkflowState {
             unfinished,
             corrupt,
+            signal,
+            ..
         } = &mut *state;
+        if submits_work(records) {
+            signal.bump();
+        }
+        let held = |row: &ExecutionRow| fence.is_none_or(|owner| row.execution.owner == owner);
         let unfinished = unfinished.get_or_insert_with(BTreeMap::new);
         let corrupt = &*corrupt;
         let (starts, tasks, ends) = by_kind(records);
@@ -231,6 +250,9 @@ impl SledLedger {
                 let Some(Some(staged)) = rows.get_mut(&t.execution_id) else {
                     continue;
                 };
+                if !held(&staged.row) {
+                    continue;
+                }
                 let row = &mut staged.row;
                 if let Err(i) = row.tasks.binary_search_by(|r| r.task.as_str().cmp(&t.task)) {
                     row.tasks.insert(i, t.clone());
@@ -242,7 +264,7 @@ impl SledLedger {
                 let Some(Some(staged)) = rows.get_mut(&end.execution_id) else {
                     continue;
                 };
-                if staged.row.end.is_none() {
+                if staged.row.end.is_none() && held(&staged.row) {
                     staged.row.status = end.status;
                     staged.row.end = Some(end.clone());
                     staged.changed = true;
@@ -344,10 +366,15 @@ impl SledLedger {
         what: &str,
         mut pick: impl FnMut(&mut ExecutionRow) -> bool,
         limit: usize,
-        mut written: impl FnMut(&ExecutionRow),
+        mut written: impl FnMut(&ExecutionRow, &HashMap<u64, u32>),
     ) -> Result<u64, LedgerError> {
         let mut state = self.wf_state()?;
-        let unfinished = state.unfinished.get_or_insert_with(BTreeMap::new);
+        let SledWorkflowState {
+            unfinished,
+            takeovers,
+            ..
+        } = &mut *state;
+        let unfinished = unfinished.get_or_insert_with(BTreeMap::new);
         let mut batch = sled::Batch::default();
         let mut count = 0;
         let mut encoded = Ok(());
@@ -363,7 +390,7 @@ impl SledLedger {
                         break;
                     }
                 }
-                written(row);
+                written(row, takeovers);
                 count += 1;
             }
         }
@@ -378,6 +405,25 @@ impl SledLedger {
             return Err(e);
         }
         Ok(count as u64)
+    }
+
+    /// Counts a takeover of each execution in `taken`, in the state and in `claimed`.
+    fn count_takeovers(
+        &self,
+        taken: &[u64],
+        claimed: &mut [StoredExecution],
+    ) -> Result<(), LedgerError> {
+        if taken.is_empty() {
+            return Ok(());
+        }
+        let mut state = self.wf_state()?;
+        for id in taken {
+            *state.takeovers.entry(*id).or_default() += 1;
+        }
+        for e in claimed.iter_mut().filter(|e| taken.contains(&e.execution.id)) {
+            e.takeovers = e.takeovers.saturating_add(1);
+        }
+        Ok(())
     }
 
     fn reserve_now(&self, count: u64) -> Result<u64, LedgerError> {
@@ -412,7 +458,22 @@ impl WorkflowStore for SledLedger {
 
     fn write<'a>(&'a self, records: &'a [WorkflowRecord], commit: Commit) -> LedgerFuture<'a, ()> {
         Box::pin(async move {
-            self.apply_workflow_batch(records)?;
+            self.apply_workflow_batch(records, None)?;
+            if commit == Commit::Durable {
+                self.flush_db().await?;
+            }
+            Ok(())
+        })
+    }
+
+    fn write_as<'a>(
+        &'a self,
+        owner: &'a str,
+        records: &'a [WorkflowRecord],
+        commit: Commit,
+    ) -> LedgerFuture<'a, ()> {
+        Box::pin(async move {
+            self.apply_workflow_batch(records, Some(owner))?;
             if commit == Commit::Durable {
                 self.flush_db().await?;
             }
@@ -422,21 +483,27 @@ impl WorkflowStore for SledLedger {
 
     fn execution(&self, id: u64) -> LedgerFuture<'_, Option<StoredExecution>> {
         Box::pin(async move {
-            let running = {
+            let (running, takeovers) = {
                 let state = self.wf_state()?;
                 if let Some(reason) = state.corrupt.get(&id) {
                     return Err(self.corrupt_row(reason));
                 }
-                state
+                let row = state
                     .unfinished
                     .as_ref()
                     .and_then(|rows| rows.get(&id))
-                    .cloned()
+                    .cloned();
+                (row, state.takeovers.get(&id).copied().unwrap_or(0))
             };
-            match running {
-                Some(row) => Ok(Some(Self::stored(row))),
-                None => Ok(self.ended_row(id)?.map(Self::stored)),
-            }
+            let mut stored = match running {
+                Some(row) => Self::stored(row, &HashMap::new()),
+                None => match self.ended_row(id)? {
+                    Some(row) => Self::stored(row, &HashMap::new()),
+                    None => return Ok(None),
+                },
+            };
+            stored.takeovers = takeovers;
+            Ok(Some(stored))
         })
     }
 
@@ -449,21 +516,58 @@ impl WorkflowStore for SledLedger {
     ) -> LedgerFuture<'a, Vec<StoredExecution>> {
         Box::pin(async move {
             let mut claimed = Vec::new();
+            let mut taken = Vec::new();
             self.rewrite_unfinished(
                 "workflow claim failed",
                 |row| {
                     let claimable = row.execution.owner == owner
                         || row.execution.lease_until_unix_us < now_unix_us;
                     if claimable {
+                        if row.execution.owner != owner && row.execution.owner != UNCLAIMED {
+                            taken.push(row.execution.id);
+                        }
                         owner.clone_into(&mut row.execution.owner);
                         row.execution.lease_until_unix_us = lease_until_unix_us;
                     }
                     claimable
                 },
                 limit,
-                |row| claimed.push(Self::stored(row.clone())),
+                |row, takeovers| claimed.push(Self::stored(row.clone(), takeovers)),
             )?;
+            self.count_takeovers(&taken, &mut claimed)?;
             // A claim must outlive a crash to mean anything to another runner.
+            self.flush_db().await?;
+            Ok(claimed)
+        })
+    }
+
+    fn claim_expired<'a>(
+        &'a self,
+        owner: &'a str,
+        now_unix_us: i64,
+        lease_until_unix_us: i64,
+        limit: usize,
+    ) -> LedgerFuture<'a, Vec<StoredExecution>> {
+        Box::pin(async move {
+            let mut claimed = Vec::new();
+            let mut taken = Vec::new();
+            self.rewrite_unfinished(
+                "workflow claim failed",
+                |row| {
+                    let expired = row.execution.lease_until_unix_us < now_unix_us;
+                    if expired {
+                        if row.execution.owner != UNCLAIMED && row.execution.owner != owner {
+                            taken.push(row.execution.id);
+                        }
+                        owner.clone_into(&mut row.execution.owner);
+                        row.execution.lease_until_unix_us = lease_until_unix_us;
+                    }
+                    expired
+                },
+                limit,
+                |row, takeovers| claimed.push(Self::stored(row.clone(), takeovers)),
+            )?;
+            self.count_takeovers(&taken, &mut claimed)?;
             self.flush_db().await?;
             Ok(claimed)
         })
@@ -473,8 +577,9 @@ impl WorkflowStore for SledLedger {
         &'a self,
         owner: &'a str,
         lease_until_unix_us: i64,
-    ) -> LedgerFuture<'a, u64> {
+    ) -> LedgerFuture<'a, Vec<u64>> {
         Box::pin(async move {
+            let mut held = Vec::new();
             self.rewrite_unfinished(
                 "workflow lease renewal failed",
                 |row| {
@@ -485,9 +590,14 @@ impl WorkflowStore for SledLedger {
                     mine
                 },
                 usize::MAX,
-                |_| {},
-            )
+                |row, _| held.push(row.execution.id),
+            )?;
+            Ok(held)
         })
+    }
+
+    fn work_signal(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        self.wf_state().ok().map(|s| s.signal.subscribe())
     }
 
     fn reserve_execution_ids(&self, count: u64) -> LedgerFuture<'_, u64> {

@@ -87,6 +87,7 @@ const EXPECTED: &[(&str, &[&str])] = &[
             "final_context",
             "error",
             "finished_at_us",
+            "takeovers",
         ],
     ),
     (
@@ -178,6 +179,10 @@ pub struct PostgresLedger {
     workflow_writes: PgPool,
     schema: String,
     location: String,
+    /// Bumped when work is submitted to this schema, here or (heard by `LISTEN`) elsewhere.
+    work: Arc<crate::workflows::WorkSignal>,
+    /// Whether the `LISTEN` task runs.
+    listening: std::sync::atomic::AtomicBool,
 }
 
 /// What a URL names.

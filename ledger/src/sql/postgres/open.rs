@@ -116,6 +116,8 @@ impl PostgresLedger {
             workflow_writes,
             schema: target.schema,
             location: target.location,
+            work: Arc::new(crate::workflows::WorkSignal::default()),
+            listening: std::sync::atomic::AtomicBool::new(false),
         })
     }
 

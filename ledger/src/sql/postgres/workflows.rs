@@ -9,6 +9,8 @@ use super::*;
 use crate::sql::workflows::{
     assemble, outcome_code, stage, ExecRow, TaskRow, EXEC_COLUMNS, TASK_COLUMNS,
 };
+use crate::workflows::signal::submits_work;
+use crate::workflows::WorkSignal;
 use crate::{ExecutionEndRecord, ExecutionRecord, StoredExecution, TaskRecord, WorkflowRecord};
 
 /// The whole batch as one statement. Data-modifying CTEs see the tables as they were before
@@ -25,13 +27,14 @@ use crate::{ExecutionEndRecord, ExecutionRecord, StoredExecution, TaskRecord, Wo
 fn write_one_sql(parts: Parts) -> &'static str {
     static SQL: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
     let all = SQL.get_or_init(|| {
-        (0..16u8)
+        (0..32u8)
             .map(|m| {
                 build_write_one(Parts {
                     starts: m & 1 != 0,
                     new_tasks: m & 2 != 0,
                     tasks: m & 4 != 0,
                     ends: m & 8 != 0,
+                    fenced: m & 16 != 0,
                 })
             })
             .collect()
@@ -39,7 +42,8 @@ fn write_one_sql(parts: Parts) -> &'static str {
     let m = usize::from(parts.starts)
         | usize::from(parts.new_tasks) << 1
         | usize::from(parts.tasks) << 2
-        | usize::from(parts.ends) << 3;
+        | usize::from(parts.ends) << 3
+        | usize::from(parts.fenced) << 4;
     all.get(m).map_or("", String::as_str)
 }
 
@@ -55,6 +59,8 @@ struct Parts {
     tasks: bool,
     /// Ends of other executions.
     ends: bool,
+    /// Task outcomes and ends only of executions the writer (`$2`) holds.
+    fenced: bool,
 }
 
 fn build_write_one(
@@ -63,9 +69,10 @@ fn build_write_one(
         new_tasks,
         tasks,
         ends,
+        fenced,
     }: Parts,
 ) -> String {
-    let mut n = 1; // $1: cfg
+    let mut n = 2; // $1: cfg, $2: the writer (NULL when not fenced)
     let mut params = |types: &[&str]| -> String {
         types
             .iter()
@@ -76,9 +83,18 @@ fn build_write_one(
             .collect::<Vec<_>>()
             .join(", ")
     };
+    // `$2` appears here whether or not it is used, so its type is always known.
     let mut parts = vec!["cfg AS (SELECT CASE WHEN $1::TEXT IS NULL THEN NULL \
-         ELSE set_config('synchronous_commit', $1::TEXT, true) END AS v)"
+         ELSE set_config('synchronous_commit', $1::TEXT, true) END AS v, $2::TEXT AS writer)"
         .to_owned()];
+    // A fenced write touches only rows the writer holds.
+    let held = |row: &str| {
+        if fenced {
+            format!(" AND {row}.owner = $2::TEXT")
+        } else {
+            String::new()
+        }
+    };
     if starts {
         let p = params(&[
             "BIGINT", "TEXT", "TEXT", "BYTEA", "BIGINT", "TEXT", "BIGINT", "BIGINT", "BYTEA",
@@ -97,7 +113,8 @@ fn build_write_one(
              ON CONFLICT (id) DO UPDATE SET status = EXCLUDED.status, \
               final_context = EXCLUDED.final_context, error = EXCLUDED.error, \
               finished_at_us = EXCLUDED.finished_at_us \
-             WHERE x.status = 0 AND EXCLUDED.status <> 0)"
+             WHERE x.status = 0 AND EXCLUDED.status <> 0{})",
+            held("x")
         ));
     }
     let task_params = [
@@ -114,13 +131,24 @@ fn build_write_one(
     };
     if new_tasks {
         let p = params(&task_params);
-        parts.push(insert_tasks("tn", &p, ""));
+        // Fenced: not if the start was there already, held by another runner.
+        let filter = if fenced {
+            let ids = first_param(&p);
+            format!(
+                "WHERE NOT EXISTS (SELECT 1 FROM wf_executions e WHERE e.id = u.id \
+                 AND e.id = ANY({ids}) AND e.owner <> $2::TEXT)"
+            )
+        } else {
+            String::new()
+        };
+        parts.push(insert_tasks("tn", &p, &filter));
     }
     if tasks {
         let p = params(&task_params);
         let ids = first_param(&p);
         let filter = format!(
-            "WHERE EXISTS (SELECT 1 FROM wf_executions e WHERE e.id = u.id AND e.id = ANY({ids}))"
+            "WHERE EXISTS (SELECT 1 FROM wf_executions e WHERE e.id = u.id AND e.id = ANY({ids}){})",
+            held("e")
         );
         parts.push(insert_tasks("t", &p, &filter));
     }
@@ -131,7 +159,8 @@ fn build_write_one(
             "e AS (UPDATE wf_executions e \
              SET status = u.status, final_context = u.ctx, error = u.error, finished_at_us = u.at \
              FROM UNNEST({p}) AS u(id, status, ctx, error, at) \
-             WHERE e.id = u.id AND e.id = ANY({ids}) AND e.status = 0)"
+             WHERE e.id = u.id AND e.id = ANY({ids}) AND e.status = 0{})",
+            held("e")
         ));
     }
     format!(
@@ -275,6 +304,7 @@ impl PostgresLedger {
         &self,
         records: &[WorkflowRecord],
         commit: Commit,
+        fence: Option<&str>,
     ) -> Result<(), LedgerError> {
         let staged = stage(BACKEND, records)?;
         if records.is_empty() {
@@ -284,8 +314,13 @@ impl PostgresLedger {
         let mut tries = 0;
         loop {
             tries += 1;
-            match self.try_write(&batch, commit).await {
-                Ok(()) => return Ok(()),
+            match self.try_write(&batch, commit, fence).await {
+                Ok(()) => {
+                    if submits_work(records) {
+                        self.announce_work().await;
+                    }
+                    return Ok(());
+                }
                 Err(e) if retryable(&e) && tries < APPEND_TRIES => {
                     tracing::debug!(error = %e, "postgres workflow store: write aborted, trying again");
                 }
@@ -294,14 +329,22 @@ impl PostgresLedger {
         }
     }
 
-    async fn try_write(&self, batch: &Batch<'_>, commit: Commit) -> Result<(), sqlx::Error> {
+    async fn try_write(
+        &self,
+        batch: &Batch<'_>,
+        commit: Commit,
+        fence: Option<&str>,
+    ) -> Result<(), sqlx::Error> {
         let sql = write_one_sql(Parts {
             starts: !batch.starts.is_empty(),
             new_tasks: !batch.new_tasks.is_empty(),
             tasks: !batch.tasks.is_empty(),
             ends: !batch.ends.is_empty(),
+            fenced: fence.is_some(),
         });
-        let mut q = sqlx::query(sql).bind((commit == Commit::Buffered).then_some("off"));
+        let mut q = sqlx::query(sql)
+            .bind((commit == Commit::Buffered).then_some("off"))
+            .bind(fence);
         if !batch.starts.is_empty() {
             q = bind_starts(q, &batch.starts, &batch.ended);
         }
@@ -345,12 +388,15 @@ impl PostgresLedger {
         Ok(assemble(BACKEND, &self.location, vec![row], tasks)?.pop())
     }
 
+    /// Claims executions (see [`WorkflowStore::claim_unfinished`], and, with `expired_only`,
+    /// [`WorkflowStore::claim_expired`]).
     pub(super) async fn claim_executions(
         &self,
         owner: &str,
         now: i64,
         until: i64,
         limit: usize,
+        expired_only: bool,
     ) -> Result<Vec<StoredExecution>, LedgerError> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let mut tx = self
@@ -358,17 +404,28 @@ impl PostgresLedger {
             .begin()
             .await
             .map_err(self.err("cannot begin a claim"))?;
+        // A row taken from another runner (not submitted unclaimed, not this one's) counts
+        // a takeover; `x` is the row as it was.
         let mut rows: Vec<ExecRow> = sqlx::query_as(&format!(
-            "UPDATE wf_executions SET owner = $1, lease_until_us = $3 WHERE id IN ( \
-                 SELECT id FROM wf_executions \
-                 WHERE status = 0 AND (owner = $1 OR lease_until_us < $2) \
-                 ORDER BY id LIMIT $4 FOR UPDATE SKIP LOCKED) \
-             RETURNING {EXEC_COLUMNS}"
+            "UPDATE wf_executions w SET owner = $1, lease_until_us = $3, \
+                 takeovers = w.takeovers + CASE WHEN x.owner <> '' AND x.owner <> $1 \
+                     THEN 1 ELSE 0 END \
+             FROM (SELECT id, owner FROM wf_executions \
+                 WHERE status = 0 AND (lease_until_us < $2 OR (NOT $5 AND owner = $1)) \
+                 ORDER BY id LIMIT $4 FOR UPDATE SKIP LOCKED) x \
+             WHERE w.id = x.id \
+             RETURNING {}",
+            EXEC_COLUMNS
+                .split(", ")
+                .map(|c| format!("w.{c}"))
+                .collect::<Vec<_>>()
+                .join(", ")
         ))
         .bind(owner)
         .bind(now)
         .bind(until)
         .bind(limit)
+        .bind(expired_only)
         .fetch_all(&mut *tx)
         .await
         .map_err(self.err("cannot claim executions"))?;
@@ -392,21 +449,59 @@ impl PostgresLedger {
         &self,
         owner: &str,
         until: i64,
-    ) -> Result<u64, LedgerError> {
+    ) -> Result<Vec<u64>, LedgerError> {
         // Rows locked in id order, as ends lock them: no deadlock with a concurrent write.
-        let done = sqlx::query(
+        let ids: Vec<i64> = sqlx::query_scalar(
             "UPDATE wf_executions SET lease_until_us = $1 WHERE id IN ( \
                  SELECT id FROM wf_executions WHERE status = 0 AND owner = $2 \
-                 ORDER BY id FOR UPDATE)",
+                 ORDER BY id FOR UPDATE) RETURNING id",
         )
         .bind(until)
         .bind(owner)
-        .execute(&self.pool)
+        .fetch_all(&self.pool)
         .await
         .map_err(self.err("cannot renew leases"))?;
-        Ok(done.rows_affected())
+        Ok(ids.into_iter().filter_map(|id| u64::try_from(id).ok()).collect())
     }
 
+    /// Tells every process listening on this database that work was submitted to this
+    /// schema (`NOTIFY`), and this process's runners directly. A lost notice costs only
+    /// latency: runners sweep on a timer too.
+    async fn announce_work(&self) {
+        self.work.bump();
+        if let Err(e) = sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(WORK_CHANNEL)
+            .bind(&self.schema)
+            .execute(&self.pool)
+            .await
+        {
+            tracing::warn!(error = %e, "postgres workflow store: cannot notify runners of new work");
+        }
+    }
+
+    /// The work signal, with a task (started at the first call) that `LISTEN`s for work
+    /// submitted to this schema by any process.
+    pub(super) fn work_receiver(&self) -> tokio::sync::watch::Receiver<u64> {
+        let receiver = self.work.subscribe();
+        if !self
+            .listening
+            .swap(true, std::sync::atomic::Ordering::AcqRel)
+        {
+            match tokio::runtime::Handle::try_current() {
+                Ok(handle) => {
+                    handle.spawn(listen_for_work(
+                        self.pool.clone(),
+                        self.schema.clone(),
+                        Arc::downgrade(&self.work),
+                    ));
+                }
+                Err(_) => self
+                    .listening
+                    .store(false, std::sync::atomic::Ordering::Release),
+            }
+        }
+        receiver
+    }
     pub(super) async fn reserve_ids(&self, count: u64) -> Result<u64, LedgerError> {
         let count = i64::try_from(count.max(1)).unwrap_or(i64::MAX);
         let last: i64 = sqlx::query_scalar(
@@ -417,5 +512,52 @@ impl PostgresLedger {
         .await
         .map_err(self.err("cannot reserve execution ids"))?;
         Ok(u64::try_from(last - count + 1).unwrap_or(1))
+    }
+}
+
+/// The channel work notices go on (the payload names the schema).
+const WORK_CHANNEL: &str = "cloacina_work";
+
+/// Bumps `work` on each notice for `schema`, until the ledger is dropped. A lost connection
+/// is reopened by sqlx; notices sent meanwhile are lost, so `work` is bumped then too.
+async fn listen_for_work(pool: PgPool, schema: String, work: std::sync::Weak<WorkSignal>) {
+    let mut listener = loop {
+        let listening = async {
+            let mut l = sqlx::postgres::PgListener::connect_with(&pool).await?;
+            l.listen(WORK_CHANNEL).await?;
+            Ok::<_, sqlx::Error>(l)
+        };
+        match listening.await {
+            Ok(l) => break l,
+            Err(e) => {
+                tracing::warn!(error = %e, "postgres workflow store: cannot LISTEN for work; trying again");
+                if work.upgrade().is_none() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    };
+    loop {
+        let notice = tokio::time::timeout(Duration::from_secs(1), listener.try_recv()).await;
+        let Some(signal) = work.upgrade() else {
+            return;
+        };
+        match notice {
+            Err(_) => {} // Nothing for a second: see whether the ledger is still there.
+            Ok(Ok(Some(n))) => {
+                if n.payload() == schema {
+                    signal.bump();
+                }
+            }
+            // The connection was lost (sqlx reconnects at the next call): notices may
+            // have been missed.
+            Ok(Ok(None)) => signal.bump(),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "postgres workflow store: LISTEN failed; reconnecting");
+                signal.bump();
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
     }
 }

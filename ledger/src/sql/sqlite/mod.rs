@@ -76,6 +76,9 @@ pub struct SqliteLedger {
     insert_boundaries: Vec<String>,
     /// `INSERT` statements for `firings` by log2 of their row count.
     insert_firings: Vec<String>,
+    /// Bumped when work is submitted unclaimed through this ledger (in this process; other
+    /// processes sharing the file find it by their sweep).
+    work: crate::workflows::WorkSignal,
 }
 
 /// Where a `sqlite://` URL points.
@@ -305,6 +308,7 @@ impl SqliteLedger {
                 4,
                 "ON CONFLICT (reactor, firing_id) DO NOTHING",
             ),
+            work: crate::workflows::WorkSignal::default(),
         })
     }
 

@@ -112,8 +112,9 @@ impl SqliteLedger {
         &self,
         records: &[WorkflowRecord],
         commit: Commit,
+        fence: Option<&str>,
     ) -> Result<(), LedgerError> {
-        let staged = stage(BACKEND, records)?;
+        let mut staged = stage(BACKEND, records)?;
         if records.is_empty() {
             return Ok(());
         }
@@ -122,6 +123,34 @@ impl SqliteLedger {
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(self.err("cannot begin a workflow write"))?;
+        if let Some(owner) = fence {
+            // Under the write lock: owners cannot change before this write commits.
+            let ids: std::collections::BTreeSet<i64> = staged
+                .tasks
+                .iter()
+                .map(|t| sql_id(t.execution_id))
+                .chain(staged.ends.iter().map(|e| sql_id(e.execution_id)))
+                .collect();
+            if !ids.is_empty() {
+                let list: Vec<String> = ids.iter().map(i64::to_string).collect();
+                // Ids are integers: safe to inline. Executions started by this batch
+                // are not there yet, and are the writer's own.
+                let others: Vec<i64> = sqlx::query_scalar(&format!(
+                    "SELECT id FROM wf_executions WHERE id IN ({}) AND owner <> ?",
+                    list.join(",")
+                ))
+                .bind(owner)
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(self.err("cannot read the owners of executions"))?;
+                if !others.is_empty() {
+                    let others: std::collections::HashSet<u64> =
+                        others.into_iter().filter_map(|id| u64::try_from(id).ok()).collect();
+                    staged.tasks.retain(|t| !others.contains(&t.execution_id));
+                    staged.ends.retain(|e| !others.contains(&e.execution_id));
+                }
+            }
+        }
         write_rows(&mut tx, Rows::Starts, &staged.starts, |q, s| {
             q.bind(sql_id(s.id))
                 .bind(&s.workflow)
@@ -156,7 +185,15 @@ impl SqliteLedger {
         .map_err(self.err("cannot record execution ends"))?;
         tx.commit()
             .await
-            .map_err(self.err("cannot commit a workflow write"))
+            .map_err(self.err("cannot commit a workflow write"))?;
+        if crate::workflows::signal::submits_work(records) {
+            self.work.bump();
+        }
+        Ok(())
+    }
+
+    pub(super) fn work_receiver(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.work.subscribe()
     }
 
     pub(super) async fn read_execution(
@@ -186,12 +223,15 @@ impl SqliteLedger {
         Ok(assemble(BACKEND, &self.location, vec![row], tasks)?.pop())
     }
 
+    /// Claims executions (see [`WorkflowStore::claim_unfinished`], and, with `expired_only`,
+    /// [`WorkflowStore::claim_expired`]).
     pub(super) async fn claim_executions(
         &self,
         owner: &str,
         now: i64,
         until: i64,
         limit: usize,
+        expired_only: bool,
     ) -> Result<Vec<StoredExecution>, LedgerError> {
         let (_guard, mut conn) = self.writer(Commit::Durable).await?;
         let mut tx = conn
@@ -199,15 +239,18 @@ impl SqliteLedger {
             .await
             .map_err(self.err("cannot begin a claim"))?;
         let mut rows: Vec<ExecRow> = sqlx::query_as(&format!(
-            "UPDATE wf_executions SET owner = ?1, lease_until_us = ?3 WHERE id IN ( \
+            "UPDATE wf_executions SET owner = ?1, lease_until_us = ?3, \
+                 takeovers = takeovers + (owner <> '' AND owner <> ?1) WHERE id IN ( \
                  SELECT id FROM wf_executions \
-                 WHERE status = 0 AND (owner = ?1 OR lease_until_us < ?2) ORDER BY id LIMIT ?4) \
+                 WHERE status = 0 AND (lease_until_us < ?2 OR (NOT ?5 AND owner = ?1)) \
+                 ORDER BY id LIMIT ?4) \
              RETURNING {EXEC_COLUMNS}"
         ))
         .bind(owner)
         .bind(now)
         .bind(until)
         .bind(limit_to_sql(Some(limit)))
+        .bind(expired_only)
         .fetch_all(&mut *tx)
         .await
         .map_err(self.err("cannot claim executions"))?;
@@ -236,17 +279,18 @@ impl SqliteLedger {
         &self,
         owner: &str,
         until: i64,
-    ) -> Result<u64, LedgerError> {
+    ) -> Result<Vec<u64>, LedgerError> {
         let (_guard, mut conn) = self.writer(Commit::Buffered).await?;
-        let done = sqlx::query(
-            "UPDATE wf_executions SET lease_until_us = ? WHERE status = 0 AND owner = ?",
+        let ids: Vec<i64> = sqlx::query_scalar(
+            "UPDATE wf_executions SET lease_until_us = ? WHERE status = 0 AND owner = ? \
+             RETURNING id",
         )
         .bind(until)
         .bind(owner)
-        .execute(&mut *conn)
+        .fetch_all(&mut *conn)
         .await
         .map_err(self.err("cannot renew leases"))?;
-        Ok(done.rows_affected())
+        Ok(ids.into_iter().filter_map(|id| u64::try_from(id).ok()).collect())
     }
 
     pub(super) async fn reserve_ids(&self, count: u64) -> Result<u64, LedgerError> {
