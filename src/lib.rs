@@ -106,7 +106,7 @@ pub mod prelude {
     };
     pub use crate::registry::Registry;
     pub use crate::workflow::{
-        invoke_graph, BackoffStrategy, CatchUp, Context, ContextError, DefaultRunner,
+        invoke_graph, BackoffStrategy, CatchUp, ClaimStats, Context, ContextError, DefaultRunner,
         ExecutionEvent, ExecutionEventKind, ExecutorPool, FnTask, KeyLimit, ReactorSubscription,
         RecordedEvent, RetryCondition, RetryPolicy, RunnerConfig, RunnerError, Schedule, Task,
         TaskError, TaskHandle, TaskResult, TaskState, TriggerRule, ValueOperator, Workflow,

@@ -63,10 +63,10 @@ pub use invoke::{invoke_graph, InvokeError};
 pub use retry::{BackoffStrategy, RetryCondition, RetryPolicy, RetryPolicyBuilder};
 pub use run::{TaskResult, WorkflowExecutionResult};
 pub use runner::{
-    CatchUp, DefaultRunner, ExecutionEvent, ExecutionEventKind, ExecutorPool, FiringSink, KeyLimit,
-    KeyUsage, PoolUsage, ReactorSubscription, RecordedEvent, RunnerBuilder, RunnerConfig,
-    RunnerError, Schedule, ScheduleInfo, WorkflowDurability, MAX_CATCH_UP, SCHEDULES_OWNER,
-    SUBSCRIPTIONS_OWNER,
+    CatchUp, ClaimStats, DefaultRunner, ExecutionEvent, ExecutionEventKind, ExecutorPool,
+    FiringSink, KeyLimit, KeyUsage, PoolUsage, ReactorSubscription, RecordedEvent, RunnerBuilder,
+    RunnerConfig, RunnerError, Schedule, ScheduleInfo, WorkflowDurability, MAX_CATCH_UP,
+    SCHEDULES_OWNER, SUBSCRIPTIONS_OWNER,
 };
 pub use task::{FnTask, Task, TaskError, TaskFuture};
 pub use trigger::{

@@ -423,7 +423,11 @@ async fn scale_out(c: &Check<'_>, store: &dyn WorkflowStore) {
     ])
     .await;
     if let (Some(signal), Some(seen)) = (&signal, seen) {
-        assert_ne!(*signal.borrow(), seen, "{name}: submitted work is signalled");
+        assert_ne!(
+            *signal.borrow(),
+            seen,
+            "{name}: submitted work is signalled"
+        );
     }
 
     // Only expired leases (and unclaimed work), whoever held them; never r1's live one.
@@ -441,7 +445,11 @@ async fn scale_out(c: &Check<'_>, store: &dyn WorkflowStore) {
         vec![(expired, 1), (submitted, 0)],
         "{name}: claim_expired takes expired and unclaimed executions; a takeover counts"
     );
-    assert_eq!(c.must_get(expired).await.takeovers, 1, "{name}: takeovers stored");
+    assert_eq!(
+        c.must_get(expired).await.takeovers,
+        1,
+        "{name}: takeovers stored"
+    );
     assert_eq!(c.must_get(expired).await.execution.owner, "r2");
     assert_eq!(c.must_get(held).await.execution.owner, "r1");
 

@@ -45,7 +45,11 @@ impl MemoryWorkflows {
             }
         }
         for end in ends {
-            if let Some(e) = self.executions.get_mut(&end.execution_id).filter(|e| held(e)) {
+            if let Some(e) = self
+                .executions
+                .get_mut(&end.execution_id)
+                .filter(|e| held(e))
+            {
                 if e.end.is_none() {
                     e.status = end.status;
                     e.end = Some(end.clone());

@@ -420,7 +420,10 @@ impl SledLedger {
         for id in taken {
             *state.takeovers.entry(*id).or_default() += 1;
         }
-        for e in claimed.iter_mut().filter(|e| taken.contains(&e.execution.id)) {
+        for e in claimed
+            .iter_mut()
+            .filter(|e| taken.contains(&e.execution.id))
+        {
             e.takeovers = e.takeovers.saturating_add(1);
         }
         Ok(())
@@ -568,7 +571,11 @@ impl WorkflowStore for SledLedger {
                 |row, takeovers| claimed.push(Self::stored(row.clone(), takeovers)),
             )?;
             self.count_takeovers(&taken, &mut claimed)?;
-            self.flush_db().await?;
+            // A claim must outlive a crash to mean anything to another runner (an empty
+            // one wrote nothing: a sweep finding nothing costs no flush).
+            if !claimed.is_empty() {
+                self.flush_db().await?;
+            }
             Ok(claimed)
         })
     }

@@ -53,6 +53,18 @@ pub struct RunnerConfig {
     pub lease: Duration,
     /// Events a slow subscriber may fall behind before it misses some (default 4,096).
     pub event_capacity: usize,
+    /// Whether this runner claims work from the store (default `true`): executions
+    /// submitted with [`DefaultRunner::submit`] by any process, and executions whose
+    /// runner's lease expired. A runner that only submits (a client) sets it `false`.
+    pub takes_work: bool,
+    /// How often a runner that takes work looks for expired leases and submitted work it
+    /// was not told of (default 5 s). New work on PostgreSQL is announced at once
+    /// (`LISTEN`/`NOTIFY`); this sweep is the slow fallback.
+    pub sweep_interval: Duration,
+    /// Takeovers after which an execution is abandoned instead of run again (default 3):
+    /// it ends Failed with an `ABANDONED:` error. Caps an execution whose tasks kill every
+    /// runner that takes it.
+    pub max_takeovers: u32,
 }
 
 impl Default for RunnerConfig {
@@ -65,6 +77,9 @@ impl Default for RunnerConfig {
             runner_id: "local".into(),
             lease: Duration::from_secs(30),
             event_capacity: 4_096,
+            takes_work: true,
+            sweep_interval: Duration::from_secs(5),
+            max_takeovers: 3,
         }
     }
 }
@@ -151,6 +166,24 @@ impl RunnerBuilder {
     /// Events a slow subscriber may fall behind.
     pub fn event_capacity(mut self, n: usize) -> Self {
         self.config.event_capacity = n;
+        self
+    }
+
+    /// Whether this runner claims work from the store (see [`RunnerConfig::takes_work`]).
+    pub fn takes_work(mut self, takes: bool) -> Self {
+        self.config.takes_work = takes;
+        self
+    }
+
+    /// How often to sweep for expired leases and unannounced work.
+    pub fn sweep_interval(mut self, every: Duration) -> Self {
+        self.config.sweep_interval = every;
+        self
+    }
+
+    /// Takeovers after which an execution is abandoned.
+    pub fn max_takeovers(mut self, n: u32) -> Self {
+        self.config.max_takeovers = n;
         self
     }
 

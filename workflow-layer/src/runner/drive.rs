@@ -33,6 +33,9 @@ pub(super) enum Control {
     Cancelled,
     /// Shutdown: a paused execution's driver leaves it unfinished in the store.
     Detached,
+    /// Another runner took the execution over: its attempts are stopped at once and
+    /// nothing more of it is recorded here.
+    Lost,
 }
 
 /// An execution to drive.
@@ -191,8 +194,9 @@ pub(super) async fn drive(
                                 return finish(inner, &mut start, result, ExecutionStatus::Cancelled)
                                     .await;
                             }
-                            Control::Detached => {
+                            Control::Detached | Control::Lost => {
                                 // Shutdown: left unfinished; the next runner start resumes it.
+                                // Lost: its new holder drives it.
                                 let result = end(&state, &mut results, WorkflowStatus::Paused, None);
                                 return Ok(Arc::new(result));
                             }
@@ -207,7 +211,7 @@ pub(super) async fn drive(
     let mut running = FuturesUnordered::new();
     loop {
         let mode = *control.borrow();
-        if mode == Control::Detached && running.is_empty() {
+        if (mode == Control::Detached && running.is_empty()) || mode == Control::Lost {
             // Paused at shutdown: left unfinished; the next runner start resumes it.
             let result = end(&state, &mut results, WorkflowStatus::Paused, None);
             return Ok(Arc::new(result));
@@ -255,6 +259,14 @@ pub(super) async fn drive(
                             Some("cancelled".into()));
                         return finish(inner, &mut start, result, ExecutionStatus::Cancelled)
                             .await;
+                    }
+                    Control::Lost => {
+                        // Taken over: stop its attempts (dropping them aborts them) and
+                        // record nothing; the new holder runs what is unrecorded.
+                        drop(running);
+                        let result = end(&state, &mut results, WorkflowStatus::Paused,
+                            Some("claim lost: another runner took this execution over".into()));
+                        return Ok(Arc::new(result));
                     }
                     Control::Paused => inner.emit(id, &name, || Ev::Paused),
                     Control::Running => inner.emit(id, &name, || Ev::Unpaused),

@@ -40,6 +40,10 @@ impl DefaultRunner {
             .await?;
         for stored in claimed {
             let name = stored.execution.workflow.clone();
+            if stored.takeovers > self.inner.config.max_takeovers {
+                self.take(stored).await;
+                continue;
+            }
             match self.resolve(&name) {
                 Ok(_) => self.adopt(stored),
                 Err(e) => {
@@ -54,7 +58,15 @@ impl DefaultRunner {
 
     pub(super) fn adopt(&self, stored: cloacina_ledger::StoredExecution) {
         let Some(workflow) = self.known(&stored.execution.workflow) else {
-            lock(&self.inner.orphans).push(stored);
+            let mut orphans = lock(&self.inner.orphans);
+            if !orphans
+                .iter()
+                .any(|o| o.execution.id == stored.execution.id)
+            {
+                tracing::info!(execution = stored.execution.id, workflow = %stored.execution.workflow,
+                    "claimed execution waits for its workflow to be registered here");
+                orphans.push(stored);
+            }
             return;
         };
         tracing::info!(
@@ -86,7 +98,14 @@ impl DefaultRunner {
                 // Driven here already (a sweep and a schedule's fire can meet).
                 return;
             }
-            live.insert(run.id, Live { control, result });
+            live.insert(
+                run.id,
+                Live {
+                    control,
+                    result,
+                    since: std::time::Instant::now(),
+                },
+            );
         }
         let inner = Arc::clone(&self.inner);
         tokio::spawn(async move {
@@ -114,8 +133,16 @@ struct LiveGuard {
 
 impl Drop for LiveGuard {
     fn drop(&mut self) {
-        lock(&self.inner.live).remove(&self.id);
+        let left = {
+            let mut live = lock(&self.inner.live);
+            live.remove(&self.id);
+            live.len()
+        };
         self.inner.drained.notify_waiters();
+        // Room for half a claim while work may be waiting: the claimer takes more.
+        if left <= self.inner.config.concurrency / 2 && self.inner.claims.backlogged() {
+            self.inner.claimer_wake.notify_one();
+        }
     }
 }
 
@@ -131,12 +158,14 @@ pub(super) async fn heartbeat(inner: std::sync::Weak<Inner>) {
             return;
         };
         let until = now_unix_us().saturating_add(inner.config.lease_us());
-        if let Err(e) = inner
+        let began = std::time::Instant::now();
+        match inner
             .store
             .renew_claims(&inner.config.runner_id, until)
             .await
         {
-            tracing::warn!(error = %e, "cannot renew workflow leases");
+            Ok(held) => super::claims::stop_lost(&inner, &held, began).await,
+            Err(e) => tracing::warn!(error = %e, "cannot renew workflow leases"),
         }
     }
 }

@@ -10,6 +10,7 @@
 //!
 //! [`ExecutionState`]: crate::ExecutionState
 
+mod claims;
 mod config;
 mod drive;
 mod ended;
@@ -30,6 +31,7 @@ use cloacina_ledger::{now_unix_us, Ledger, LedgerError, WorkflowRecord, Workflow
 use serde_json::Value;
 use tokio::sync::{broadcast, watch, Notify};
 
+pub use claims::ClaimStats;
 pub use config::{RunnerBuilder, RunnerConfig, WorkflowDurability};
 pub use error::RunnerError;
 pub use events::{ExecutionEvent, ExecutionEventKind, RecordedEvent};
@@ -64,6 +66,8 @@ impl std::fmt::Debug for DefaultRunner {
 struct Live {
     control: watch::Sender<Control>,
     result: watch::Receiver<Option<Result<Arc<WorkflowExecutionResult>, Arc<LedgerError>>>>,
+    /// When its driver started (a lease renewal soon after may not cover it yet).
+    since: std::time::Instant,
 }
 
 pub(crate) struct Inner {
@@ -95,6 +99,12 @@ pub(crate) struct Inner {
     schedules_changed: Arc<Notify>,
     /// The scheduler task, awaited by `shutdown`.
     scheduler: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// What claims did.
+    claims: claims::ClaimCounters,
+    /// Wakes the claimer (a driver ended while work may be waiting).
+    claimer_wake: Arc<Notify>,
+    /// The claimer task, awaited by `shutdown`.
+    claimer: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 /// Execution ids reserved from the store at a time.
@@ -137,6 +147,11 @@ impl DefaultRunner {
         ledger: Arc<dyn Ledger>,
         config: RunnerConfig,
     ) -> Result<Self, RunnerError> {
+        if config.sweep_interval.is_zero() {
+            return Err(RunnerError::InvalidConfig {
+                reason: "sweep_interval must be more than zero".into(),
+            });
+        }
         let pools = routing::Pools::new(config.concurrency, &config.pools)?;
         let keys = Arc::new(routing::KeyGates::new(&config.key_limits)?);
         let backend = ledger.backend();
@@ -146,6 +161,7 @@ impl DefaultRunner {
         let recorder = Recorder::spawn(
             Arc::clone(&ledger),
             Arc::clone(&store),
+            &config.runner_id,
             config.durability.commit(),
         );
         let (events, _) = broadcast::channel(config.event_capacity.max(1));
@@ -168,12 +184,22 @@ impl DefaultRunner {
             drained: Notify::new(),
             schedules_changed: Arc::new(Notify::new()),
             scheduler: Mutex::new(None),
+            claims: claims::ClaimCounters::default(),
+            claimer_wake: Arc::new(Notify::new()),
+            claimer: Mutex::new(None),
         });
         let runner = Self { inner };
         runner.resume_claimed().await?;
         tokio::spawn(heartbeat(Arc::downgrade(&runner.inner)));
         let scheduler = tokio::spawn(schedules::scheduler(Arc::downgrade(&runner.inner)));
         *lock(&runner.inner.scheduler) = Some(scheduler);
+        if runner.inner.config.takes_work {
+            let claimer = tokio::spawn(claims::claimer(
+                Arc::downgrade(&runner.inner),
+                Arc::clone(&runner.inner.claimer_wake),
+            ));
+            *lock(&runner.inner.claimer) = Some(claimer);
+        }
         Ok(runner)
     }
 
@@ -318,37 +344,46 @@ impl DefaultRunner {
         Ok(id)
     }
 
-    /// Waits for execution `id` to end and returns what it ended with. Pushed from the
-    /// execution's driver in this process; an execution that ended earlier (or in an
-    /// earlier process) is read from the store.
+    /// Waits for execution `id` to end and returns what it ended with, wherever it runs.
+    /// Pushed from the execution's driver when it runs here; otherwise (another runner
+    /// sharing the store drives it, it waits to be claimed, or it ended earlier or in an
+    /// earlier process) read from the store, polled every few milliseconds up to 200 ms.
+    /// An execution that no runner can drive (its workflow registered nowhere) is waited
+    /// for until one can.
     pub async fn wait(&self, id: u64) -> Result<WorkflowExecutionResult, RunnerError> {
-        let receiver = lock(&self.inner.live).get(&id).map(|l| l.result.clone());
-        if let Some(mut receiver) = receiver {
-            let ended = receiver
-                .wait_for(Option::is_some)
-                .await
-                .map(|r| r.clone())
-                .ok()
-                .flatten();
-            match ended {
-                Some(Ok(result)) => return Ok((*result).clone()),
-                Some(Err(e)) => return Err(RunnerError::Store(e)),
-                None => {} // The driver went away: read what the store holds.
+        let mut poll = std::time::Duration::from_millis(2);
+        loop {
+            let receiver = lock(&self.inner.live).get(&id).map(|l| l.result.clone());
+            if let Some(mut receiver) = receiver {
+                let ended = receiver
+                    .wait_for(Option::is_some)
+                    .await
+                    .map(|r| r.clone())
+                    .ok()
+                    .flatten();
+                match ended {
+                    // Paused while the runner takes work: another runner took it over
+                    // (at shutdown, a paused execution is left unfinished: that is its end
+                    // here).
+                    Some(Ok(result))
+                        if result.status == WorkflowStatus::Paused
+                            && self.inner.accepting.load(Ordering::Acquire) => {}
+                    Some(Ok(result)) => return Ok((*result).clone()),
+                    Some(Err(e)) => return Err(RunnerError::Store(e)),
+                    None => {} // The driver went away: read what the store holds.
+                }
             }
-        }
-        if let Some(result) = lock(&self.inner.ended).get(id) {
-            return Ok((*result).clone());
-        }
-        let stored = self.stored(id).await?;
-        match stored::result(&stored, self.known(&stored.execution.workflow).as_deref()) {
-            Some(result) => Ok(result),
-            None => Err(RunnerError::NotHere {
-                id,
-                reason: format!(
-                    "it is unfinished and held by runner `{}`",
-                    stored.execution.owner
-                ),
-            }),
+            if let Some(result) = lock(&self.inner.ended).get(id) {
+                return Ok((*result).clone());
+            }
+            let stored = self.stored(id).await?;
+            if let Some(result) =
+                stored::result(&stored, self.known(&stored.execution.workflow).as_deref())
+            {
+                return Ok(result);
+            }
+            tokio::time::sleep(poll).await;
+            poll = (poll * 2).min(std::time::Duration::from_millis(200));
         }
     }
 
@@ -429,6 +464,11 @@ impl DefaultRunner {
         if let Some(scheduler) = scheduler {
             let _ = scheduler.await;
         }
+        // The claimer stops too (a claim under way ends first): nothing is claimed after.
+        let claimer = lock(&self.inner.claimer).take();
+        if let Some(claimer) = claimer {
+            let _ = claimer.await;
+        }
         loop {
             let drained = self.inner.drained.notified();
             let paused: Vec<u64> = {
@@ -466,7 +506,7 @@ impl DefaultRunner {
             to
         };
         l.control.send_if_modified(|c| {
-            let change = *c != to && *c != Control::Cancelled;
+            let change = *c != to && !matches!(*c, Control::Cancelled | Control::Lost);
             if change {
                 *c = to;
             }

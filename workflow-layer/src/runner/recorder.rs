@@ -149,9 +149,12 @@ impl Recorder {
     /// Starts the group-commit task writing to `store` with `commit`. With
     /// [`Commit::Buffered`] it also flushes `ledger` within [`FLUSH_EVERY`] of a write, so
     /// a crash loses at most that window (as the reactors' ledger writer does).
+    /// Writes are fenced as runner `owner`'s ([`WorkflowStore::write_as`]): once another
+    /// runner takes an execution over, this one's records of it are dropped.
     pub(crate) fn spawn(
         ledger: Arc<dyn Ledger>,
         store: Arc<dyn WorkflowStore>,
+        owner: &str,
         commit: Commit,
     ) -> Self {
         let in_flight = store.concurrent_writes().clamp(1, MAX_IN_FLIGHT);
@@ -159,17 +162,18 @@ impl Recorder {
             let ledger = Arc::clone(&ledger);
             Box::pin(async move { ledger.flush().await })
         });
-        Self::spawn_with(flush, store, commit, in_flight)
+        Self::spawn_with(flush, store, owner.into(), commit, in_flight)
     }
 
     fn spawn_with(
         flush: Flush,
         store: Arc<dyn WorkflowStore>,
+        owner: Arc<str>,
         commit: Commit,
         in_flight: usize,
     ) -> Self {
         let (tx, rx) = mpsc::channel(MAX_BATCH);
-        tokio::spawn(run(flush, store, commit, rx, in_flight));
+        tokio::spawn(run(flush, store, owner, commit, rx, in_flight));
         Self { tx }
     }
 
@@ -223,6 +227,7 @@ impl Recorder {
 async fn run(
     flush: Flush,
     store: Arc<dyn WorkflowStore>,
+    owner: Arc<str>,
     commit: Commit,
     mut rx: mpsc::Receiver<Msg>,
     max_in_flight: usize,
@@ -275,8 +280,9 @@ async fn run(
                 }
                 if !batch.is_empty() {
                     let store = Arc::clone(&store);
+                    let owner = Arc::clone(&owner);
                     in_flight.push(Box::pin(async move {
-                        let outcome = write(&*store, &batch, commit).await;
+                        let outcome = write(&*store, &owner, &batch, commit).await;
                         metrics::counter!("cloacina_workflow_records_total")
                             .increment(batch.len() as u64);
                         metrics::counter!("cloacina_workflow_commits_total").increment(1);
@@ -293,7 +299,8 @@ async fn run(
                                     .chain([batch.len()])
                                     .collect();
                                 for ((start, ack), end) in acks.into_iter().zip(ends) {
-                                    let alone = write(&*store, &batch[start..end], commit).await;
+                                    let alone =
+                                        write(&*store, &owner, &batch[start..end], commit).await;
                                     ack.send(alone);
                                 }
                             }
@@ -341,13 +348,14 @@ async fn run(
 
 async fn write(
     store: &dyn WorkflowStore,
+    owner: &str,
     batch: &[WorkflowRecord],
     commit: Commit,
 ) -> Result<(), Arc<LedgerError>> {
     let mut tries = 0;
     loop {
         tries += 1;
-        match store.write(batch, commit).await {
+        match store.write_as(owner, batch, commit).await {
             Ok(()) => return Ok(()),
             Err(e) if e.is_transient() && tries < TRIES => {
                 tracing::warn!(error = %e, tries, "workflow store write failed; trying again");
@@ -399,6 +407,23 @@ mod tests {
                 Ok(())
             })
         }
+        fn write_as<'a>(
+            &'a self,
+            _: &'a str,
+            batch: &'a [WorkflowRecord],
+            commit: Commit,
+        ) -> LedgerFuture<'a, ()> {
+            self.write(batch, commit)
+        }
+        fn claim_expired<'a>(
+            &'a self,
+            _: &'a str,
+            _: i64,
+            _: i64,
+            _: usize,
+        ) -> LedgerFuture<'a, Vec<StoredExecution>> {
+            Box::pin(async { Ok(Vec::new()) })
+        }
         fn execution(&self, _: u64) -> LedgerFuture<'_, Option<StoredExecution>> {
             Box::pin(async { Ok(None) })
         }
@@ -411,8 +436,8 @@ mod tests {
         ) -> LedgerFuture<'a, Vec<StoredExecution>> {
             Box::pin(async { Ok(Vec::new()) })
         }
-        fn renew_claims<'a>(&'a self, _: &'a str, _: i64) -> LedgerFuture<'a, u64> {
-            Box::pin(async { Ok(0) })
+        fn renew_claims<'a>(&'a self, _: &'a str, _: i64) -> LedgerFuture<'a, Vec<u64>> {
+            Box::pin(async { Ok(Vec::new()) })
         }
         fn reserve_execution_ids(&self, _: u64) -> LedgerFuture<'_, u64> {
             Box::pin(async { Ok(1) })
@@ -441,7 +466,7 @@ mod tests {
             Box::pin(async { Ok(()) })
         });
         let t0 = Instant::now();
-        let recorder = Recorder::spawn_with(flush, store.clone(), Commit::Buffered, 2);
+        let recorder = Recorder::spawn_with(flush, store.clone(), "r".into(), Commit::Buffered, 2);
         recorder.record(start(1)).await.expect("first write");
         // The second write is under way when the flush due after the first one starts.
         tokio::time::sleep_until(t0 + FLUSH_EVERY - Duration::from_millis(5)).await;
@@ -480,7 +505,8 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn records_joining_a_queued_start_share_its_commit() {
         let store = SlowStore::new(vec![Duration::from_millis(20); 3]);
-        let recorder = Recorder::spawn_with(noop_flush(), store.clone(), Commit::Buffered, 1);
+        let recorder =
+            Recorder::spawn_with(noop_flush(), store.clone(), "r".into(), Commit::Buffered, 1);
         // A write under way: the start queues behind it.
         let busy = {
             let recorder = recorder.clone();
@@ -503,7 +529,8 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn records_after_a_taken_start_are_given_back() {
         let store = SlowStore::new(vec![Duration::from_millis(20); 2]);
-        let recorder = Recorder::spawn_with(noop_flush(), store.clone(), Commit::Buffered, 1);
+        let recorder =
+            Recorder::spawn_with(noop_flush(), store.clone(), "r".into(), Commit::Buffered, 1);
         let pending = recorder.start(start(3).remove(0)).await.expect("queued");
         // The idle recorder takes it at once.
         tokio::time::sleep(Duration::from_millis(1)).await;
@@ -518,7 +545,8 @@ mod tests {
     #[tokio::test]
     async fn a_start_queued_at_close_is_answered_closed() {
         let store = SlowStore::new(vec![Duration::from_millis(0); 2]);
-        let recorder = Recorder::spawn_with(noop_flush(), store.clone(), Commit::Buffered, 1);
+        let recorder =
+            Recorder::spawn_with(noop_flush(), store.clone(), "r".into(), Commit::Buffered, 1);
         recorder.close().await;
         match recorder.start(start(4).remove(0)).await {
             // Refused at the channel, or queued and answered Closed.

@@ -461,7 +461,10 @@ impl PostgresLedger {
         .fetch_all(&self.pool)
         .await
         .map_err(self.err("cannot renew leases"))?;
-        Ok(ids.into_iter().filter_map(|id| u64::try_from(id).ok()).collect())
+        Ok(ids
+            .into_iter()
+            .filter_map(|id| u64::try_from(id).ok())
+            .collect())
     }
 
     /// Tells every process listening on this database that work was submitted to this

@@ -144,8 +144,10 @@ impl SqliteLedger {
                 .await
                 .map_err(self.err("cannot read the owners of executions"))?;
                 if !others.is_empty() {
-                    let others: std::collections::HashSet<u64> =
-                        others.into_iter().filter_map(|id| u64::try_from(id).ok()).collect();
+                    let others: std::collections::HashSet<u64> = others
+                        .into_iter()
+                        .filter_map(|id| u64::try_from(id).ok())
+                        .collect();
                     staged.tasks.retain(|t| !others.contains(&t.execution_id));
                     staged.ends.retain(|e| !others.contains(&e.execution_id));
                 }
@@ -290,7 +292,10 @@ impl SqliteLedger {
         .fetch_all(&mut *conn)
         .await
         .map_err(self.err("cannot renew leases"))?;
-        Ok(ids.into_iter().filter_map(|id| u64::try_from(id).ok()).collect())
+        Ok(ids
+            .into_iter()
+            .filter_map(|id| u64::try_from(id).ok())
+            .collect())
     }
 
     pub(super) async fn reserve_ids(&self, count: u64) -> Result<u64, LedgerError> {
