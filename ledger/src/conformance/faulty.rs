@@ -219,6 +219,9 @@ impl WorkflowStore for FaultyLedger {
     fn work_signal(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
         self.inner.work_signal()
     }
+    fn unfinished_count(&self) -> crate::LedgerFuture<'_, u64> {
+        self.inner.unfinished_count()
+    }
     fn reserve_execution_ids(&self, count: u64) -> crate::LedgerFuture<'_, u64> {
         self.inner.reserve_execution_ids(count)
     }

@@ -412,6 +412,7 @@ pub(super) async fn run(harness: &dyn Harness) {
 /// work submitted unclaimed, the work signal, and fenced writes.
 async fn scale_out(c: &Check<'_>, store: &dyn WorkflowStore) {
     let name = c.name;
+    let before = store.unfinished_count().await.expect("count");
     let signal = store.work_signal();
     let seen = signal.as_ref().map(|s| *s.borrow());
     let b = store.reserve_execution_ids(3).await.expect("reserve");
@@ -422,6 +423,11 @@ async fn scale_out(c: &Check<'_>, store: &dyn WorkflowStore) {
         WorkflowRecord::Started(start(submitted, crate::UNCLAIMED, 0)),
     ])
     .await;
+    assert_eq!(
+        store.unfinished_count().await.expect("count"),
+        before + 3,
+        "{name}: unfinished executions counted"
+    );
     if let (Some(signal), Some(seen)) = (&signal, seen) {
         assert_ne!(
             *signal.borrow(),

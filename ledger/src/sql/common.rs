@@ -631,6 +631,9 @@ macro_rules! forward_ledger {
             fn work_signal(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
                 Some(self.work_receiver())
             }
+            fn unfinished_count(&self) -> $crate::LedgerFuture<'_, u64> {
+                Box::pin(self.count_unfinished())
+            }
             fn reserve_execution_ids(&self, count: u64) -> $crate::LedgerFuture<'_, u64> {
                 Box::pin(self.reserve_ids(count))
             }

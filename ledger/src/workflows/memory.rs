@@ -182,6 +182,17 @@ impl WorkflowStore for MemoryLedger {
         self.workflows().ok().map(|w| w.signal.subscribe())
     }
 
+    fn unfinished_count(&self) -> LedgerFuture<'_, u64> {
+        Box::pin(async move {
+            let store = self.workflows()?;
+            Ok(store
+                .executions
+                .values()
+                .filter(|e| e.status == ExecutionStatus::Running)
+                .count() as u64)
+        })
+    }
+
     fn reserve_execution_ids(&self, count: u64) -> LedgerFuture<'_, u64> {
         Box::pin(async move {
             let mut store = self.workflows()?;

@@ -247,6 +247,9 @@ pub trait WorkflowStore: Send + Sync + 'static {
     /// out twice by one store, across processes and restarts, and start at 1.
     fn reserve_execution_ids(&self, count: u64) -> LedgerFuture<'_, u64>;
 
+    /// How many executions have started and not ended, whoever holds them.
+    fn unfinished_count(&self) -> LedgerFuture<'_, u64>;
+
     /// How many [`write`](Self::write)s a writer should keep in flight at once: more than
     /// one overlaps a networked store's round trips; 1 where writes serialize anyway.
     /// Concurrent writes never carry records of the same execution (a runner waits for each

@@ -607,6 +607,14 @@ impl WorkflowStore for SledLedger {
         self.wf_state().ok().map(|s| s.signal.subscribe())
     }
 
+    fn unfinished_count(&self) -> LedgerFuture<'_, u64> {
+        Box::pin(async move {
+            let state = self.wf_state()?;
+            let rows = state.unfinished.as_ref().map_or(0, BTreeMap::len);
+            Ok((rows + state.corrupt.len()) as u64)
+        })
+    }
+
     fn reserve_execution_ids(&self, count: u64) -> LedgerFuture<'_, u64> {
         Box::pin(async move {
             let first = self.reserve_now(count)?;

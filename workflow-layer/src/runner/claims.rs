@@ -115,6 +115,12 @@ impl DefaultRunner {
         Ok(id)
     }
 
+    /// How many executions in the store have started and not ended, whichever runner
+    /// holds them (or none yet): the backlog of every runner sharing the store.
+    pub async fn unfinished_executions(&self) -> Result<u64, RunnerError> {
+        Ok(self.inner.store.unfinished_count().await?)
+    }
+
     /// What this runner's claims did since it started.
     pub fn claim_stats(&self) -> ClaimStats {
         self.inner.claims.snapshot()

@@ -439,6 +439,9 @@ mod tests {
         fn renew_claims<'a>(&'a self, _: &'a str, _: i64) -> LedgerFuture<'a, Vec<u64>> {
             Box::pin(async { Ok(Vec::new()) })
         }
+        fn unfinished_count(&self) -> LedgerFuture<'_, u64> {
+            Box::pin(async { Ok(0) })
+        }
         fn reserve_execution_ids(&self, _: u64) -> LedgerFuture<'_, u64> {
             Box::pin(async { Ok(1) })
         }

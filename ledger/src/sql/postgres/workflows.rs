@@ -505,6 +505,14 @@ impl PostgresLedger {
         }
         receiver
     }
+    pub(super) async fn count_unfinished(&self) -> Result<u64, LedgerError> {
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM wf_executions WHERE status = 0")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(self.err("cannot count unfinished executions"))?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
     pub(super) async fn reserve_ids(&self, count: u64) -> Result<u64, LedgerError> {
         let count = i64::try_from(count.max(1)).unwrap_or(i64::MAX);
         let last: i64 = sqlx::query_scalar(
