@@ -259,3 +259,75 @@ async fn a_subscription_naming_another_reactor_is_refused() {
     reactor.shutdown().await.expect("shutdown");
     runner.shutdown().await.expect("runner shutdown");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_runner_in_another_process_follows_the_reactor_through_the_store() {
+    let Some(base) = cloacina::ledger::testing::postgres_url() else {
+        eprintln!(
+            "postgres_a_runner_in_another_process_follows_the_reactor_through_the_store: skipped"
+        );
+        return;
+    };
+    let schema = format!(
+        "follow_{}_{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos())
+    );
+    // The reactor's process: its own connection pool, recording into the schema.
+    let reactor_ledger = cloacina::ledger::open_tenant(&base, &schema)
+        .await
+        .expect("reactor ledger");
+    let reactor = doubler(&reactor_ledger);
+    // The runner's process: another pool on the same schema; no reactor here.
+    let seen: Seen = Arc::default();
+    let follower = |seen: Seen| {
+        let (base, schema) = (base.clone(), schema.clone());
+        async move {
+            let runner = DefaultRunner::builder()
+                .url(base)
+                .tenant(schema)
+                .build()
+                .await
+                .expect("runner");
+            runner.register_workflow(react(&seen)).expect("register");
+            let task = runner
+                .follow_reactor(at_least("remote", 10), Duration::from_millis(50))
+                .await
+                .expect("follow");
+            (runner, task)
+        }
+    };
+    let (runner, task) = follower(Arc::clone(&seen)).await;
+    send(&reactor, 1..=10).await;
+    // n = 5..=10 give doubled >= 10: six firings, each started once.
+    eventually("six remote firings started", || {
+        seen.lock().expect("seen").len() == 6
+    })
+    .await;
+    runner.shutdown().await.expect("shutdown");
+    task.await.expect("follower ended");
+
+    // Firings made while no follower runs are started by the next one, once.
+    send(&reactor, 11..=13).await;
+    reactor_ledger.flush().await.expect("flush");
+    let (runner, task) = follower(Arc::clone(&seen)).await;
+    eventually("the missed firings started", || {
+        seen.lock().expect("seen").len() == 9
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let seen = seen.lock().expect("seen").clone();
+    assert_eq!(seen.len(), 9, "{seen:?}");
+    assert!(
+        seen.values().all(|v| v.len() == 1),
+        "each firing once: {seen:?}"
+    );
+    let mut values: Vec<u64> = seen.values().map(|v| v[0]).collect();
+    values.sort_unstable();
+    assert_eq!(values, [10, 12, 14, 16, 18, 20, 22, 24, 26]);
+    runner.shutdown().await.expect("shutdown");
+    task.await.expect("follower ended");
+    reactor.shutdown().await.expect("reactor shutdown");
+}

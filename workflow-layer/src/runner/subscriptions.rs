@@ -423,3 +423,53 @@ impl FiringSink {
         Ok(())
     }
 }
+
+impl DefaultRunner {
+    /// Follows a reactor that runs in another process, through the store: the reactor
+    /// records its firings into the ledger this runner shares (PostgreSQL, for processes
+    /// on several machines), and every `poll` this task reads the firings past the
+    /// subscription's position and starts the workflow for each it accepts, as
+    /// [`FiringSink::catch_up`] does (one execution per firing, its id derived from the
+    /// firing; the position saved after each read). The in-process push
+    /// (`cloacina::subscribe_workflow`) is faster; this is for a reactor this process does
+    /// not run. Store errors are retried at the next poll; the task ends when the runner
+    /// begins to shut down, or on an error retrying cannot fix (logged).
+    pub async fn follow_reactor(
+        &self,
+        subscription: ReactorSubscription,
+        poll: Duration,
+    ) -> Result<tokio::task::JoinHandle<()>, RunnerError> {
+        if poll.is_zero() {
+            return Err(RunnerError::InvalidSubscription {
+                name: subscription.name.clone(),
+                reason: "the poll interval must be more than zero".into(),
+            });
+        }
+        let mut sink = self.subscribe_reactor(subscription).await?;
+        let runner = self.clone();
+        Ok(tokio::spawn(async move {
+            let stopping = runner.shutting_down();
+            tokio::pin!(stopping);
+            loop {
+                match sink.catch_up().await {
+                    Ok(_) => {}
+                    Err(e @ (RunnerError::Ledger(_) | RunnerError::Store(_))) => {
+                        tracing::warn!(error = %e, "following a reactor through the store: read failed; next poll tries again");
+                    }
+                    Err(RunnerError::ShuttingDown) => break,
+                    Err(e) => {
+                        tracing::error!(error = %e, "following a reactor through the store stopped");
+                        break;
+                    }
+                }
+                tokio::select! {
+                    () = tokio::time::sleep(poll) => {}
+                    () = &mut stopping => break,
+                }
+            }
+            if let Err(e) = sink.save().await {
+                tracing::warn!(error = %e, "cannot save the workflow subscription's position");
+            }
+        }))
+    }
+}
