@@ -107,10 +107,11 @@ pub mod prelude {
     pub use crate::registry::Registry;
     pub use crate::workflow::{
         invoke_graph, BackoffStrategy, CatchUp, ClaimStats, Context, ContextError, DefaultRunner,
-        ExecutionEvent, ExecutionEventKind, ExecutorPool, FnTask, KeyLimit, ReactorSubscription,
-        RecordedEvent, RetryCondition, RetryPolicy, RunnerConfig, RunnerError, Schedule, Task,
-        TaskError, TaskHandle, TaskResult, TaskState, TriggerRule, ValueOperator, Workflow,
-        WorkflowDurability, WorkflowError, WorkflowExecutionResult, WorkflowStatus,
+        ExecutionEvent, ExecutionEventKind, ExecutorPool, FnTask, KeyLimit, PollingTrigger,
+        ReactorSubscription, RecordedEvent, RetryCondition, RetryPolicy, RunnerConfig, RunnerError,
+        Schedule, Task, TaskError, TaskHandle, TaskResult, TaskState, TriggerError, TriggerResult,
+        TriggerRule, ValueOperator, Workflow, WorkflowDurability, WorkflowError,
+        WorkflowExecutionResult, WorkflowStatus,
     };
     pub use crate::{computation_graph, reactor, task, workflow};
     pub use crate::{subscribe_workflow, EmbeddedGraph, EngineReport, Error};

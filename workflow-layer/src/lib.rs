@@ -64,9 +64,10 @@ pub use retry::{BackoffStrategy, RetryCondition, RetryPolicy, RetryPolicyBuilder
 pub use run::{TaskResult, WorkflowExecutionResult};
 pub use runner::{
     CatchUp, ClaimStats, DefaultRunner, ExecutionEvent, ExecutionEventKind, ExecutorPool,
-    FiringSink, KeyLimit, KeyUsage, PoolUsage, ReactorSubscription, RecordedEvent, RunnerBuilder,
-    RunnerConfig, RunnerError, Schedule, ScheduleInfo, WorkflowDurability, MAX_CATCH_UP,
-    SCHEDULES_OWNER, SUBSCRIPTIONS_OWNER,
+    FiringSink, KeyLimit, KeyUsage, PollingTrigger, PoolUsage, ReactorSubscription, RecordedEvent,
+    RunnerBuilder, RunnerConfig, RunnerError, Schedule, ScheduleInfo, TriggerError, TriggerInfo,
+    TriggerResult, WorkflowDurability, MAX_CATCH_UP, MIN_POLL_INTERVAL, SCHEDULES_OWNER,
+    SUBSCRIPTIONS_OWNER, TRIGGERS_OWNER,
 };
 pub use task::{FnTask, Task, TaskError, TaskFuture};
 pub use trigger::{

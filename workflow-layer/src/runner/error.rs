@@ -71,6 +71,15 @@ pub enum RunnerError {
         /// What is wrong.
         reason: String,
     },
+    /// A polling trigger is invalid (its name, interval or workflow), or one of that name
+    /// is registered already.
+    #[error("trigger `{name}`: {reason}")]
+    InvalidTrigger {
+        /// The trigger.
+        name: String,
+        /// What is wrong.
+        reason: String,
+    },
     /// No schedule of that name is in the store.
     #[error("no schedule `{0}` in the store")]
     UnknownSchedule(String),

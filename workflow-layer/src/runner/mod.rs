@@ -22,6 +22,7 @@ mod routing;
 mod schedules;
 mod stored;
 mod subscriptions;
+mod triggers;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -38,6 +39,9 @@ pub use events::{ExecutionEvent, ExecutionEventKind, RecordedEvent};
 pub use routing::{ExecutorPool, KeyLimit, KeyUsage, PoolUsage};
 pub use schedules::{CatchUp, Schedule, ScheduleInfo, MAX_CATCH_UP, SCHEDULES_OWNER};
 pub use subscriptions::{FiringSink, ReactorSubscription, SUBSCRIPTIONS_OWNER};
+pub use triggers::{
+    PollingTrigger, TriggerError, TriggerInfo, TriggerResult, MIN_POLL_INTERVAL, TRIGGERS_OWNER,
+};
 
 use crate::{Context, Workflow, WorkflowExecutionResult, WorkflowStatus};
 use drive::{Control, Run};
@@ -105,6 +109,8 @@ pub(crate) struct Inner {
     claimer_wake: Arc<Notify>,
     /// The claimer task, awaited by `shutdown`.
     claimer: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Polling triggers registered here, each with its poll loop.
+    triggers: triggers::Triggers,
 }
 
 /// Execution ids reserved from the store at a time.
@@ -187,6 +193,7 @@ impl DefaultRunner {
             claims: claims::ClaimCounters::default(),
             claimer_wake: Arc::new(Notify::new()),
             claimer: Mutex::new(None),
+            triggers: Mutex::new(HashMap::new()),
         });
         let runner = Self { inner };
         runner.resume_claimed().await?;
@@ -464,6 +471,8 @@ impl DefaultRunner {
         if let Some(scheduler) = scheduler {
             let _ = scheduler.await;
         }
+        // Triggers stop polling (a poll under way is dropped; its slot is not polled again).
+        triggers::stop_all(&self.inner.triggers).await;
         // The claimer stops too (a claim under way ends first): nothing is claimed after.
         let claimer = lock(&self.inner.claimer).take();
         if let Some(claimer) = claimer {
