@@ -53,7 +53,9 @@ inventory::collect!(GraphEntry);
 
 /// Workflows declared with `#[workflow]` live in the workflow layer (the runner finds them
 /// there); re-exported here beside the other declarations.
-pub use crate::workflow::{declared_workflow, declared_workflows, WorkflowEntry};
+pub use crate::workflow::{
+    declared_schedules, declared_workflow, declared_workflows, DeclaredSchedule, WorkflowEntry,
+};
 
 /// The trigger-less graph `name` declared with `#[computation_graph]` (no `trigger`) in this
 /// binary, built once and shared; what `#[task(invokes = "name")]` runs. An error names the

@@ -267,3 +267,53 @@ async fn a_task_can_take_its_handle_and_defer() {
     assert_eq!(result.status, WorkflowStatus::Completed, "{result:?}");
     assert_eq!(result.final_context.get("polls"), Some(&json!(3)));
 }
+
+#[workflow(
+    name = "new_year",
+    schedule = "0 0 0 1 1 *",
+    time_zone = "Europe/Paris"
+)]
+pub mod new_year {
+    use super::*;
+
+    #[task]
+    pub async fn greet(ctx: &mut Context<Value>) -> Result<(), TaskError> {
+        ctx.insert("greeted", json!(true))?;
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_declared_schedule_is_registered_by_every_runner_at_start() {
+    let ledger = cloacina::ledger::open("memory://").await.expect("ledger");
+    for id in ["a", "b"] {
+        let runner = DefaultRunner::from_ledger(
+            std::sync::Arc::clone(&ledger),
+            RunnerConfig {
+                runner_id: id.into(),
+                ..RunnerConfig::default()
+            },
+        )
+        .await
+        .expect("runner");
+        let schedules = runner.schedules().await.expect("schedules");
+        let declared: Vec<_> = schedules
+            .iter()
+            .map(|s| {
+                let s = &s.schedule;
+                (
+                    s.name.as_str(),
+                    s.workflow.as_str(),
+                    s.expression.as_str(),
+                    s.time_zone.as_str(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            declared,
+            [("new_year", "new_year", "0 0 0 1 1 *", "Europe/Paris")],
+            "runner {id}"
+        );
+        runner.shutdown().await.expect("shutdown");
+    }
+}

@@ -1,7 +1,8 @@
-//! `#[workflow(name = "...", description = "...")]` on an inline module of `#[task]`
-//! functions: checks the task DAG at compile time (with `cloacina-topology`, the rules
-//! `Workflow::builder` applies at run time), generates `NAME` and `workflow()`, and
-//! registers the workflow at startup.
+//! `#[workflow(name = "...", description = "...", schedule = "...", time_zone = "...")]` on
+//! an inline module of `#[task]` functions: checks the task DAG at compile time (with
+//! `cloacina-topology`, the rules `Workflow::builder` applies at run time), generates `NAME`
+//! and `workflow()`, and registers the workflow (and its cron schedule, if given) at
+//! startup.
 
 use proc_macro2::{Span, TokenStream as TokenStream2};
 use quote::{format_ident, quote};
@@ -14,22 +15,33 @@ use crate::task_attr::TaskArgs;
 pub(crate) struct WorkflowArgs {
     name: LitStr,
     description: Option<LitStr>,
+    /// A cron expression: every runner registers the schedule at start.
+    schedule: Option<LitStr>,
+    /// The schedule's IANA time zone (default UTC).
+    time_zone: Option<LitStr>,
 }
 
 impl Parse for WorkflowArgs {
     fn parse(input: ParseStream<'_>) -> syn::Result<Self> {
         let mut name: Option<LitStr> = None;
         let mut description: Option<LitStr> = None;
+        let mut schedule: Option<LitStr> = None;
+        let mut time_zone: Option<LitStr> = None;
         while !input.is_empty() {
             let key: syn::Ident = input.parse()?;
             input.parse::<Token![=]>()?;
             let slot = match key.to_string().as_str() {
                 "name" => &mut name,
                 "description" => &mut description,
+                "schedule" => &mut schedule,
+                "time_zone" => &mut time_zone,
                 other => {
                     return Err(syn::Error::new(
                         key.span(),
-                        format!("unknown #[workflow] key `{other}`: expected name, description"),
+                        format!(
+                            "unknown #[workflow] key `{other}`: expected name, description, \
+                             schedule, time_zone"
+                        ),
                     ))
                 }
             };
@@ -53,7 +65,31 @@ impl Parse for WorkflowArgs {
                 "a workflow name may not be empty",
             ));
         }
-        Ok(Self { name, description })
+        if let Some(expr) = &schedule {
+            let fields = expr.value().split_whitespace().count();
+            if !(5..=7).contains(&fields) {
+                return Err(syn::Error::new(
+                    expr.span(),
+                    format!(
+                        "schedule `{}` has {fields} fields: a cron expression has 5 \
+                         (min hour day month weekday), 6 (seconds first) or 7 (with a year)",
+                        expr.value()
+                    ),
+                ));
+            }
+        }
+        if let (Some(zone), None) = (&time_zone, &schedule) {
+            return Err(syn::Error::new(
+                zone.span(),
+                "`time_zone` is the zone of a `schedule`, and none is given",
+            ));
+        }
+        Ok(Self {
+            name,
+            description,
+            schedule,
+            time_zone,
+        })
     }
 }
 
@@ -145,6 +181,19 @@ pub(crate) fn expand_workflow(
         .collect();
     let cfgs: Vec<&Vec<syn::Attribute>> = tasks.iter().map(|t| &t.cfgs).collect();
     let wf = quote!(::cloacina::workflow);
+    let schedule = match &args.schedule {
+        Some(expr) => {
+            let zone = args
+                .time_zone
+                .as_ref()
+                .map_or_else(|| "UTC".to_owned(), LitStr::value);
+            quote!(::core::option::Option::Some(::cloacina::registry::DeclaredSchedule {
+                expression: #expr,
+                time_zone: #zone,
+            }))
+        }
+        None => quote!(::core::option::Option::None),
+    };
     let generated: Vec<Item> = vec![
         syn::parse_quote! {
             /// The workflow's name.
@@ -166,6 +215,7 @@ pub(crate) fn expand_workflow(
                 ::cloacina::registry::WorkflowEntry {
                     name: #name,
                     build: workflow,
+                    schedule: #schedule,
                     site: (::core::file!(), ::core::line!(), ::core::column!()),
                 }
             }

@@ -12,11 +12,33 @@ pub struct WorkflowEntry {
     pub name: &'static str,
     /// Builds the workflow.
     pub build: fn() -> Result<crate::Workflow, crate::WorkflowError>,
+    /// Its cron schedule (`#[workflow(schedule = "...")]`), registered by every runner at
+    /// start under the workflow's name.
+    pub schedule: Option<DeclaredSchedule>,
     /// Where it is declared (file, line, column).
     pub site: Site,
 }
 
+/// A cron schedule declared on a workflow.
+#[derive(Debug, Clone, Copy)]
+pub struct DeclaredSchedule {
+    /// The cron expression.
+    pub expression: &'static str,
+    /// Its IANA time zone.
+    pub time_zone: &'static str,
+}
+
 inventory::collect!(WorkflowEntry);
+
+/// `(workflow, schedule)` of every workflow declared with a schedule, by name.
+pub fn declared_schedules() -> Vec<(&'static str, DeclaredSchedule)> {
+    let mut out: Vec<_> = inventory::iter::<WorkflowEntry>
+        .into_iter()
+        .filter_map(|e| e.schedule.map(|s| (e.name, s)))
+        .collect();
+    out.sort_unstable_by_key(|(name, _)| *name);
+    out
+}
 
 /// Names of the workflows declared with `#[workflow]` in this binary, sorted (a name
 /// declared twice is listed twice: [`declared_workflow`] refuses it).

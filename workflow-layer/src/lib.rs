@@ -56,7 +56,10 @@ mod trigger;
 mod workflow;
 
 pub use context::{Context, ContextError};
-pub use declared::{declared_workflow, declared_workflows, Site, WorkflowEntry};
+pub use declared::{
+    declared_schedules, declared_workflow, declared_workflows, DeclaredSchedule, Site,
+    WorkflowEntry,
+};
 pub use defer::TaskHandle;
 pub use execution::{ExecutionState, TaskState, WorkflowStatus};
 pub use invoke::{invoke_graph, InvokeError};

@@ -200,6 +200,16 @@ impl DefaultRunner {
         tokio::spawn(heartbeat(Arc::downgrade(&runner.inner)));
         let scheduler = tokio::spawn(schedules::scheduler(Arc::downgrade(&runner.inner)));
         *lock(&runner.inner.scheduler) = Some(scheduler);
+        // Schedules declared with `#[workflow(schedule = "...")]`, under the workflow's name
+        // (the same definition again changes nothing).
+        for (workflow, declared) in crate::declared_schedules() {
+            runner
+                .register_schedule(
+                    Schedule::new(workflow, workflow, declared.expression)
+                        .time_zone(declared.time_zone),
+                )
+                .await?;
+        }
         if runner.inner.config.takes_work {
             let claimer = tokio::spawn(claims::claimer(
                 Arc::downgrade(&runner.inner),
