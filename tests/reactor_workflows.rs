@@ -299,15 +299,25 @@ async fn postgres_a_runner_in_another_process_follows_the_reactor_through_the_st
             (runner, task)
         }
     };
+    // Two runner processes follow the same subscription: each firing still runs once.
     let (runner, task) = follower(Arc::clone(&seen)).await;
+    let (twin, twin_task) = follower(Arc::clone(&seen)).await;
     send(&reactor, 1..=10).await;
     // n = 5..=10 give doubled >= 10: six firings, each started once.
     eventually("six remote firings started", || {
         seen.lock().expect("seen").len() == 6
     })
     .await;
-    runner.shutdown().await.expect("shutdown");
-    task.await.expect("follower ended");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        seen.lock().expect("seen").values().all(|v| v.len() == 1),
+        "two followers, each firing once: {:?}",
+        seen.lock().expect("seen")
+    );
+    for (r, t) in [(runner, task), (twin, twin_task)] {
+        r.shutdown().await.expect("shutdown");
+        t.await.expect("follower ended");
+    }
 
     // Firings made while no follower runs are started by the next one, once.
     send(&reactor, 11..=13).await;

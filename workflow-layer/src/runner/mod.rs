@@ -361,6 +361,49 @@ impl DefaultRunner {
         Ok(id)
     }
 
+    /// Starts `workflow` on `input` as execution `id`, an id derived from what caused it (a
+    /// schedule's instant, a trigger's poll, a reactor's firing) that other runners may
+    /// start at the same moment: the start is written durably, the store keeps the first,
+    /// and only the runner whose start was kept drives it. `Ok(false)`: another runner's
+    /// start was kept. An error after the write (the read-back failed) leaves a start that
+    /// may be this runner's: the sweep or the next runner start resumes it.
+    pub(super) async fn start_once(
+        &self,
+        id: u64,
+        workflow: Arc<Workflow>,
+        input: Context<Value>,
+    ) -> Result<bool, RunnerError> {
+        let now = now_unix_us();
+        let owner = self.inner.config.runner_id.clone();
+        let start = cloacina_ledger::ExecutionRecord {
+            id,
+            workflow: workflow.name().to_owned(),
+            version: workflow.version().to_owned(),
+            input: stored::bytes(&input)?,
+            created_at_unix_us: now,
+            owner: owner.clone(),
+            lease_until_unix_us: now.saturating_add(self.inner.config.lease_us()),
+        };
+        // Durable whatever the runner's durability: it is the audit record, and what keeps
+        // a crash from starting it again.
+        self.inner
+            .store
+            .write(
+                &[WorkflowRecord::Started(start)],
+                cloacina_ledger::Commit::Durable,
+            )
+            .await?;
+        let kept = self.inner.store.execution(id).await?;
+        let mine = kept
+            .is_some_and(|k| k.execution.owner == owner && k.execution.created_at_unix_us == now);
+        if mine {
+            let ticket = drive::key_of(&self.inner, &workflow, Some(&input), None)
+                .and_then(|value| self.inner.keys.ticket(workflow.name(), value));
+            self.spawn(Run::fresh(id, workflow, input, now).with_ticket(ticket));
+        }
+        Ok(mine)
+    }
+
     /// Waits for execution `id` to end and returns what it ended with, wherever it runs.
     /// Pushed from the execution's driver when it runs here; otherwise (another runner
     /// sharing the store drives it, it waits to be claimed, or it ended earlier or in an

@@ -16,12 +16,11 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use chrono::{DateTime, Utc};
-use cloacina_ledger::{now_unix_us, CheckpointRecord, ExecutionRecord, Record, WorkflowRecord};
+use cloacina_ledger::{now_unix_us, CheckpointRecord, Record};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use super::drive::Run;
 use super::{DefaultRunner, Inner, RunnerError};
 use crate::cron::CronSpec;
 use crate::Context;
@@ -343,53 +342,16 @@ impl DefaultRunner {
             "scheduled_for",
             Value::from(at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)),
         );
-        let encoded = match serde_json::to_vec(&input.to_json().unwrap_or_default()) {
-            Ok(bytes) => bytes,
-            Err(e) => {
-                tracing::error!(schedule = name, error = %e, "cannot encode a schedule's input; instant not fired");
-                return true;
-            }
-        };
-        let now = now_unix_us();
-        let owner = self.inner.config.runner_id.clone();
-        let start = ExecutionRecord {
-            id,
-            workflow: workflow.name().to_owned(),
-            version: workflow.version().to_owned(),
-            input: encoded,
-            created_at_unix_us: now,
-            owner: owner.clone(),
-            lease_until_unix_us: now.saturating_add(self.inner.config.lease_us()),
-        };
-        // Durable whatever the runner's durability: it is the audit record of the fire,
-        // and what keeps a crash from firing the instant again.
-        if let Err(e) = self
-            .inner
-            .store
-            .write(
-                &[WorkflowRecord::Started(start)],
-                cloacina_ledger::Commit::Durable,
-            )
-            .await
-        {
-            tracing::warn!(schedule = name, error = %e, "cannot record a schedule's fire; tried again in a second");
-            return false;
-        }
-        // The first start written wins: drive it only if it is this one.
-        match self.inner.store.execution(id).await {
-            Ok(Some(kept))
-                if kept.execution.owner == owner && kept.execution.created_at_unix_us == now =>
-            {
+        // The first start written wins: only its runner drives it. An error leaves the
+        // instant to the next pass, which finds the start if it was written.
+        match self.start_once(id, workflow, input).await {
+            Ok(true) => {
                 tracing::info!(schedule = name, execution = id, scheduled_for = %at, "schedule fired");
-                self.spawn(Run::fresh(id, workflow, input, now));
             }
-            Ok(_) => {}
-            // Written but not read back: an unfinished execution, resumed by the next
-            // runner start on the store (this runner's at once, another's once the lease
-            // expired).
+            Ok(false) => {}
             Err(e) => {
-                tracing::warn!(schedule = name, execution = id, error = %e,
-                    "schedule fired but not confirmed; resumed at the next runner start");
+                tracing::warn!(schedule = name, error = %e, "cannot record a schedule's fire; tried again in a second");
+                return false;
             }
         }
         true

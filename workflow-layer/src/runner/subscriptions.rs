@@ -415,7 +415,9 @@ impl FiringSink {
                         .unwrap_or_default();
                 input.insert_or_update("reactor_fired_at", Value::from(fired_at));
                 let workflow = runner.resolve(&sub.workflow)?;
-                runner.start_as(id, workflow, input).await?;
+                // Another runner following the same subscription may start it too: one
+                // start is kept, and only its runner drives it.
+                runner.start_once(id, workflow, input).await?;
             }
         }
         self.position = firing.firing_id;

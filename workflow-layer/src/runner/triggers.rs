@@ -449,8 +449,9 @@ impl DefaultRunner {
             });
             self.inner.ledger.append(&[record], Commit::Durable).await?;
         }
-        self.start_as(id, workflow, input).await?;
-        tracing::info!(trigger = %name, execution = id, "trigger fired");
+        if self.start_once(id, workflow, input).await? {
+            tracing::info!(trigger = %name, execution = id, "trigger fired");
+        }
         Ok(true)
     }
 }
