@@ -128,8 +128,8 @@ impl DefaultRunner {
 }
 
 /// The claimer: claims submitted work and expired leases while this runner drives fewer
-/// executions than its concurrency, when the store signals work, when a driver ends after a
-/// claim that took all it could, and every [`sweep_interval`]. Ends when shutdown begins
+/// executions than twice its concurrency ([`claim_limit`]), when the store signals work,
+/// when a driver ends after a claim that took all it could, and every [`sweep_interval`]. Ends when shutdown begins
 /// (shutdown waits for it, so nothing is claimed after).
 ///
 /// [`sweep_interval`]: super::RunnerConfig::sweep_interval
@@ -170,13 +170,17 @@ pub(super) async fn claimer(inner: Weak<Inner>, wake: Arc<tokio::sync::Notify>) 
     }
 }
 
+/// The most executions a runner drives before it stops claiming: twice its concurrency,
+/// so the next claim's round trips overlap the running executions instead of leaving the
+/// runner idle while it waits for them.
+pub(super) fn claim_limit(config: &super::RunnerConfig) -> usize {
+    config.concurrency.saturating_mul(2)
+}
+
 /// One claim for as many executions as this runner has room for; `true` if it took that
 /// many (more may be waiting).
 async fn claim_once(inner: &Arc<Inner>) -> bool {
-    let room = inner
-        .config
-        .concurrency
-        .saturating_sub(lock(&inner.live).len());
+    let room = claim_limit(&inner.config).saturating_sub(lock(&inner.live).len());
     if room == 0 {
         inner.claims.backlog.store(true, Ordering::Release);
         return false;

@@ -55,7 +55,8 @@ pub struct RunnerConfig {
     pub event_capacity: usize,
     /// Whether this runner claims work from the store (default `true`): executions
     /// submitted with [`DefaultRunner::submit`] by any process, and executions whose
-    /// runner's lease expired. A runner that only submits (a client) sets it `false`.
+    /// runner's lease expired, while it drives fewer than twice `concurrency` executions.
+    /// A runner that only submits (a client) sets it `false`.
     pub takes_work: bool,
     /// How often a runner that takes work looks for expired leases and submitted work it
     /// was not told of (default 5 s). New work on PostgreSQL is announced at once

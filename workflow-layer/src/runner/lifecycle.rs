@@ -139,8 +139,9 @@ impl Drop for LiveGuard {
             live.len()
         };
         self.inner.drained.notify_waiters();
-        // Room for half a claim while work may be waiting: the claimer takes more.
-        if left <= self.inner.config.concurrency / 2 && self.inner.claims.backlogged() {
+        // Room while work may be waiting: the claimer takes more (one claim at a time;
+        // wake-ups while it claims coalesce into one).
+        if left < super::claims::claim_limit(&self.inner.config) && self.inner.claims.backlogged() {
             self.inner.claimer_wake.notify_one();
         }
     }
