@@ -120,6 +120,10 @@ pub struct FiringSink {
     saved_at: Instant,
     /// The last `deliver` failed: the next checks the store before starting.
     failed: bool,
+    /// Other runners may handle this subscription too ([`DefaultRunner::follow_reactor`]):
+    /// each start is written durably and read back, and driven only if this runner's was
+    /// kept. Otherwise (the in-process push) starts go through the group commit.
+    shared: bool,
     /// The runner, and the subscription's name held in it.
     hold: SinkName,
 }
@@ -180,6 +184,7 @@ impl DefaultRunner {
             saved: (u64::MAX, i64::MIN),
             saved_at: Instant::now(),
             failed: false,
+            shared: false,
             hold,
         };
         sink.save().await?;
@@ -415,9 +420,13 @@ impl FiringSink {
                         .unwrap_or_default();
                 input.insert_or_update("reactor_fired_at", Value::from(fired_at));
                 let workflow = runner.resolve(&sub.workflow)?;
-                // Another runner following the same subscription may start it too: one
-                // start is kept, and only its runner drives it.
-                runner.start_once(id, workflow, input).await?;
+                if self.shared {
+                    // Another runner following the same subscription may start it too:
+                    // one start is kept, and only its runner drives it.
+                    runner.start_once(id, workflow, input).await?;
+                } else {
+                    runner.start_as(id, workflow, input).await?;
+                }
             }
         }
         self.position = firing.firing_id;
@@ -448,6 +457,7 @@ impl DefaultRunner {
             });
         }
         let mut sink = self.subscribe_reactor(subscription).await?;
+        sink.shared = true;
         let runner = self.clone();
         Ok(tokio::spawn(async move {
             let stopping = runner.shutting_down();
