@@ -591,3 +591,31 @@ async fn a_changed_row_fails_its_checksum() {
     drop(ledger);
     drop_schema(&url, &schema).await;
 }
+
+#[tokio::test]
+async fn a_store_migrated_by_a_newer_build_still_opens() {
+    let Some(url) = server_url("a_store_migrated_by_a_newer_build_still_opens") else {
+        return;
+    };
+    let schema = fresh_schema("newer");
+    let ledger_url = tenant_url(&url, &schema).expect("tenant url");
+    drop(open(&ledger_url).await.expect("first open"));
+    // A migration this build does not know, as a newer runner of a rolling upgrade leaves.
+    let mut conn = raw(&url).await;
+    sqlx::raw_sql(&format!(
+        "INSERT INTO \"{schema}\"._sqlx_migrations \
+         (version, description, success, checksum, execution_time) \
+         VALUES (999, 'from a newer build', true, '\\x00'::bytea, 1)"
+    ))
+    .execute(&mut conn)
+    .await
+    .expect("record a newer migration");
+    let ledger = open(&ledger_url)
+        .await
+        .expect("a store a newer build migrated opens");
+    ledger
+        .append(&[Record::Boundary(boundary("r", 1))], Commit::Durable)
+        .await
+        .expect("append");
+    drop_schema(&url, &schema).await;
+}

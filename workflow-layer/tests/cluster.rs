@@ -138,7 +138,7 @@ async fn a_runner_that_lost_its_claim_stops_the_task_and_records_nothing() {
     // Another runner takes it over, as if this one's lease had expired (a stalled process).
     let far = cloacina_ledger::now_unix_us() + 3_600_000_000;
     let taken = store
-        .claim_expired("thief", far, far + 3_600_000_000, 10)
+        .claim_expired("thief", far, far + 3_600_000_000, 10, &["job".to_owned()])
         .await
         .expect("take over");
     assert_eq!(
@@ -236,7 +236,13 @@ async fn an_execution_taken_over_too_often_is_abandoned() {
 /// Takes over every expired execution as `owner` with a lease that has expired already.
 async fn take(store: &dyn WorkflowStore, owner: &str) -> Vec<(u64, u32)> {
     store
-        .claim_expired(owner, cloacina_ledger::now_unix_us(), 2, 10)
+        .claim_expired(
+            owner,
+            cloacina_ledger::now_unix_us(),
+            2,
+            10,
+            &["job".to_owned()],
+        )
         .await
         .expect("claim")
         .iter()

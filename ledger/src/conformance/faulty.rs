@@ -205,9 +205,10 @@ impl WorkflowStore for FaultyLedger {
         now_unix_us: i64,
         lease_until_unix_us: i64,
         limit: usize,
+        workflows: &'a [String],
     ) -> crate::LedgerFuture<'a, Vec<StoredExecution>> {
         self.inner
-            .claim_expired(owner, now_unix_us, lease_until_unix_us, limit)
+            .claim_expired(owner, now_unix_us, lease_until_unix_us, limit, workflows)
     }
     fn renew_claims<'a>(
         &'a self,

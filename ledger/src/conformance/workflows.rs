@@ -436,9 +436,25 @@ async fn scale_out(c: &Check<'_>, store: &dyn WorkflowStore) {
         );
     }
 
+    // Only workflows the claimer can run: none of an unknown one, nothing for no names.
+    let unknown = ["other".to_owned()];
+    let none = store
+        .claim_expired("r2", T0 + 10_000, T0 + 60_000, 100, &unknown)
+        .await
+        .expect("claim expired");
+    assert!(
+        none.iter().all(|e| e.execution.id < b),
+        "{name}: claimed another workflow's executions"
+    );
+    assert!(store
+        .claim_expired("r2", T0 + 10_000, T0 + 60_000, 100, &[])
+        .await
+        .expect("claim expired")
+        .is_empty());
+    let known = [start(b, "x", 0).workflow];
     // Only expired leases (and unclaimed work), whoever held them; never r1's live one.
     let claimed = store
-        .claim_expired("r2", T0 + 10_000, T0 + 60_000, 100)
+        .claim_expired("r2", T0 + 10_000, T0 + 60_000, 100, &known)
         .await
         .expect("claim expired");
     let got: Vec<(u64, u32)> = claimed

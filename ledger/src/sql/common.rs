@@ -603,7 +603,7 @@ macro_rules! forward_ledger {
                     now_unix_us,
                     lease_until_unix_us,
                     limit,
-                    false,
+                    None,
                 ))
             }
             fn claim_expired<'a>(
@@ -612,13 +612,14 @@ macro_rules! forward_ledger {
                 now_unix_us: i64,
                 lease_until_unix_us: i64,
                 limit: usize,
+                workflows: &'a [String],
             ) -> $crate::LedgerFuture<'a, Vec<$crate::StoredExecution>> {
                 Box::pin(self.claim_executions(
                     owner,
                     now_unix_us,
                     lease_until_unix_us,
                     limit,
-                    true,
+                    Some(workflows),
                 ))
             }
             fn renew_claims<'a>(

@@ -137,6 +137,7 @@ impl WorkflowStore for MemoryLedger {
         now_unix_us: i64,
         lease_until_unix_us: i64,
         limit: usize,
+        workflows: &'a [String],
     ) -> LedgerFuture<'a, Vec<StoredExecution>> {
         Box::pin(async move {
             let mut store = self.workflows()?;
@@ -147,6 +148,7 @@ impl WorkflowStore for MemoryLedger {
                 }
                 if e.status == ExecutionStatus::Running
                     && e.execution.lease_until_unix_us < now_unix_us
+                    && workflows.contains(&e.execution.workflow)
                 {
                     if e.execution.owner != UNCLAIMED && e.execution.owner != owner {
                         e.takeovers = e.takeovers.saturating_add(1);

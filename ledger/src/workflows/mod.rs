@@ -218,13 +218,16 @@ pub trait WorkflowStore: Send + Sync + 'static {
     /// ([`UNCLAIMED`], lease 0) reaches a runner. Each becomes `owner`'s until
     /// `lease_until_unix_us`; one taken from another runner counts a takeover
     /// ([`StoredExecution::takeovers`]). PostgreSQL skips rows another claim holds
-    /// (`FOR UPDATE SKIP LOCKED`). Returns them, oldest first, with their task outcomes.
+    /// (`FOR UPDATE SKIP LOCKED`). Only executions of `workflows` are taken (what the
+    /// claiming runner can run; none if it is empty). Returns them, oldest first, with their
+    /// task outcomes.
     fn claim_expired<'a>(
         &'a self,
         owner: &'a str,
         now_unix_us: i64,
         lease_until_unix_us: i64,
         limit: usize,
+        workflows: &'a [String],
     ) -> LedgerFuture<'a, Vec<StoredExecution>>;
 
     /// Extends the lease of every unfinished execution `owner` holds; returns their ids

@@ -214,7 +214,7 @@ impl SledLedger {
             unfinished,
             corrupt,
             signal,
-            ..
+            takeovers,
         } = &mut *state;
         if submits_work(records) {
             signal.bump();
@@ -308,7 +308,11 @@ impl SledLedger {
                         Some(staged) if staged.row.end.is_none() => {
                             unfinished.insert(id, staged.row);
                         }
-                        _ => {}
+                        // Ended: its takeover count is no longer needed.
+                        Some(_) => {
+                            takeovers.remove(&id);
+                        }
+                        None => {}
                     }
                 }
                 Ok(())
@@ -550,6 +554,7 @@ impl WorkflowStore for SledLedger {
         now_unix_us: i64,
         lease_until_unix_us: i64,
         limit: usize,
+        workflows: &'a [String],
     ) -> LedgerFuture<'a, Vec<StoredExecution>> {
         Box::pin(async move {
             let mut claimed = Vec::new();
@@ -557,7 +562,8 @@ impl WorkflowStore for SledLedger {
             self.rewrite_unfinished(
                 "workflow claim failed",
                 |row| {
-                    let expired = row.execution.lease_until_unix_us < now_unix_us;
+                    let expired = row.execution.lease_until_unix_us < now_unix_us
+                        && workflows.contains(&row.execution.workflow);
                     if expired {
                         if row.execution.owner != UNCLAIMED && row.execution.owner != owner {
                             taken.push(row.execution.id);

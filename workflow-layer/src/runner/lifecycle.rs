@@ -24,8 +24,9 @@ impl DefaultRunner {
         Ok(id)
     }
 
-    /// Claims this runner's unfinished executions (and any whose lease expired) and
-    /// resumes those whose workflow is known.
+    /// Claims this runner's own unfinished executions (a restart under the same name) and
+    /// resumes those whose workflow is known. Others' expired executions and submitted
+    /// work are left to the claimer (within its limit, and only if this runner takes work).
     pub(super) async fn resume_claimed(&self) -> Result<(), RunnerError> {
         let now = now_unix_us();
         let claimed = self
@@ -33,7 +34,8 @@ impl DefaultRunner {
             .store
             .claim_unfinished(
                 &self.inner.config.runner_id,
-                now,
+                // No lease is older than this: only this runner's own are taken.
+                i64::MIN,
                 now.saturating_add(self.inner.config.lease_us()),
                 usize::MAX,
             )

@@ -196,12 +196,9 @@ impl DefaultRunner {
             triggers: Mutex::new(HashMap::new()),
         });
         let runner = Self { inner };
-        runner.resume_claimed().await?;
-        tokio::spawn(heartbeat(Arc::downgrade(&runner.inner)));
-        let scheduler = tokio::spawn(schedules::scheduler(Arc::downgrade(&runner.inner)));
-        *lock(&runner.inner.scheduler) = Some(scheduler);
         // Schedules declared with `#[workflow(schedule = "...")]`, under the workflow's name
-        // (the same definition again changes nothing).
+        // (the same definition again changes nothing); before anything runs, so a bad one
+        // leaves nothing started.
         for (workflow, declared) in crate::declared_schedules() {
             runner
                 .register_schedule(
@@ -210,6 +207,10 @@ impl DefaultRunner {
                 )
                 .await?;
         }
+        runner.resume_claimed().await?;
+        tokio::spawn(heartbeat(Arc::downgrade(&runner.inner)));
+        let scheduler = tokio::spawn(schedules::scheduler(Arc::downgrade(&runner.inner)));
+        *lock(&runner.inner.scheduler) = Some(scheduler);
         if runner.inner.config.takes_work {
             let claimer = tokio::spawn(claims::claimer(
                 Arc::downgrade(&runner.inner),
@@ -442,6 +443,16 @@ impl DefaultRunner {
             {
                 return Ok(result);
             }
+            if !self.inner.accepting.load(Ordering::Acquire) {
+                // Shut down: nothing here will drive it any more.
+                return Err(RunnerError::NotHere {
+                    id,
+                    reason: format!(
+                        "it is unfinished (held by runner `{}`) and this runner is shut down",
+                        stored.execution.owner
+                    ),
+                });
+            }
             tokio::time::sleep(poll).await;
             poll = (poll * 2).min(std::time::Duration::from_millis(200));
         }
@@ -511,12 +522,18 @@ impl DefaultRunner {
     /// every record is written and flushed to stable storage when it returns, and the
     /// runner holds the store only until it is dropped.
     pub async fn shutdown(&self) -> Result<(), RunnerError> {
+        self.inner.stopping.send_replace(true);
+        // The claimer stops first (a claim under way ends, and what it took starts here and
+        // is drained below): nothing is claimed after, and nothing claimed is left undriven.
+        let claimer = lock(&self.inner.claimer).take();
+        if let Some(claimer) = claimer {
+            let _ = claimer.await;
+        }
         {
             // Under the live lock: a spawn either happened (and is drained) or sees this.
             let _live = lock(&self.inner.live);
             self.inner.accepting.store(false, Ordering::Release);
         }
-        self.inner.stopping.send_replace(true);
         // The scheduler stops (a fire under way ends first): no start is written after
         // this returns.
         self.inner.schedules_changed.notify_one();
@@ -526,11 +543,6 @@ impl DefaultRunner {
         }
         // Triggers stop polling (a poll under way is dropped; its slot is not polled again).
         triggers::stop_all(&self.inner.triggers).await;
-        // The claimer stops too (a claim under way ends first): nothing is claimed after.
-        let claimer = lock(&self.inner.claimer).take();
-        if let Some(claimer) = claimer {
-            let _ = claimer.await;
-        }
         loop {
             let drained = self.inner.drained.notified();
             let paused: Vec<u64> = {

@@ -421,6 +421,7 @@ mod tests {
             _: i64,
             _: i64,
             _: usize,
+            _: &'a [String],
         ) -> LedgerFuture<'a, Vec<StoredExecution>> {
             Box::pin(async { Ok(Vec::new()) })
         }

@@ -305,7 +305,7 @@ async fn poll_loop(inner: Weak<Inner>, trigger: PollingTrigger, counters: Arc<Co
             return;
         };
         let runner = DefaultRunner { inner: strong };
-        match runner.claim_slot(&trigger.name, slot).await {
+        match runner.claim_slot(&trigger.name, interval, slot).await {
             Ok(true) => runner.poll(&trigger, slot, &counters).await,
             Ok(false) => {
                 counters.elsewhere.fetch_add(1, Ordering::Relaxed);
@@ -319,9 +319,14 @@ async fn poll_loop(inner: Weak<Inner>, trigger: PollingTrigger, counters: Arc<Co
 }
 
 impl DefaultRunner {
-    /// Claims poll slot `slot` of trigger `name` in the store; `true` if this runner won.
-    async fn claim_slot(&self, name: &str, slot: i64) -> Result<bool, RunnerError> {
-        let id = derived_id(b"cloacina-trigger-poll", name, &slot.to_be_bytes());
+    /// Claims poll slot `slot` (of `interval` µs) of trigger `name` in the store; `true`
+    /// if this runner won. The interval is part of the slot's id: runners of two versions
+    /// of a trigger with different intervals never share slot ids.
+    async fn claim_slot(&self, name: &str, interval: i64, slot: i64) -> Result<bool, RunnerError> {
+        let mut at = [0u8; 16];
+        at[..8].copy_from_slice(&interval.to_be_bytes());
+        at[8..].copy_from_slice(&slot.to_be_bytes());
+        let id = derived_id(b"cloacina-trigger-poll", name, &at);
         let now = now_unix_us();
         let owner = self.inner.config.runner_id.clone();
         let start = ExecutionRecord {
@@ -438,9 +443,12 @@ impl DefaultRunner {
         let mut input = ctx;
         input.insert_or_update("trigger", Value::from(name.as_str()));
         let id = derived_id(b"cloacina-trigger-fire", name, &slot.to_be_bytes());
+        if self.start_once(id, workflow, input).await? {
+            tracing::info!(trigger = %name, execution = id, "trigger fired");
+        }
         if let Some(key) = key {
-            // Written before the start: a fire whose record is lost re-fires; one whose
-            // start is lost is not held back (the id names no execution).
+            // After the start: whoever reads it finds the execution. (A crash between the
+            // two lets the next same-context fire run beside this one.)
             let record = Record::Checkpoint(CheckpointRecord {
                 owner: TRIGGERS_OWNER.to_owned(),
                 key,
@@ -448,9 +456,6 @@ impl DefaultRunner {
                 at_unix_us: now_unix_us(),
             });
             self.inner.ledger.append(&[record], Commit::Durable).await?;
-        }
-        if self.start_once(id, workflow, input).await? {
-            tracing::info!(trigger = %name, execution = id, "trigger fired");
         }
         Ok(true)
     }

@@ -57,7 +57,13 @@ const WORKFLOW_WRITE_CONNECTIONS: u32 = 2;
 /// Tries per append when PostgreSQL aborts it for a deadlock or serialization failure.
 const APPEND_TRIES: u32 = 3;
 
-static MIGRATOR: Migrator = sqlx::migrate!("./migrations/postgres");
+/// Migrations a newer build applied are not an error (`ignore_missing`): while a rolling
+/// upgrade runs, runners of the previous build open the store the new ones migrated (each
+/// migration only adds, with defaults; `meta`'s format version guards incompatible layouts).
+static MIGRATOR: Migrator = Migrator {
+    ignore_missing: true,
+    ..sqlx::migrate!("./migrations/postgres")
+};
 
 /// The tables and columns the ledger needs, checked on open (after the migrations claim to be
 /// applied) and by `verify`.

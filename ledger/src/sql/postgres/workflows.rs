@@ -388,16 +388,19 @@ impl PostgresLedger {
         Ok(assemble(BACKEND, &self.location, vec![row], tasks)?.pop())
     }
 
-    /// Claims executions (see [`WorkflowStore::claim_unfinished`], and, with `expired_only`,
-    /// [`WorkflowStore::claim_expired`]).
+    /// Claims executions (see [`WorkflowStore::claim_unfinished`], and, with `workflows`,
+    /// [`WorkflowStore::claim_expired`]: expired leases of those workflows only).
     pub(super) async fn claim_executions(
         &self,
         owner: &str,
         now: i64,
         until: i64,
         limit: usize,
-        expired_only: bool,
+        workflows: Option<&[String]>,
     ) -> Result<Vec<StoredExecution>, LedgerError> {
+        if workflows.is_some_and(<[String]>::is_empty) {
+            return Ok(Vec::new());
+        }
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let mut tx = self
             .pool
@@ -422,7 +425,9 @@ impl PostgresLedger {
                  takeovers = w.takeovers + CASE WHEN x.owner <> '' AND x.owner <> $1 \
                      THEN 1 ELSE 0 END \
              FROM (SELECT id, owner FROM wf_executions \
-                 WHERE status = 0 AND (lease_until_us < $2 OR (NOT $5 AND owner = $1)) \
+                 WHERE status = 0 \
+                 AND (lease_until_us < $2 OR ($5::TEXT[] IS NULL AND owner = $1)) \
+                 AND ($5::TEXT[] IS NULL OR workflow = ANY($5::TEXT[])) \
                  ORDER BY id LIMIT $4 FOR UPDATE SKIP LOCKED) x \
              WHERE w.id = x.id \
              RETURNING {}",
@@ -436,7 +441,7 @@ impl PostgresLedger {
         .bind(now)
         .bind(until)
         .bind(limit)
-        .bind(expired_only)
+        .bind(workflows)
         .fetch_all(&mut *tx)
         .await
         .map_err(self.err("cannot claim executions"))?;

@@ -59,7 +59,11 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 /// connection caches at most a handful of prepared inserts per table.
 const CHUNK: usize = 256;
 
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+/// Migrations a newer build applied are not an error (see the PostgreSQL backend's).
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate::Migrator {
+    ignore_missing: true,
+    ..sqlx::migrate!("./migrations/sqlite")
+};
 
 /// A ledger stored in one SQLite database file (or in memory with `sqlite://:memory:`).
 #[derive(Debug)]

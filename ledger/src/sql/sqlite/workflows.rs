@@ -97,6 +97,28 @@ async fn write_rows<'q, T>(
     Ok(())
 }
 
+/// `names` as a JSON array of strings (for `json_each`).
+fn json_array(names: &[String]) -> String {
+    let mut out = String::from("[");
+    for (i, name) in names.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push('"');
+        for c in name.chars() {
+            match c {
+                '"' => out.push_str("\\\""),
+                '\\' => out.push_str("\\\\"),
+                c if u32::from(c) < 0x20 => out.push_str(&format!("\\u{:04x}", u32::from(c))),
+                c => out.push(c),
+            }
+        }
+        out.push('"');
+    }
+    out.push(']');
+    out
+}
+
 /// An id as stored (checked below 2^63 by staging).
 fn sql_id(id: u64) -> i64 {
     i64::try_from(id).unwrap_or(i64::MAX)
@@ -225,16 +247,21 @@ impl SqliteLedger {
         Ok(assemble(BACKEND, &self.location, vec![row], tasks)?.pop())
     }
 
-    /// Claims executions (see [`WorkflowStore::claim_unfinished`], and, with `expired_only`,
-    /// [`WorkflowStore::claim_expired`]).
+    /// Claims executions (see [`WorkflowStore::claim_unfinished`], and, with `workflows`,
+    /// [`WorkflowStore::claim_expired`]: expired leases of those workflows only).
     pub(super) async fn claim_executions(
         &self,
         owner: &str,
         now: i64,
         until: i64,
         limit: usize,
-        expired_only: bool,
+        workflows: Option<&[String]>,
     ) -> Result<Vec<StoredExecution>, LedgerError> {
+        if workflows.is_some_and(<[String]>::is_empty) {
+            return Ok(Vec::new());
+        }
+        // The workflows as a JSON array (`json_each`), or NULL for any.
+        let names = workflows.map(json_array);
         let (_guard, mut conn) = self.writer(Commit::Durable).await?;
         let mut tx = conn
             .begin_with("BEGIN IMMEDIATE")
@@ -244,7 +271,8 @@ impl SqliteLedger {
             "UPDATE wf_executions SET owner = ?1, lease_until_us = ?3, \
                  takeovers = takeovers + (owner <> '' AND owner <> ?1) WHERE id IN ( \
                  SELECT id FROM wf_executions \
-                 WHERE status = 0 AND (lease_until_us < ?2 OR (NOT ?5 AND owner = ?1)) \
+                 WHERE status = 0 AND (lease_until_us < ?2 OR (?5 IS NULL AND owner = ?1)) \
+                 AND (?5 IS NULL OR workflow IN (SELECT value FROM json_each(?5))) \
                  ORDER BY id LIMIT ?4) \
              RETURNING {EXEC_COLUMNS}"
         ))
@@ -252,7 +280,7 @@ impl SqliteLedger {
         .bind(now)
         .bind(until)
         .bind(limit_to_sql(Some(limit)))
-        .bind(expired_only)
+        .bind(names)
         .fetch_all(&mut *tx)
         .await
         .map_err(self.err("cannot claim executions"))?;
