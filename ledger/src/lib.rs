@@ -215,6 +215,13 @@ pub enum LedgerError {
         /// Records that could not be handed to the writer.
         pending: usize,
     },
+    /// A fenced write ([`WorkflowStore::write_as`]) dropped this execution's records:
+    /// another runner holds it now (the writer's lease expired and it was taken over).
+    #[error("execution {execution} is held by another runner: this runner's records of it were not written")]
+    ClaimLost {
+        /// The execution.
+        execution: u64,
+    },
 }
 
 /// Whether trying an operation again may succeed.
@@ -243,7 +250,8 @@ impl LedgerError {
             | Self::Corrupt { .. }
             | Self::Rejected { .. }
             | Self::Gap { .. }
-            | Self::Closed { .. } => false,
+            | Self::Closed { .. }
+            | Self::ClaimLost { .. } => false,
         }
     }
 

@@ -303,3 +303,59 @@ async fn postgres_an_idle_runner_hears_new_work_by_notify() {
     client.shutdown().await.expect("shutdown");
     idle.shutdown().await.expect("shutdown");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_refused_by_the_fence_stop_the_execution_before_its_heartbeat_notices() {
+    let ledger = cloacina_ledger::open("memory://").await.expect("ledger");
+    let store = Arc::clone(&ledger).workflow_store().expect("store");
+    let runs = Runs::default();
+    // A 30 s lease: the heartbeat (every 10 s) does not look during this test.
+    let runner = worker(&ledger, config("stalled"), &runs).await;
+    runner
+        .register_workflow(job(&runs, "stalled", 1))
+        .expect("same workflow");
+    let slow = Workflow::builder("slow")
+        .task(FnTask::new(
+            "first",
+            [] as [&str; 0],
+            |ctx: Context| async move {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                Ok(ctx)
+            },
+        ))
+        .task(FnTask::new(
+            "second",
+            ["first"],
+            |ctx: Context| async move { Ok(ctx) },
+        ))
+        .build()
+        .expect("valid");
+    runner.register_workflow(slow).expect("register");
+    let id = runner.schedule("slow", input(1)).await.expect("schedule");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let far = cloacina_ledger::now_unix_us() + 3_600_000_000;
+    store
+        .claim_expired("thief", far, far + 3_600_000_000, 10, &["slow".to_owned()])
+        .await
+        .expect("take over");
+    // `first` ends at 300 ms; its record is refused, and the execution stops here.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while runner.claim_stats().lost == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "never stopped");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let stored = store.execution(id).await.expect("read").expect("stored");
+    assert_eq!(stored.execution.owner, "thief");
+    assert!(
+        stored.tasks.is_empty() && stored.end.is_none(),
+        "{stored:?}"
+    );
+    // Its waiter follows the execution to its new holder instead of hearing of an end.
+    let waited = tokio::time::timeout(Duration::from_millis(500), runner.wait(id)).await;
+    assert!(
+        waited.is_err(),
+        "wait returned {waited:?} for an execution it no longer holds"
+    );
+    assert_eq!(runner.claim_stats().lost, 1);
+    runner.shutdown().await.expect("shutdown");
+}

@@ -180,9 +180,12 @@ impl WorkflowStore for FaultyLedger {
         owner: &'a str,
         records: &'a [WorkflowRecord],
         commit: Commit,
-    ) -> crate::LedgerFuture<'a, ()> {
+    ) -> crate::LedgerFuture<'a, Vec<u64>> {
         if let Some(refused) = self.refusal(records) {
-            return refused;
+            return Box::pin(async move {
+                refused.await?;
+                Ok(Vec::new())
+            });
         }
         self.inner.write_as(owner, records, commit)
     }

@@ -481,10 +481,15 @@ async fn scale_out(c: &Check<'_>, store: &dyn WorkflowStore) {
         WorkflowRecord::Ended(end(expired, ExecutionStatus::Failed)),
         WorkflowRecord::Task(task(held, "mine", true)),
     ];
-    store
+    let dropped = store
         .write_as("r1", &r1_late, Commit::Buffered)
         .await
         .expect("fenced write");
+    assert_eq!(
+        dropped,
+        vec![expired],
+        "{name}: a fenced write names the executions whose records it dropped"
+    );
     let lost = c.must_get(expired).await;
     assert!(
         lost.tasks.is_empty() && lost.end.is_none(),
@@ -495,7 +500,7 @@ async fn scale_out(c: &Check<'_>, store: &dyn WorkflowStore) {
         1,
         "{name}: a fenced write records what its runner holds"
     );
-    store
+    let none_dropped = store
         .write_as(
             "r2",
             &[
@@ -506,6 +511,7 @@ async fn scale_out(c: &Check<'_>, store: &dyn WorkflowStore) {
         )
         .await
         .expect("holder's write");
+    assert!(none_dropped.is_empty(), "{name}: {none_dropped:?}");
     let done = c.must_get(expired).await;
     assert_eq!(
         (done.tasks.len(), done.status),

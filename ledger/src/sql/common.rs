@@ -575,14 +575,17 @@ macro_rules! forward_ledger {
                 records: &'a [$crate::WorkflowRecord],
                 commit: $crate::Commit,
             ) -> $crate::LedgerFuture<'a, ()> {
-                Box::pin(self.write_workflow_records(records, commit, None))
+                Box::pin(async move {
+                    self.write_workflow_records(records, commit, None).await?;
+                    Ok(())
+                })
             }
             fn write_as<'a>(
                 &'a self,
                 owner: &'a str,
                 records: &'a [$crate::WorkflowRecord],
                 commit: $crate::Commit,
-            ) -> $crate::LedgerFuture<'a, ()> {
+            ) -> $crate::LedgerFuture<'a, Vec<u64>> {
                 Box::pin(self.write_workflow_records(records, commit, Some(owner)))
             }
             fn execution(

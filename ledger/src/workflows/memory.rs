@@ -23,8 +23,16 @@ pub(crate) struct MemoryWorkflows {
 
 impl MemoryWorkflows {
     /// Applies `batch`; with `fence`, only to executions that runner holds (starts aside).
-    fn apply(&mut self, batch: &[WorkflowRecord], fence: Option<&str>) {
-        let held = |e: &StoredExecution| fence.is_none_or(|owner| e.execution.owner == owner);
+    /// Returns the executions whose records the fence dropped.
+    fn apply(&mut self, batch: &[WorkflowRecord], fence: Option<&str>) -> Vec<u64> {
+        let mut dropped = Vec::new();
+        let held = |e: &StoredExecution, dropped: &mut Vec<u64>| {
+            let held = fence.is_none_or(|owner| e.execution.owner == owner);
+            if !held && !dropped.contains(&e.execution.id) {
+                dropped.push(e.execution.id);
+            }
+            held
+        };
         let (starts, tasks, ends) = by_kind(batch);
         for s in starts {
             self.executions
@@ -38,7 +46,11 @@ impl MemoryWorkflows {
                 });
         }
         for t in tasks {
-            if let Some(e) = self.executions.get_mut(&t.execution_id).filter(|e| held(e)) {
+            if let Some(e) = self
+                .executions
+                .get_mut(&t.execution_id)
+                .filter(|e| held(e, &mut dropped))
+            {
                 if let Err(i) = e.tasks.binary_search_by(|r| r.task.as_str().cmp(&t.task)) {
                     e.tasks.insert(i, t.clone());
                 }
@@ -48,7 +60,7 @@ impl MemoryWorkflows {
             if let Some(e) = self
                 .executions
                 .get_mut(&end.execution_id)
-                .filter(|e| held(e))
+                .filter(|e| held(e, &mut dropped))
             {
                 if e.end.is_none() {
                     e.status = end.status;
@@ -59,6 +71,7 @@ impl MemoryWorkflows {
         if submits_work(batch) {
             self.signal.bump();
         }
+        dropped
     }
 }
 
@@ -89,11 +102,10 @@ impl WorkflowStore for MemoryLedger {
         owner: &'a str,
         records: &'a [WorkflowRecord],
         _commit: Commit,
-    ) -> LedgerFuture<'a, ()> {
+    ) -> LedgerFuture<'a, Vec<u64>> {
         Box::pin(async move {
             check_batch(BACKEND, records)?;
-            self.workflows()?.apply(records, Some(owner));
-            Ok(())
+            Ok(self.workflows()?.apply(records, Some(owner)))
         })
     }
 

@@ -190,13 +190,14 @@ pub trait WorkflowStore: Send + Sync + 'static {
     /// [`write`](Self::write) by runner `owner`, fenced: task outcomes and ends of
     /// executions that `owner` does not hold (another runner took them over after its lease
     /// expired) are dropped, so a runner that lost its claim records nothing more of them.
-    /// Starts are written as given (first wins, as ever).
+    /// Starts are written as given (first wins, as ever). Returns the executions whose
+    /// records were dropped so (held by another runner), so the writer stops them.
     fn write_as<'a>(
         &'a self,
         owner: &'a str,
         records: &'a [WorkflowRecord],
         commit: Commit,
-    ) -> LedgerFuture<'a, ()>;
+    ) -> LedgerFuture<'a, Vec<u64>>;
 
     /// Execution `id`, with its task outcomes and end.
     fn execution(&self, id: u64) -> LedgerFuture<'_, Option<StoredExecution>>;

@@ -202,12 +202,12 @@ impl SledLedger {
     }
 
     /// Applies `records`; with `fence`, task outcomes and ends only to executions that
-    /// runner holds.
+    /// runner holds. Returns the executions whose records the fence dropped.
     fn apply_workflow_batch(
         &self,
         records: &[WorkflowRecord],
         fence: Option<&str>,
-    ) -> Result<(), LedgerError> {
+    ) -> Result<Vec<u64>, LedgerError> {
         check_batch(BACKEND, records)?;
         let mut state = self.wf_state()?;
         let SledWorkflowState {
@@ -219,7 +219,14 @@ impl SledLedger {
         if submits_work(records) {
             signal.bump();
         }
-        let held = |row: &ExecutionRow| fence.is_none_or(|owner| row.execution.owner == owner);
+        let mut dropped: Vec<u64> = Vec::new();
+        let mut held = |row: &ExecutionRow| {
+            let held = fence.is_none_or(|owner| row.execution.owner == owner);
+            if !held && !dropped.contains(&row.execution.id) {
+                dropped.push(row.execution.id);
+            }
+            held
+        };
         let unfinished = unfinished.get_or_insert_with(BTreeMap::new);
         let corrupt = &*corrupt;
         let (starts, tasks, ends) = by_kind(records);
@@ -315,7 +322,7 @@ impl SledLedger {
                         None => {}
                     }
                 }
-                Ok(())
+                Ok(dropped)
             }
             Err(e) => {
                 // Rows were moved out: read them all again at the next call.
@@ -478,13 +485,13 @@ impl WorkflowStore for SledLedger {
         owner: &'a str,
         records: &'a [WorkflowRecord],
         commit: Commit,
-    ) -> LedgerFuture<'a, ()> {
+    ) -> LedgerFuture<'a, Vec<u64>> {
         Box::pin(async move {
-            self.apply_workflow_batch(records, Some(owner))?;
+            let dropped = self.apply_workflow_batch(records, Some(owner))?;
             if commit == Commit::Durable {
                 self.flush_db().await?;
             }
-            Ok(())
+            Ok(dropped)
         })
     }
 

@@ -73,6 +73,12 @@ impl ClaimCounters {
         }
     }
 
+    /// An execution this runner drove was stopped: another runner holds it.
+    pub(super) fn count_lost(&self) {
+        Self::add(&self.lost, 1);
+        metrics::counter!("cloacina_workflow_claims_lost_total").increment(1);
+    }
+
     /// Whether the last claim took all it could (more work may be waiting).
     pub(super) fn backlogged(&self) -> bool {
         self.backlog.load(Ordering::Acquire)
@@ -321,9 +327,8 @@ pub(super) async fn stop_lost(inner: &Arc<Inner>, held: &[u64], began: Instant) 
         if let Some(l) = live.get(&id) {
             tracing::warn!(execution = id, holder = %stored.execution.owner,
                 "another runner took this execution over (this runner's lease expired): stopping it here");
+            // Counted when its driver ends (`count_lost`).
             l.control.send_replace(Control::Lost);
-            ClaimCounters::add(&inner.claims.lost, 1);
-            metrics::counter!("cloacina_workflow_claims_lost_total").increment(1);
         }
     }
 }

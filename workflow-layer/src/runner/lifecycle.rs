@@ -118,7 +118,19 @@ impl DefaultRunner {
                 inner: Arc::clone(&inner),
                 id,
             };
+            let control = control_rx.clone();
             let outcome = drive::drive(&inner, run, control_rx).await;
+            // Stopped because another runner took it over (told by the heartbeat, or by the
+            // store refusing its records): that runner drives it now.
+            let lost = matches!(&outcome, Err(e) if matches!(**e, cloacina_ledger::LedgerError::ClaimLost { .. }))
+                || *control.borrow() == Control::Lost;
+            if lost {
+                tracing::warn!(
+                    execution = id,
+                    "execution stopped here: another runner holds it"
+                );
+                inner.claims.count_lost();
+            }
             // Off the live map first: a status query from now on reads the store, which
             // holds the end (recorded before the driver returned).
             drop(_gone);

@@ -430,6 +430,8 @@ impl DefaultRunner {
                         if result.status == WorkflowStatus::Paused
                             && self.inner.accepting.load(Ordering::Acquire) => {}
                     Some(Ok(result)) => return Ok((*result).clone()),
+                    // Its records were refused: another runner holds it; follow the store.
+                    Some(Err(e)) if matches!(*e, LedgerError::ClaimLost { .. }) => {}
                     Some(Err(e)) => return Err(RunnerError::Store(e)),
                     None => {} // The driver went away: read what the store holds.
                 }

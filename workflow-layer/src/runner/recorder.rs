@@ -286,27 +286,28 @@ async fn run(
                         metrics::counter!("cloacina_workflow_records_total")
                             .increment(batch.len() as u64);
                         metrics::counter!("cloacina_workflow_commits_total").increment(1);
+                        // Where each sender's records end in the batch.
+                        let ends: Vec<usize> = acks
+                            .iter()
+                            .skip(1)
+                            .map(|(start, _)| *start)
+                            .chain([batch.len()])
+                            .collect();
                         match outcome {
                             Err(e) if !e.is_transient() && acks.len() > 1 => {
                                 // One sender's bad record must not fail the others: each
                                 // sender's records again, on their own.
                                 tracing::warn!(error = %e, senders = acks.len(),
                                     "workflow batch refused; writing each execution's records alone");
-                                let ends: Vec<usize> = acks
-                                    .iter()
-                                    .skip(1)
-                                    .map(|(start, _)| *start)
-                                    .chain([batch.len()])
-                                    .collect();
                                 for ((start, ack), end) in acks.into_iter().zip(ends) {
-                                    let alone =
-                                        write(&*store, &owner, &batch[start..end], commit).await;
-                                    ack.send(alone);
+                                    let records = &batch[start..end];
+                                    let alone = write(&*store, &owner, records, commit).await;
+                                    ack.send(answer(&alone, records));
                                 }
                             }
                             outcome => {
-                                for (_, ack) in acks {
-                                    ack.send(outcome.clone());
+                                for ((start, ack), end) in acks.into_iter().zip(ends) {
+                                    ack.send(answer(&outcome, &batch[start..end]));
                                 }
                             }
                         }
@@ -346,17 +347,40 @@ async fn run(
     }
 }
 
+/// A sender's answer: the write's error, or [`LedgerError::ClaimLost`] if the fence dropped
+/// the records of its execution (another runner holds it now).
+fn answer(outcome: &Result<Vec<u64>, Arc<LedgerError>>, records: &[WorkflowRecord]) -> Written {
+    let dropped = outcome.as_ref().map_err(Arc::clone)?;
+    if dropped.is_empty() {
+        return Ok(());
+    }
+    let lost = records.iter().find_map(|r| {
+        let id = match r {
+            WorkflowRecord::Started(s) => s.id,
+            WorkflowRecord::Task(t) => t.execution_id,
+            WorkflowRecord::Ended(e) => e.execution_id,
+        };
+        dropped.contains(&id).then_some(id)
+    });
+    match lost {
+        Some(execution) => Err(Arc::new(LedgerError::ClaimLost { execution })),
+        None => Ok(()),
+    }
+}
+
+/// Writes `batch` fenced as `owner`'s; returns the executions whose records the fence
+/// dropped.
 async fn write(
     store: &dyn WorkflowStore,
     owner: &str,
     batch: &[WorkflowRecord],
     commit: Commit,
-) -> Result<(), Arc<LedgerError>> {
+) -> Result<Vec<u64>, Arc<LedgerError>> {
     let mut tries = 0;
     loop {
         tries += 1;
         match store.write_as(owner, batch, commit).await {
-            Ok(()) => return Ok(()),
+            Ok(dropped) => return Ok(dropped),
             Err(e) if e.is_transient() && tries < TRIES => {
                 tracing::warn!(error = %e, tries, "workflow store write failed; trying again");
                 tokio::time::sleep(Duration::from_millis(50 << tries)).await;
@@ -412,8 +436,11 @@ mod tests {
             _: &'a str,
             batch: &'a [WorkflowRecord],
             commit: Commit,
-        ) -> LedgerFuture<'a, ()> {
-            self.write(batch, commit)
+        ) -> LedgerFuture<'a, Vec<u64>> {
+            Box::pin(async move {
+                self.write(batch, commit).await?;
+                Ok(Vec::new())
+            })
         }
         fn claim_expired<'a>(
             &'a self,

@@ -129,8 +129,12 @@ fn build_write_one(
              {filter} ON CONFLICT (execution_id, task) DO NOTHING)"
         )
     };
+    // The ids arrays of the task outcomes and ends: with a fence, the statement returns
+    // those of executions another runner holds (their records were dropped).
+    let mut fenced_ids: Vec<String> = Vec::new();
     if new_tasks {
         let p = params(&task_params);
+        fenced_ids.push(first_param(&p).to_owned());
         // Fenced: not if the start was there already, held by another runner.
         let filter = if fenced {
             let ids = first_param(&p);
@@ -146,6 +150,7 @@ fn build_write_one(
     if tasks {
         let p = params(&task_params);
         let ids = first_param(&p);
+        fenced_ids.push(ids.to_owned());
         let filter = format!(
             "WHERE EXISTS (SELECT 1 FROM wf_executions e WHERE e.id = u.id AND e.id = ANY({ids}){})",
             held("e")
@@ -155,6 +160,7 @@ fn build_write_one(
     if ends {
         let p = params(&["BIGINT", "BIGINT", "BYTEA", "TEXT", "BIGINT"]);
         let ids = first_param(&p);
+        fenced_ids.push(ids.to_owned());
         parts.push(format!(
             "e AS (UPDATE wf_executions e \
              SET status = u.status, final_context = u.ctx, error = u.error, finished_at_us = u.at \
@@ -163,8 +169,16 @@ fn build_write_one(
             held("e")
         ));
     }
+    let dropped = if fenced && !fenced_ids.is_empty() {
+        format!(
+            "ARRAY(SELECT e.id FROM wf_executions e WHERE e.id = ANY({}) AND e.owner <> $2::TEXT)",
+            fenced_ids.join(" || ")
+        )
+    } else {
+        "ARRAY[]::BIGINT[]".to_owned()
+    };
     format!(
-        "WITH {} SELECT (SELECT count(*) FROM cfg WHERE v IS NOT NULL OR v IS NULL)",
+        "WITH {} SELECT (SELECT count(*) FROM cfg WHERE v IS NOT NULL OR v IS NULL), {dropped}",
         parts.join(", ")
     )
 }
@@ -305,21 +319,24 @@ impl PostgresLedger {
         records: &[WorkflowRecord],
         commit: Commit,
         fence: Option<&str>,
-    ) -> Result<(), LedgerError> {
+    ) -> Result<Vec<u64>, LedgerError> {
         let staged = stage(BACKEND, records)?;
         if records.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
         let batch = Batch::of(&staged);
         let mut tries = 0;
         loop {
             tries += 1;
             match self.try_write(&batch, commit, fence).await {
-                Ok(()) => {
+                Ok(dropped) => {
                     if submits_work(records) {
                         self.announce_work().await;
                     }
-                    return Ok(());
+                    return Ok(dropped
+                        .into_iter()
+                        .filter_map(|id| u64::try_from(id).ok())
+                        .collect());
                 }
                 Err(e) if retryable(&e) && tries < APPEND_TRIES => {
                     tracing::debug!(error = %e, "postgres workflow store: write aborted, trying again");
@@ -334,7 +351,7 @@ impl PostgresLedger {
         batch: &Batch<'_>,
         commit: Commit,
         fence: Option<&str>,
-    ) -> Result<(), sqlx::Error> {
+    ) -> Result<Vec<i64>, sqlx::Error> {
         let sql = write_one_sql(Parts {
             starts: !batch.starts.is_empty(),
             new_tasks: !batch.new_tasks.is_empty(),
@@ -357,8 +374,8 @@ impl PostgresLedger {
         if !batch.ends.is_empty() {
             q = bind_ends(q, &batch.ends);
         }
-        q.execute(&self.workflow_writes).await?;
-        Ok(())
+        let row = q.fetch_one(&self.workflow_writes).await?;
+        sqlx::Row::try_get::<Vec<i64>, _>(&row, 1)
     }
 
     pub(super) async fn read_execution(

@@ -135,10 +135,11 @@ impl SqliteLedger {
         records: &[WorkflowRecord],
         commit: Commit,
         fence: Option<&str>,
-    ) -> Result<(), LedgerError> {
+    ) -> Result<Vec<u64>, LedgerError> {
         let mut staged = stage(BACKEND, records)?;
+        let mut dropped = Vec::new();
         if records.is_empty() {
-            return Ok(());
+            return Ok(dropped);
         }
         let (_guard, mut conn) = self.writer(commit).await?;
         let mut tx = conn
@@ -172,6 +173,7 @@ impl SqliteLedger {
                         .collect();
                     staged.tasks.retain(|t| !others.contains(&t.execution_id));
                     staged.ends.retain(|e| !others.contains(&e.execution_id));
+                    dropped = others.into_iter().collect();
                 }
             }
         }
@@ -213,7 +215,7 @@ impl SqliteLedger {
         if crate::workflows::signal::submits_work(records) {
             self.work.bump();
         }
-        Ok(())
+        Ok(dropped)
     }
 
     pub(super) fn work_receiver(&self) -> tokio::sync::watch::Receiver<u64> {
