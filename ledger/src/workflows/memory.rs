@@ -75,6 +75,34 @@ impl MemoryWorkflows {
     }
 }
 
+impl MemoryWorkflows {
+    /// Claims up to `limit` unfinished executions that `pick` accepts, oldest first; one
+    /// taken from another runner counts a takeover.
+    fn claim(
+        &mut self,
+        owner: &str,
+        lease_until_unix_us: i64,
+        limit: usize,
+        pick: impl Fn(&StoredExecution) -> bool,
+    ) -> Result<Vec<StoredExecution>, LedgerError> {
+        let mut out = Vec::new();
+        for e in self.executions.values_mut() {
+            if out.len() >= limit {
+                break;
+            }
+            if e.status == ExecutionStatus::Running && pick(e) {
+                if e.execution.owner != UNCLAIMED && e.execution.owner != owner {
+                    e.takeovers = e.takeovers.saturating_add(1);
+                }
+                e.execution.owner = owner.to_owned();
+                e.execution.lease_until_unix_us = lease_until_unix_us;
+                out.push(e.clone());
+            }
+        }
+        Ok(out)
+    }
+}
+
 impl MemoryLedger {
     fn workflows(&self) -> Result<std::sync::MutexGuard<'_, MemoryWorkflows>, LedgerError> {
         self.workflows.lock().map_err(|_| LedgerError::Backend {
@@ -121,25 +149,10 @@ impl WorkflowStore for MemoryLedger {
         limit: usize,
     ) -> LedgerFuture<'a, Vec<StoredExecution>> {
         Box::pin(async move {
-            let mut store = self.workflows()?;
-            let mut out = Vec::new();
-            for e in store.executions.values_mut() {
-                if out.len() >= limit {
-                    break;
-                }
-                let claimable = e.status == ExecutionStatus::Running
-                    && (e.execution.owner == owner
-                        || e.execution.lease_until_unix_us < now_unix_us);
-                if claimable {
-                    if e.execution.owner != UNCLAIMED && e.execution.owner != owner {
-                        e.takeovers = e.takeovers.saturating_add(1);
-                    }
-                    e.execution.owner = owner.to_owned();
-                    e.execution.lease_until_unix_us = lease_until_unix_us;
-                    out.push(e.clone());
-                }
-            }
-            Ok(out)
+            self.workflows()?
+                .claim(owner, lease_until_unix_us, limit, |e| {
+                    e.execution.owner == owner || e.execution.lease_until_unix_us < now_unix_us
+                })
         })
     }
 
@@ -152,25 +165,11 @@ impl WorkflowStore for MemoryLedger {
         workflows: &'a [String],
     ) -> LedgerFuture<'a, Vec<StoredExecution>> {
         Box::pin(async move {
-            let mut store = self.workflows()?;
-            let mut out = Vec::new();
-            for e in store.executions.values_mut() {
-                if out.len() >= limit {
-                    break;
-                }
-                if e.status == ExecutionStatus::Running
-                    && e.execution.lease_until_unix_us < now_unix_us
-                    && workflows.contains(&e.execution.workflow)
-                {
-                    if e.execution.owner != UNCLAIMED && e.execution.owner != owner {
-                        e.takeovers = e.takeovers.saturating_add(1);
-                    }
-                    e.execution.owner = owner.to_owned();
-                    e.execution.lease_until_unix_us = lease_until_unix_us;
-                    out.push(e.clone());
-                }
-            }
-            Ok(out)
+            self.workflows()?
+                .claim(owner, lease_until_unix_us, limit, |e| {
+                    e.execution.lease_until_unix_us < now_unix_us
+                        && workflows.contains(&e.execution.workflow)
+                })
         })
     }
 

@@ -418,6 +418,42 @@ impl SledLedger {
         Ok(count as u64)
     }
 
+    /// Claims up to `limit` unfinished executions that `pick` accepts, oldest first; one
+    /// taken from another runner counts a takeover. Flushed when it took any: a claim must
+    /// outlive a crash to mean anything to another runner (a sweep finding nothing costs
+    /// no flush).
+    async fn claim_where(
+        &self,
+        owner: &str,
+        lease_until_unix_us: i64,
+        limit: usize,
+        pick: impl Fn(&ExecutionRow) -> bool,
+    ) -> Result<Vec<StoredExecution>, LedgerError> {
+        let mut claimed = Vec::new();
+        let mut taken = Vec::new();
+        self.rewrite_unfinished(
+            "workflow claim failed",
+            |row| {
+                let claimable = pick(row);
+                if claimable {
+                    if row.execution.owner != owner && row.execution.owner != UNCLAIMED {
+                        taken.push(row.execution.id);
+                    }
+                    owner.clone_into(&mut row.execution.owner);
+                    row.execution.lease_until_unix_us = lease_until_unix_us;
+                }
+                claimable
+            },
+            limit,
+            |row, takeovers| claimed.push(Self::stored(row.clone(), takeovers)),
+        )?;
+        self.count_takeovers(&taken, &mut claimed)?;
+        if !claimed.is_empty() {
+            self.flush_db().await?;
+        }
+        Ok(claimed)
+    }
+
     /// Counts a takeover of each execution in `taken`, in the state and in `claimed`.
     fn count_takeovers(
         &self,
@@ -528,31 +564,11 @@ impl WorkflowStore for SledLedger {
         lease_until_unix_us: i64,
         limit: usize,
     ) -> LedgerFuture<'a, Vec<StoredExecution>> {
-        Box::pin(async move {
-            let mut claimed = Vec::new();
-            let mut taken = Vec::new();
-            self.rewrite_unfinished(
-                "workflow claim failed",
-                |row| {
-                    let claimable = row.execution.owner == owner
-                        || row.execution.lease_until_unix_us < now_unix_us;
-                    if claimable {
-                        if row.execution.owner != owner && row.execution.owner != UNCLAIMED {
-                            taken.push(row.execution.id);
-                        }
-                        owner.clone_into(&mut row.execution.owner);
-                        row.execution.lease_until_unix_us = lease_until_unix_us;
-                    }
-                    claimable
-                },
-                limit,
-                |row, takeovers| claimed.push(Self::stored(row.clone(), takeovers)),
-            )?;
-            self.count_takeovers(&taken, &mut claimed)?;
-            // A claim must outlive a crash to mean anything to another runner.
-            self.flush_db().await?;
-            Ok(claimed)
-        })
+        Box::pin(
+            self.claim_where(owner, lease_until_unix_us, limit, move |row| {
+                row.execution.owner == owner || row.execution.lease_until_unix_us < now_unix_us
+            }),
+        )
     }
 
     fn claim_expired<'a>(
@@ -563,34 +579,12 @@ impl WorkflowStore for SledLedger {
         limit: usize,
         workflows: &'a [String],
     ) -> LedgerFuture<'a, Vec<StoredExecution>> {
-        Box::pin(async move {
-            let mut claimed = Vec::new();
-            let mut taken = Vec::new();
-            self.rewrite_unfinished(
-                "workflow claim failed",
-                |row| {
-                    let expired = row.execution.lease_until_unix_us < now_unix_us
-                        && workflows.contains(&row.execution.workflow);
-                    if expired {
-                        if row.execution.owner != UNCLAIMED && row.execution.owner != owner {
-                            taken.push(row.execution.id);
-                        }
-                        owner.clone_into(&mut row.execution.owner);
-                        row.execution.lease_until_unix_us = lease_until_unix_us;
-                    }
-                    expired
-                },
-                limit,
-                |row, takeovers| claimed.push(Self::stored(row.clone(), takeovers)),
-            )?;
-            self.count_takeovers(&taken, &mut claimed)?;
-            // A claim must outlive a crash to mean anything to another runner (an empty
-            // one wrote nothing: a sweep finding nothing costs no flush).
-            if !claimed.is_empty() {
-                self.flush_db().await?;
-            }
-            Ok(claimed)
-        })
+        Box::pin(
+            self.claim_where(owner, lease_until_unix_us, limit, move |row| {
+                row.execution.lease_until_unix_us < now_unix_us
+                    && workflows.contains(&row.execution.workflow)
+            }),
+        )
     }
 
     fn renew_claims<'a>(

@@ -195,16 +195,7 @@ async fn claim_once(inner: &Arc<Inner>) -> bool {
     let until = now.saturating_add(inner.config.lease_us());
     // Only work this runner can do: the workflows registered here and those declared
     // in this binary (a runner of an older build leaves a new workflow's work to others).
-    let mut workflows: Vec<String> = inner
-        .workflows
-        .read()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .keys()
-        .cloned()
-        .collect();
-    workflows.extend(crate::declared_workflows().into_iter().map(str::to_owned));
-    workflows.sort_unstable();
-    workflows.dedup();
+    let workflows = inner.workflow_names();
     let claimed = match inner
         .store
         .claim_expired(&inner.config.runner_id, now, until, room, &workflows)

@@ -615,17 +615,7 @@ impl DefaultRunner {
                     })
             }
             None => {
-                let mut names: Vec<String> = self
-                    .inner
-                    .workflows
-                    .read()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .keys()
-                    .cloned()
-                    .collect();
-                names.extend(crate::declared_workflows().into_iter().map(str::to_owned));
-                names.sort();
-                names.dedup();
+                let names = self.inner.workflow_names();
                 Err(RunnerError::UnknownWorkflow {
                     name: name.to_owned(),
                     known: if names.is_empty() {
@@ -640,6 +630,21 @@ impl DefaultRunner {
 }
 
 impl Inner {
+    /// The workflows this runner can run, sorted: registered here or declared in the binary.
+    fn workflow_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .workflows
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .keys()
+            .cloned()
+            .collect();
+        names.extend(crate::declared_workflows().into_iter().map(str::to_owned));
+        names.sort_unstable();
+        names.dedup();
+        names
+    }
+
     fn emit(&self, execution_id: u64, workflow: &str, kind: impl FnOnce() -> ExecutionEventKind) {
         if self.events.receiver_count() > 0 {
             let _ = self.events.send(ExecutionEvent {
