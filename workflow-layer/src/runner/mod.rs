@@ -5,8 +5,11 @@
 //! executions share each store commit. A task's outcome and output are recorded before any
 //! of its dependants start; an execution's start is recorded before
 //! [`DefaultRunner::schedule`] returns its id. Completion is pushed to waiters in process,
-//! never polled. Drivers are spawned, tracked and resumed in `lifecycle.rs`; results of
-//! executions that ended lately are kept in `ended.rs`.
+//! never polled. Executions begin in `starts.rs`; drivers are spawned, tracked and resumed
+//! in `lifecycle.rs`; results of executions that ended lately are kept in `ended.rs`.
+//! Several runners sharing a store claim work from it in `claims.rs`; cron schedules,
+//! polling triggers and reactor subscriptions start executions from `schedules.rs`,
+//! `triggers.rs` and `subscriptions.rs`.
 //!
 //! [`ExecutionState`]: crate::ExecutionState
 
@@ -20,6 +23,7 @@ mod lifecycle;
 mod recorder;
 mod routing;
 mod schedules;
+mod starts;
 mod stored;
 mod subscriptions;
 mod triggers;
@@ -28,7 +32,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
-use cloacina_ledger::{now_unix_us, Ledger, LedgerError, WorkflowRecord, WorkflowStore};
+use cloacina_ledger::{Ledger, LedgerError, WorkflowStore};
 use serde_json::Value;
 use tokio::sync::{broadcast, watch, Notify};
 
@@ -44,7 +48,7 @@ pub use triggers::{
 };
 
 use crate::{Context, Workflow, WorkflowExecutionResult, WorkflowStatus};
-use drive::{Control, Run};
+use drive::Control;
 use lifecycle::heartbeat;
 use recorder::Recorder;
 
@@ -303,106 +307,6 @@ impl DefaultRunner {
     ) -> Result<WorkflowExecutionResult, RunnerError> {
         let id = self.schedule(name, input).await?;
         self.wait(id).await
-    }
-
-    /// Starts workflow `name` on `input` and returns its execution id once its start is
-    /// recorded (so it runs to its end even if this process dies now: a restarted runner
-    /// resumes it). Does not wait for it to run. If `shutdown` began meanwhile, the start is
-    /// recorded but the execution does not run here: it runs at the next runner start.
-    pub async fn schedule(&self, name: &str, input: Context<Value>) -> Result<u64, RunnerError> {
-        if !self.inner.accepting.load(Ordering::Acquire) {
-            return Err(RunnerError::ShuttingDown);
-        }
-        let workflow = self.resolve(name)?;
-        let id = self.next_id().await?;
-        self.start_as(id, workflow, input).await
-    }
-
-    /// Starts `workflow` on `input` as execution `id` (see [`DefaultRunner::schedule`]).
-    pub(super) async fn start_as(
-        &self,
-        id: u64,
-        workflow: Arc<Workflow>,
-        input: Context<Value>,
-    ) -> Result<u64, RunnerError> {
-        let encoded = stored::bytes(&input)?;
-        let now = now_unix_us();
-        let record = cloacina_ledger::ExecutionRecord {
-            id,
-            workflow: workflow.name().to_owned(),
-            version: workflow.version().to_owned(),
-            input: encoded,
-            created_at_unix_us: now,
-            owner: self.inner.config.runner_id.clone(),
-            lease_until_unix_us: now.saturating_add(self.inner.config.lease_us()),
-        };
-        let start = self
-            .inner
-            .recorder
-            .start(WorkflowRecord::Started(record))
-            .await
-            .map_err(RunnerError::Store)?;
-        // Its place under a key limit, in the order executions were scheduled.
-        let ticket = drive::key_of(&self.inner, &workflow, Some(&input), None)
-            .and_then(|value| self.inner.keys.ticket(workflow.name(), value));
-        let run = Run::fresh(id, workflow, input, now).with_ticket(ticket);
-        match self.inner.config.durability {
-            // The first tasks run while the start is written; their records join it if no
-            // batch has taken it yet (one commit for a short execution), or follow it.
-            WorkflowDurability::Batched => {
-                self.spawn(run.after(Arc::clone(&start)));
-                start.written().await.map_err(RunnerError::Store)?;
-            }
-            // Nothing runs before the start is on stable storage.
-            WorkflowDurability::Sync => {
-                start.written().await.map_err(RunnerError::Store)?;
-                self.spawn(run);
-            }
-        }
-        Ok(id)
-    }
-
-    /// Starts `workflow` on `input` as execution `id`, an id derived from what caused it (a
-    /// schedule's instant, a trigger's poll, a reactor's firing) that other runners may
-    /// start at the same moment: the start is written durably, the store keeps the first,
-    /// and only the runner whose start was kept drives it. `Ok(false)`: another runner's
-    /// start was kept. An error after the write (the read-back failed) leaves a start that
-    /// may be this runner's: the sweep or the next runner start resumes it.
-    pub(super) async fn start_once(
-        &self,
-        id: u64,
-        workflow: Arc<Workflow>,
-        input: Context<Value>,
-    ) -> Result<bool, RunnerError> {
-        let now = now_unix_us();
-        let owner = self.inner.config.runner_id.clone();
-        let start = cloacina_ledger::ExecutionRecord {
-            id,
-            workflow: workflow.name().to_owned(),
-            version: workflow.version().to_owned(),
-            input: stored::bytes(&input)?,
-            created_at_unix_us: now,
-            owner: owner.clone(),
-            lease_until_unix_us: now.saturating_add(self.inner.config.lease_us()),
-        };
-        // Durable whatever the runner's durability: it is the audit record, and what keeps
-        // a crash from starting it again.
-        self.inner
-            .store
-            .write(
-                &[WorkflowRecord::Started(start)],
-                cloacina_ledger::Commit::Durable,
-            )
-            .await?;
-        let kept = self.inner.store.execution(id).await?;
-        let mine = kept
-            .is_some_and(|k| k.execution.owner == owner && k.execution.created_at_unix_us == now);
-        if mine {
-            let ticket = drive::key_of(&self.inner, &workflow, Some(&input), None)
-                .and_then(|value| self.inner.keys.ticket(workflow.name(), value));
-            self.spawn(Run::fresh(id, workflow, input, now).with_ticket(ticket));
-        }
-        Ok(mine)
     }
 
     /// Waits for execution `id` to end and returns what it ended with, wherever it runs.

@@ -41,6 +41,7 @@ use crate::{
     LEDGER_FORMAT_VERSION,
 };
 
+mod notify;
 mod open;
 mod read;
 mod workflows;
